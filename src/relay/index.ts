@@ -1,0 +1,1 @@
+export { Relay, type RelayOptions, type RelayOutcome, type RelayStats } from './relay.js';

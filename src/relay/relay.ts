@@ -1,0 +1,214 @@
+/**
+ * The relay: binds two connected sockets into one conversation, whatever their roles (LAN client <-> MPTCP
+ * leg on the CPE, MPTCP leg <-> server leg on the concentrator).
+ *
+ * - Backpressure: a side is paused while the other side's send buffer is over its high-water mark.
+ * - Half-close: FIN on one side becomes end() (FIN, or DATA_FIN on an MPTCP socket) on the other; the pair
+ *   lives on until both directions are finished.
+ * - Abort: a reset or error on one side resets the other (RST; MP_FASTCLOSE on an MPTCP socket).
+ * - One idle lifetime for the pair: no byte in either direction for `idleTimeoutMs` aborts both.
+ * - Both legs always end together, and `close` is emitted exactly once with the byte counts.
+ */
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+
+export type RelayOutcome = 'done' | 'idle-timeout' | 'reset-a' | 'reset-b' | 'error-a' | 'error-b' | 'aborted' | 'close-timeout';
+
+export interface RelayStats {
+  /** Bytes read from a and written to b. */
+  aToB: number;
+  /** Bytes read from b and written to a. */
+  bToA: number;
+  outcome: RelayOutcome;
+  error?: Error;
+  durationMs: number;
+}
+
+export interface RelayOptions {
+  idleTimeoutMs: number;
+  /** After one side ended, how long the pair may stay half-open without traffic: defaults to idleTimeoutMs. */
+  halfCloseTimeoutMs?: number;
+  /** Graceful close(): how long to wait for both sides to finish before destroying them. */
+  closeTimeoutMs?: number;
+  now?: () => number;
+}
+
+interface Side {
+  socket: Socket;
+  name: 'a' | 'b';
+  ended: boolean; // FIN received
+  finished: boolean; // our FIN sent and flushed
+}
+
+function isReset(err: Error): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ECONNRESET' || code === 'EPIPE' || code === 'ECONNABORTED';
+}
+
+export class Relay extends EventEmitter<{ close: [RelayStats] }> {
+  readonly #a: Side;
+  readonly #b: Side;
+  readonly #opts: Required<Omit<RelayOptions, 'now'>>;
+  readonly #now: () => number;
+  readonly #started: number;
+  #aToB = 0;
+  #bToA = 0;
+  #lastActivity: number;
+  #timer: NodeJS.Timeout | undefined;
+  #closed = false;
+  #cleanups: Array<() => void> = [];
+
+  constructor(a: Socket, b: Socket, options: RelayOptions) {
+    super();
+    this.#now = options.now ?? Date.now;
+    this.#opts = {
+      idleTimeoutMs: options.idleTimeoutMs,
+      halfCloseTimeoutMs: options.halfCloseTimeoutMs ?? options.idleTimeoutMs,
+      closeTimeoutMs: options.closeTimeoutMs ?? 5_000,
+    };
+    this.#started = this.#now();
+    this.#lastActivity = this.#started;
+    this.#a = { socket: a, name: 'a', ended: false, finished: false };
+    this.#b = { socket: b, name: 'b', ended: false, finished: false };
+    this.#wire(this.#a, this.#b);
+    this.#wire(this.#b, this.#a);
+    this.#arm(this.#opts.idleTimeoutMs);
+    // A side may already be gone by the time the pair is made.
+    for (const side of [this.#a, this.#b]) {
+      if (side.socket.destroyed) queueMicrotask(() => this.#abort(side, undefined));
+    }
+  }
+
+  get bytesAToB(): number {
+    return this.#aToB;
+  }
+
+  get bytesBToA(): number {
+    return this.#bToA;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  #wire(from: Side, to: Side): void {
+    const src = from.socket;
+    const dst = to.socket;
+    const onData = (chunk: Buffer): void => {
+      if (from.name === 'a') this.#aToB += chunk.length;
+      else this.#bToA += chunk.length;
+      this.#lastActivity = this.#now();
+      if (!dst.write(chunk)) src.pause();
+    };
+    const onDrain = (): void => {
+      if (!this.#closed) src.resume();
+    };
+    const onEnd = (): void => {
+      from.ended = true;
+      this.#lastActivity = this.#now();
+      // Propagate the half-close once everything read so far is queued on the other side.
+      dst.end(() => {
+        to.finished = true;
+        this.#maybeDone();
+      });
+      this.#maybeDone();
+    };
+    const onError = (err: Error): void => this.#abort(from, err);
+    const onClose = (hadError: boolean): void => {
+      if (this.#closed) return;
+      // A socket closed without both directions finished: the conversation cannot go on.
+      if (!(from.ended && to.ended && from.finished && to.finished) && !hadError) {
+        if (!from.ended || !to.finished) this.#abort(from, undefined);
+        else this.#maybeDone();
+      }
+    };
+    src.on('data', onData);
+    dst.on('drain', onDrain);
+    src.on('end', onEnd);
+    src.on('error', onError);
+    src.on('close', onClose);
+    this.#cleanups.push(() => {
+      src.off('data', onData);
+      dst.off('drain', onDrain);
+      src.off('end', onEnd);
+      src.off('error', onError);
+      src.off('close', onClose);
+    });
+  }
+
+  #maybeDone(): void {
+    if (this.#closed) return;
+    if (this.#a.ended && this.#b.ended && this.#a.finished && this.#b.finished) {
+      this.#finish('done', undefined);
+      this.#a.socket.destroy();
+      this.#b.socket.destroy();
+    }
+  }
+
+  #arm(ms: number): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.#onTimer(), Math.max(1, ms));
+    this.#timer.unref();
+  }
+
+  #onTimer(): void {
+    if (this.#closed) return;
+    const halfOpen = this.#a.ended || this.#b.ended;
+    const limit = halfOpen ? this.#opts.halfCloseTimeoutMs : this.#opts.idleTimeoutMs;
+    const idleFor = this.#now() - this.#lastActivity;
+    if (idleFor >= limit) {
+      this.#finish('idle-timeout', undefined);
+      this.#a.socket.resetAndDestroy();
+      this.#b.socket.resetAndDestroy();
+      return;
+    }
+    this.#arm(limit - idleFor);
+  }
+
+  #abort(from: Side, err: Error | undefined): void {
+    if (this.#closed) return;
+    const outcome: RelayOutcome = err === undefined || isReset(err) ? (from.name === 'a' ? 'reset-a' : 'reset-b') : from.name === 'a' ? 'error-a' : 'error-b';
+    this.#finish(outcome, err);
+    const other = from === this.#a ? this.#b : this.#a;
+    other.socket.resetAndDestroy();
+    from.socket.destroy();
+  }
+
+  /** Graceful: half-close both sides now and let pending bytes drain; destroy after closeTimeoutMs. */
+  close(): void {
+    if (this.#closed) return;
+    this.#a.socket.end();
+    this.#b.socket.end();
+    const t = setTimeout(() => {
+      if (this.#closed) return;
+      this.#finish('close-timeout', undefined);
+      this.#a.socket.resetAndDestroy();
+      this.#b.socket.resetAndDestroy();
+    }, this.#opts.closeTimeoutMs);
+    t.unref();
+    this.#cleanups.push(() => clearTimeout(t));
+  }
+
+  /** Immediate: reset both sides. */
+  destroy(err?: Error): void {
+    if (this.#closed) return;
+    this.#finish('aborted', err);
+    this.#a.socket.resetAndDestroy();
+    this.#b.socket.resetAndDestroy();
+  }
+
+  #finish(outcome: RelayOutcome, error: Error | undefined): void {
+    this.#closed = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    for (const c of this.#cleanups) c();
+    this.#cleanups = [];
+    // Late errors from the sockets being torn down must not become uncaught exceptions.
+    this.#a.socket.on('error', noop);
+    this.#b.socket.on('error', noop);
+    const stats: RelayStats = { aToB: this.#aToB, bToA: this.#bToA, outcome, durationMs: this.#now() - this.#started };
+    if (error) stats.error = error;
+    this.emit('close', stats);
+  }
+}
+
+function noop(): void {}
