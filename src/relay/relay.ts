@@ -31,6 +31,8 @@ export interface RelayOptions {
   /** Graceful close(): how long to wait for both sides to finish before destroying them. */
   closeTimeoutMs?: number;
   now?: () => number;
+  /** Side a already sent its FIN (and 'end' was emitted) before the pair was made. */
+  aEnded?: boolean;
 }
 
 interface Side {
@@ -48,7 +50,7 @@ function isReset(err: Error): boolean {
 export class Relay extends EventEmitter<{ close: [RelayStats] }> {
   readonly #a: Side;
   readonly #b: Side;
-  readonly #opts: Required<Omit<RelayOptions, 'now'>>;
+  readonly #opts: Required<Omit<RelayOptions, 'now' | 'aEnded'>>;
   readonly #now: () => number;
   readonly #started: number;
   #aToB = 0;
@@ -70,9 +72,13 @@ export class Relay extends EventEmitter<{ close: [RelayStats] }> {
     this.#lastActivity = this.#started;
     this.#a = { socket: a, name: 'a', ended: false, finished: false };
     this.#b = { socket: b, name: 'b', ended: false, finished: false };
-    this.#wire(this.#a, this.#b);
+    const aEnd = this.#wire(this.#a, this.#b);
     this.#wire(this.#b, this.#a);
     this.#arm(this.#opts.idleTimeoutMs);
+    if (options.aEnded) aEnd();
+    // Callers may hand over paused sockets (after reading signalling): start the flow both ways.
+    a.resume();
+    b.resume();
     // A side may already be gone by the time the pair is made.
     for (const side of [this.#a, this.#b]) {
       if (side.socket.destroyed) queueMicrotask(() => this.#abort(side, undefined));
@@ -91,7 +97,7 @@ export class Relay extends EventEmitter<{ close: [RelayStats] }> {
     return this.#closed;
   }
 
-  #wire(from: Side, to: Side): void {
+  #wire(from: Side, to: Side): () => void {
     const src = from.socket;
     const dst = to.socket;
     const onData = (chunk: Buffer): void => {
@@ -104,6 +110,7 @@ export class Relay extends EventEmitter<{ close: [RelayStats] }> {
       if (!this.#closed) src.resume();
     };
     const onEnd = (): void => {
+      if (from.ended) return;
       from.ended = true;
       this.#lastActivity = this.#now();
       // Propagate the half-close once everything read so far is queued on the other side.
@@ -134,6 +141,7 @@ export class Relay extends EventEmitter<{ close: [RelayStats] }> {
       src.off('error', onError);
       src.off('close', onClose);
     });
+    return onEnd;
   }
 
   #maybeDone(): void {

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs everything mpconvert, its lab, tests and benchmarks need on Debian 12 (as root), then builds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+if [ "$(id -u)" -ne 0 ]; then echo "install.sh: run as root (it installs Debian packages)" >&2; exit 1; fi
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  iproute2 nftables iperf3 mptcpize tcpdump curl socat shadowsocks-libev procps kmod ca-certificates >/dev/null
+npm ci --no-audit --no-fund
+npm run build

@@ -1,0 +1,81 @@
+/** `mpconvert concentrator`: the composition root of the concentrator role (picks the Linux platform). */
+import { Command } from 'commander';
+import { createLinuxPlatform } from '../platform/linux/index.js';
+import { createLogger } from '../log.js';
+import { createMetrics } from '../control/metrics.js';
+import { startAdmin, type AdminServer } from '../control/admin.js';
+import { parseEndpoint } from '../control/address.js';
+import { resolveConcentratorConfig, type ConcentratorFlags } from './config.js';
+import { Concentrator } from './concentrator.js';
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+export function concentratorCommand(): Command {
+  return new Command('concentrator')
+    .description('Run the concentrator (downstream MPTCP conversion point)')
+    .option('-c, --config <file>', 'YAML configuration file (see docs/concentrator.md)')
+    .option('--listen <addr:port>', 'customer-facing MPTCP listener (repeatable)', collect)
+    .option('--allow <cidr>', 'customer prefix allowed to connect (repeatable)', collect)
+    .option('--deny <cidr>', 'destination prefix to refuse (repeatable)', collect)
+    .option('--pool <addr>', 'external source address for server connections (repeatable)', collect)
+    .option('--no-server-mptcp', 'dial servers with plain TCP only')
+    .option('--admin <addr:port>', 'admin endpoint: /metrics, /healthz, /status')
+    .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
+    .action(async (opts: ConcentratorFlags & { serverMptcp?: boolean }) => {
+      const flags: ConcentratorFlags = { ...opts };
+      if (opts.serverMptcp === false) flags.noServerMptcp = true;
+      let config;
+      try {
+        config = await resolveConcentratorConfig(flags);
+      } catch (err) {
+        process.stderr.write(`mpconvert concentrator: ${(err as Error).message}\n`);
+        process.exitCode = 2;
+        return;
+      }
+      const logger = createLogger({ level: config.logLevel, name: 'concentrator' });
+      const platform = createLinuxPlatform();
+      const metrics = createMetrics('concentrator');
+      const concentrator = new Concentrator(config, {
+        sockets: platform.sockets,
+        kernel: platform.kernel,
+        logger,
+        metrics,
+        sessionLog: config.sessionLog ? logger.child({ log: 'session' }) : undefined,
+      });
+      let admin: AdminServer | undefined;
+      try {
+        await concentrator.start();
+        if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => concentrator.status());
+      } catch (err) {
+        logger.fatal({ err }, 'cannot start');
+        await concentrator.stop(0);
+        process.exitCode = 1;
+        return;
+      }
+      // Tell a supervisor (and the tests) that the listeners are up.
+      process.stdout.write(`ready ${JSON.stringify({ listen: concentrator.addresses, admin: admin?.port })}\n`);
+      let stopping = false;
+      const stop = async (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        logger.info({ signal }, 'shutting down: draining connections');
+        await concentrator.stop();
+        await admin?.close();
+        process.off('SIGHUP', onHup);
+        process.exit(0);
+      };
+      const onHup = () => {
+        if (!flags.config) {
+          logger.warn('SIGHUP: no config file to reload');
+          return;
+        }
+        resolveConcentratorConfig(flags).then(
+          (next) => concentrator.reload(next),
+          (err: Error) => logger.error({ err: err.message }, 'SIGHUP: configuration not reloaded, keeping the running one'),
+        ).catch((err: unknown) => logger.error({ err }, 'SIGHUP: reload failed'));
+      };
+      process.once('SIGTERM', () => void stop('SIGTERM'));
+      process.once('SIGINT', () => void stop('SIGINT'));
+      process.on('SIGHUP', onHup);
+    });
+}

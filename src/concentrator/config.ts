@@ -1,0 +1,107 @@
+/** The concentrator's settings: schema, defaults, and the merge of file and command-line flags. */
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { parseEndpoint } from '../control/address.js';
+import { loadYaml, validateConfig } from '../control/config-file.js';
+
+const endpoint = z.string().refine((s) => {
+  try {
+    parseEndpoint(s);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'must be ADDR:PORT or [IPV6]:PORT with an IP address');
+
+const cidr = z.string().refine((s) => {
+  const [addr, len, extra] = s.split('/');
+  if (extra !== undefined || addr === undefined) return false;
+  const fam = isIP(addr);
+  if (fam === 0) return false;
+  if (len === undefined) return true;
+  const n = Number(len);
+  return /^\d+$/.test(len) && n >= 0 && n <= (fam === 4 ? 32 : 128);
+}, 'must be an IP prefix such as 198.18.0.0/15 or 2001:db8::/32');
+
+const ip = z.string().refine((s) => isIP(s) !== 0, 'must be an IP address');
+
+export const concentratorConfigSchema = z.strictObject({
+  /** Customer-facing MPTCP listeners. Both signalling formats are served on each. */
+  listen: z.array(endpoint).min(1, 'at least one listener is needed'),
+  /** Customer prefixes allowed to use the concentrator (source address of the MPTCP connection). */
+  allow: z.array(cidr).min(1, 'at least one customer prefix is needed: an empty list would refuse everybody'),
+  /** Destinations refused on top of the special-purpose ranges and the concentrator's own addresses. */
+  deny: z.array(cidr).default([]),
+  /** Accept signalling on a connection that fell back to plain TCP (the seeds say ignore it). */
+  acceptFallback: z.boolean().default(false),
+  signalling: z
+    .strictObject({
+      timeoutMs: z.number().int().min(100).max(60_000).default(3_000),
+    })
+    .default({ timeoutMs: 3_000 }),
+  server: z
+    .strictObject({
+      /** Dial servers with MPTCP (servers that speak it get end-to-end MPTCP). */
+      mptcp: z.boolean().default(true),
+      connectTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+      /** Lifetime of an entry in the cache of servers that broke or delayed MPTCP (seed 002 5.6.1). */
+      fallbackCacheTtlS: z.number().int().min(1).default(86_400),
+      fallbackCacheSize: z.number().int().min(1).default(100_000),
+      /** A connection that fell back after at least this long is taken as an MPTCP SYN that was dropped. */
+      slowFallbackMs: z.number().int().min(100).default(900),
+    })
+    .default({ mptcp: true, connectTimeoutMs: 10_000, fallbackCacheTtlS: 86_400, fallbackCacheSize: 100_000, slowFallbackMs: 900 }),
+  sourcePool: z
+    .strictObject({
+      addresses: z.array(ip).default([]),
+      /** shared = N:1 (several CPEs per address), dedicated = 1:1. */
+      mode: z.enum(['shared', 'dedicated']).default('shared'),
+    })
+    .default({ addresses: [], mode: 'shared' }),
+  limits: z
+    .strictObject({
+      maxConnections: z.number().int().min(1).default(100_000),
+      maxConnectionsPerCpe: z.number().int().min(1).default(4_096),
+      newConnectionsPerSecondPerCpe: z.number().int().min(0).default(500),
+      maxSubflows: z.number().int().min(0).max(8).default(8),
+      maxAddAddrAccepted: z.number().int().min(0).max(8).default(8),
+    })
+    .default({ maxConnections: 100_000, maxConnectionsPerCpe: 4_096, newConnectionsPerSecondPerCpe: 500, maxSubflows: 8, maxAddAddrAccepted: 8 }),
+  idleTimeoutS: z.number().int().min(1).default(600),
+  /** Graceful shutdown: how long established connections may drain after SIGTERM. */
+  shutdownDrainS: z.number().min(0).default(10),
+  /** Set net.ipv4.tcp_fastopen bits 0x2 (server) if missing; otherwise only check and refuse to start. */
+  manageSysctls: z.boolean().default(true),
+  sessionLog: z.boolean().default(true),
+  /** Admin endpoint (metrics, health, status) ADDR:PORT; keep it on a management address. */
+  admin: endpoint.optional(),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type ConcentratorConfig = z.output<typeof concentratorConfigSchema>;
+export type ConcentratorConfigInput = z.input<typeof concentratorConfigSchema>;
+
+export interface ConcentratorFlags {
+  config?: string;
+  listen?: string[];
+  allow?: string[];
+  deny?: string[];
+  admin?: string;
+  pool?: string[];
+  noServerMptcp?: boolean;
+  logLevel?: string;
+}
+
+/** File first, then flags on top (a repeatable flag replaces the file's list). */
+export async function resolveConcentratorConfig(flags: ConcentratorFlags): Promise<ConcentratorConfig> {
+  const fromFile = flags.config ? ((await loadYaml(flags.config)) as Record<string, unknown> | null) ?? {} : {};
+  const raw: Record<string, unknown> = { ...fromFile };
+  if (flags.listen?.length) raw['listen'] = flags.listen;
+  if (flags.allow?.length) raw['allow'] = flags.allow;
+  if (flags.deny?.length) raw['deny'] = flags.deny;
+  if (flags.admin) raw['admin'] = flags.admin;
+  if (flags.logLevel) raw['logLevel'] = flags.logLevel;
+  if (flags.pool?.length) raw['sourcePool'] = { ...((raw['sourcePool'] as object | undefined) ?? {}), addresses: flags.pool };
+  if (flags.noServerMptcp) raw['server'] = { ...((raw['server'] as object | undefined) ?? {}), mptcp: false };
+  return validateConfig(concentratorConfigSchema, raw, flags.config ?? 'command-line flags');
+}

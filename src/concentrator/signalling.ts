@@ -1,0 +1,104 @@
+/**
+ * The concentrator's side of the signalling: read it from the start of an accepted connection (bounded in
+ * time and size, split across reads or not), then confirm or refuse it on the wire.
+ */
+import type { Socket } from 'node:net';
+import { MpconvertError } from '../errors.js';
+import { SignallingDecoder, encodeConvertMessage, type SignallingResult } from '../protocol/index.js';
+
+export interface SignalledAddress {
+  address: string;
+  port?: number | undefined;
+}
+
+export interface ReadSignalling {
+  format: 'mp-convert' | 'rfc8803';
+  destination?: SignalledAddress | undefined;
+  source?: SignalledAddress | undefined;
+  /** The signalling bytes exactly as received (the MP_CONVERT echo repeats them). */
+  raw: Buffer;
+  /** Application bytes that followed the signalling. */
+  rest: Buffer;
+}
+
+export type Refusal = { kind: 'abort' | 'convert-error'; errorCode?: number; value?: number };
+
+export class SignallingTimeoutError extends MpconvertError {
+  readonly reaction = { kind: 'abort' } as const;
+  constructor(ms: number) {
+    super('MPC_ERR_SIGNALLING_TIMEOUT', `Cannot read signalling: nothing complete within ${ms} ms`);
+  }
+}
+
+export class SignallingClosedError extends MpconvertError {
+  readonly reaction = { kind: 'abort' } as const;
+  constructor() {
+    super('MPC_ERR_SIGNALLING_CLOSED', 'Cannot read signalling: the connection ended before it was complete');
+  }
+}
+
+function fromDone(done: Extract<SignallingResult, { status: 'done' }>): ReadSignalling {
+  const s = done.signalling;
+  if (s.format === 'mp-convert') {
+    return { format: 'mp-convert', destination: s.destination, source: s.source, raw: done.raw, rest: done.rest };
+  }
+  return {
+    format: 'rfc8803',
+    destination: s.message.connect ? { address: s.message.connect.address, port: s.message.connect.port } : undefined,
+    raw: done.raw,
+    rest: done.rest,
+  };
+}
+
+/** Reads the signalling; leaves the socket paused with nothing consumed beyond it (the rest is returned). */
+export function readSignalling(socket: Socket, timeoutMs: number): Promise<ReadSignalling> {
+  const decoder = new SignallingDecoder();
+  return new Promise<ReadSignalling>((resolve, reject) => {
+    const done = (err: Error | undefined, value?: ReadSignalling) => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('close', onEnd);
+      socket.pause();
+      if (err) reject(err);
+      else resolve(value as ReadSignalling);
+    };
+    const onData = (chunk: Buffer) => {
+      let r: SignallingResult;
+      try {
+        r = decoder.push(chunk);
+      } catch (err) {
+        done(err as Error);
+        return;
+      }
+      if (r.status === 'done') done(undefined, fromDone(r));
+    };
+    const onEnd = () => done(new SignallingClosedError());
+    const timer = setTimeout(() => done(new SignallingTimeoutError(timeoutMs)), timeoutMs);
+    socket.on('data', onData);
+    socket.once('end', onEnd);
+    socket.once('close', onEnd);
+  });
+}
+
+/** What the concentrator sends first once the server connection is up. */
+export function confirmation(read: ReadSignalling): Buffer {
+  // MP_CONVERT: every IE back, byte for byte. RFC 8803: a Convert message with no TLV (header only).
+  return read.format === 'mp-convert' ? read.raw : encodeConvertMessage({ tlvs: [] });
+}
+
+/** Silent abort (RST / MP_FASTCLOSE), or an RFC 8803 Error TLV followed by a close. */
+export function refusal(socket: Socket, r: Refusal): void {
+  if (socket.destroyed) return;
+  if (r.kind === 'convert-error' && r.errorCode !== undefined) {
+    const msg = encodeConvertMessage({ tlvs: [{ type: 'error', code: r.errorCode, value: r.value ?? 0 }] });
+    socket.end(msg);
+    // Do not wait forever for a peer that never closes its side.
+    const t = setTimeout(() => socket.destroy(), 2_000);
+    t.unref();
+    socket.once('close', () => clearTimeout(t));
+    socket.resume();
+    return;
+  }
+  socket.resetAndDestroy();
+}

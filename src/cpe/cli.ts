@@ -1,0 +1,60 @@
+/** `mpconvert cpe`: the composition root of the CPE role (picks the Linux platform). */
+import { Command } from 'commander';
+import { createLinuxPlatform } from '../platform/linux/index.js';
+import { createLogger } from '../log.js';
+import { createMetrics } from '../control/metrics.js';
+import { startAdmin, type AdminServer } from '../control/admin.js';
+import { parseEndpoint } from '../control/address.js';
+import { resolveCpeConfig, type CpeFlags } from './config.js';
+import { Cpe } from './cpe.js';
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+export function cpeCommand(): Command {
+  return new Command('cpe')
+    .description('Run the CPE (upstream MPTCP conversion point)')
+    .option('-c, --config <file>', 'YAML configuration file (see docs/cpe.md)')
+    .option('--lan <iface>', 'LAN interface whose TCP is intercepted (repeatable)', collect)
+    .option('--uplink <iface[:backup]>', 'uplink interface, optionally backup-only (repeatable)', collect)
+    .option('--concentrator <addr:port>', 'concentrator, in order of preference (repeatable)', collect)
+    .option('--format <format>', 'signalling format for --concentrator: mp-convert|rfc8803')
+    .option('--fallback <mode>', 'when no concentrator works: direct|refuse')
+    .option('--instance <name>', 'instance name (nft table, routing tables)')
+    .option('--admin <addr:port>', 'admin endpoint: /metrics, /healthz, /status')
+    .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
+    .action(async (flags: CpeFlags) => {
+      let config;
+      try {
+        config = await resolveCpeConfig(flags);
+      } catch (err) {
+        process.stderr.write(`mpconvert cpe: ${(err as Error).message}\n`);
+        process.exitCode = 2;
+        return;
+      }
+      const logger = createLogger({ level: config.logLevel, name: 'cpe' });
+      const platform = createLinuxPlatform();
+      const metrics = createMetrics('cpe');
+      const cpe = new Cpe(config, { sockets: platform.sockets, kernel: platform.kernel, logger, metrics });
+      let admin: AdminServer | undefined;
+      try {
+        await cpe.start();
+        if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => cpe.status());
+      } catch (err) {
+        logger.fatal({ err }, 'cannot start');
+        process.exitCode = 1;
+        return;
+      }
+      process.stdout.write(`ready ${JSON.stringify({ tproxyPort: config.tproxyPort, admin: admin?.port })}\n`);
+      let stopping = false;
+      const stop = async (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        logger.info({ signal }, 'shutting down');
+        await cpe.stop();
+        await admin?.close();
+        process.exit(0);
+      };
+      process.once('SIGTERM', () => void stop('SIGTERM'));
+      process.once('SIGINT', () => void stop('SIGINT'));
+    });
+}

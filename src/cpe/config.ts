@@ -1,0 +1,135 @@
+/** The CPE's settings: schema, defaults, and the merge of file and command-line flags. */
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { parseEndpoint } from '../control/address.js';
+import { loadYaml, validateConfig } from '../control/config-file.js';
+
+const endpoint = z.string().refine((s) => {
+  try {
+    parseEndpoint(s);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'must be ADDR:PORT or [IPV6]:PORT with an IP address');
+
+const cidr = z.string().refine((s) => {
+  const [addr, len, extra] = s.split('/');
+  if (extra !== undefined || addr === undefined) return false;
+  const fam = isIP(addr);
+  if (fam === 0) return false;
+  if (len === undefined) return true;
+  const n = Number(len);
+  return /^\d+$/.test(len) && n >= 0 && n <= (fam === 4 ? 32 : 128);
+}, 'must be an IP prefix such as 0.0.0.0/0 or 2001:db8::/32');
+
+const portRange = z.union([
+  z.number().int().min(1).max(65535),
+  z.tuple([z.number().int().min(1).max(65535), z.number().int().min(1).max(65535)]).refine(([a, b]) => a <= b, 'range start must be <= end'),
+]);
+
+const flowMatch = z.strictObject({ prefix: cidr, ports: z.array(portRange).optional() });
+
+export const cpeConfigSchema = z.strictObject({
+  /** Instance name: names the nft table and routing tables, so two CPE daemons never collide. */
+  instance: z.string().regex(/^[a-z0-9_]{1,16}$/, 'lowercase letters, digits and _ (at most 16)').default('default'),
+  /** LAN interfaces whose TCP connections are intercepted. */
+  lan: z.array(z.string().min(1)).min(1, 'at least one LAN interface is needed'),
+  uplinks: z
+    .array(
+      z.strictObject({
+        interface: z.string().min(1),
+        /** subflow = used all the time; backup = used only when no subflow uplink works (primary/backup scheme). */
+        mode: z.enum(['subflow', 'backup']).default('subflow'),
+        gateway4: z.string().refine((s) => isIP(s) === 4, 'must be an IPv4 address').optional(),
+        gateway6: z.string().refine((s) => isIP(s) === 6, 'must be an IPv6 address').optional(),
+      }),
+    )
+    .min(1, 'at least one uplink is needed'),
+  /** Concentrators in order of preference. */
+  concentrators: z
+    .array(
+      z.strictObject({
+        address: endpoint,
+        format: z.enum(['mp-convert', 'rfc8803']).default('mp-convert'),
+        /** Also send the client's source address (an IE with D = 1), for transparent concentrators. */
+        sourceIe: z.boolean().default(false),
+      }),
+    )
+    .min(1, 'at least one concentrator is needed'),
+  /** Which flows are converted; the rest is forwarded untouched. Exclude wins over include. */
+  policy: z
+    .strictObject({
+      include: z.array(flowMatch).default([{ prefix: '0.0.0.0/0' }, { prefix: '::/0' }]),
+      exclude: z.array(flowMatch).default([]),
+      /** LAN SYNs that already carry MP_CAPABLE: passthrough keeps end-to-end MPTCP (seed 000). */
+      nativeMptcp: z.enum(['passthrough', 'intercept']).default('passthrough'),
+    })
+    .default({ include: [{ prefix: '0.0.0.0/0' }, { prefix: '::/0' }], exclude: [], nativeMptcp: 'passthrough' }),
+  /** When no concentrator works: connect directly (plain TCP) or refuse the client connection. */
+  fallback: z.enum(['direct', 'refuse']).default('direct'),
+  /** How long to wait for the client's first bytes so they ride in the SYN with the signalling. */
+  firstDataWaitMs: z.number().int().min(0).max(1_000).default(20),
+  /** Most client bytes put in the SYN (the rest follows after the echo). */
+  synDataMax: z.number().int().min(0).max(1_400).default(1_200),
+  connectTimeoutMs: z.number().int().min(100).max(60_000).default(5_000),
+  echoTimeoutMs: z.number().int().min(100).max(60_000).default(5_000),
+  /** How long a concentrator that did not echo stays "not capable". */
+  capabilityCacheTtlS: z.number().int().min(1).default(3_600),
+  /** How long an unreachable concentrator is skipped. */
+  unreachableHoldS: z.number().int().min(0).default(30),
+  /** Use the client's DSCP on the MPTCP subflows (seed 002 5.6.5). */
+  preserveDscp: z.boolean().default(true),
+  /** TCP MSS of the converted connections' subflows; 0 = the kernel's choice. */
+  mss: z.number().int().min(0).max(65_535).default(0),
+  /** MSS clamp for flows forwarded untouched: 'pmtu' (route MTU), a value, or 'off'. */
+  mssClamp: z.union([z.literal('pmtu'), z.literal('off'), z.number().int().min(536).max(65_535)]).default('pmtu'),
+  tproxyPort: z.number().int().min(1).max(65_535).default(15_001),
+  /** Firewall mark bit used by the interception routing (and, above it, the client's DSCP). */
+  mark: z.number().int().min(1).max(0xff).default(0x1),
+  routingTableBase: z.number().int().min(1).max(0x7fff_0000).default(200),
+  rulePriorityBase: z.number().int().min(1).max(32_000).default(10_000),
+  uplinkPollMs: z.number().int().min(200).default(2_000),
+  mptcpLimits: z
+    .strictObject({ subflows: z.number().int().min(0).max(8).default(8), addAddrAccepted: z.number().int().min(0).max(8).default(8) })
+    .default({ subflows: 8, addAddrAccepted: 8 }),
+  idleTimeoutS: z.number().int().min(1).default(600),
+  shutdownDrainS: z.number().min(0).default(5),
+  admin: endpoint.optional(),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type CpeConfig = z.output<typeof cpeConfigSchema>;
+export type CpeConfigInput = z.input<typeof cpeConfigSchema>;
+export type ConcentratorTarget = CpeConfig['concentrators'][number];
+
+export interface CpeFlags {
+  config?: string;
+  lan?: string[];
+  uplink?: string[];
+  concentrator?: string[];
+  format?: 'mp-convert' | 'rfc8803';
+  fallback?: 'direct' | 'refuse';
+  admin?: string;
+  logLevel?: string;
+  instance?: string;
+}
+
+/** `--uplink IFACE` or `--uplink IFACE:backup`. */
+function parseUplinkFlag(text: string): { interface: string; mode: 'subflow' | 'backup' } {
+  const [iface, mode] = text.split(':');
+  return { interface: iface ?? '', mode: mode === 'backup' ? 'backup' : 'subflow' };
+}
+
+export async function resolveCpeConfig(flags: CpeFlags): Promise<CpeConfig> {
+  const fromFile = flags.config ? ((await loadYaml(flags.config)) as Record<string, unknown> | null) ?? {} : {};
+  const raw: Record<string, unknown> = { ...fromFile };
+  if (flags.lan?.length) raw['lan'] = flags.lan;
+  if (flags.uplink?.length) raw['uplinks'] = flags.uplink.map(parseUplinkFlag);
+  if (flags.concentrator?.length) raw['concentrators'] = flags.concentrator.map((address) => ({ address, ...(flags.format ? { format: flags.format } : {}) }));
+  if (flags.fallback) raw['fallback'] = flags.fallback;
+  if (flags.admin) raw['admin'] = flags.admin;
+  if (flags.logLevel) raw['logLevel'] = flags.logLevel;
+  if (flags.instance) raw['instance'] = flags.instance;
+  return validateConfig(cpeConfigSchema, raw, flags.config ?? 'command-line flags');
+}

@@ -1,0 +1,161 @@
+/**
+ * The CPE daemon (upstream MCP): owns the transparent listeners, the interception ruleset, the uplinks and
+ * the conversion sessions, and releases all of them on stop.
+ */
+import type { Server, Socket } from 'node:net';
+import type { KernelConfig, Sockets } from '../platform/types.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../control/metrics.js';
+import type { Relay } from '../relay/index.js';
+import { parseEndpoint } from '../control/address.js';
+import type { CpeConfig } from './config.js';
+import { ConcentratorSelector } from './concentrators.js';
+import { handleClient } from './session.js';
+import { Interception } from './interception.js';
+import { UplinkManager } from './uplinks.js';
+
+export interface CpeDeps {
+  sockets: Sockets;
+  kernel: KernelConfig;
+  logger: Logger;
+  metrics: Metrics;
+}
+
+export class Cpe {
+  #config: CpeConfig;
+  readonly #deps: CpeDeps;
+  readonly #selector: ConcentratorSelector;
+  readonly #listeners: Server[] = [];
+  readonly #relays = new Set<Relay>();
+  readonly #pending = new Set<Socket>();
+  #interception: Interception | undefined;
+  #uplinks: UplinkManager | undefined;
+  #stopping = false;
+
+  constructor(config: CpeConfig, deps: CpeDeps) {
+    this.#config = config;
+    this.#deps = deps;
+    this.#selector = new ConcentratorSelector(config.concentrators, {
+      capabilityTtlMs: config.capabilityCacheTtlS * 1000,
+      unreachableHoldMs: config.unreachableHoldS * 1000,
+    });
+  }
+
+  get selector(): ConcentratorSelector {
+    return this.#selector;
+  }
+
+  async start(): Promise<void> {
+    const cfg = this.#config;
+    const { logger, kernel } = this.#deps;
+    try {
+      for (const [family, host] of [
+        [4, '127.0.0.1'],
+        [6, '::1'],
+      ] as const) {
+        const server = await this.#deps.sockets.listen({ family, protocol: 'tcp', host, port: cfg.tproxyPort, transparent: true, reuseAddr: true, backlog: 4096 });
+        server.allowHalfOpen = true;
+        server.on('connection', (s: Socket) => this.#onConnection(s));
+        server.on('error', (err) => logger.error({ err }, 'transparent listener error'));
+        this.#listeners.push(server);
+      }
+      this.#uplinks = new UplinkManager(
+        { kernel, logger },
+        {
+          uplinks: cfg.uplinks,
+          tableBase: cfg.routingTableBase,
+          rulePriorityBase: cfg.rulePriorityBase,
+          pollIntervalMs: cfg.uplinkPollMs,
+          limits: cfg.mptcpLimits,
+        },
+      );
+      this.#uplinks.on('change', () => {
+        logger.info('uplink change: flushing the concentrator capability cache');
+        this.#selector.flush();
+      });
+      await this.#uplinks.start();
+      this.#interception = new Interception(
+        { kernel, logger },
+        {
+          instance: cfg.instance,
+          lanInterfaces: cfg.lan,
+          tproxyPort: cfg.tproxyPort,
+          mark: cfg.mark,
+          include: cfg.policy.include,
+          // Never intercept what goes to the concentrators themselves.
+          exclude: [
+            ...cfg.policy.exclude,
+            ...cfg.concentrators.map((c) => {
+              const ep = parseEndpoint(c.address);
+              return { prefix: `${ep.host}/${ep.family === 4 ? 32 : 128}` };
+            }),
+          ],
+          nativeMptcp: cfg.policy.nativeMptcp,
+          dscpToMark: cfg.preserveDscp,
+          ...(cfg.mssClamp === 'off' ? {} : { mssClamp: cfg.mssClamp }),
+        },
+      );
+      await this.#interception.start();
+    } catch (err) {
+      await this.stop(0);
+      throw err;
+    }
+    logger.info({ lan: cfg.lan, uplinks: cfg.uplinks.map((u) => u.interface), concentrators: cfg.concentrators.map((c) => c.address) }, 'cpe started');
+  }
+
+  #onConnection(client: Socket): void {
+    if (this.#stopping) {
+      client.resetAndDestroy();
+      return;
+    }
+    this.#pending.add(client);
+    client.once('close', () => this.#pending.delete(client));
+    handleClient(client, {
+      sockets: this.#deps.sockets,
+      logger: this.#deps.logger,
+      metrics: this.#deps.metrics,
+      selector: this.#selector,
+      config: () => this.#config,
+      track: (relay) => {
+        this.#pending.delete(client);
+        this.#relays.add(relay);
+        relay.once('close', () => this.#relays.delete(relay));
+      },
+    }).catch((err: unknown) => {
+      this.#deps.logger.error({ err }, 'unexpected error converting a connection');
+      client.resetAndDestroy();
+    });
+  }
+
+  status() {
+    return {
+      relays: this.#relays.size,
+      pending: this.#pending.size,
+      concentrators: this.#selector.snapshot(),
+      uplinks: this.#uplinks?.snapshot() ?? [],
+    };
+  }
+
+  /** Stop intercepting, drain relayed connections for `drainMs`, then abort them; remove every kernel change. */
+  async stop(drainMs = this.#config.shutdownDrainS * 1000): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    const errors: unknown[] = [];
+    const step = async (f: () => Promise<void> | undefined) => {
+      try {
+        await f();
+      } catch (err) {
+        errors.push(err);
+      }
+    };
+    await step(() => this.#interception?.stop());
+    await Promise.all(this.#listeners.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    for (const s of this.#pending) s.resetAndDestroy();
+    const deadline = Date.now() + drainMs;
+    while (this.#relays.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const r of this.#relays) r.destroy();
+    await step(() => this.#uplinks?.stop());
+    for (const err of errors) this.#deps.logger.error({ err }, 'error while stopping');
+    this.#deps.logger.info('cpe stopped');
+  }
+}

@@ -1,0 +1,43 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { resolveConcentratorConfig } from '../../../src/concentrator/config.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'mpc-conf-'));
+
+test('flags alone give a valid config with defaults', async () => {
+  const c = await resolveConcentratorConfig({ listen: ['198.18.200.1:5000', '[2001:db8:200::1]:5000'], allow: ['198.18.0.0/16'] });
+  assert.deepEqual(c.listen, ['198.18.200.1:5000', '[2001:db8:200::1]:5000']);
+  assert.equal(c.server.mptcp, true);
+  assert.equal(c.server.fallbackCacheTtlS, 86_400);
+  assert.equal(c.sourcePool.mode, 'shared');
+  assert.equal(c.sessionLog, true);
+});
+
+test('an invalid file names the key and the problem', async () => {
+  const f = join(dir, 'bad.yaml');
+  writeFileSync(f, 'listen: ["198.18.200.1:99999"]\nallow: ["198.18.0.0/99"]\nlimits:\n  maxConnectionsPerCpe: 0\nbogus: 1\n');
+  await assert.rejects(resolveConcentratorConfig({ config: f }), (err: Error) => {
+    assert.match(err.message, /listen\.0: must be ADDR:PORT/);
+    assert.match(err.message, /allow\.0: must be an IP prefix/);
+    assert.match(err.message, /limits\.maxConnectionsPerCpe/);
+    assert.match(err.message, /bogus/);
+    assert.equal((err as { code?: string }).code, 'MPC_ERR_CONFIG');
+    return true;
+  });
+});
+
+test('flags override the file', async () => {
+  const f = join(dir, 'ok.yaml');
+  writeFileSync(f, 'listen: ["198.18.200.1:5000"]\nallow: ["198.18.0.0/16"]\nserver:\n  connectTimeoutMs: 2000\n');
+  const c = await resolveConcentratorConfig({ config: f, listen: ['198.18.200.1:6000'], noServerMptcp: true });
+  assert.deepEqual(c.listen, ['198.18.200.1:6000']);
+  assert.equal(c.server.mptcp, false);
+  assert.equal(c.server.connectTimeoutMs, 2000);
+});
+
+test('an unreadable file is a clear error', async () => {
+  await assert.rejects(resolveConcentratorConfig({ config: join(dir, 'missing.yaml') }), /Cannot read config file/);
+});
