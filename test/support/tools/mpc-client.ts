@@ -1,0 +1,79 @@
+/**
+ * A hand-driven MPTCP client for lab tests, run inside a namespace: dials with `synHex` in the SYN (TFO),
+ * then sends `send` random bytes and FIN, reads until FIN, and prints one JSON line: the first `head` bytes
+ * received (the echo), the sha256 of what was sent and of what followed the head, the subflow count.
+ */
+import net from 'node:net';
+import { createLinuxPlatform } from '../../../src/platform/linux/index.js';
+import { receiveAll, sendRandom } from './stream-util.js';
+
+interface Args {
+  host: string;
+  port: number;
+  synHex: string;
+  send?: number;
+  head?: number;
+  protocol?: 'tcp' | 'mptcp';
+  /** Wait for the server's FIN before sending (server half-closes first). */
+  sendAfterFin?: boolean;
+  timeoutMs?: number;
+}
+
+const args = JSON.parse(process.argv[2] ?? '{}') as Args;
+const platform = createLinuxPlatform();
+const out = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
+const timer = setTimeout(() => {
+  out({ error: 'timeout' });
+  process.exit(3);
+}, args.timeoutMs ?? 60_000);
+
+let sock: net.Socket;
+try {
+  sock = await platform.sockets.dial({
+    family: net.isIP(args.host) === 6 ? 6 : 4,
+    protocol: args.protocol ?? 'mptcp',
+    host: args.host,
+    port: args.port,
+    fastOpen: 'no-cookie',
+    data: Buffer.from(args.synHex, 'hex'),
+    timeoutMs: 10_000,
+  });
+} catch (err) {
+  out({ error: (err as { code?: string }).code ?? (err as Error).message });
+  process.exit(2);
+}
+sock.allowHalfOpen = true;
+let maxSubflows = 0;
+const poll = setInterval(() => {
+  try {
+    maxSubflows = Math.max(maxSubflows, platform.sockets.subflows(sock).length);
+  } catch {
+    /* closed */
+  }
+}, 100);
+try {
+  const headLen = args.head ?? 0;
+  const recv = receiveAll(sock, headLen);
+  if (args.sendAfterFin) {
+    await new Promise((r) => sock.once('end', r));
+  }
+  const sentSha = await sendRandom(sock, args.send ?? 0);
+  const mptcp = platform.sockets.isMptcp(sock);
+  sock.end();
+  const all = await recv;
+  clearInterval(poll);
+  clearTimeout(timer);
+  out({
+    head: all.head.toString('hex'),
+    received: all.bytes,
+    receivedSha256: all.sha256,
+    sentSha256: sentSha,
+    mptcp,
+    subflows: maxSubflows,
+  });
+  process.exit(0);
+} catch (err) {
+  clearInterval(poll);
+  out({ error: (err as { code?: string }).code ?? (err as Error).message });
+  process.exit(1);
+}
