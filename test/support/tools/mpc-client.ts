@@ -1,5 +1,5 @@
 /**
- * A hand-driven MPTCP client for lab tests, run inside a namespace: dials with `synHex` in the SYN (TFO),
+ * A hand-driven MPTCP client for lab tests, run inside a namespace: dials with signalling + app bytes in the SYN (TFO),
  * then sends `send` random bytes and FIN, reads until FIN, and prints one JSON line: the first `head` bytes
  * received (the echo), the sha256 of what was sent and of what followed the head, the subflow count.
  */
@@ -10,13 +10,19 @@ import { receiveAll, sendRandom } from './stream-util.js';
 interface Args {
   host: string;
   port: number;
-  synHex: string;
+  /** Signalling bytes, sent first in the SYN. */
+  signallingHex: string;
+  /** Application bytes sent in the SYN right after the signalling. */
+  appHex?: string;
+  localAddress?: string;
   send?: number;
   head?: number;
   protocol?: 'tcp' | 'mptcp';
   /** Wait for the server's FIN before sending (server half-closes first). */
   sendAfterFin?: boolean;
   timeoutMs?: number;
+  /** Keep the connection open this long before sending and closing. */
+  holdMs?: number;
 }
 
 const args = JSON.parse(process.argv[2] ?? '{}') as Args;
@@ -27,6 +33,7 @@ const timer = setTimeout(() => {
   process.exit(3);
 }, args.timeoutMs ?? 60_000);
 
+const app = Buffer.from(args.appHex ?? '', 'hex');
 let sock: net.Socket;
 try {
   sock = await platform.sockets.dial({
@@ -35,7 +42,8 @@ try {
     host: args.host,
     port: args.port,
     fastOpen: 'no-cookie',
-    data: Buffer.from(args.synHex, 'hex'),
+    data: Buffer.concat([Buffer.from(args.signallingHex, 'hex'), app]),
+    ...(args.localAddress ? { localAddress: args.localAddress } : {}),
     timeoutMs: 10_000,
   });
 } catch (err) {
@@ -54,10 +62,11 @@ const poll = setInterval(() => {
 try {
   const headLen = args.head ?? 0;
   const recv = receiveAll(sock, headLen);
+  if (args.holdMs) await new Promise((r) => setTimeout(r, args.holdMs));
   if (args.sendAfterFin) {
     await new Promise((r) => sock.once('end', r));
   }
-  const sentSha = await sendRandom(sock, args.send ?? 0);
+  const sentSha = await sendRandom(sock, args.send ?? 0, app);
   const mptcp = platform.sockets.isMptcp(sock);
   sock.end();
   const all = await recv;

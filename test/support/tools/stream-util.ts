@@ -1,9 +1,11 @@
 /** Helpers shared by the lab test tools: send N random bytes with backpressure, hash what arrives. */
-import { createHash, randomBytes } from 'node:crypto';
+import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 
-export async function sendRandom(sock: Socket, total: number): Promise<string> {
+/** Sends `total` random bytes; the returned hash covers `alreadySent` (sent earlier, e.g. in the SYN) first. */
+export async function sendRandom(sock: Socket, total: number, alreadySent: Buffer = Buffer.alloc(0)): Promise<string> {
   const h = createHash('sha256');
+  h.update(alreadySent);
   let sent = 0;
   while (sent < total) {
     const chunk = randomBytes(Math.min(256 * 1024, total - sent));
@@ -45,4 +47,23 @@ export function receiveAll(sock: Socket, keepHead = 0): Promise<Received> {
     sock.once('end', () => resolve({ bytes, sha256: h.digest('hex'), head: Buffer.concat(head) }));
     sock.once('error', reject);
   });
+}
+
+/** A deterministic byte stream (AES-128-CTR over zeros, keyed by `seed`): server and test agree on its hash. */
+export function* deterministicChunks(seed: string, total: number, chunkSize = 256 * 1024): Generator<Buffer> {
+  const key = createHash('sha256').update(seed).digest().subarray(0, 16);
+  const cipher = createCipheriv('aes-128-ctr', key, Buffer.alloc(16));
+  const zeros = Buffer.alloc(chunkSize);
+  let left = total;
+  while (left > 0) {
+    const n = Math.min(chunkSize, left);
+    yield cipher.update(n === chunkSize ? zeros : zeros.subarray(0, n));
+    left -= n;
+  }
+}
+
+export function deterministicSha256(seed: string, total: number): string {
+  const h = createHash('sha256');
+  for (const c of deterministicChunks(seed, total)) h.update(c);
+  return h.digest('hex');
 }

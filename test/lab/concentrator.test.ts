@@ -1,0 +1,255 @@
+/**
+ * The concentrator in the lab, with real kernel MPTCP: a hand-driven client in the CPE namespace sends the
+ * signalling and data in its SYN over two uplinks; real TCP/MPTCP servers on the internet segment.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Lab } from '../../src/lab/index.js';
+import { encodeMpConvert, encodeConvertMessage, SignallingDecoder, ProtocolError } from '../../src/protocol/index.js';
+import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
+import { CLI, Proc, TOOL, runTool, start } from '../support/lab-procs.js';
+
+const missing = labCapabilityMissing();
+if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);
+
+interface ClientOut {
+  head?: string;
+  received?: number;
+  receivedSha256?: string;
+  sentSha256?: string;
+  mptcp?: boolean;
+  subflows?: number;
+  error?: string;
+}
+interface ServerOut {
+  remote?: string;
+  received?: number;
+  receivedSha256?: string;
+  sentSha256?: string;
+  mptcp?: boolean;
+}
+
+const SRV1 = '198.19.0.11';
+const SRV2 = '198.19.0.12';
+const CONC = '198.18.200.1';
+const MB = 1024 * 1024;
+const ie = (address: string, port?: number) =>
+  encodeMpConvert([{ type: 0, direction: 'destination', address, ...(port !== undefined ? { port } : {}) }]).toString('hex');
+
+describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, () => {
+  let lab: Lab;
+  let conc: Proc;
+  let srv1: Proc;
+  let srv2: Proc;
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-conc-'));
+  const configFile = join(dir, 'concentrator.yaml');
+  const baseConfig = (extra = '') =>
+    `listen: ["${CONC}:5000", "[2001:db8:200::1]:5000"]\nallow: ["198.18.0.0/16", "2001:db8::/32"]\nadmin: "127.0.0.1:9090"\n` +
+    `signalling:\n  timeoutMs: 1500\nserver:\n  connectTimeoutMs: 3000\n${extra}`;
+
+  const metrics = async (): Promise<string> => (await lab.hosts.concentrator.exec('curl', ['-s', 'http://127.0.0.1:9090/metrics'])).stdout;
+  const metric = async (name: string, labels = ''): Promise<number> => {
+    const text = await metrics();
+    const line = text.split('\n').find((l) => l.startsWith(name) && l.includes(labels));
+    return line ? Number(line.split(' ').pop()) : 0;
+  };
+  const client = (args: Record<string, unknown>) => runTool<ClientOut>(lab.hosts.cpe, 'mpc-client', { host: CONC, port: 5000, ...args });
+
+  before(async () => {
+    lab = await Lab.up({ uplinks: [{ rate: 0 }, { rate: 0 }], servers: 2, mptcpRouting: true });
+    srv1 = start(lab.hosts.servers[0]!, [TOOL('sink-server'), JSON.stringify({ host: SRV1, port: 8080, reply: 50 * MB })]);
+    srv2 = start(lab.hosts.servers[1]!, [TOOL('sink-server'), JSON.stringify({ host: SRV2, port: 8080, reply: 1000, protocol: 'mptcp' })]);
+    writeFileSync(configFile, baseConfig());
+    conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--config', configFile]);
+    await Promise.all([conc.waitLine((l) => l.startsWith('ready')), srv1.waitLine((l) => l.includes('ready')), srv2.waitLine((l) => l.includes('ready'))]);
+  });
+
+  after(async () => {
+    await conc?.stop();
+    await srv1?.stop();
+    await srv2?.stop();
+    await lab?.down();
+  });
+
+  test('MP_CONVERT: byte-exact echo, 50 MB each way with hashes, 2 subflows, client half-closes first', async () => {
+    const app = randomBytes(100);
+    const signalling = ie(SRV1, 8080);
+    const before = srv1.json<ServerOut>().length;
+    const out = await client({ signallingHex: signalling, appHex: app.toString('hex'), send: 50 * MB, head: signalling.length / 2 });
+    assert.equal(out.error, undefined, JSON.stringify(out));
+    assert.equal(out.head, signalling, 'the echo is the IEs, byte for byte');
+    assert.equal(out.mptcp, true);
+    assert.equal(out.subflows, 2, 'one subflow per uplink');
+    await srv1.waitLine(() => srv1.json<ServerOut>().length > before);
+    const s = srv1.json<ServerOut>()[before]!;
+    assert.equal(s.received, 50 * MB + app.length, 'the server got the SYN data and the rest, nothing else');
+    assert.equal(s.receivedSha256, out.sentSha256);
+    assert.equal(out.received, 50 * MB);
+    assert.equal(out.receivedSha256, s.sentSha256);
+  });
+
+  test('half-close the other way: the server closes first, the client keeps sending', async () => {
+    // srv2 sends its 1000 bytes and FIN first; the client sends only after it saw that FIN.
+    const signalling = ie(SRV2, 8080);
+    const before = srv2.json<ServerOut>().length;
+    const out = await client({ signallingHex: signalling, send: 2 * MB, head: signalling.length / 2, sendAfterFin: true });
+    assert.equal(out.error, undefined, JSON.stringify(out));
+    await srv2.waitLine(() => srv2.json<ServerOut>().length > before);
+    const s = srv2.json<ServerOut>()[before]!;
+    assert.equal(out.received, 1000);
+    assert.equal(out.receivedSha256, s.sentSha256);
+    assert.equal(s.received, 2 * MB);
+    assert.equal(s.receivedSha256, out.sentSha256);
+  });
+
+  test('MPTCP-capable server gets MPTCP on the server leg', async () => {
+    const before = srv2.json<ServerOut>().length;
+    await client({ signallingHex: ie(SRV2, 8080), send: 10 });
+    await srv2.waitLine(() => srv2.json<ServerOut>().length > before);
+    assert.equal(srv2.json<ServerOut>()[before]!.mptcp, true);
+    assert.ok((await metric('mpconvert_server_leg_total', 'transport="mptcp"')) >= 1);
+  });
+
+  test('destination IE without port: the port the connection was sent to (5000)', async () => {
+    const extra = start(lab.hosts.servers[0]!, [TOOL('sink-server'), JSON.stringify({ host: SRV1, port: 5000, reply: 7 })]);
+    try {
+      await extra.waitLine((l) => l.includes('ready'));
+      const signalling = ie(SRV1);
+      const out = await client({ signallingHex: signalling, send: 1234, head: signalling.length / 2 });
+      assert.equal(out.error, undefined, JSON.stringify(out));
+      assert.equal(out.received, 7);
+      await extra.waitLine((l) => l.includes('received'));
+      assert.equal(extra.json<ServerOut>().find((o) => o.received !== undefined)!.received, 1234);
+    } finally {
+      await extra.stop();
+    }
+  });
+
+  test('RFC 8803: Convert reply then data; Error TLV for an unreachable destination', async () => {
+    const msg = encodeConvertMessage({ tlvs: [{ type: 'connect', address: SRV1, port: 8080, options: Buffer.alloc(0) }] });
+    const before = srv1.json<ServerOut>().length;
+    const out = await client({ signallingHex: msg.toString('hex'), send: MB, head: 4 });
+    assert.equal(out.error, undefined, JSON.stringify(out));
+    assert.equal(out.head, '01012263');
+    await srv1.waitLine(() => srv1.json<ServerOut>().length > before);
+    assert.equal(srv1.json<ServerOut>()[before]!.receivedSha256, out.sentSha256);
+
+    const bad = encodeConvertMessage({ tlvs: [{ type: 'connect', address: '198.19.0.99', port: 8080, options: Buffer.alloc(0) }] });
+    const err = await client({ signallingHex: bad.toString('hex'), send: 0, head: 8, timeoutMs: 30_000 });
+    assert.equal(err.error, undefined, JSON.stringify(err));
+    assert.equal(err.head, '010222631e016100', 'Error TLV, code 97 Destination Unreachable, then FIN');
+  });
+
+  test('refusals: special-purpose destinations are torn down silently, nothing dialled', async () => {
+    for (const dst of ['127.0.0.1', '224.0.0.1', '255.255.255.255', '0.0.0.0', '169.254.1.1', CONC]) {
+      const out = await client({ signallingHex: ie(dst, 8080), send: 0 });
+      assert.equal(out.error, 'ECONNRESET', dst);
+    }
+    const v6 = await runTool<ClientOut>(lab.hosts.cpe, 'mpc-client', { host: '2001:db8:200::1', port: 5000, signallingHex: ie('::ffff:127.0.0.1', 80), send: 0 });
+    assert.equal(v6.error, 'ECONNRESET');
+    assert.ok((await metric('mpconvert_refused_total', 'reason="destination"')) >= 7);
+  });
+
+  test('SIGHUP reload: a disallowed customer prefix and the per-CPE limit are refused', async () => {
+    writeFileSync(configFile, baseConfig('limits:\n  maxConnectionsPerCpe: 1\n').replace('"198.18.0.0/16", ', '"198.18.2.0/24", '));
+    conc.child.kill('SIGHUP');
+    await conc.waitLine(() => conc.stderr.includes('configuration reloaded'));
+    // From uplink 1's address (198.18.1.2): no longer a customer prefix.
+    const refused = await client({ signallingHex: ie(SRV1, 8080), send: 0, localAddress: '198.18.1.2' });
+    assert.equal(refused.error, 'ECONNRESET');
+    assert.ok((await metric('mpconvert_refused_total', 'reason="not-customer"')) >= 1);
+    // From uplink 2: allowed, but only one connection at a time. Hold one open (server-first, client waits).
+    const holder = start(lab.hosts.cpe, [TOOL('mpc-client'), JSON.stringify({ host: CONC, port: 5000, signallingHex: ie(SRV2, 8080), localAddress: '198.18.2.2', send: 0, head: 0, holdMs: 3000 })]);
+    await new Promise((r) => setTimeout(r, 300));
+    const over = await client({ signallingHex: ie(SRV2, 8080), send: 0, localAddress: '198.18.2.2' });
+    assert.equal(over.error, 'ECONNRESET');
+    assert.ok((await metric('mpconvert_refused_total', 'reason="max-connections-per-cpe"')) >= 1);
+    await holder.stop('SIGKILL');
+    writeFileSync(configFile, baseConfig());
+    conc.child.kill('SIGHUP');
+  });
+
+  test('fuzz: 10,000 malformed signalling payloads: no crash, nothing dialled, memory bounded', async () => {
+    const payloads: string[] = [];
+    const valid = Buffer.from(ie(SRV1, 8080), 'hex');
+    const rnd = (n: number) => Math.floor(Math.random() * n);
+    while (payloads.length < 10_000) {
+      let p: Buffer;
+      switch (payloads.length % 4) {
+        case 0:
+          p = randomBytes(1 + rnd(300));
+          break;
+        case 1: {
+          p = Buffer.from(valid);
+          for (let i = 0; i < 1 + rnd(3); i++) p[rnd(p.length)] ^= 1 << rnd(8);
+          break;
+        }
+        case 2:
+          p = valid.subarray(0, rnd(valid.length));
+          break;
+        default:
+          p = Buffer.concat([Buffer.from('faa8faa8', 'hex'), randomBytes(rnd(400))]);
+      }
+      // Only payloads that can never make a dial: errors, or incomplete signalling followed by FIN.
+      try {
+        const r = new SignallingDecoder().push(p);
+        if (r.status === 'done') continue;
+      } catch (err) {
+        if (!(err instanceof ProtocolError)) throw err;
+      }
+      if (p.length > 0) payloads.push(p.toString('hex'));
+    }
+    const file = join(dir, 'fuzz.json');
+    writeFileSync(file, JSON.stringify(payloads));
+    const rssBefore = await rss(lab, conc);
+    const dialsBefore = await metric('mpconvert_server_leg_total');
+    const out = await runTool<{ done: number; echoed: number }>(lab.hosts.cpe, 'fuzz-client', { host: CONC, port: 5000, file, concurrency: 64 }, 300_000);
+    assert.equal(out.done, payloads.length);
+    assert.equal(out.echoed, 0, 'no malformed payload was confirmed');
+    assert.equal(conc.child.exitCode, null, 'the concentrator is still running');
+    assert.equal(await metric('mpconvert_server_leg_total'), dialsBefore, 'nothing was dialled');
+    const rssAfter = await rss(lab, conc);
+    assert.ok(rssAfter - rssBefore < 64 * MB, `RSS grew by ${(rssAfter - rssBefore) / MB} MiB`);
+    // Still serving.
+    const ok = await client({ signallingHex: ie(SRV2, 8080), send: 10, head: 16 });
+    assert.equal(ok.head, ie(SRV2, 8080));
+  });
+
+  test('a server whose MPTCP SYNs are dropped is cached; the next connection uses TCP at once', async () => {
+    await lab.hosts.servers[0]!.exec('nft', ['-f', '-'], {
+      input: 'table inet mpconvert_test_drop { chain in { type filter hook input priority 0; tcp flags syn tcp option mptcp exists drop; } }\n',
+    });
+    try {
+      const t0 = Date.now();
+      const first = await client({ signallingHex: ie(SRV1, 8080), send: 10, timeoutMs: 60_000 });
+      const slow = Date.now() - t0;
+      assert.equal(first.error, undefined, JSON.stringify(first));
+      const status = JSON.parse((await lab.hosts.concentrator.exec('curl', ['-s', 'http://127.0.0.1:9090/status'])).stdout) as { fallbackCache: string[] };
+      assert.deepEqual(status.fallbackCache, [SRV1]);
+      const t1 = Date.now();
+      const second = await client({ signallingHex: ie(SRV1, 8080), send: 10 });
+      const fast = Date.now() - t1;
+      assert.equal(second.error, undefined);
+      assert.ok(fast < slow / 2, `cached connection took ${fast} ms, the first ${slow} ms`);
+      assert.ok((await metric('mpconvert_server_leg_total', 'transport="tcp-cached"')) >= 1);
+    } finally {
+      await lab.hosts.servers[0]!.exec('nft', ['delete', 'table', 'inet', 'mpconvert_test_drop'], { allowFailure: true });
+    }
+  });
+
+  test('SIGTERM: graceful stop, exit code 0', async () => {
+    const code = await conc.stop('SIGTERM');
+    assert.equal(code, 0);
+  });
+});
+
+async function rss(lab: Lab, p: Proc): Promise<number> {
+  // The concentrator runs under `ip netns exec`, which execs node: same pid.
+  const status = (await lab.hosts.concentrator.exec('cat', [`/proc/${p.child.pid}/status`])).stdout;
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  return kb * 1024;
+}

@@ -1,0 +1,205 @@
+/**
+ * End to end, with real kernel MPTCP and real applications: LAN client (curl, iperf3) -> CPE (2 uplinks of
+ * 50 Mbit/s, set up by the daemon itself) -> concentrator -> HTTP server.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, rmSync, createWriteStream } from 'node:fs';
+import { once } from 'node:events';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Lab } from '../../src/lab/index.js';
+import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
+import { CLI, Proc, TOOL, runTool, start } from '../support/lab-procs.js';
+import { deterministicChunks, deterministicSha256 } from '../support/tools/stream-util.js';
+import { readTcpSegments } from '../support/pcap.js';
+
+const missing = labCapabilityMissing();
+if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);
+
+const MB = 1024 * 1024;
+const CONC4 = '198.18.200.1';
+const CONC6 = '2001:db8:200::1';
+
+describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false }, () => {
+  let lab: Lab;
+  let conc: Proc;
+  let http: Proc;
+  let cpe: Proc | undefined;
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-e2e-'));
+  let srv4: string;
+  let srv6: string;
+
+  const url = (host: string, size: number, seed: string) => `http://${host.includes(':') ? `[${host}]` : host}:8080/bytes/${size}?seed=${seed}`;
+
+  async function startCpe(extraYaml = '', concentrators = [`${CONC4}:5000`]): Promise<void> {
+    await cpe?.stop();
+    const file = join(dir, `cpe-${Date.now()}.yaml`);
+    writeFileSync(
+      file,
+      `lan: [lan0]\nuplinks: [{interface: up1}, {interface: up2}]\nadmin: "127.0.0.1:9091"\nconcentrators:\n${concentrators
+        .map((c) => `  - address: "${c}"\n`)
+        .join('')}${extraYaml}`,
+    );
+    cpe = start(lab.hosts.cpe, [CLI, 'cpe', '--config', file]);
+    await cpe.waitLine((l) => l.startsWith('ready'), 30_000);
+  }
+
+  /** curl in the LAN client: returns the sha256 of the body and the speed in bytes/s. */
+  async function download(u: string, extra: string[] = []): Promise<{ sha256: string; speed: number; ms: number }> {
+    const t0 = Date.now();
+    const r = await lab.hosts.client.exec('sh', ['-c', `curl -sS --fail ${extra.join(' ')} -w '%{stderr}%{speed_download}' '${u}' | sha256sum`], { timeoutMs: 180_000 });
+    return { sha256: r.stdout.split(' ')[0] ?? '', speed: Number(r.stderr.trim()), ms: Date.now() - t0 };
+  }
+
+  before(async () => {
+    lab = await Lab.up({ uplinks: [{ rate: '50mbit' }, { rate: '50mbit' }], servers: 2 });
+    srv4 = lab.hosts.servers[0]!.v4;
+    srv6 = lab.hosts.servers[0]!.v6;
+    conc = start(lab.hosts.concentrator, [
+      CLI, 'concentrator', '--listen', `${CONC4}:5000`, '--listen', `[${CONC6}]:5000`,
+      '--allow', '198.18.0.0/15', '--allow', '2001:db8::/32', '--admin', '127.0.0.1:9090',
+    ]);
+    http = start(lab.hosts.servers[0]!, [TOOL('http-server'), JSON.stringify({ host: '::', port: 8080 })]);
+    await Promise.all([conc.waitLine((l) => l.startsWith('ready')), http.waitLine((l) => l.includes('ready'))]);
+    await startCpe();
+  });
+
+  after(async () => {
+    await cpe?.stop();
+    await conc?.stop();
+    await http?.stop();
+    await lab?.down();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('0-RTT on the wire: signalling and the client request ride in the SYN, the SYN/ACK acknowledges them', async () => {
+    const pcap = join(dir, 'syn.pcap');
+    const td = new Proc(lab.hosts.cpe.spawn('tcpdump', ['-i', 'up1', '-U', '-n', '-w', pcap, 'tcp port 5000 and tcp[13] & 2 != 0']));
+    await td.waitLine(() => td.stderr.includes('listening'), 10_000).catch(() => undefined);
+    const r = await download(url(srv4, 1000, 'syn'));
+    assert.equal(r.sha256, deterministicSha256('syn', 1000));
+    await new Promise((res) => setTimeout(res, 300));
+    await td.stop('SIGINT');
+    const segs = readTcpSegments(pcap);
+    const syn = segs.find((s) => s.flags.syn && !s.flags.ack && s.dport === 5000);
+    assert.ok(syn, 'a SYN to the concentrator was captured on uplink 1');
+    assert.ok(syn.options.includes(30), 'the SYN carries MP_CAPABLE');
+    assert.equal(syn.payload.subarray(0, 4).toString('hex'), 'faa8faa8', 'the SYN payload starts with an MP_CONVERT IE');
+    assert.ok(syn.payload.includes(Buffer.from('GET /bytes/1000?seed=syn HTTP/1.1')), 'the client request follows the IE in the SYN');
+    const synAck = segs.find((s) => s.flags.syn && s.flags.ack && s.sport === 5000 && s.dport === syn.sport);
+    assert.ok(synAck, 'the SYN/ACK was captured');
+    assert.equal(synAck.ack, (syn.seq + 1 + syn.payload.length) >>> 0, 'the SYN/ACK acknowledges the SYN data: accepted in the SYN');
+    assert.ok(synAck.options.includes(30), 'the concentrator answered with MPTCP: no fallback');
+  });
+
+  test('HTTP download of 200 MB: hash equal, at least 1.8x one uplink', async () => {
+    const single = await lab.hosts.cpe.exec('curl', ['-sS', '--fail', '-o', '/dev/null', '--interface', '198.18.1.2', '-w', '%{speed_download}', url(srv4, 40 * MB, 'one')], { timeoutMs: 120_000 });
+    const one = Number(single.stdout);
+    const r = await download(url(srv4, 200 * MB, 'dl'));
+    assert.equal(r.sha256, deterministicSha256('dl', 200 * MB));
+    const ratio = r.speed / one;
+    process.stdout.write(`# one uplink ${(one * 8e-6).toFixed(1)} Mbit/s, through mpconvert ${(r.speed * 8e-6).toFixed(1)} Mbit/s, ratio ${ratio.toFixed(2)}\n`);
+    assert.ok(ratio >= 1.8, `ratio ${ratio.toFixed(2)} < 1.8`);
+  });
+
+  test('HTTP upload of 200 MB: hash equal', async () => {
+    const file = join(dir, 'upload.bin');
+    const w = createWriteStream(file);
+    for (const c of deterministicChunks('up', 200 * MB)) if (!w.write(c)) await once(w, 'drain');
+    w.end();
+    await once(w, 'finish');
+    const r = await lab.hosts.client.exec('curl', ['-sS', '--fail', '-T', file, `http://${srv4}:8080/upload`], { timeoutMs: 180_000 });
+    const got = JSON.parse(r.stdout) as { bytes: number; sha256: string };
+    assert.equal(got.bytes, 200 * MB);
+    assert.equal(got.sha256, deterministicSha256('up', 200 * MB));
+    rmSync(file);
+  });
+
+  test('iperf3 through the chain', async () => {
+    const srv = new Proc(lab.hosts.servers[0]!.spawn('iperf3', ['-s', '-1', '-B', srv4]));
+    await srv.waitLine((l) => l.includes('Server listening'), 10_000);
+    const r = await lab.hosts.client.exec('iperf3', ['-c', srv4, '-t', '5', '-J'], { timeoutMs: 60_000 });
+    await srv.stop();
+    const j = JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } };
+    const mbit = j.end.sum_received.bits_per_second / 1e6;
+    process.stdout.write(`# iperf3 through mpconvert: ${mbit.toFixed(1)} Mbit/s\n`);
+    assert.ok(mbit > 80, `${mbit} Mbit/s`);
+  });
+
+  test('an uplink goes down in the middle of a transfer and comes back: the transfer completes, hash equal', async () => {
+    const p = download(url(srv4, 150 * MB, 'cut'));
+    await new Promise((r) => setTimeout(r, 3_000));
+    await lab.uplinkDown(1);
+    await new Promise((r) => setTimeout(r, 4_000));
+    await lab.uplinkUp(1);
+    const r = await p;
+    assert.equal(r.sha256, deterministicSha256('cut', 150 * MB));
+  });
+
+  test('native MPTCP from the LAN passes through untouched, end to end', async () => {
+    const srv = start(lab.hosts.servers[1]!, [TOOL('sink-server'), JSON.stringify({ host: lab.hosts.servers[1]!.v4, port: 9000, protocol: 'mptcp', reply: 5000 })]);
+    await srv.waitLine((l) => l.includes('ready'));
+    const out = await runTool<{ error?: string; received?: number; mptcp?: boolean }>(lab.hosts.client, 'mpc-client', {
+      host: lab.hosts.servers[1]!.v4, port: 9000, protocol: 'mptcp', signallingHex: '', send: 4000,
+    });
+    assert.equal(out.error, undefined, JSON.stringify(out));
+    assert.equal(out.mptcp, true, 'the client has MPTCP end to end');
+    await srv.waitLine((l) => l.includes('received'));
+    const s = srv.json<{ remote?: string; mptcp?: boolean; received?: number }>().find((o) => o.received !== undefined)!;
+    await srv.stop();
+    assert.equal(s.mptcp, true);
+    assert.equal(s.remote?.replace('::ffff:', ''), '198.18.0.2', 'not converted: the server sees the client itself');
+    assert.equal(s.received, 4000);
+  });
+
+  for (const [lanFamily, concFamily] of [[4, 4], [4, 6], [6, 6], [6, 4]] as const) {
+    test(`address families: LAN IPv${lanFamily}, MPTCP legs IPv${concFamily}, server leg IPv${lanFamily}`, async () => {
+      await startCpe('', [concFamily === 4 ? `${CONC4}:5000` : `[${CONC6}]:5000`]);
+      const r = await download(url(lanFamily === 4 ? srv4 : srv6, 2 * MB, `af${lanFamily}${concFamily}`));
+      assert.equal(r.sha256, deterministicSha256(`af${lanFamily}${concFamily}`, 2 * MB));
+      const m = (await lab.hosts.cpe.exec('curl', ['-s', 'http://127.0.0.1:9091/metrics'])).stdout;
+      assert.match(m, /mpconvert_concentrator_capability_total\{result="ok"[^}]*\} [1-9]/, 'converted through the concentrator, not direct');
+    });
+  }
+
+  test('a concentrator that does not echo is detected, cached, and the client notices nothing but the delay', async () => {
+    // A plain MPTCP listener (no converter) on port 6000 of the concentrator host, listed first.
+    const plain = start(lab.hosts.concentrator, [TOOL('sink-server'), JSON.stringify({ host: CONC4, port: 6000, protocol: 'mptcp', reply: 0 })]);
+    await plain.waitLine((l) => l.includes('ready'));
+    try {
+      await startCpe('echoTimeoutMs: 1000\n', [`${CONC4}:6000`, `${CONC4}:5000`]);
+      const first = await download(url(srv4, MB, 'noecho1'));
+      assert.equal(first.sha256, deterministicSha256('noecho1', MB));
+      assert.ok(first.ms >= 1000, 'the first connection waited for the echo');
+      const status = JSON.parse((await lab.hosts.cpe.exec('curl', ['-s', 'http://127.0.0.1:9091/status'])).stdout) as {
+        concentrators: Array<{ address: string; notCapableUntil?: number }>;
+      };
+      assert.ok(status.concentrators.find((c) => c.address === `${CONC4}:6000`)?.notCapableUntil, 'cached as not capable');
+      const second = await download(url(srv4, MB, 'noecho2'));
+      assert.equal(second.sha256, deterministicSha256('noecho2', MB));
+      assert.ok(second.ms < 1000, `the second connection did not wait (${second.ms} ms)`);
+    } finally {
+      await plain.stop();
+    }
+  });
+
+  test('all concentrators down: direct TCP, nothing lost', async () => {
+    await startCpe('connectTimeoutMs: 1000\n', [`${CONC4}:5999`]);
+    const r = await download(url(srv4, MB, 'direct'));
+    assert.equal(r.sha256, deterministicSha256('direct', MB));
+    const m = (await lab.hosts.cpe.exec('curl', ['-s', 'http://127.0.0.1:9091/metrics'])).stdout;
+    assert.match(m, /mpconvert_fallback_total\{to="direct"[^}]*\} 1/);
+  });
+
+  test('stop removes every kernel change the CPE made', async () => {
+    await cpe?.stop();
+    cpe = undefined;
+    const tables = (await lab.hosts.cpe.exec('nft', ['-j', 'list', 'tables'])).stdout;
+    assert.doesNotMatch(tables, /mpconvert_cpe/);
+    const endpoints = (await lab.hosts.cpe.exec('ip', ['-j', 'mptcp', 'endpoint', 'show'])).stdout.trim();
+    assert.ok(endpoints === '' || endpoints === '[]', endpoints);
+    const rules = (await lab.hosts.cpe.exec('ip', ['-j', 'rule', 'show'])).stdout;
+    assert.equal((JSON.parse(rules) as unknown[]).length, 3, 'only the three default rules are left');
+  });
+});

@@ -1,0 +1,83 @@
+/** A minimal pcap reader for lab tests: TCP segments over Ethernet, IPv4 or IPv6 (no extension headers). */
+import { readFileSync } from 'node:fs';
+
+export interface TcpSegment {
+  src: string;
+  dst: string;
+  sport: number;
+  dport: number;
+  seq: number;
+  ack: number;
+  flags: { syn: boolean; ack: boolean; fin: boolean; rst: boolean };
+  /** TCP option kinds present (30 = MPTCP). */
+  options: number[];
+  payload: Buffer;
+}
+
+export function readTcpSegments(file: string): TcpSegment[] {
+  const b = readFileSync(file);
+  if (b.length < 24) return [];
+  const le = b.readUInt32LE(0) === 0xa1b2c3d4 || b.readUInt32LE(0) === 0xa1b23c4d;
+  const u32 = (o: number) => (le ? b.readUInt32LE(o) : b.readUInt32BE(o));
+  const linkType = u32(20);
+  const out: TcpSegment[] = [];
+  let off = 24;
+  while (off + 16 <= b.length) {
+    const incl = u32(off + 8);
+    const pkt = b.subarray(off + 16, off + 16 + incl);
+    off += 16 + incl;
+    let l3 = 0;
+    let etherType: number;
+    if (linkType === 1) {
+      etherType = pkt.readUInt16BE(12);
+      l3 = 14;
+    } else if (linkType === 113) {
+      etherType = pkt.readUInt16BE(14);
+      l3 = 16;
+    } else continue;
+    let src: string;
+    let dst: string;
+    let l4: number;
+    let end: number;
+    if (etherType === 0x0800) {
+      if (pkt[l3 + 9] !== 6) continue;
+      const ihl = ((pkt[l3] as number) & 0x0f) * 4;
+      src = [...pkt.subarray(l3 + 12, l3 + 16)].join('.');
+      dst = [...pkt.subarray(l3 + 16, l3 + 20)].join('.');
+      l4 = l3 + ihl;
+      end = l3 + pkt.readUInt16BE(l3 + 2);
+    } else if (etherType === 0x86dd) {
+      if (pkt[l3 + 6] !== 6) continue;
+      const hex = (s: Buffer) => (s.toString('hex').match(/.{4}/g) ?? []).join(':');
+      src = hex(pkt.subarray(l3 + 8, l3 + 24));
+      dst = hex(pkt.subarray(l3 + 24, l3 + 40));
+      l4 = l3 + 40;
+      end = l4 + pkt.readUInt16BE(l3 + 4);
+    } else continue;
+    const doff = (((pkt[l4 + 12] as number) >> 4) & 0xf) * 4;
+    const fl = pkt[l4 + 13] as number;
+    const options: number[] = [];
+    for (let o = l4 + 20; o < l4 + doff; ) {
+      const kind = pkt[o] as number;
+      if (kind === 0) break;
+      if (kind === 1) {
+        o++;
+        continue;
+      }
+      options.push(kind);
+      o += Math.max(2, pkt[o + 1] as number);
+    }
+    out.push({
+      src,
+      dst,
+      sport: pkt.readUInt16BE(l4),
+      dport: pkt.readUInt16BE(l4 + 2),
+      seq: pkt.readUInt32BE(l4 + 4),
+      ack: pkt.readUInt32BE(l4 + 8),
+      flags: { fin: (fl & 1) !== 0, syn: (fl & 2) !== 0, rst: (fl & 4) !== 0, ack: (fl & 16) !== 0 },
+      options,
+      payload: Buffer.from(pkt.subarray(l4 + doff, end)),
+    });
+  }
+  return out;
+}
