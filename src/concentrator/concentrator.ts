@@ -108,6 +108,17 @@ export class Concentrator {
       await kernel.sysctl.set('net.ipv4.tcp_fastopen', String(tfo | 0x2));
       logger.info({ from: tfo, to: tfo | 0x2 }, 'set net.ipv4.tcp_fastopen server bit (0x2) so signalling is accepted in the SYN');
     }
+    if (this.#config.preserveDscp) {
+      const reflect = (await kernel.sysctl.get('net.ipv4.tcp_reflect_tos')).trim();
+      if (reflect !== '1') {
+        if (this.#config.manageSysctls) {
+          await kernel.sysctl.set('net.ipv4.tcp_reflect_tos', '1');
+          logger.info('set net.ipv4.tcp_reflect_tos=1 so accepted connections carry the DSCP of their SYN (used towards servers)');
+        } else {
+          logger.warn("preserveDscp needs net.ipv4.tcp_reflect_tos=1 ('sysctl -w net.ipv4.tcp_reflect_tos=1'): DSCP is not carried to servers");
+        }
+      }
+    }
     if (this.#config.manageSysctls) {
       await kernel.mptcp.setLimits({ subflows: this.#config.limits.maxSubflows, addAddrAccepted: this.#config.limits.maxAddAddrAccepted });
     }
@@ -232,7 +243,7 @@ export class Concentrator {
     let server: Socket;
     let transport: ServerTransport;
     try {
-      const tos = this.#deps.sockets.getTos(socket);
+      const tos = cfg.preserveDscp ? this.#deps.sockets.getTos(socket) & 0xfc : 0;
       ({ socket: server, transport } = await this.#dialer.dial({
         host: destAddr,
         port: destPort,

@@ -72,6 +72,11 @@ export const concentratorConfigSchema = z.strictObject({
   shutdownDrainS: z.number().min(0).default(10),
   /** Set net.ipv4.tcp_fastopen bits 0x2 (server) if missing; otherwise only check and refuse to start. */
   manageSysctls: z.boolean().default(true),
+  /**
+   * Use the DSCP of the CPE's SYN towards the server (seed 002 5.6.5): needs net.ipv4.tcp_reflect_tos=1 so
+   * the accepted socket takes the SYN's DSCP (set when manageSysctls is on).
+   */
+  preserveDscp: z.boolean().default(true),
   sessionLog: z.boolean().default(true),
   /** Admin endpoint (metrics, health, status) ADDR:PORT; keep it on a management address. */
   admin: endpoint.optional(),
