@@ -4,6 +4,8 @@ import { Command } from 'commander';
 import { concentratorCommand } from '../concentrator/cli.js';
 import { doctorCommand } from '../control/doctor.js';
 import { labCommand } from '../lab/cli.js';
+import { cpeCommand } from '../cpe/cli.js';
+import { demoCommand } from './demo.js';
 
 const program = new Command('mpconvert')
   .description('Network-Assisted MPTCP conversion points (CPE and concentrator) over Linux kernel MPTCP')
@@ -12,5 +14,7 @@ const program = new Command('mpconvert')
 program.addCommand(doctorCommand());
 program.addCommand(labCommand());
 program.addCommand(concentratorCommand());
+program.addCommand(cpeCommand());
+program.addCommand(demoCommand());
 
 await program.parseAsync(process.argv);
