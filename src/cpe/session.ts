@@ -23,6 +23,8 @@ export interface SessionContext {
   config: () => CpeConfig;
   /** Called with each relay so the daemon can drain or abort it on shutdown. */
   track: (relay: Relay) => void;
+  /** The client's original destination; default: the transparent socket's local address (TPROXY). */
+  originalDestination?: (client: Socket) => { address: string; port: number };
 }
 
 const stripMapped = (a: string): string => (a.startsWith('::ffff:') && isIP(a.slice(7)) === 4 ? a.slice(7) : a);
@@ -104,7 +106,7 @@ function awaitEcho(sock: Socket, verifier: EchoVerifier, timeoutMs: number): Pro
 export async function handleClient(client: Socket, ctx: SessionContext): Promise<void> {
   const cfg = ctx.config();
   client.on('error', () => {});
-  const dst = { address: stripMapped(client.localAddress ?? ''), port: client.localPort ?? 0 };
+  const dst = ctx.originalDestination?.(client) ?? { address: stripMapped(client.localAddress ?? ''), port: client.localPort ?? 0 };
   const src = { address: stripMapped(client.remoteAddress ?? ''), port: client.remotePort ?? 0 };
   const log = ctx.logger.child({ client: `${src.address}:${src.port}`, destination: `${dst.address}:${dst.port}` });
   let tos = 0;

@@ -1,0 +1,81 @@
+/**
+ * A loopback stand-in for the platform layer, so the roles' logic (gates, signalling, confirmation, relay,
+ * fallback) is unit-tested without root: plain TCP on 127.0.0.1 plays both MPTCP and TCP, and the kernel
+ * configuration is recorded instead of applied.
+ */
+import net from 'node:net';
+import { once } from 'node:events';
+import type { DialSpec, KernelConfig, ListenSpec, Sockets } from '../../src/platform/types.js';
+
+export interface FakeOptions {
+  /** Answer isMptcp() with this (per remote port when a function). */
+  mptcp?: boolean | ((socket: net.Socket) => boolean);
+  /** Rewrite dial targets (e.g. map a lab address to a loopback port). */
+  route?: (spec: DialSpec) => { host: string; port: number } | Error;
+}
+
+export function fakeSockets(opts: FakeOptions = {}): Sockets & { dials: DialSpec[] } {
+  const dials: DialSpec[] = [];
+  const marks = new WeakMap<net.Socket, number>();
+  const toses = new WeakMap<net.Socket, number>();
+  const impl = {
+    dials,
+    async listen(spec: ListenSpec): Promise<net.Server> {
+      const server = net.createServer();
+      server.listen(spec.port, spec.host);
+      await once(server, 'listening');
+      return server;
+    },
+    async dial(spec: DialSpec): Promise<net.Socket> {
+      dials.push(spec);
+      const target = opts.route ? opts.route(spec) : { host: spec.host, port: spec.port };
+      if (target instanceof Error) throw target;
+      const sock = net.connect({ host: target.host, port: target.port, allowHalfOpen: true });
+      await new Promise<void>((resolve, reject) => {
+        sock.once('connect', () => resolve());
+        sock.once('error', reject);
+        spec.signal?.addEventListener('abort', () => reject(Object.assign(new Error('aborted'), { code: 'ABORT_ERR' })));
+      });
+      if (spec.data && spec.data.length > 0) sock.write(spec.data);
+      if (spec.tos !== undefined) toses.set(sock, spec.tos);
+      return sock;
+    },
+    isMptcp(socket: net.Socket): boolean {
+      return typeof opts.mptcp === 'function' ? opts.mptcp(socket) : (opts.mptcp ?? true);
+    },
+    mptcpInfo: () => null,
+    subflows: () => [],
+    setTos: (s: net.Socket, tos: number) => void toses.set(s, tos),
+    getTos: (s: net.Socket) => toses.get(s) ?? 0,
+    setMark: (s: net.Socket, mark: number) => void marks.set(s, mark),
+    getMark: (s: net.Socket) => marks.get(s) ?? 0,
+  };
+  return impl as unknown as Sockets & { dials: DialSpec[] };
+}
+
+export function fakeKernel(): KernelConfig & { sysctls: Map<string, string>; calls: string[] } {
+  const sysctls = new Map<string, string>([
+    ['net.ipv4.tcp_fastopen', '1'],
+    ['net.ipv4.tcp_reflect_tos', '0'],
+  ]);
+  const calls: string[] = [];
+  const record = (name: string) => async (...args: unknown[]) => {
+    calls.push(`${name} ${JSON.stringify(args)}`);
+    return [] as unknown;
+  };
+  const kernel = {
+    sysctls,
+    calls,
+    sysctl: {
+      get: async (name: string) => sysctls.get(name) ?? '0',
+      set: async (name: string, value: string) => {
+        calls.push(`sysctl ${name}=${value}`);
+        sysctls.set(name, value);
+      },
+    },
+    mptcp: new Proxy({}, { get: (_t, p) => record(`mptcp.${String(p)}`) }),
+    nft: new Proxy({}, { get: (_t, p) => record(`nft.${String(p)}`) }),
+    routes: new Proxy({}, { get: (_t, p) => record(`routes.${String(p)}`) }),
+  };
+  return kernel as unknown as KernelConfig & { sysctls: Map<string, string>; calls: string[] };
+}

@@ -1,0 +1,201 @@
+/**
+ * The CPE's conversion logic on loopback: CPE session -> real Concentrator component -> upstream server,
+ * with fake platforms. Echo verification, fallback to the next concentrator and to a direct connection
+ * with the kept bytes replayed, destination failure, early FIN from the client.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { once } from 'node:events';
+import { createHash, randomBytes } from 'node:crypto';
+import { Concentrator } from '../../../src/concentrator/concentrator.js';
+import { concentratorConfigSchema } from '../../../src/concentrator/config.js';
+import { cpeConfigSchema, type CpeConfigInput } from '../../../src/cpe/config.js';
+import { ConcentratorSelector } from '../../../src/cpe/concentrators.js';
+import { handleClient } from '../../../src/cpe/session.js';
+import { createMetrics } from '../../../src/control/metrics.js';
+import { silentLogger } from '../../../src/log.js';
+import { fakeKernel, fakeSockets } from '../../support/fake-platform.js';
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+describe('CPE conversion (loopback)', () => {
+  let upstream: net.Server;
+  let upstreamPort: number;
+  let conc: Concentrator;
+  let concPort: number;
+  let silent: net.Server;
+  let silentPort: number;
+  const upstreamGot: Buffer[] = [];
+  const reply = randomBytes(200_000);
+
+  before(async () => {
+    upstream = net.createServer({ allowHalfOpen: true }, (s) => {
+      const parts: Buffer[] = [];
+      s.on('data', (d: Buffer) => parts.push(d));
+      s.on('end', () => {
+        upstreamGot.push(Buffer.concat(parts));
+        s.end(reply);
+      });
+      s.on('error', () => {});
+    });
+    upstream.listen(0, '127.0.0.1');
+    await once(upstream, 'listening');
+    upstreamPort = (upstream.address() as net.AddressInfo).port;
+    conc = new Concentrator(concentratorConfigSchema.parse({ listen: ['127.0.0.1:0'], allow: ['127.0.0.0/8'] }), {
+      sockets: fakeSockets({
+        route: (spec) => (spec.host === '198.19.0.99' ? Object.assign(new Error('refused'), { code: 'ECONNREFUSED' }) : { host: '127.0.0.1', port: upstreamPort }),
+      }),
+      kernel: fakeKernel(),
+      logger: silentLogger(),
+      metrics: createMetrics('concentrator'),
+    });
+    await conc.start();
+    concPort = conc.addresses[0]!.port;
+    // A listener that is no converter: it reads and never answers.
+    silent = net.createServer((s) => {
+      s.resume();
+      s.on('error', () => {});
+    });
+    silent.listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    silentPort = (silent.address() as net.AddressInfo).port;
+  });
+
+  after(async () => {
+    await conc.stop(0);
+    upstream.close();
+    silent.close();
+  });
+
+  /** A CPE front on loopback: each accepted client is converted as if TPROXY had sent it to `dst`. */
+  async function cpeFront(cfg: Partial<CpeConfigInput>, dst: { address: string; port: number }) {
+    const config = cpeConfigSchema.parse({ lan: ['lan0'], uplinks: [{ interface: 'up1' }], echoTimeoutMs: 300, ...cfg });
+    const sockets = fakeSockets({
+      // Direct connections (the fallback) to 198.19.0.11 land on the upstream too.
+      route: (spec) => (spec.host === '198.19.0.11' ? { host: '127.0.0.1', port: upstreamPort } : { host: spec.host, port: spec.port }),
+    });
+    const selector = new ConcentratorSelector(config.concentrators, { capabilityTtlMs: 60_000, unreachableHoldMs: 60_000 });
+    const metrics = createMetrics('cpe');
+    const front = net.createServer({ allowHalfOpen: true }, (client) => {
+      void handleClient(client, { sockets, logger: silentLogger(), metrics, selector, config: () => config, track: () => {}, originalDestination: () => dst });
+    });
+    front.listen(0, '127.0.0.1');
+    await once(front, 'listening');
+    return { front, port: (front.address() as net.AddressInfo).port, selector, metrics, sockets };
+  }
+
+  async function clientExchange(port: number, request: Buffer) {
+    const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    await once(s, 'connect');
+    const parts: Buffer[] = [];
+    s.on('data', (d: Buffer) => parts.push(d));
+    const done = new Promise<'end' | 'reset'>((r) => {
+      s.once('end', () => r('end'));
+      s.once('error', () => r('reset'));
+    });
+    s.end(request);
+    const how = await done;
+    s.destroy();
+    return { how, received: Buffer.concat(parts) };
+  }
+
+  test('converted through the concentrator: the client gets exactly the server bytes, the server exactly the client bytes', async () => {
+    const { front, port, sockets } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}` }] }, { address: '198.19.0.11', port: 8080 });
+    try {
+      const request = randomBytes(500_000);
+      const n = upstreamGot.length;
+      const r = await clientExchange(port, request);
+      assert.equal(r.how, 'end');
+      assert.equal(sha(r.received), sha(reply));
+      assert.equal(sha(upstreamGot[n]!), sha(request));
+      const first = sockets.dials[0]!;
+      assert.equal(first.protocol, 'mptcp');
+      assert.equal(first.fastOpen, 'no-cookie');
+      assert.equal(first.data!.subarray(0, 4).toString('hex'), 'faa8faa8', 'the signalling leads the SYN data');
+      assert.ok(first.data!.length > 24, 'the client bytes follow the signalling in the SYN');
+    } finally {
+      front.close();
+    }
+  });
+
+  test('RFC 8803 concentrator', async () => {
+    const { front, port } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}`, format: 'rfc8803' }] }, { address: '198.19.0.11', port: 8080 });
+    try {
+      const r = await clientExchange(port, Buffer.from('hello'));
+      assert.equal(sha(r.received), sha(reply));
+    } finally {
+      front.close();
+    }
+  });
+
+  test('no echo: cached as not capable, next concentrator, kept bytes replayed once', async () => {
+    const { front, port, selector } = await cpeFront(
+      { concentrators: [{ address: `127.0.0.1:${silentPort}` }, { address: `127.0.0.1:${concPort}` }] },
+      { address: '198.19.0.11', port: 8080 },
+    );
+    try {
+      const request = randomBytes(3000);
+      const n = upstreamGot.length;
+      const r = await clientExchange(port, request);
+      assert.equal(sha(r.received), sha(reply));
+      assert.equal(sha(upstreamGot[n]!), sha(request), 'nothing lost, nothing duplicated');
+      assert.deepEqual(selector.candidates().map((t) => t.address), [`127.0.0.1:${concPort}`]);
+    } finally {
+      front.close();
+    }
+  });
+
+  test('no concentrator reachable: direct connection with the kept bytes; refuse mode resets', async () => {
+    const closed = net.createServer();
+    closed.listen(0, '127.0.0.1');
+    await once(closed, 'listening');
+    const deadPort = (closed.address() as net.AddressInfo).port;
+    closed.close();
+    const direct = await cpeFront({ concentrators: [{ address: `127.0.0.1:${deadPort}` }] }, { address: '198.19.0.11', port: 8080 });
+    try {
+      const request = Buffer.from('direct please');
+      const n = upstreamGot.length;
+      const r = await clientExchange(direct.port, request);
+      assert.equal(sha(r.received), sha(reply));
+      assert.equal(upstreamGot[n]!.toString(), 'direct please');
+      assert.match(await direct.metrics.registry.metrics(), /mpconvert_fallback_total\{to="direct"[^}]*\} 1/);
+    } finally {
+      direct.front.close();
+    }
+    const refuse = await cpeFront({ concentrators: [{ address: `127.0.0.1:${deadPort}` }], fallback: 'refuse' }, { address: '198.19.0.11', port: 8080 });
+    try {
+      const r = await clientExchange(refuse.port, Buffer.from('x'));
+      assert.equal(r.how, 'reset');
+    } finally {
+      refuse.front.close();
+    }
+  });
+
+  test('the concentrator cannot reach the destination: the client is reset, the concentrator stays capable', async () => {
+    const { front, port, selector } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}` }] }, { address: '198.19.0.99', port: 8080 });
+    try {
+      const r = await clientExchange(port, Buffer.from('x'));
+      assert.equal(r.how, 'reset');
+      assert.equal(selector.candidates().length, 1);
+    } finally {
+      front.close();
+    }
+  });
+
+  test('a server-first protocol: the client sends nothing, the conversion still happens after the short wait', async () => {
+    const { front, port } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}` }] }, { address: '198.19.0.11', port: 8080 });
+    try {
+      const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+      await once(s, 'connect');
+      await new Promise((r) => setTimeout(r, 100));
+      const parts: Buffer[] = [];
+      s.on('data', (d: Buffer) => parts.push(d));
+      s.end();
+      await once(s, 'end');
+      assert.equal(sha(Buffer.concat(parts)), sha(reply));
+    } finally {
+      front.close();
+    }
+  });
+});
