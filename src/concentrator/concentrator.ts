@@ -363,7 +363,10 @@ export class Concentrator {
     for (const s of this.#sessions) if (!s.relay) s.socket.resetAndDestroy();
     const deadline = Date.now() + drainMs;
     while (this.#sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    for (const s of [...this.#sessions]) (s.relay ? s.relay.destroy() : s.socket.resetAndDestroy());
+    for (const s of [...this.#sessions]) {
+      if (s.relay) s.relay.destroy();
+      else s.socket.resetAndDestroy();
+    }
     this.#sessions.clear();
     this.#deps.logger.info('concentrator stopped');
   }
