@@ -1,0 +1,131 @@
+/**
+ * The one FFI adapter (koffi over libc) for the socket calls Node's `net` lacks. Each wrapper throws a
+ * PlatformError naming the call and the errno; nothing here keeps a descriptor: callers own what they get.
+ * libc is loaded lazily, so importing the platform layer costs nothing until a socket is made.
+ */
+import koffi from 'koffi';
+import { PlatformError } from '../errors.js';
+
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
+export const IPPROTO_TCP = 6;
+export const IPPROTO_MPTCP = 262;
+
+export const SOL_SOCKET = 1;
+export const SOL_IP = 0;
+export const SOL_IPV6 = 41;
+export const SOL_TCP = 6;
+export const SOL_MPTCP = 284;
+
+export const SO = { REUSEADDR: 2, ERROR: 4, LINGER: 13, REUSEPORT: 15, MARK: 36, PROTOCOL: 38, DOMAIN: 39 } as const;
+export const IP = { TOS: 1, FREEBIND: 15, TRANSPARENT: 19, BIND_ADDRESS_NO_PORT: 24 } as const;
+export const IPV6 = { V6ONLY: 26, TCLASS: 67, TRANSPARENT: 75, FREEBIND: 78 } as const;
+export const TCP = { MAXSEG: 2, INFO: 11, FASTOPEN: 23, FASTOPEN_CONNECT: 30, FASTOPEN_NO_COOKIE: 34 } as const;
+export const MPTCP = { INFO: 1, TCPINFO: 2, SUBFLOW_ADDRS: 3, FULL_INFO: 4 } as const;
+
+export const EINPROGRESS = 115;
+
+interface Libc {
+  socket(domain: number, type: number, protocol: number): number;
+  setsockopt(fd: number, level: number, name: number, value: Buffer, len: number): number;
+  getsockopt(fd: number, level: number, name: number, value: Buffer, len: Buffer): number;
+  bind(fd: number, addr: Buffer, len: number): number;
+  connect(fd: number, addr: Buffer, len: number): number;
+  listen(fd: number, backlog: number): number;
+  close(fd: number): number;
+  getsockname(fd: number, addr: Buffer, len: Buffer): number;
+}
+
+let libc: Libc | undefined;
+function lib(): Libc {
+  if (libc) return libc;
+  const l = koffi.load('libc.so.6');
+  libc = {
+    socket: l.func('int socket(int, int, int)'),
+    setsockopt: l.func('int setsockopt(int, int, int, void *, uint32_t)'),
+    getsockopt: l.func('int getsockopt(int, int, int, void *, void *)'),
+    bind: l.func('int bind(int, void *, uint32_t)'),
+    connect: l.func('int connect(int, void *, uint32_t)'),
+    listen: l.func('int listen(int, int)'),
+    close: l.func('int close(int)'),
+    getsockname: l.func('int getsockname(int, void *, void *)'),
+  } as Libc;
+  return libc;
+}
+
+/** Loads libc through koffi; throws when FFI is unavailable (used by the doctor). */
+export function probeFfi(): void {
+  lib();
+}
+
+function fail(call: string, detail?: string): never {
+  const errno = koffi.errno();
+  throw PlatformError.fromErrno(call, errno, detail === undefined ? undefined : { detail });
+}
+
+export function socket(family: 4 | 6, protocol: 'mptcp' | 'tcp'): number {
+  const fd = lib().socket(family === 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, protocol === 'mptcp' ? IPPROTO_MPTCP : IPPROTO_TCP);
+  if (fd < 0) fail(`socket(${family === 4 ? 'AF_INET' : 'AF_INET6'}, ${protocol === 'mptcp' ? 'IPPROTO_MPTCP' : 'IPPROTO_TCP'})`);
+  return fd;
+}
+
+export function close(fd: number): void {
+  if (lib().close(fd) < 0) fail(`close(${fd})`);
+}
+
+export function setsockoptBuf(fd: number, level: number, name: number, value: Buffer, label: string): void {
+  if (lib().setsockopt(fd, level, name, value, value.byteLength) < 0) fail(`setsockopt(${label})`);
+}
+
+export function setsockoptInt(fd: number, level: number, name: number, value: number, label: string): void {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(value | 0);
+  setsockoptBuf(fd, level, name, b, label);
+}
+
+/** getsockopt into `buf`; returns the length the kernel wrote. */
+export function getsockoptBuf(fd: number, level: number, name: number, buf: Buffer, label: string): number {
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(buf.byteLength);
+  if (lib().getsockopt(fd, level, name, buf, len) < 0) fail(`getsockopt(${label})`);
+  return len.readUInt32LE(0);
+}
+
+export function getsockoptInt(fd: number, level: number, name: number, label: string): number {
+  const b = Buffer.alloc(4);
+  getsockoptBuf(fd, level, name, b, label);
+  return b.readInt32LE(0);
+}
+
+export function bind(fd: number, addr: Buffer, label: string): void {
+  if (lib().bind(fd, addr, addr.byteLength) < 0) fail(`bind(${label})`);
+}
+
+/** Non-blocking connect: returns true when connected (or deferred by TFO), false on EINPROGRESS. */
+export function connect(fd: number, addr: Buffer, label: string): boolean {
+  if (lib().connect(fd, addr, addr.byteLength) === 0) return true;
+  const errno = koffi.errno();
+  if (errno === EINPROGRESS) return false;
+  throw PlatformError.fromErrno(`connect(${label})`, errno);
+}
+
+export function listen(fd: number, backlog: number, label: string): void {
+  if (lib().listen(fd, backlog) < 0) fail(`listen(${label})`);
+}
+
+export function getsockname(fd: number): Buffer {
+  const buf = Buffer.alloc(128);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(buf.byteLength);
+  if (lib().getsockname(fd, buf, len) < 0) fail(`getsockname(${fd})`);
+  return buf.subarray(0, Math.min(len.readUInt32LE(0), buf.byteLength));
+}
+
+/** The address of a Buffer's memory, for structs that carry user pointers (MPTCP_FULL_INFO). */
+export function addressOf(buf: Buffer): bigint {
+  lib();
+  return koffi.address(buf);
+}

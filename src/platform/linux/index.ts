@@ -1,0 +1,23 @@
+/**
+ * The Linux backend of the platform layer. Only composition roots (CLIs, lab tools) import this; roles take
+ * the `Sockets` / `KernelConfig` interfaces from ../types.ts.
+ */
+import type { Platform } from '../types.js';
+import { createLinuxKernelConfig } from './kernel.js';
+import { LinuxSockets } from './sockets.js';
+
+export interface LinuxPlatformOptions {
+  /** Network namespace for the kernel configuration (sockets always live in the process's own). */
+  netns?: string;
+}
+
+export function createLinuxPlatform(opts: LinuxPlatformOptions = {}): Platform {
+  return {
+    sockets: new LinuxSockets(),
+    kernel: createLinuxKernelConfig(opts.netns !== undefined ? { netns: opts.netns } : {}),
+  };
+}
+
+export { LinuxSockets, applySocketOptions, fdOf } from './sockets.js';
+export { createLinuxKernelConfig, nftReplaceScript, parseMptcpLimits, parseEndpoints } from './kernel.js';
+export { PlatformError, errnoName } from '../errors.js';

@@ -1,0 +1,302 @@
+/**
+ * The platform layer's interfaces: everything the roles need from the kernel (sockets Node's `net` cannot
+ * make, MPTCP introspection, nftables, `ip mptcp`, policy routing, sysctls). Roles depend on these types only;
+ * the composition root picks the Linux implementation (`createLinuxPlatform()` in ./linux/index.ts).
+ */
+import type net from 'node:net';
+
+export type Family = 4 | 6;
+
+/** Options applied to a socket before bind/connect/listen. */
+export interface SocketSpec {
+  family: Family;
+  protocol: 'mptcp' | 'tcp';
+  /** IP_TRANSPARENT / IPV6_TRANSPARENT (TPROXY listeners, non-local source addresses). */
+  transparent?: boolean;
+  /** IP_FREEBIND / IPV6_FREEBIND. */
+  freebind?: boolean;
+  reuseAddr?: boolean;
+  reusePort?: boolean;
+  /** IP_BIND_ADDRESS_NO_PORT: bind to an address now, pick the port at connect (no 4-tuple exhaustion). */
+  bindAddressNoPort?: boolean;
+  /** SO_MARK (fwmark for policy routing). */
+  mark?: number;
+  /** IP_TOS / IPV6_TCLASS byte: DSCP << 2 (ECN bits are the kernel's). */
+  tos?: number;
+  /** TCP_MAXSEG. */
+  maxSeg?: number;
+  /** SO_LINGER { on, seconds }; seconds 0 makes close() send an RST. */
+  linger?: { onoff: boolean; seconds: number };
+}
+
+export interface ListenSpec extends SocketSpec {
+  host: string;
+  port: number;
+  /** listen() backlog, default 511. */
+  backlog?: number;
+  /** TCP_FASTOPEN queue length on the listener (0/undefined = no TFO). */
+  fastOpenQueue?: number;
+  /** TCP_FASTOPEN_NO_COOKIE on the listener: accept data in the SYN without a cookie. */
+  fastOpenNoCookie?: boolean;
+  /** Accepted sockets keep their writable side open after the peer's FIN (settable later on the Server too). */
+  allowHalfOpen?: boolean;
+}
+
+/** A listening net.Server; `allowHalfOpen` is a real (if untyped in @types/node 20) Server property. */
+export type ListeningServer = net.Server & { allowHalfOpen: boolean };
+
+export interface DialSpec extends SocketSpec {
+  /** IP literal (no name resolution in the platform layer). */
+  host: string;
+  port: number;
+  localAddress?: string;
+  localPort?: number;
+  /**
+   * TCP Fast Open for `data`: 'no-cookie' = TCP_FASTOPEN_CONNECT + TCP_FASTOPEN_NO_COOKIE (data in the first
+   * SYN); 'cookie' = TCP_FASTOPEN_CONNECT only (data in the SYN once a cookie is cached); 'off' (default) =
+   * data is written right after the handshake.
+   */
+  fastOpen?: 'no-cookie' | 'cookie' | 'off';
+  /** Bytes to send in the SYN (TFO) or, without TFO, right after the handshake. */
+  data?: Buffer;
+  /** Connect timeout; default 30 s. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** struct mptcp_info (SOL_MPTCP / MPTCP_INFO), decoded. Fields after `csumEnabled` exist on newer kernels. */
+export interface MptcpInfo {
+  /** Additional subflows (the initial one is not counted). */
+  subflows: number;
+  addAddrSignal: number;
+  addAddrAccepted: number;
+  subflowsMax: number;
+  addAddrSignalMax: number;
+  addAddrAcceptedMax: number;
+  flags: number;
+  fallback: boolean;
+  remoteKeyReceived: boolean;
+  token: number;
+  writeSeq: bigint;
+  sndUna: bigint;
+  rcvNxt: bigint;
+  localAddrUsed?: number;
+  localAddrMax?: number;
+  csumEnabled?: boolean;
+  retransmits?: number;
+  bytesRetrans?: number;
+  bytesSent?: number;
+  bytesReceived?: number;
+  bytesAcked?: number;
+  /** All subflows, the initial one included (kernel >= 6.10). */
+  subflowsTotal?: number;
+  lastDataSentMs?: number;
+  lastDataRecvMs?: number;
+  lastAckRecvMs?: number;
+}
+
+/** The basics of struct tcp_info. Times in microseconds as the kernel gives them. */
+export interface TcpInfo {
+  state: number;
+  caState: number;
+  retransmits: number;
+  probes: number;
+  backoff: number;
+  options: number;
+  sndWscale: number;
+  rcvWscale: number;
+  rtoUs: number;
+  sndMss: number;
+  rcvMss: number;
+  unacked: number;
+  lost: number;
+  retrans: number;
+  pmtu: number;
+  rttUs: number;
+  rttVarUs: number;
+  sndCwnd: number;
+  advMss: number;
+  totalRetrans: number;
+  bytesAcked?: number;
+  bytesReceived?: number;
+  segsOut?: number;
+  segsIn?: number;
+  minRttUs?: number;
+  bytesSent?: number;
+  bytesRetrans?: number;
+}
+
+export interface SocketAddress {
+  family: Family;
+  address: string;
+  port: number;
+}
+
+export interface SubflowInfo {
+  /** Subflow id (from MPTCP_FULL_INFO), when the kernel gives it. */
+  id?: number;
+  local: SocketAddress;
+  remote: SocketAddress;
+  tcp: TcpInfo | null;
+}
+
+export interface Sockets {
+  /** A bound, listening server; the fd is owned by the Server (close() releases it). */
+  listen(spec: ListenSpec): Promise<ListeningServer>;
+  /**
+   * Resolves when the connection is ESTABLISHED (SYN/ACK seen), `data` having been sent in the SYN when TFO
+   * applies (else right after the handshake). Rejects with a PlatformError ('ECONNREFUSED', 'ETIMEDOUT',
+   * 'ENETUNREACH', 'ABORT_ERR', ...) and never leaks the fd. The socket has allowHalfOpen = true.
+   */
+  dial(spec: DialSpec): Promise<net.Socket>;
+  /** null when the socket is not MPTCP or fell back to TCP. */
+  mptcpInfo(socket: net.Socket): MptcpInfo | null;
+  /** Per subflow: addresses and tcp_info; [] when not MPTCP. */
+  subflows(socket: net.Socket): SubflowInfo[];
+  /** Still MPTCP (no fallback to TCP). */
+  isMptcp(socket: net.Socket): boolean;
+  setTos(socket: net.Socket, tos: number): void;
+  getTos(socket: net.Socket): number;
+  setMark(socket: net.Socket, mark: number): void;
+  getMark(socket: net.Socket): number;
+  /** tcp_info of a TCP socket (or of an MPTCP socket that fell back); null when unavailable. */
+  tcpInfo(socket: net.Socket): TcpInfo | null;
+}
+
+export type NftFamily = 'ip' | 'ip6' | 'inet' | 'arp' | 'bridge' | 'netdev';
+
+export interface NftTableRef {
+  family: NftFamily;
+  name: string;
+  handle?: number;
+}
+
+export interface MptcpEndpoint {
+  address: string;
+  id: number;
+  dev?: string;
+  port?: number;
+  /** 'signal' | 'subflow' | 'backup' | 'fullmesh' | 'implicit' */
+  flags: string[];
+}
+
+export interface MptcpEndpointSpec {
+  address: string;
+  id?: number;
+  dev?: string;
+  port?: number;
+  flags: Array<'signal' | 'subflow' | 'backup' | 'fullmesh'>;
+}
+
+export interface MptcpLimits {
+  subflows: number;
+  addAddrAccepted: number;
+}
+
+export interface RuleSpec {
+  family: Family;
+  priority: number;
+  table: number | string;
+  from?: string;
+  to?: string;
+  /** fwmark, optionally with a mask. */
+  fwmark?: number;
+  fwmask?: number;
+  iif?: string;
+  oif?: string;
+}
+
+/** One entry of `ip -j rule show`, as iproute2 prints it. */
+export interface RuleEntry {
+  priority: number;
+  src?: string;
+  srclen?: number;
+  dst?: string;
+  dstlen?: number;
+  table?: string;
+  fwmark?: string;
+  fwmask?: string;
+  iifname?: string;
+  oifname?: string;
+  [key: string]: unknown;
+}
+
+export interface RouteSpec {
+  family: Family;
+  table: number | string;
+  /** Prefix or 'default'. */
+  dst: string;
+  /** 'unicast' (default), 'local' (TPROXY), 'blackhole', 'unreachable'. */
+  type?: 'unicast' | 'local' | 'blackhole' | 'unreachable';
+  via?: string;
+  dev?: string;
+  src?: string;
+  metric?: number;
+}
+
+/** One entry of `ip -j route show`, as iproute2 prints it. */
+export interface RouteEntry {
+  dst: string;
+  type?: string;
+  gateway?: string;
+  dev?: string;
+  prefsrc?: string;
+  metric?: number;
+  [key: string]: unknown;
+}
+
+export interface AddressEntry {
+  ifname: string;
+  ifindex: number;
+  operstate?: string;
+  addr_info: Array<{ family: string; local: string; prefixlen: number; scope?: string; [key: string]: unknown }>;
+  [key: string]: unknown;
+}
+
+/** Kernel configuration; every call runs in the namespace the KernelConfig was created for. */
+export interface KernelConfig {
+  readonly netns: string | undefined;
+  nft: {
+    /**
+     * Atomically replaces table `family name` with `rulesetText` (the table's body: chains, sets, maps; or a
+     * whole `table FAMILY NAME { ... }` declaration of that same table) in one `nft -f` transaction.
+     */
+    applyTable(family: NftFamily, name: string, rulesetText: string): Promise<void>;
+    /** Idempotent: no error when the table does not exist. */
+    deleteTable(family: NftFamily, name: string): Promise<void>;
+    listTables(): Promise<NftTableRef[]>;
+    /** `nft -j list table`: the JSON objects (table, chains, rules, sets), or null when it does not exist. */
+    getTable(family: NftFamily, name: string): Promise<unknown[] | null>;
+  };
+  mptcp: {
+    endpoints(): Promise<MptcpEndpoint[]>;
+    addEndpoint(spec: MptcpEndpointSpec): Promise<void>;
+    deleteEndpoint(id: number): Promise<void>;
+    flushEndpoints(): Promise<void>;
+    limits(): Promise<MptcpLimits>;
+    setLimits(limits: Partial<MptcpLimits>): Promise<void>;
+  };
+  routes: {
+    addRule(spec: RuleSpec): Promise<void>;
+    /** Idempotent. */
+    deleteRule(spec: RuleSpec): Promise<void>;
+    listRules(family: Family): Promise<RuleEntry[]>;
+    /** `ip route replace` (idempotent). */
+    addRoute(spec: RouteSpec): Promise<void>;
+    /** Idempotent. */
+    deleteRoute(spec: RouteSpec): Promise<void>;
+    listRoutes(table: number | string, family: Family): Promise<RouteEntry[]>;
+    /** Idempotent. */
+    flushTable(table: number | string, family: Family): Promise<void>;
+    listAddresses(dev?: string): Promise<AddressEntry[]>;
+  };
+  sysctl: {
+    get(name: string): Promise<string>;
+    set(name: string, value: string): Promise<void>;
+  };
+}
+
+export interface Platform {
+  sockets: Sockets;
+  kernel: KernelConfig;
+}
