@@ -7,6 +7,12 @@ import { constants } from 'node:os';
 import { MpconvertError } from '../errors.js';
 
 const ERRNO_NAMES = new Map<number, string>();
+// Where two names share a number, the socket-layer one wins (95 is EOPNOTSUPP, 11 is EAGAIN).
+const PREFERRED = ['EOPNOTSUPP', 'EAGAIN', 'EDEADLK'];
+for (const name of PREFERRED) {
+  const value = (constants.errno as Record<string, number | undefined>)[name];
+  if (value !== undefined) ERRNO_NAMES.set(value, name);
+}
 for (const [name, value] of Object.entries(constants.errno)) if (!ERRNO_NAMES.has(value)) ERRNO_NAMES.set(value, name);
 
 /** errno number -> name ('EADDRINUSE'); unknown numbers become 'ERRNO_<n>'. */

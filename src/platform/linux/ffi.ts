@@ -37,6 +37,7 @@ interface Libc {
   listen(fd: number, backlog: number): number;
   close(fd: number): number;
   getsockname(fd: number, addr: Buffer, len: Buffer): number;
+  recv(fd: number, buf: Buffer, len: number, flags: number): number;
 }
 
 let libc: Libc | undefined;
@@ -52,6 +53,7 @@ function lib(): Libc {
     listen: l.func('int listen(int, int)'),
     close: l.func('int close(int)'),
     getsockname: l.func('int getsockname(int, void *, void *)'),
+    recv: l.func('intptr_t recv(int, void *, uintptr_t, int)'),
   } as Libc;
   return libc;
 }
@@ -128,4 +130,19 @@ export function getsockname(fd: number): Buffer {
 export function addressOf(buf: Buffer): bigint {
   lib();
   return koffi.address(buf);
+}
+
+const MSG_PEEK = 0x2;
+const MSG_DONTWAIT = 0x40;
+
+/** Bytes already queued on a socket, without consuming them (e.g. the data a TFO SYN carried, at accept). */
+export function peek(fd: number, max: number): Buffer {
+  const buf = Buffer.alloc(max);
+  const n = Number(lib().recv(fd, buf, max, MSG_PEEK | MSG_DONTWAIT));
+  if (n < 0) {
+    const errno = koffi.errno();
+    if (errno === 11) return Buffer.alloc(0);
+    throw PlatformError.fromErrno(`recv(${fd}, MSG_PEEK)`, errno);
+  }
+  return buf.subarray(0, n);
 }

@@ -71,7 +71,14 @@ export function applySocketOptions(fd: number, spec: SocketSpec): void {
   }
   if (spec.bindAddressNoPort) ffi.setsockoptInt(fd, ffi.SOL_IP, ffi.IP.BIND_ADDRESS_NO_PORT, 1, 'IP_BIND_ADDRESS_NO_PORT');
   if (spec.mark !== undefined) ffi.setsockoptInt(fd, ffi.SOL_SOCKET, ffi.SO.MARK, spec.mark >>> 0, 'SO_MARK');
-  if (spec.tos !== undefined) setTosFd(fd, spec.family, spec.tos);
+  if (spec.tos !== undefined) {
+    try {
+      setTosFd(fd, spec.family, spec.tos);
+    } catch (err) {
+      // Kernel MPTCP (6.18) has no IPV6_TCLASS: DSCP on IPv6 MPTCP sockets is best effort, not a dial failure.
+      if (!(spec.family === 6 && spec.protocol === 'mptcp' && err instanceof PlatformError && err.code === 'EOPNOTSUPP')) throw err;
+    }
+  }
   if (spec.maxSeg !== undefined && spec.maxSeg > 0) ffi.setsockoptInt(fd, ffi.SOL_TCP, ffi.TCP.MAXSEG, spec.maxSeg, 'TCP_MAXSEG');
   if (spec.linger) {
     const l = Buffer.alloc(8);
@@ -242,7 +249,12 @@ export class LinuxSockets implements Sockets {
   getTos(socket: net.Socket): number {
     const fd = requireFd(socket, 'getsockopt(IP_TOS)');
     if (familyOfFd(fd) === 6 && !net.isIPv4(stripMapped(socket.remoteAddress ?? ''))) {
-      return ffi.getsockoptInt(fd, ffi.SOL_IPV6, ffi.IPV6.TCLASS, 'IPV6_TCLASS') & 0xff;
+      try {
+        return ffi.getsockoptInt(fd, ffi.SOL_IPV6, ffi.IPV6.TCLASS, 'IPV6_TCLASS') & 0xff;
+      } catch (err) {
+        // MPTCP sockets lack IPV6_TCLASS: the first subflow's IP_TOS is not reachable either, so fall through.
+        if (!(err instanceof PlatformError) || err.code !== 'EOPNOTSUPP') throw err;
+      }
     }
     return ffi.getsockoptInt(fd, ffi.SOL_IP, ffi.IP.TOS, 'IP_TOS') & 0xff;
   }
@@ -260,7 +272,8 @@ function stripMapped(a: string): string {
   return a.startsWith('::ffff:') && net.isIPv4(a.slice(7)) ? a.slice(7) : a;
 }
 
-function fullInfoSubflows(fd: number): SubflowInfo[] {
+/** One MPTCP_FULL_INFO call: a consistent snapshot with subflow ids. */
+export function fullInfoSubflows(fd: number): SubflowInfo[] {
   let room = 8;
   for (let attempt = 0; attempt < 3; attempt++) {
     const req = fullInfoRequest(room);
@@ -275,7 +288,8 @@ function fullInfoSubflows(fd: number): SubflowInfo[] {
   throw new PlatformError('getsockopt(MPTCP_FULL_INFO)', 'EAGAIN', 11, { detail: 'subflow count kept changing' });
 }
 
-function twoCallSubflows(fd: number): SubflowInfo[] {
+/** MPTCP_SUBFLOW_ADDRS + MPTCP_TCPINFO, paired by position (kernels before MPTCP_FULL_INFO). */
+export function twoCallSubflows(fd: number): SubflowInfo[] {
   const room = 16;
   const addrsReq = subflowDataRequest(SUBFLOW_ADDRS_SIZE, room);
   const addrsLen = ffi.getsockoptBuf(fd, ffi.SOL_MPTCP, ffi.MPTCP.SUBFLOW_ADDRS, addrsReq, 'MPTCP_SUBFLOW_ADDRS');
