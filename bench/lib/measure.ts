@@ -1,0 +1,221 @@
+/** The measurements: iperf3 goodput (with the relays' CPU), request/response setup, idle memory, failover. */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Lab } from './lab.js';
+import { countRoundTrips, readSegments } from './roundtrips.js';
+import { cpuSeconds, memoryBytes, spawnIn, type Proc } from './proc.js';
+import { cmdline, CONC_ADDR, IPERF_PORT, RR_PORT, type Deployment } from './systems.js';
+
+const TOOLS = fileURLToPath(new URL('../tools/', import.meta.url));
+
+/** Data flows from the LAN client towards the server (upload), through the CPE's shaped uplinks. */
+export const REVERSE = false;
+
+export interface Servers {
+  iperf: Proc;
+  rr: Proc;
+  stop(): Promise<void>;
+}
+
+/** The measured servers of a deployment: iperf3 and the request/response server. */
+export async function startServers(d: Deployment): Promise<Servers> {
+  const [ic, ia] = cmdline(d.server, 'iperf3', ['-s', '--forceflush', '-i', '0.25', '-B', d.server.address, '-p', String(IPERF_PORT)]);
+  const iperf = spawnIn(d.server.host, 'iperf3 -s', ic, ia);
+  const [rc, ra] = cmdline(d.server, process.execPath, [ `${TOOLS}rr-server.js`, JSON.stringify({ host: d.server.address, port: RR_PORT })]);
+  const rr = spawnIn(d.server.host, 'rr-server', rc, ra);
+  const stop = async () => {
+    await iperf.stop();
+    await rr.stop();
+  };
+  try {
+    await iperf.waitFor(/Server listening/);
+    await rr.waitFor(/"ready"/);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { iperf, rr, stop };
+}
+
+interface IperfJson {
+  end: { sum_received: { bits_per_second: number; bytes: number } };
+  intervals?: Array<{ sum: { start: number; end: number; bits_per_second: number } }>;
+  server_output_json?: { intervals?: Array<{ sum: { start: number; end: number; bits_per_second: number } }> };
+  server_output_text?: string;
+  error?: string;
+}
+
+async function iperf(d: Deployment, args: string[], timeoutMs: number): Promise<IperfJson> {
+  const t = d.target(IPERF_PORT);
+  const [c, a] = cmdline(d.client, 'iperf3', ['-c', t.address, '-p', String(t.port), '-J', ...(REVERSE ? ['-R'] : []), ...args]);
+  const r = await d.client.host.exec(c, a, { timeoutMs, allowFailure: true });
+  let j: IperfJson;
+  try {
+    j = JSON.parse(r.stdout) as IperfJson;
+  } catch {
+    throw new Error(`iperf3 printed no JSON: ${r.stdout.slice(0, 500)} ${r.stderr.slice(0, 500)}`);
+  }
+  if (j.error) throw new Error(`iperf3: ${j.error}`);
+  return j;
+}
+
+export interface GoodputRun {
+  mbps: number;
+  bytes: number;
+  /** CPU seconds of every relay process (CPE + concentrator) during the run; null without a relay. */
+  cpuSeconds: number | null;
+  cpuSecondsPerGB: number | null;
+}
+
+/** One iperf3 run of `seconds` (after `omit` seconds of warm-up). */
+export async function goodput(d: Deployment, seconds: number, omit = 1): Promise<GoodputRun> {
+  const before = d.relayRoots.length ? cpuSeconds(d.relayRoots) : 0;
+  const j = await iperf(d, ['-t', String(seconds), '-O', String(omit)], (seconds + omit) * 1000 + 20_000);
+  // Let socat reap the connection's child so its CPU time lands in the parent's cutime.
+  if (d.system === 'socat') await new Promise((r) => setTimeout(r, 300));
+  const cpu = d.relayRoots.length ? cpuSeconds(d.relayRoots) - before : null;
+  const bytes = j.end.sum_received.bytes;
+  // -O: the warm-up bytes are not in `bytes` but the CPU is in `cpu`: scale the CPU to the measured share.
+  const cpuMeasured = cpu === null ? null : (cpu * seconds) / (seconds + omit);
+  return {
+    mbps: j.end.sum_received.bits_per_second / 1e6,
+    bytes,
+    cpuSeconds: cpuMeasured,
+    cpuSecondsPerGB: cpuMeasured === null || bytes === 0 ? null : cpuMeasured / (bytes / 1e9),
+  };
+}
+
+export interface RrRun {
+  completed: number;
+  errors: number;
+  cps: number;
+  ttfbP50: number | null;
+  ttfbP99: number | null;
+  errorKinds?: Record<string, number>;
+}
+
+/** Short request/response exchanges for `durationMs` with `concurrency` workers. */
+export async function requestResponse(d: Deployment, durationMs: number, concurrency: number, maxConnections?: number): Promise<RrRun> {
+  const t = d.target(RR_PORT);
+  const [c, a] = cmdline(d.client, process.execPath, [`${TOOLS}rr-client.js`, JSON.stringify({ mode: 'rr', host: t.address, port: t.port, durationMs, concurrency, maxConnections })]);
+  const r = await d.client.host.exec(c, a, { timeoutMs: durationMs + 30_000 });
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  return JSON.parse(line) as RrRun;
+}
+
+export interface MemoryRun {
+  connections: number;
+  errors: number;
+  baselineBytes: number;
+  loadedBytes: number;
+  bytesPerConnection: number;
+  processes: number;
+  measure: string;
+}
+
+/** Concentrator-side relay memory with `count` idle relayed connections. */
+export async function idleMemory(d: Deployment, count: number): Promise<MemoryRun> {
+  const root = d.concentratorRoot;
+  if (root === undefined) throw new Error('no concentrator process');
+  const base = memoryBytes(root);
+  const t = d.target(RR_PORT);
+  const [c, a] = cmdline(d.client, process.execPath, [ `${TOOLS}rr-client.js`, JSON.stringify({ mode: 'idle', host: t.address, port: t.port, count, concurrency: 100, timeoutMs: 20_000 })]);
+  const holder = spawnIn(d.client.host, 'rr-client idle', c, a);
+  try {
+    const held = await holder.waitJson<{ held: number; errors: number }>((v) => 'held' in v, 120_000);
+    await new Promise((r) => setTimeout(r, 1_000)); // let the relay settle (buffers freed, timers armed)
+    const loaded = memoryBytes(root);
+    return {
+      connections: held.held,
+      errors: held.errors,
+      baselineBytes: base.bytes,
+      loadedBytes: loaded.bytes,
+      bytesPerConnection: held.held > 0 ? (loaded.bytes - base.bytes) / held.held : NaN,
+      processes: loaded.processes,
+      measure: loaded.measure,
+    };
+  } finally {
+    await holder.stop();
+  }
+}
+
+export interface FailoverRun {
+  /** Receiver goodput per interval: [t seconds since the test started, Mbit/s]. */
+  series: Array<[number, number]>;
+  cutAt: number;
+  restoreAt: number;
+  /** Seconds from the cut until an interval carries >= 90% of the survivor's rate; null if never. */
+  recoverySeconds: number | null;
+  /** Seconds from the restore until an interval carries >= 90% of the sum of the rates; null if never. */
+  rejoinSeconds: number | null;
+}
+
+/**
+ * One long iperf3 run with 0.25 s intervals; uplink `cut` goes down at `cutAt` and comes back at `restoreAt`
+ * (seconds after the iperf3 client started).
+ */
+export async function failover(
+  lab: Lab,
+  d: Deployment,
+  o: { seconds: number; cutAt: number; restoreAt: number; cut: number; survivorMbps: number; sumMbps: number },
+): Promise<FailoverRun> {
+  const timers: NodeJS.Timeout[] = [];
+  const actions: Promise<void>[] = [];
+  let cutDone = false;
+  const t0 = Date.now();
+  timers.push(setTimeout(() => actions.push(lab.uplinkDown(o.cut).then(() => void (cutDone = true))), o.cutAt * 1000));
+  timers.push(setTimeout(() => actions.push(lab.uplinkUp(o.cut)), o.restoreAt * 1000));
+  let j: IperfJson;
+  try {
+    j = await iperf(d, ['-t', String(o.seconds), '-i', '0.25', ...(REVERSE ? [] : ['--get-server-output'])], o.seconds * 1000 + 30_000);
+  } finally {
+    for (const t of timers) clearTimeout(t);
+    await Promise.allSettled(actions);
+    if (Date.now() - t0 < o.restoreAt * 1000 || cutDone) await lab.uplinkUp(o.cut).catch(() => {});
+  }
+  const iv = REVERSE ? j.intervals : j.server_output_json?.intervals;
+  const series = iv?.length ? iv.map((x) => [x.sum.end, x.sum.bits_per_second / 1e6] as [number, number]) : parseIntervals(j.server_output_text ?? '');
+  if (!series.length) throw new Error('iperf3 gave no intervals');
+  const after = (from: number, threshold: number) => {
+    const hit = series.find(([t, v]) => t > from + 0.25 && v >= threshold);
+    return hit ? hit[0] - from : null;
+  };
+  return {
+    series,
+    cutAt: o.cutAt,
+    restoreAt: o.restoreAt,
+    recoverySeconds: after(o.cutAt, 0.9 * o.survivorMbps),
+    rejoinSeconds: after(o.restoreAt, 0.9 * o.sumMbps),
+  };
+}
+
+/** iperf3's text intervals ("[  5]   0.25-0.50   sec  2.94 MBytes  98.6 Mbits/sec"), the summary lines left out. */
+function parseIntervals(text: string): Array<[number, number]> {
+  const unit: Record<string, number> = { '': 1e-6, K: 1e-3, M: 1, G: 1e3 };
+  const out: Array<[number, number]> = [];
+  for (const m of text.matchAll(/^\[\s*\d+\]\s+([\d.]+)-([\d.]+)\s+sec\s+[\d.]+\s+\w?Bytes\s+([\d.]+)\s+([KMG]?)bits\/sec\s*$/gm)) {
+    out.push([Number(m[2]), Number(m[3]) * unit[m[4] ?? '']!]);
+  }
+  return out;
+}
+
+/** Round trips to the first byte of one exchange, counted from a capture on the CPE's uplinks (see roundtrips.ts). */
+export async function roundTrips(lab: Lab, d: Deployment): Promise<number | null> {
+  await requestResponse(d, 200, 1, 3); // warm-up: TFO cookies, caches
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-bench-pcap-'));
+  const file = join(dir, 'rt.pcap');
+  const dump = spawnIn(lab.hosts.cpe, 'tcpdump', 'tcpdump', ['-i', 'any', '--immediate-mode', '-U', '-n', '-s', '200', '-w', file, 'tcp and host ' + CONC_ADDR]);
+  try {
+    await dump.waitFor(/listening on/);
+    const r = await requestResponse(d, 2_000, 1, 1);
+    if (r.completed !== 1) throw new Error(`the captured exchange failed: ${JSON.stringify(r.errorKinds)}`);
+    await new Promise((res) => setTimeout(res, 200));
+    await dump.stop();
+    return countRoundTrips(readSegments(file), CONC_ADDR);
+  } finally {
+    await dump.stop();
+    if (!process.env.BENCH_KEEP_PCAP) rmSync(dir, { recursive: true, force: true });
+  }
+}

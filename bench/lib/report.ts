@@ -1,0 +1,221 @@
+/** Statistics, the markdown table, and the two SVG charts (hand-written, no dependency). */
+import { SYSTEMS, type SystemName } from './systems.js';
+
+export interface Stat {
+  median: number;
+  min: number;
+  max: number;
+  runs: number[];
+}
+
+export function stat(values: Array<number | null | undefined>): Stat | null {
+  const v = values.filter((x): x is number => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return null;
+  const mid = v.length >> 1;
+  const median = v.length % 2 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
+  return { median, min: v[0]!, max: v[v.length - 1]!, runs: values.filter((x): x is number => typeof x === 'number') };
+}
+
+export type PerSystem<T> = Partial<Record<SystemName, T>>;
+
+export interface Topology {
+  name: string;
+  ratesMbps: number[];
+}
+
+export interface Results {
+  meta: {
+    date: string;
+    kernel: string;
+    cpus: number;
+    node: string;
+    tools: Record<string, string>;
+    settings: Record<string, unknown>;
+    notes: string[];
+    durationSeconds?: number;
+  };
+  aggregation: Array<{
+    topology: Topology;
+    sumMbps: number;
+    systems: PerSystem<{ goodputMbps: Stat | null; ratio: Stat | null; error?: string }>;
+  }>;
+  relay: PerSystem<{ goodputMbps: Stat | null; cpuSecondsPerGB: Stat | null; error?: string }>;
+  setup: PerSystem<{
+    cps: Stat | null;
+    ttfbP50Ms: Stat | null;
+    ttfbP99Ms: Stat | null;
+    errors: number;
+    roundTrips: Stat | null;
+    error?: string;
+  }>;
+  memory: PerSystem<{
+    connections: number;
+    errors: number;
+    baselineBytes: number;
+    loadedBytes: number;
+    bytesPerConnection: Stat | null;
+    measure: string;
+    error?: string;
+  }>;
+  failover: {
+    topology: Topology;
+    cut: number;
+    cutAt: number;
+    restoreAt: number;
+    systems: PerSystem<{ recoverySeconds: Stat | null; rejoinSeconds: Stat | null; never: number; series: Array<[number, number]>; error?: string }>;
+  } | null;
+  targets: Array<{ target: string; value: string; met: boolean | null; gap: string }>;
+  deployments: PerSystem<string>;
+}
+
+const fmt = (x: number, d: number) => (Math.abs(x) >= 1000 ? x.toFixed(0) : x.toFixed(d));
+export function cell(s: Stat | null | undefined, d = 2, err?: string): string {
+  if (err) return `error`;
+  if (!s) return '—';
+  if (s.runs.length <= 1 || s.min === s.max) return fmt(s.median, d);
+  return `${fmt(s.median, d)} (${fmt(s.min, d)}–${fmt(s.max, d)})`;
+}
+
+const ratio = (a: Stat | null | undefined, b: Stat | null | undefined, d = 2): string => (a && b && b.median !== 0 ? `${(a.median / b.median).toFixed(d)}x` : '—');
+
+const NAMES: Record<SystemName, string> = { kernel: 'kernel MPTCP (ceiling)', mpconvert: 'mpconvert', shadowsocks: 'shadowsocks-libev', socat: 'socat + mptcpize' };
+
+export function markdown(r: Results): string {
+  const L: string[] = [];
+  const head = (cols: string[]) => {
+    L.push(`| ${cols.join(' | ')} |`);
+    L.push(`|${cols.map(() => '---').join('|')}|`);
+  };
+  const row = (cols: string[]) => L.push(`| ${cols.join(' | ')} |`);
+  L.push(`Medians of ${String(r.meta.settings['runs'])} runs, (min–max) in brackets. ${r.meta.date}, Linux ${r.meta.kernel}, ${r.meta.cpus} CPUs, Node ${r.meta.node}.`);
+  L.push('');
+  L.push('**Aggregation**: goodput / sum of the uplink rates (tbf), LAN client to server.');
+  L.push('');
+  head(['uplinks', ...SYSTEMS.map((s) => NAMES[s]), 'mpconvert / kernel', 'mpconvert / shadowsocks', 'mpconvert / socat']);
+  for (const a of r.aggregation) {
+    const s = a.systems;
+    row([
+      `${a.topology.name} Mbit/s`,
+      ...SYSTEMS.map((x) => cell(s[x]?.ratio, 3, s[x]?.error)),
+      ratio(s.mpconvert?.ratio, s.kernel?.ratio, 3),
+      ratio(s.mpconvert?.ratio, s.shadowsocks?.ratio),
+      ratio(s.mpconvert?.ratio, s.socat?.ratio),
+    ]);
+  }
+  L.push('');
+  L.push('**Relay** (2 unshaped uplinks), **setup**, **memory**, **failover**:');
+  L.push('');
+  head(['figure', ...SYSTEMS.map((s) => NAMES[s]), 'mpconvert / shadowsocks', 'mpconvert / socat']);
+  const line = (label: string, get: (x: SystemName) => Stat | null | undefined, d: number, err: (x: SystemName) => string | undefined, lowerBetter = false) => {
+    const m = get('mpconvert');
+    const rel = (o: SystemName) => (lowerBetter ? ratio(get(o), m) : ratio(m, get(o)));
+    row([label, ...SYSTEMS.map((x) => cell(get(x), d, err(x))), rel('shadowsocks'), rel('socat')]);
+  };
+  line('goodput, Mbit/s', (x) => r.relay[x]?.goodputMbps, 0, (x) => r.relay[x]?.error);
+  line('relay CPU, s per GB (CPE + concentrator)', (x) => r.relay[x]?.cpuSecondsPerGB, 2, (x) => r.relay[x]?.error, true);
+  line('connections per second', (x) => r.setup[x]?.cps, 0, (x) => r.setup[x]?.error);
+  line('time to first byte p50, ms', (x) => r.setup[x]?.ttfbP50Ms, 2, (x) => r.setup[x]?.error, true);
+  line('time to first byte p99, ms', (x) => r.setup[x]?.ttfbP99Ms, 2, (x) => r.setup[x]?.error, true);
+  line('uplink round trips to first byte', (x) => r.setup[x]?.roundTrips, 2, (x) => r.setup[x]?.error, true);
+  line('concentrator memory per idle connection, bytes', (x) => r.memory[x]?.bytesPerConnection, 0, (x) => r.memory[x]?.error, true);
+  if (r.failover) {
+    const f = r.failover;
+    line(`failover: s until the survivor carries 90% (${f.topology.name})`, (x) => f.systems[x]?.recoverySeconds, 2, (x) => f.systems[x]?.error, true);
+    line('failover: s until both carry 90% after the restore', (x) => f.systems[x]?.rejoinSeconds, 2, (x) => f.systems[x]?.error, true);
+  }
+  L.push('');
+  const mem = SYSTEMS.filter((x) => r.memory[x] && !r.memory[x]?.error)
+    .map((x) => `${NAMES[x]} ${r.memory[x]!.connections} connections (${r.memory[x]!.measure})`)
+    .join(', ');
+  if (mem) L.push(`Memory measured with: ${mem}.`);
+  L.push('');
+  L.push('**Targets**');
+  L.push('');
+  head(['target', 'measured', 'met', 'gap']);
+  for (const t of r.targets) row([t.target, t.value, t.met === null ? 'n/a' : t.met ? 'yes' : '**no**', t.gap]);
+  L.push('');
+  L.push('How each system is deployed:');
+  L.push('');
+  for (const x of SYSTEMS) if (r.deployments[x]) L.push(`- ${NAMES[x]}: ${r.deployments[x]}`);
+  for (const n of r.meta.notes) L.push(`- ${n}`);
+  return L.join('\n') + '\n';
+}
+
+const COLORS: Record<SystemName, string> = { kernel: '#555555', mpconvert: '#1f77b4', shadowsocks: '#d62728', socat: '#2ca02c' };
+const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
+
+function legend(x: number, y: number, systems: readonly SystemName[]): string {
+  return systems
+    .map((s, i) => `<rect x="${x + i * 170}" y="${y}" width="12" height="12" fill="${COLORS[s]}"/><text x="${x + i * 170 + 16}" y="${y + 11}">${esc(NAMES[s])}</text>`)
+    .join('');
+}
+
+/** Grouped bars: goodput / sum of rates per topology and system, with min–max whiskers. */
+export function aggregationSvg(r: Results): string {
+  const W = 760;
+  const H = 360;
+  const left = 50;
+  const top = 40;
+  const bottom = 300;
+  const groupW = (W - left - 20) / Math.max(1, r.aggregation.length);
+  const barW = Math.min(36, (groupW - 30) / SYSTEMS.length);
+  const y = (v: number) => bottom - (Math.min(v, 1.1) / 1.1) * (bottom - top);
+  const parts: string[] = [];
+  for (const t of [0, 0.25, 0.5, 0.75, 1]) {
+    parts.push(`<line x1="${left}" x2="${W - 10}" y1="${y(t)}" y2="${y(t)}" stroke="#ddd"/><text x="${left - 6}" y="${y(t) + 4}" text-anchor="end">${t.toFixed(2)}</text>`);
+  }
+  r.aggregation.forEach((a, gi) => {
+    const gx = left + gi * groupW + 15;
+    SYSTEMS.forEach((s, si) => {
+      const st = a.systems[s]?.ratio;
+      const x = gx + si * barW;
+      if (!st) return;
+      parts.push(`<rect x="${x.toFixed(1)}" y="${y(st.median).toFixed(1)}" width="${(barW - 4).toFixed(1)}" height="${(bottom - y(st.median)).toFixed(1)}" fill="${COLORS[s]}"><title>${esc(NAMES[s])}: ${st.median.toFixed(3)}</title></rect>`);
+      const cx = x + (barW - 4) / 2;
+      parts.push(`<line x1="${cx}" x2="${cx}" y1="${y(st.min)}" y2="${y(st.max)}" stroke="#000"/>`);
+      parts.push(`<text x="${cx}" y="${y(st.median) - 4}" text-anchor="middle" font-size="9">${st.median.toFixed(2)}</text>`);
+    });
+    parts.push(`<text x="${gx + (SYSTEMS.length * barW) / 2}" y="${bottom + 16}" text-anchor="middle">${esc(a.topology.name)} Mbit/s</text>`);
+  });
+  return svg(W, H, 'Aggregation: goodput / sum of uplink rates', [...parts, legend(left, H - 24, SYSTEMS)]);
+}
+
+/** Goodput over time per system, with the cut and the restore marked. */
+export function failoverSvg(r: Results): string {
+  const W = 760;
+  const H = 360;
+  const left = 50;
+  const top = 40;
+  const bottom = 300;
+  const f = r.failover;
+  const parts: string[] = [];
+  if (f) {
+    const series = SYSTEMS.map((s) => [s, f.systems[s]?.series ?? []] as const);
+    const tMax = Math.max(1, ...series.flatMap(([, v]) => v.map(([t]) => t)));
+    const vMax = Math.max(10, ...series.flatMap(([, v]) => v.map(([, m]) => m))) * 1.1;
+    const x = (t: number) => left + (t / tMax) * (W - left - 20);
+    const y = (v: number) => bottom - (v / vMax) * (bottom - top);
+    const step = vMax > 200 ? 50 : vMax > 100 ? 25 : 10;
+    for (let v = 0; v <= vMax; v += step) parts.push(`<line x1="${left}" x2="${W - 20}" y1="${y(v)}" y2="${y(v)}" stroke="#eee"/><text x="${left - 6}" y="${y(v) + 4}" text-anchor="end">${v}</text>`);
+    for (let t = 0; t <= tMax; t += 2) parts.push(`<text x="${x(t)}" y="${bottom + 16}" text-anchor="middle">${t}s</text>`);
+    for (const [t, label] of [[f.cutAt, `up${f.cut} cut`], [f.restoreAt, `up${f.cut} restored`]] as const) {
+      parts.push(`<line x1="${x(t)}" x2="${x(t)}" y1="${top}" y2="${bottom}" stroke="#999" stroke-dasharray="4 3"/><text x="${x(t) + 3}" y="${top + 10}">${label}</text>`);
+    }
+    for (const [s, v] of series) {
+      if (!v.length) continue;
+      parts.push(`<polyline fill="none" stroke="${COLORS[s]}" stroke-width="1.6" points="${v.map(([t, m]) => `${x(t).toFixed(1)},${y(m).toFixed(1)}`).join(' ')}"/>`);
+    }
+    parts.push(`<text x="12" y="${(top + bottom) / 2}" transform="rotate(-90 12 ${(top + bottom) / 2})" text-anchor="middle">Mbit/s</text>`);
+  }
+  const title = f ? `Failover: goodput while one of two uplinks (${f.topology.name} Mbit/s) is cut and restored` : 'Failover: not measured';
+  return svg(W, H, title, [...parts, legend(left, H - 24, SYSTEMS)]);
+}
+
+function svg(w: number, h: number, title: string, parts: string[]): string {
+  return (
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" font-family="sans-serif" font-size="11">\n` +
+    `<rect width="${w}" height="${h}" fill="#fff"/>\n<text x="${w / 2}" y="20" text-anchor="middle" font-size="14">${esc(title)}</text>\n` +
+    parts.join('\n') +
+    '\n</svg>\n'
+  );
+}

@@ -1,0 +1,402 @@
+/**
+ * `npm run bench`: mpconvert against kernel MPTCP (the ceiling), shadowsocks-libev and socat, in one run, on the
+ * same lab topologies. Writes bench/results/latest.{json,md}, aggregation.svg, failover.svg and prints the table.
+ *
+ *   node dist/bench/main.js [--runs 3] [--seconds 3] [--quick] [--systems kernel,mpconvert,...]
+ *                           [--only relay,setup,memory,aggregation,failover] [--profile] [--out DIR]
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpus, release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Lab } from './lib/lab.js';
+import { failover, roundTrips, goodput, idleMemory, requestResponse, startServers, type FailoverRun } from './lib/measure.js';
+import { aggregationSvg, failoverSvg, markdown, stat, type Results, type Stat, type Topology } from './lib/report.js';
+import { deploy, needsLabMptcpRouting, SYSTEMS, type Deployment, type SystemName } from './lib/systems.js';
+import { summariseProfile } from './lib/profile.js';
+
+const FIGURES = ['relay', 'setup', 'memory', 'aggregation', 'failover'] as const;
+type Figure = (typeof FIGURES)[number];
+
+interface Options {
+  runs: number;
+  seconds: number;
+  setupMs: number;
+  concurrency: number;
+  memoryConnections: number;
+  socatMemoryConnections: number;
+  failoverSeconds: number;
+  failoverRuns: number;
+  systems: SystemName[];
+  only: Set<Figure>;
+  topologies: Topology[];
+  profile: boolean;
+  out: string;
+}
+
+function parseArgs(argv: string[]): Options {
+  const get = (name: string) => {
+    const i = argv.indexOf(`--${name}`);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const quick = argv.includes('--quick');
+  const o: Options = {
+    runs: Number(get('runs') ?? (quick ? 1 : 3)),
+    seconds: Number(get('seconds') ?? (quick ? 2 : 3)),
+    setupMs: quick ? 1_000 : 2_000,
+    concurrency: 32,
+    memoryConnections: Number(get('connections') ?? (quick ? 2_000 : 9_500)),
+    socatMemoryConnections: quick ? 200 : 1_000,
+    failoverSeconds: 14,
+    failoverRuns: Number(get('failover-runs') ?? (quick ? 1 : 2)),
+    systems: (get('systems')?.split(',') ?? [...SYSTEMS]) as SystemName[],
+    only: new Set((get('only')?.split(',') ?? [...FIGURES]) as Figure[]),
+    topologies: [
+      { name: '50+50', ratesMbps: [50, 50] },
+      { name: '80+20', ratesMbps: [80, 20] },
+      { name: '4x25', ratesMbps: [25, 25, 25, 25] },
+    ],
+    profile: argv.includes('--profile'),
+    out: get('out') ?? fileURLToPath(new URL('../../bench/results/', import.meta.url)),
+  };
+  for (const s of o.systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`);
+  for (const f of o.only) if (!FIGURES.includes(f)) throw new Error(`unknown figure ${f}; known: ${FIGURES.join(', ')}`);
+  return o;
+}
+
+const t0 = Date.now();
+const log = (msg: string) => process.stderr.write(`[bench ${((Date.now() - t0) / 1000).toFixed(0).padStart(3)}s] ${msg}\n`);
+const errText = (e: unknown) => (e instanceof Error ? e.message : String(e)).split('\n').slice(0, 3).join(' ').slice(0, 300);
+
+function version(cmd: string, args: string[], re: RegExp): string {
+  try {
+    const out = execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+    return re.exec(out)?.[1] ?? out.split('\n')[0]!.trim();
+  } catch (e) {
+    const out = String((e as { stdout?: Buffer }).stdout ?? '') + String((e as { stderr?: Buffer }).stderr ?? '');
+    return re.exec(out)?.[1] ?? 'unknown';
+  }
+}
+
+/** Bench-wide namespace settings, the same for every system: enough ports and TIME_WAIT reuse for the setup test. */
+async function tune(lab: Lab): Promise<void> {
+  const hosts = [lab.hosts.client, lab.hosts.cpe, lab.hosts.concentrator, ...lab.hosts.servers];
+  for (const h of hosts) {
+    await h.exec('sysctl', ['-qw', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=10000 65000'], { allowFailure: true });
+  }
+  // TFO server side on the concentrator (ss-server --fast-open needs it; mpconvert sets it itself).
+  await lab.hosts.concentrator.exec('sysctl', ['-qw', 'net.ipv4.tcp_fastopen=3'], { allowFailure: true });
+}
+
+async function withLab<T>(rates: Array<number>, mptcpRouting: boolean, fn: (lab: Lab) => Promise<T>): Promise<T> {
+  const lab = await Lab.up({ uplinks: rates.map((r) => ({ rate: r === 0 ? 0 : `${r}mbit` })), servers: 1, mptcpRouting });
+  try {
+    await tune(lab);
+    return await fn(lab);
+  } finally {
+    await lab.down();
+  }
+}
+
+/** Groups the systems by the lab they need (with or without the lab's plain-MPTCP routing). */
+function labGroups(systems: SystemName[]): Array<{ mptcpRouting: boolean; systems: SystemName[] }> {
+  const withR = systems.filter(needsLabMptcpRouting);
+  const without = systems.filter((s) => !needsLabMptcpRouting(s));
+  return [
+    ...(withR.length ? [{ mptcpRouting: true, systems: withR }] : []),
+    ...(without.length ? [{ mptcpRouting: false, systems: without }] : []),
+  ];
+}
+
+async function withDeployment<T>(system: SystemName, lab: Lab, uplinks: number, fn: (d: Deployment) => Promise<T>, cpuProfileDir?: string): Promise<T> {
+  const d = await deploy(system, { lab, uplinks, cpuProfileDir });
+  try {
+    const servers = await startServers(d);
+    try {
+      return await fn(d);
+    } finally {
+      await servers.stop();
+    }
+  } finally {
+    await d.stop();
+  }
+}
+
+async function repeat<T>(n: number, fn: (i: number) => Promise<T>): Promise<T[]> {
+  const out: T[] = [];
+  for (let i = 0; i < n; i++) out.push(await fn(i));
+  return out;
+}
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  mkdirSync(o.out, { recursive: true });
+  const r: Results = {
+    meta: {
+      date: new Date().toISOString(),
+      kernel: release(),
+      cpus: cpus().length,
+      node: process.version,
+      tools: {
+        iperf3: version('iperf3', ['--version'], /iperf (\S+)/),
+        'shadowsocks-libev': version('ss-server', ['-h'], /shadowsocks-libev (\S+)/),
+        socat: version('socat', ['-V'], /socat version (\S+)/),
+      },
+      settings: {
+        runs: o.runs,
+        seconds: o.seconds,
+        warmupSeconds: 1,
+        setupMs: o.setupMs,
+        concurrency: o.concurrency,
+        memoryConnections: o.memoryConnections,
+        socatMemoryConnections: o.socatMemoryConnections,
+        failoverRuns: o.failoverRuns,
+        systems: o.systems,
+        figures: [...o.only],
+      },
+      notes: [
+        'Goodput: iperf3, one TCP connection from the LAN client to the server (upload through the CPE), after 1 s of warm-up.',
+        'Relay CPU: utime + stime of every relay process on the CPE and the concentrator (and their reaped children), per GB of goodput.',
+        'Setup: a Node load generator, 32 concurrent workers, one 100-byte request and a 100-byte response per connection, the server closes.',
+        'Round trips: counted on a packet capture of one exchange on the CPE uplinks (no netem on this kernel to time them): each answer from the concentrator side to a SYN or payload the CPE side sent, up to the first response payload.',
+        'Memory: concentrator process memory with N idle relayed connections open, minus the same process before; kernel socket buffers are not process memory.',
+        'Memory: 9,500 rather than 10,000 connections: a relay holds 2 descriptors per relayed connection, and the hard RLIMIT_NOFILE of this machine is 20,000 (not raisable inside its container). socat forks a process per connection: 1,000 connections, sum of PSS.',
+        'Bench-wide namespace settings for every system: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 10000–65000, tcp_fastopen=3 on the concentrator.',
+        'mpconvert runs with sessionLog off, log level warn and its admission limits lifted (defaults: 500 new connections/s and 4096 connections per CPE).',
+      ],
+    },
+    aggregation: [],
+    relay: {},
+    setup: {},
+    memory: {},
+    failover: null,
+    targets: [],
+    deployments: {},
+  };
+
+  if (o.profile) {
+    await profileRun(o);
+    return;
+  }
+
+  // Unshaped, 2 uplinks: relay, setup, memory.
+  if (o.only.has('relay') || o.only.has('setup') || o.only.has('memory')) {
+    for (const g of labGroups(o.systems)) {
+      log(`lab: 2 unshaped uplinks (${g.mptcpRouting ? 'lab MPTCP routing' : 'routing by the mpconvert CPE'})`);
+      await withLab([0, 0], g.mptcpRouting, async (lab) => {
+        for (const sys of g.systems) {
+          try {
+            await withDeployment(sys, lab, 2, async (d) => {
+              r.deployments[sys] = d.note;
+              if (o.only.has('relay')) {
+                try {
+                  const runs = await repeat(o.runs, () => goodput(d, o.seconds));
+                  r.relay[sys] = { goodputMbps: stat(runs.map((x) => x.mbps)), cpuSecondsPerGB: stat(runs.map((x) => x.cpuSecondsPerGB)) };
+                  log(`relay ${sys}: ${runs.map((x) => `${x.mbps.toFixed(0)} Mbit/s ${x.cpuSecondsPerGB?.toFixed(2) ?? '-'} s/GB`).join(', ')}`);
+                } catch (e) {
+                  r.relay[sys] = { goodputMbps: null, cpuSecondsPerGB: null, error: errText(e) };
+                  log(`relay ${sys}: ERROR ${errText(e)}`);
+                }
+              }
+              if (o.only.has('setup')) {
+                try {
+                  await requestResponse(d, 300, 4); // warm-up (TFO cookies, caches)
+                  const runs = await repeat(o.runs, () => requestResponse(d, o.setupMs, o.concurrency));
+                  const rts = await repeat(o.runs, () => roundTrips(lab, d));
+                  r.setup[sys] = {
+                    cps: stat(runs.map((x) => x.cps)),
+                    ttfbP50Ms: stat(runs.map((x) => x.ttfbP50)),
+                    ttfbP99Ms: stat(runs.map((x) => x.ttfbP99)),
+                    errors: runs.reduce((s, x) => s + x.errors, 0),
+                    roundTrips: stat(rts),
+                  };
+                  log(`setup ${sys}: ${runs.map((x) => `${x.cps.toFixed(0)}/s p50 ${x.ttfbP50?.toFixed(2)} ms p99 ${x.ttfbP99?.toFixed(2)} ms err ${x.errors}`).join(', ')}; round trips ${rts.join(', ')}`);
+                } catch (e) {
+                  r.setup[sys] = { cps: null, ttfbP50Ms: null, ttfbP99Ms: null, errors: 0, roundTrips: null, error: errText(e) };
+                  log(`setup ${sys}: ERROR ${errText(e)}`);
+                }
+              }
+              if (o.only.has('memory') && sys !== 'kernel') {
+                try {
+                  const n = sys === 'socat' ? o.socatMemoryConnections : o.memoryConnections;
+                  const m = await idleMemory(d, n);
+                  r.memory[sys] = { ...m, bytesPerConnection: stat([m.bytesPerConnection]) };
+                  log(`memory ${sys}: ${m.connections} held (${m.errors} errors), ${(m.baselineBytes / 1048576).toFixed(1)} -> ${(m.loadedBytes / 1048576).toFixed(1)} MiB, ${m.bytesPerConnection.toFixed(0)} B/connection (${m.measure})`);
+                } catch (e) {
+                  r.memory[sys] = { connections: 0, errors: 0, baselineBytes: 0, loadedBytes: 0, bytesPerConnection: null, measure: '', error: errText(e) };
+                  log(`memory ${sys}: ERROR ${errText(e)}`);
+                }
+              }
+            });
+          } catch (e) {
+            const error = errText(e);
+            log(`${sys}: deployment failed: ${error}`);
+            r.relay[sys] ??= { goodputMbps: null, cpuSecondsPerGB: null, error };
+            r.setup[sys] ??= { cps: null, ttfbP50Ms: null, ttfbP99Ms: null, errors: 0, roundTrips: null, error };
+          }
+        }
+      });
+    }
+  }
+
+  // Shaped topologies: aggregation, and failover on the first (two equal uplinks).
+  if (o.only.has('aggregation') || o.only.has('failover')) {
+    const failTopo = o.topologies[0]!;
+    const failRuns: Partial<Record<SystemName, FailoverRun[]>> = {};
+    const failErr: Partial<Record<SystemName, string>> = {};
+    const cutAt = 4;
+    const restoreAt = 9;
+    for (const topo of o.topologies) {
+      const doAgg = o.only.has('aggregation');
+      const doFail = o.only.has('failover') && topo === failTopo;
+      if (!doAgg && !doFail) continue;
+      const sum = topo.ratesMbps.reduce((s, x) => s + x, 0);
+      const entry: Results['aggregation'][number] = { topology: topo, sumMbps: sum, systems: {} };
+      for (const g of labGroups(o.systems)) {
+        log(`lab: uplinks ${topo.name} Mbit/s (${g.mptcpRouting ? 'lab MPTCP routing' : 'routing by the mpconvert CPE'})`);
+        await withLab(topo.ratesMbps, g.mptcpRouting, async (lab) => {
+          for (const sys of g.systems) {
+            try {
+              await withDeployment(sys, lab, topo.ratesMbps.length, async (d) => {
+                r.deployments[sys] ??= d.note;
+                if (doAgg) {
+                  try {
+                    const runs = await repeat(o.runs, () => goodput(d, o.seconds));
+                    entry.systems[sys] = { goodputMbps: stat(runs.map((x) => x.mbps)), ratio: stat(runs.map((x) => x.mbps / sum)) };
+                    log(`aggregation ${topo.name} ${sys}: ${runs.map((x) => `${x.mbps.toFixed(1)}`).join(', ')} Mbit/s of ${sum}`);
+                  } catch (e) {
+                    entry.systems[sys] = { goodputMbps: null, ratio: null, error: errText(e) };
+                    log(`aggregation ${topo.name} ${sys}: ERROR ${errText(e)}`);
+                  }
+                }
+                if (doFail) {
+                  try {
+                    failRuns[sys] = await repeat(o.failoverRuns, () =>
+                      failover(lab, d, { seconds: o.failoverSeconds, cutAt, restoreAt, cut: 1, survivorMbps: topo.ratesMbps[1]!, sumMbps: sum }),
+                    );
+                    log(`failover ${sys}: recovery ${failRuns[sys]!.map((x) => x.recoverySeconds?.toFixed(2) ?? 'never').join(', ')} s, rejoin ${failRuns[sys]!.map((x) => x.rejoinSeconds?.toFixed(2) ?? 'never').join(', ')} s`);
+                  } catch (e) {
+                    failErr[sys] = errText(e);
+                    log(`failover ${sys}: ERROR ${errText(e)}`);
+                  }
+                }
+              });
+            } catch (e) {
+              log(`${sys}: deployment failed: ${errText(e)}`);
+              if (doAgg) entry.systems[sys] = { goodputMbps: null, ratio: null, error: errText(e) };
+              if (doFail) failErr[sys] = errText(e);
+            }
+          }
+        });
+      }
+      if (doAgg) r.aggregation.push(entry);
+    }
+    if (o.only.has('failover')) {
+      r.failover = { topology: failTopo, cut: 1, cutAt, restoreAt, systems: {} };
+      for (const sys of o.systems) {
+        const runs = failRuns[sys];
+        if (!runs) {
+          if (failErr[sys]) r.failover.systems[sys] = { recoverySeconds: null, rejoinSeconds: null, never: 0, series: [], error: failErr[sys]! };
+          continue;
+        }
+        // The chart shows the run with the median recovery time.
+        const sorted = [...runs].sort((a, b) => (a.recoverySeconds ?? 1e9) - (b.recoverySeconds ?? 1e9));
+        r.failover.systems[sys] = {
+          recoverySeconds: stat(runs.map((x) => x.recoverySeconds)),
+          rejoinSeconds: stat(runs.map((x) => x.rejoinSeconds)),
+          never: runs.filter((x) => x.recoverySeconds === null).length,
+          series: sorted[(sorted.length - 1) >> 1]!.series,
+        };
+      }
+    }
+  }
+
+  r.targets = targets(r);
+  r.meta.durationSeconds = Math.round((Date.now() - t0) / 1000);
+  const md = `## Benchmark results\n\n${markdown(r)}`;
+  writeFileSync(join(o.out, 'latest.json'), JSON.stringify(r, null, 2) + '\n');
+  writeFileSync(join(o.out, 'latest.md'), md);
+  writeFileSync(join(o.out, 'aggregation.svg'), aggregationSvg(r));
+  writeFileSync(join(o.out, 'failover.svg'), failoverSvg(r));
+  process.stdout.write(md);
+  log(`done in ${r.meta.durationSeconds} s; results in ${o.out}`);
+}
+
+function targets(r: Results): Results['targets'] {
+  const out: Results['targets'] = [];
+  const m = (s: Stat | null | undefined) => s?.median;
+  const pct = (x: number) => `${x >= 0 ? '+' : ''}${(100 * x).toFixed(1)}%`;
+  const add = (target: string, value: number | undefined, goal: number | undefined, higherBetter: boolean, show: (v: number) => string) => {
+    if (value === undefined || goal === undefined || !Number.isFinite(value) || !Number.isFinite(goal) || goal === 0) {
+      out.push({ target, value: '—', met: null, gap: '—' });
+      return;
+    }
+    const met = higherBetter ? value >= goal : value <= goal;
+    // Gap: how far from the goal, relative to the goal (positive = better than the goal).
+    const gap = higherBetter ? value / goal - 1 : goal / value - 1;
+    out.push({ target, value: show(value), met, gap: pct(gap) });
+  };
+  for (const a of r.aggregation) {
+    const s = a.systems;
+    const mp = m(s.mpconvert?.ratio);
+    const k = m(s.kernel?.ratio);
+    add(`aggregation ${a.topology.name}: >= 0.99x kernel`, mp !== undefined && k ? mp / k : undefined, 0.99, true, (v) => `${v.toFixed(3)}x`);
+    const peers = [m(s.shadowsocks?.ratio), m(s.socat?.ratio)].filter((x): x is number => x !== undefined);
+    add(`aggregation ${a.topology.name}: >= both peers`, mp, peers.length ? Math.max(...peers) : undefined, true, (v) => v.toFixed(3));
+  }
+  const g = (x: SystemName) => m(r.relay[x]?.goodputMbps);
+  const c = (x: SystemName) => m(r.relay[x]?.cpuSecondsPerGB);
+  add('relay goodput >= socat', g('mpconvert'), g('socat'), true, (v) => `${v.toFixed(0)} Mbit/s`);
+  add('relay CPU per GB <= socat', c('mpconvert'), c('socat'), false, (v) => `${v.toFixed(2)} s/GB`);
+  const ssg = g('shadowsocks');
+  add('relay goodput >= 3x shadowsocks-libev', g('mpconvert'), ssg === undefined ? undefined : 3 * ssg, true, (v) => `${v.toFixed(0)} Mbit/s`);
+  const ssc = c('shadowsocks');
+  add('relay CPU per GB <= 1/3 of shadowsocks-libev', c('mpconvert'), ssc === undefined ? undefined : ssc / 3, false, (v) => `${v.toFixed(2)} s/GB`);
+  const cps = (x: SystemName) => m(r.setup[x]?.cps);
+  const sc = cps('socat');
+  add('connections/s >= 0.9x socat', cps('mpconvert'), sc === undefined ? undefined : 0.9 * sc, true, (v) => `${v.toFixed(0)}/s`);
+  const rt = (x: SystemName) => m(r.setup[x]?.roundTrips);
+  const kr = rt('kernel');
+  // "No extra round trip": no more round trips to the first byte than a direct MPTCP connection (+0.25 for noise).
+  add('round trips to first byte <= direct connection (kernel)', rt('mpconvert'), kr === undefined ? undefined : kr + 0.25, false, (v) => v.toFixed(2));
+  add('memory per idle connection < 16 KiB', m(r.memory.mpconvert?.bytesPerConnection), 16384, false, (v) => `${(v / 1024).toFixed(1)} KiB`);
+  return out;
+}
+
+/** `--profile`: the relay test through mpconvert with `node --cpu-prof` on the concentrator; prints the hot spots. */
+async function profileRun(o: Options): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-bench-prof-'));
+  try {
+    await withLab([0, 0], false, async (lab) => {
+      await withDeployment('mpconvert', lab, 2, async (d) => {
+        const runs = await repeat(o.runs, () => goodput(d, o.seconds));
+        log(`profiled relay: ${runs.map((x) => `${x.mbps.toFixed(0)} Mbit/s`).join(', ')}`);
+        await requestResponse(d, o.setupMs, o.concurrency);
+      }, dir);
+    });
+    const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+    if (!file) throw new Error('no CPU profile was written');
+    const text = summariseProfile(JSON.parse(readFileSync(join(dir, file), 'utf8')));
+    writeFileSync(join(o.out, 'profile.md'), text);
+    process.stdout.write(text);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+let stopping = false;
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    if (stopping) return;
+    stopping = true;
+    log(`${sig}: cleaning up`);
+    // The lab removes its namespaces and children on these signals too; give it a moment, then leave.
+    setTimeout(() => process.exit(130), 3_000).unref();
+  });
+}
+
+main().catch((e: unknown) => {
+  log(`failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+  process.exitCode = 1;
+});
