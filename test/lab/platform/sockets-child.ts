@@ -86,13 +86,14 @@ async function synDataBeforeHandshake(protocol: 'mptcp' | 'tcp'): Promise<void> 
   const data = Buffer.from('in-the-syn-before-any-ack');
   const sock = await sockets.dial({ family: 4, protocol, host: '127.0.0.1', port, fastOpen: 'no-cookie', data, timeoutMs: 5000 });
   const establishedMs = Date.now() - t0;
+  const mptcp = sockets.isMptcp(sock);
   const acc = await accepted;
   clearTimeout(lift);
   await kernel.nft.deleteTable('inet', 'mpcdrop');
   acc.socket.destroy();
   sock.destroy();
   server.close();
-  out({ scenario: `syn-data-${protocol}`, sentHex: data.toString('hex'), acceptedHex: acc.bytes, acceptedMs: acc.atMs, establishedMs });
+  out({ scenario: `syn-data-${protocol}`, sentHex: data.toString('hex'), acceptedHex: acc.bytes, acceptedMs: acc.atMs, establishedMs, mptcp });
 }
 
 async function subflows(): Promise<void> {
