@@ -247,9 +247,9 @@ export function parseIpv6(text: string): Buffer {
     const v4 = s.slice(lastColon + 1).split('.');
     if (v4.length !== 4 || !v4.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) throw bad();
     tail = [(Number(v4[0]) << 8) | Number(v4[1]), (Number(v4[2]) << 8) | Number(v4[3])];
-    s = s.slice(0, lastColon + 1) + (s.endsWith('::') ? '' : '0');
-    s = s.slice(0, -1) || s;
-    if (s.endsWith(':') && !s.endsWith('::')) s = s.slice(0, -1);
+    // Keep what precedes the dotted quad, without its separating ':' unless that is part of a '::'.
+    s = s.slice(0, lastColon + 1);
+    if (!s.endsWith('::')) s = s.slice(0, -1);
   }
   const halves = s.split('::');
   if (halves.length > 2) throw bad();
