@@ -5,7 +5,7 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { requireLab } from '../../support/capabilities.js';
+import { labCapabilityMissing, requireLab } from '../../support/capabilities.js';
 import { createNetns, type Netns } from './netns.js';
 import { createLinuxKernelConfig } from '../../../src/platform/linux/kernel.js';
 import { doctorCommand, runDoctor } from '../../../src/control/doctor.js';
@@ -20,11 +20,7 @@ function rulesOf(table: unknown[] | null): string[] {
 describe('kernel configuration in a namespace', () => {
   let ns: Netns | undefined;
   before(() => {
-    try {
-      ns = createNetns();
-    } catch {
-      ns = undefined;
-    }
+    if (labCapabilityMissing() === null) ns = createNetns();
   });
   after(() => ns?.remove());
 

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { requireLab } from '../../support/capabilities.js';
+import { labCapabilityMissing, requireLab } from '../../support/capabilities.js';
 import { createNetns, type Netns } from './netns.js';
 import { createLinuxPlatform } from '../../../src/platform/linux/index.js';
 import { PlatformError } from '../../../src/platform/errors.js';
@@ -20,7 +20,7 @@ const child = fileURLToPath(new URL('./sockets-child.js', import.meta.url));
 describe('platform sockets in a namespace', () => {
   let ns: Netns | undefined;
   before(() => {
-    if (!requireLabQuiet()) return;
+    if (labCapabilityMissing() !== null) return;
     ns = createNetns({ 'net.ipv4.tcp_fastopen': '3' });
     ns.exec('ip', ['link', 'add', 'vetha', 'type', 'veth', 'peer', 'name', 'vethb']);
     ns.exec('ip', ['addr', 'add', '198.18.0.1/24', 'dev', 'vetha']);
@@ -174,11 +174,3 @@ describe('platform sockets on loopback (root namespace)', () => {
     assert.equal(countFds(), before, 'descriptors before and after');
   });
 });
-
-function requireLabQuiet(): boolean {
-  try {
-    return requireLab({ skip: () => {} } as unknown as Parameters<typeof requireLab>[0]);
-  } catch {
-    return false;
-  }
-}
