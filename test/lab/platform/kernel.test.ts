@@ -144,7 +144,7 @@ describe('mpconvert doctor', () => {
       }) as typeof process.stdout.write;
       const saved = process.exitCode;
       try {
-        await doctorCommand().parseAsync(['--netns', ns.name], { from: 'user' });
+        await doctorCommand().parseAsync(['--netns', ns.name, '--role', 'concentrator'], { from: 'user' });
         assert.equal(process.exitCode, 1);
       } finally {
         process.stdout.write = write;
