@@ -164,6 +164,12 @@ export const CONVERT_DEFAULT_RETRY_SECONDS = 30;
 
 const nonZeroList = (first: number, extra: Buffer | undefined): number[] => [first, ...(extra ?? [])].filter((k) => k !== 0);
 
+/** A list of non-zero bytes, then only zero padding. */
+function isPaddedList(b: Buffer): boolean {
+  const firstZero = b.indexOf(0);
+  return firstZero < 0 || b.subarray(firstZero).every((x) => x === 0);
+}
+
 /** A typed view of an Error TLV (lenient: any value decodes, per the rules of its code). */
 export function interpretConvertError(t: ErrorTlv): ConvertErrorInfo {
   const extra = t.extra ?? Buffer.alloc(0);
@@ -202,7 +208,7 @@ function checkErrorTlv(t: ErrorTlv): void {
   switch (t.code) {
     case ConvertErrorCode.UnsupportedVersion:
       if (t.value === 0) throw bad('Value must be a supported version (1)');
-      if (extra.includes(0)) throw bad('the further versions must be non-zero (padding is added here)');
+      if (!isPaddedList(extra)) throw bad('the further versions must be non-zero, then only zero padding');
       return;
     case ConvertErrorCode.MalformedMessage:
     case ConvertErrorCode.UnsupportedMessage:
@@ -219,7 +225,7 @@ function checkErrorTlv(t: ErrorTlv): void {
       if (t.value !== 0 || extra.length !== 0) throw bad('Value must be 0, nothing after it');
       return;
     case ConvertErrorCode.UnsupportedTcpOption:
-      if (t.value === 0 || extra.includes(0)) throw bad('Value and the bytes after it must be TCP option kinds (non-zero)');
+      if (t.value === 0 || !isPaddedList(extra)) throw bad('Value and the bytes after it must be TCP option kinds (non-zero), then only zero padding');
       return;
     case ConvertErrorCode.ResourceExceeded:
     case ConvertErrorCode.NetworkFailure:
