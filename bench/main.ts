@@ -10,7 +10,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync, mkdtempSync, rmSyn
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Lab } from './lib/lab.js';
+import { labImplementation, labUp, type Lab } from './lib/lab.js';
 import { failover, roundTrips, goodput, idleMemory, requestResponse, startServers, type FailoverRun } from './lib/measure.js';
 import { aggregationSvg, failoverSvg, markdown, stat, type Results, type Stat, type Topology } from './lib/report.js';
 import { deploy, needsLabMptcpRouting, SYSTEMS, type Deployment, type SystemName } from './lib/systems.js';
@@ -90,7 +90,7 @@ async function tune(lab: Lab): Promise<void> {
 }
 
 async function withLab<T>(rates: Array<number>, mptcpRouting: boolean, fn: (lab: Lab) => Promise<T>): Promise<T> {
-  const lab = await Lab.up({ uplinks: rates.map((r) => ({ rate: r === 0 ? 0 : `${r}mbit` })), servers: 1, mptcpRouting });
+  const lab = await labUp({ uplinks: rates.map((r) => ({ rate: r === 0 ? 0 : `${r}mbit` })), servers: 1, mptcpRouting });
   try {
     await tune(lab);
     return await fn(lab);
@@ -313,6 +313,7 @@ async function main(): Promise<void> {
   }
 
   r.targets = targets(r);
+  r.meta.tools['lab'] = labImplementation;
   r.meta.durationSeconds = Math.round((Date.now() - t0) / 1000);
   const md = `## Benchmark results\n\n${markdown(r)}`;
   writeFileSync(join(o.out, 'latest.json'), JSON.stringify(r, null, 2) + '\n');

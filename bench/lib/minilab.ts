@@ -1,5 +1,10 @@
-// TEMPORARY development stand-in for src/lab (not committed).
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+/**
+ * The bench's own minimal namespace lab, used only when the shared testbed (src/lab) is not built: the same API
+ * subset and the same addressing (LAN 198.18.0.0/24, uplink i 198.18.i.0/24, concentrator 198.18.200.1, server
+ * 198.19.0.10), tbf on both ends of each uplink, `mptcpRouting` = per-uplink policy routing + MPTCP endpoints.
+ * Namespaces are named mpc<random>...; removed on down(), on exit and on SIGINT/SIGTERM.
+ */
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 
@@ -22,6 +27,23 @@ function run(cmd: string, args: string[], o: { timeoutMs?: number; input?: strin
   });
 }
 
+const live = new Set<Lab>();
+function cleanupSync(): void {
+  for (const lab of live) {
+    for (const c of lab.children) if (c.exitCode === null) c.kill('SIGKILL');
+    for (const n of lab.ns) {
+      try {
+        execFileSync('ip', ['netns', 'del', n], { stdio: 'ignore' });
+      } catch {
+        /* gone */
+      }
+      rmSync(`/etc/netns/${n}`, { recursive: true, force: true });
+    }
+  }
+  live.clear();
+}
+process.once('exit', cleanupSync);
+
 export class Lab {
   children: ChildProcess[] = [];
   hosts!: { client: LabHost; cpe: LabHost; concentrator: LabHost; servers: LabHost[] };
@@ -29,6 +51,7 @@ export class Lab {
   n = 0;
   static async up(o: { uplinks: Array<{ rate: string | 0 }>; servers?: number; mptcpRouting?: boolean }): Promise<Lab> {
     const lab = new Lab();
+    live.add(lab);
     lab.n = o.uplinks.length;
     const sfx = randomBytes(3).toString('hex');
     const mk = (role: string, v4: string): LabHost => {
@@ -100,6 +123,7 @@ export class Lab {
     await this.hosts.cpe.exec('ip', ['route', 'replace', 'default', 'via', `198.18.${i}.1`, 'metric', String(100 * i)], { allowFailure: true });
   }
   async down(): Promise<void> {
+    live.delete(this);
     for (const c of this.children) if (c.exitCode === null) c.kill('SIGKILL');
     for (const n of this.ns) {
       await run('ip', ['netns', 'del', n], { allowFailure: true });
