@@ -14,6 +14,7 @@ import {
   addressToBytes,
   canonicalAddress,
   decodeConvertMessage,
+  decodeMpConvert,
   detectFormat,
   encodeConvertErrorReply,
   encodeConvertMessage,
@@ -214,4 +215,14 @@ test('addresses: canonical text, IPv4-mapped forms, zone indexes refused', () =>
   assert.equal(addressToBytes('::ffff:198.18.3.2').length, 16);
   assert.throws(() => addressToBytes('fe80::1%eth0'), TypeError);
   assert.throws(() => addressToBytes('198.18.3'), TypeError);
+});
+
+test('whole-message decoders refuse a bad magic, a truncated message and trailing bytes', () => {
+  assertProtocolError(() => decodeConvertMessage(hex('01012264')), 'MPC_ERR_CONVERT_MALFORMED', { kind: 'convert-error', errorCode: 1, value: 0, extra: '01012264' });
+  assertProtocolError(() => decodeConvertMessage(hex('010222631e01')), 'MPC_ERR_CONVERT_MALFORMED');
+  assertProtocolError(() => decodeConvertMessage(hex('0101226300')), 'MPC_ERR_CONVERT_MALFORMED');
+  assertProtocolError(() => decodeConvertMessage(hex('0101')), 'MPC_ERR_CONVERT_MALFORMED');
+  const sig = encodeMpConvert([{ type: 0, direction: 'destination', address: '198.18.3.2', port: 8080 }]);
+  assertProtocolError(() => decodeMpConvert(sig.subarray(0, 15)), 'MPC_ERR_IE_TRUNCATED');
+  assertProtocolError(() => decodeMpConvert(Buffer.concat([sig, hex('00')])), 'MPC_ERR_IE_TRAILING');
 });
