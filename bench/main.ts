@@ -7,7 +7,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { cpus, release, tmpdir } from 'node:os';
+import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { labImplementation, labUp, type Lab } from './lib/lab.js';
@@ -152,6 +152,7 @@ async function main(): Promise<void> {
         memoryConnections: o.memoryConnections,
         socatMemoryConnections: o.socatMemoryConnections,
         failoverRuns: o.failoverRuns,
+        loadAverageAtStart: loadavg()[0],
         systems: o.systems,
         figures: [...o.only],
       },
@@ -234,6 +235,7 @@ async function main(): Promise<void> {
             log(`${sys}: deployment failed: ${error}`);
             r.relay[sys] ??= { goodputMbps: null, cpuSecondsPerGB: null, error };
             r.setup[sys] ??= { cps: null, ttfbP50Ms: null, ttfbP99Ms: null, errors: 0, roundTrips: null, error };
+            if (sys !== 'kernel') r.memory[sys] ??= { connections: 0, errors: 0, baselineBytes: 0, loadedBytes: 0, bytesPerConnection: null, measure: '', error };
           }
         }
       });
@@ -314,6 +316,7 @@ async function main(): Promise<void> {
 
   r.targets = targets(r);
   r.meta.tools['lab'] = labImplementation;
+  r.meta.settings['loadAverageAtEnd'] = loadavg()[0];
   r.meta.durationSeconds = Math.round((Date.now() - t0) / 1000);
   const md = `## Benchmark results\n\n${markdown(r)}`;
   writeFileSync(join(o.out, 'latest.json'), JSON.stringify(r, null, 2) + '\n');

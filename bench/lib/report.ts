@@ -87,7 +87,9 @@ export function markdown(r: Results): string {
     L.push(`|${cols.map(() => '---').join('|')}|`);
   };
   const row = (cols: string[]) => L.push(`| ${cols.join(' | ')} |`);
-  L.push(`Medians of ${String(r.meta.settings['runs'])} runs, (min–max) in brackets. ${r.meta.date}, Linux ${r.meta.kernel}, ${r.meta.cpus} CPUs, Node ${r.meta.node}.`);
+  L.push(`Medians of ${String(r.meta.settings['runs'])} runs, (min–max) in brackets. ${r.meta.date}, Linux ${r.meta.kernel}, ${r.meta.cpus} CPUs (load average ${Number(r.meta.settings['loadAverageAtStart'] ?? 0).toFixed(1)} at start), Node ${r.meta.node}, lab: ${r.meta.tools['lab'] ?? '?'}.`);
+  const busy = Math.max(Number(r.meta.settings['loadAverageAtStart'] ?? 0), Number(r.meta.settings['loadAverageAtEnd'] ?? 0));
+  if (busy > 1.5) L.push(`\n**Warning:** the machine was busy (1-minute load average up to ${busy.toFixed(1)} on ${r.meta.cpus} CPUs): the figures, the shaped ones above all, are unreliable; re-run on a quiet machine.`);
   L.push('');
   L.push('**Aggregation**: goodput / sum of the uplink rates (tbf), LAN client to server.');
   L.push('');
@@ -132,7 +134,7 @@ export function markdown(r: Results): string {
   L.push('**Targets**');
   L.push('');
   head(['target', 'measured', 'met', 'gap']);
-  for (const t of r.targets) row([t.target, t.value, t.met === null ? 'n/a' : t.met ? 'yes' : '**no**', t.gap]);
+  for (const t of r.targets) row([t.target, t.value, t.met === null ? 'not measured' : t.met ? 'yes' : '**no**', t.gap]);
   L.push('');
   L.push('How each system is deployed:');
   L.push('');
