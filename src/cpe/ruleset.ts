@@ -1,0 +1,211 @@
+/**
+ * The CPE's interception ruleset, pure: options in, the nft text of one table `inet mpconvert_cpe_<instance>`
+ * out (applied atomically by the platform's `nft.applyTable`).
+ *
+ * Prerouting (priority mangle), for TCP arriving on a LAN interface, in this order:
+ *   1. packets of connections the daemon already owns (`socket transparent 1`): mark, accept (local delivery);
+ *   2. anything but a new connection's SYN: accept (forwarded flows started before we ran stay untouched);
+ *   3. destinations that are the CPE itself, broadcast/multicast, or routed back into a LAN: accept;
+ *   4. native MPTCP (seed 000 "encourage end-to-end MPTCP"): every MPTCP SYN when 'passthrough'; MP_JOIN
+ *      SYNs always (a join belongs to a connection the client already runs end to end);
+ *   5. excluded destinations (exclude wins over include): accept untouched;
+ *   6. included destinations: mark (the client's DSCP above the mark bit) and TPROXY to the transparent
+ *      listener on 127.0.0.1 / [::1], which sees the original destination as its local address.
+ * Forward (priority mangle), optional: MSS clamp of the SYNs of flows forwarded untouched.
+ *
+ * Every decisive rule carries a counter and a comment naming it, so tests and operators can read which rule
+ * took a flow (`nft -j list table`).
+ */
+import { parseCidr } from '../policy/cidr.js';
+import { MpconvertError } from '../errors.js';
+
+export type PortMatch = number | readonly [number, number];
+
+export interface FlowMatch {
+  /** IP prefix ("198.19.0.0/16", "::/0") or a bare address (a host prefix). */
+  prefix: string;
+  /** Destination ports or inclusive ranges; absent = all ports. */
+  ports?: readonly PortMatch[] | undefined;
+}
+
+export interface InterceptionRulesetOptions {
+  /** Names the table: `mpconvert_cpe_<instance>`. */
+  instance: string;
+  lanInterfaces: readonly string[];
+  /** Port of the transparent listeners on 127.0.0.1 and [::1]. */
+  tproxyPort: number;
+  /** The fwmark bit(s) that route intercepted packets to the local table. */
+  mark: number;
+  /** Mask of the policy-routing match; default `mark`. Must not overlap the DSCP bits (8-13). */
+  markMask?: number | undefined;
+  include: readonly FlowMatch[];
+  exclude: readonly FlowMatch[];
+  nativeMptcp: 'passthrough' | 'intercept';
+  /** Put the client's DSCP in the SYN's mark (dscp << 8 | mark); with tcp_fwmark_accept the accepted socket's SO_MARK carries it. */
+  dscpToMark: boolean;
+  /** MSS clamp for flows forwarded untouched: 'pmtu' (route MTU) or a value; absent = no clamp. */
+  mssClamp?: number | 'pmtu' | undefined;
+  /** Address families to intercept; default both. */
+  families?: ReadonlyArray<4 | 6> | undefined;
+}
+
+/** Names given to the rules (nft comments), stable for tests and tools. */
+export const RULE_COMMENTS = {
+  established: 'mpconvert: established converted connection',
+  local: 'mpconvert: destination is this host',
+  lan: 'mpconvert: destination is on a LAN',
+  nativeMptcp: 'mpconvert: native MPTCP passthrough',
+  mptcpJoin: 'mpconvert: MPTCP join passthrough',
+  exclude: 'mpconvert: excluded',
+  intercept: 'mpconvert: intercepted',
+  mssClamp: 'mpconvert: MSS clamp',
+} as const;
+
+/** The DSCP bits of a mark produced by the ruleset. */
+export const DSCP_MARK_SHIFT = 8;
+const DSCP_MARK_BITS = 0x3f << DSCP_MARK_SHIFT;
+
+export class RulesetError extends MpconvertError {
+  constructor(message: string) {
+    super('MPC_ERR_CPE_RULESET', `Cannot build the interception ruleset: ${message}`);
+  }
+}
+
+export function interceptionTableName(instance: string): string {
+  if (!/^[a-z0-9_]{1,16}$/.test(instance)) throw new RulesetError(`instance '${instance}' must be 1-16 of [a-z0-9_]`);
+  return `mpconvert_cpe_${instance}`;
+}
+
+/** The mark of a SYN whose DSCP is `dscp` (what the daemon reads back with SO_MARK). */
+export function dscpMark(dscp: number, mark: number): number {
+  return ((dscp & 0x3f) << DSCP_MARK_SHIFT) | mark;
+}
+
+/** The DSCP carried in a mark set by the ruleset. */
+export function dscpFromMark(mark: number): number {
+  return (mark >>> DSCP_MARK_SHIFT) & 0x3f;
+}
+
+const IFNAME = /^[A-Za-z0-9_.:@+-]{1,15}$/;
+
+function hex(n: number): string {
+  return `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
+}
+
+function checkPort(p: number, what: string): number {
+  if (!Number.isInteger(p) || p < 1 || p > 65535) throw new RulesetError(`${what} ${p} is not a port (1-65535)`);
+  return p;
+}
+
+function portsExpr(ports: readonly PortMatch[] | undefined): string {
+  if (ports === undefined) return '';
+  if (ports.length === 0) throw new RulesetError('an empty port list matches nothing; omit "ports" to match all ports');
+  const items = ports.map((p) => {
+    if (typeof p === 'number') return String(checkPort(p, 'port'));
+    const [a, b] = p;
+    checkPort(a, 'port range start');
+    checkPort(b, 'port range end');
+    if (a > b) throw new RulesetError(`port range ${a}-${b} is reversed`);
+    return a === b ? String(a) : `${a}-${b}`;
+  });
+  return items.length === 1 ? ` tcp dport ${items[0]}` : ` tcp dport { ${items.join(', ')} }`;
+}
+
+interface Match {
+  family: 4 | 6;
+  /** nft selector, e.g. "ip daddr 198.19.0.0/16 tcp dport { 80, 443 }". */
+  text: string;
+}
+
+function flowMatch(m: FlowMatch, families: ReadonlyArray<4 | 6>): Match | null {
+  let c;
+  try {
+    c = parseCidr(m.prefix);
+  } catch (err) {
+    throw new RulesetError((err as Error).message);
+  }
+  if (!families.includes(c.family)) return null;
+  const addr = c.bits === 0 ? `meta nfproto ${c.family === 4 ? 'ipv4' : 'ipv6'}` : `${c.family === 4 ? 'ip' : 'ip6'} daddr ${c.text}`;
+  return { family: c.family, text: `${addr}${portsExpr(m.ports)}` };
+}
+
+function q(s: string): string {
+  return `"${s}"`;
+}
+
+function ifset(names: readonly string[]): string {
+  return names.length === 1 ? q(names[0] as string) : `{ ${names.map(q).join(', ')} }`;
+}
+
+export function validateRulesetOptions(o: InterceptionRulesetOptions): void {
+  interceptionTableName(o.instance);
+  if (o.lanInterfaces.length === 0) throw new RulesetError('no LAN interface');
+  for (const i of o.lanInterfaces) if (!IFNAME.test(i)) throw new RulesetError(`bad interface name '${i}'`);
+  checkPort(o.tproxyPort, 'tproxyPort');
+  const mask = o.markMask ?? o.mark;
+  if (!Number.isInteger(o.mark) || o.mark <= 0 || o.mark > 0xffffffff) throw new RulesetError(`mark ${o.mark} must be a non-zero 32-bit value`);
+  if (!Number.isInteger(mask) || mask <= 0 || mask > 0xffffffff) throw new RulesetError(`markMask ${mask} must be a non-zero 32-bit value`);
+  if ((o.mark & ~mask) !== 0) throw new RulesetError(`mark ${hex(o.mark)} has bits outside markMask ${hex(mask)}`);
+  if (o.dscpToMark && ((o.mark | mask) & DSCP_MARK_BITS) !== 0) {
+    throw new RulesetError(`mark/markMask must leave bits 8-13 free for the DSCP (mark ${hex(o.mark)}, mask ${hex(mask)})`);
+  }
+  if (o.mssClamp !== undefined && o.mssClamp !== 'pmtu' && (!Number.isInteger(o.mssClamp) || o.mssClamp < 536 || o.mssClamp > 65535)) {
+    throw new RulesetError(`mssClamp ${o.mssClamp} must be 'pmtu' or 536-65535`);
+  }
+  const fams = o.families ?? [4, 6];
+  if (fams.length === 0 || fams.some((f) => f !== 4 && f !== 6)) throw new RulesetError('families must be a non-empty subset of [4, 6]');
+}
+
+/** The nft text of the interception table (a whole `table inet mpconvert_cpe_<instance> { ... }`). */
+export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string {
+  validateRulesetOptions(o);
+  const table = interceptionTableName(o.instance);
+  const families = o.families ?? [4, 6];
+  const lans = ifset(o.lanInterfaces);
+  const mark = hex(o.mark);
+  // nft wants the comment last: "... counter accept comment "..."".
+  const c = (name: keyof typeof RULE_COMMENTS, verdict = ' accept') => `counter${verdict} comment ${q(RULE_COMMENTS[name])}`;
+
+  const lines: string[] = [`table inet ${table} {`];
+  if (o.dscpToMark) {
+    const elements: string[] = [];
+    for (let d = 0; d < 64; d++) elements.push(`${d} : ${hex(dscpMark(d, o.mark))}`);
+    lines.push('  map dscp_mark {', '    type dscp : mark', `    elements = { ${elements.join(', ')} }`, '  }');
+  }
+
+  const pre: string[] = [
+    'meta l4proto != tcp accept',
+    `iifname != ${o.lanInterfaces.length === 1 ? q(o.lanInterfaces[0] as string) : lans} accept`,
+    `meta l4proto tcp socket transparent 1 meta mark set ${mark} ${c('established')}`,
+    // Only a new connection's first SYN is ever diverted.
+    'tcp flags & (syn | ack) != syn accept',
+    `fib daddr type { local, broadcast, multicast } ${c('local')}`,
+    `fib daddr oifname ${lans} ${c('lan')}`,
+  ];
+  if (o.nativeMptcp === 'passthrough') pre.push(`tcp option mptcp exists ${c('nativeMptcp')}`);
+  else pre.push(`tcp option mptcp subtype 1 ${c('mptcpJoin')}`);
+  for (const m of o.exclude) {
+    const x = flowMatch(m, families);
+    if (x) pre.push(`${x.text} ${c('exclude')}`);
+  }
+  for (const m of o.include) {
+    const x = flowMatch(m, families);
+    if (!x) continue;
+    const setMark = o.dscpToMark ? `meta mark set ${x.family === 4 ? 'ip' : 'ip6'} dscp map @dscp_mark` : `meta mark set ${mark}`;
+    const to = x.family === 4 ? `tproxy ip to 127.0.0.1:${o.tproxyPort}` : `tproxy ip6 to [::1]:${o.tproxyPort}`;
+    pre.push(`${x.text} meta l4proto tcp ${setMark} ${to} ${c('intercept')}`);
+  }
+  lines.push('  chain prerouting {', '    type filter hook prerouting priority mangle; policy accept;', ...pre.map((r) => `    ${r}`), '  }');
+
+  if (o.mssClamp !== undefined) {
+    // The kernel only ever lowers an MSS option (nft_exthdr), so a fixed value never raises the peer's.
+    const size = o.mssClamp === 'pmtu' ? 'rt mtu' : String(o.mssClamp);
+    const fwd = [
+      `iifname ${lans} tcp flags & (syn | rst) == syn tcp option maxseg size set ${size} ${c('mssClamp', '')}`,
+      `oifname ${lans} tcp flags & (syn | rst) == syn tcp option maxseg size set ${size} ${c('mssClamp', '')}`,
+    ];
+    lines.push('  chain forward {', '    type filter hook forward priority mangle; policy accept;', ...fwd.map((r) => `    ${r}`), '  }');
+  }
+  lines.push('}');
+  return `${lines.join('\n')}\n`;
+}
