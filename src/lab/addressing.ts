@@ -1,0 +1,110 @@
+/**
+ * The lab's topology and addressing in one place (other modules, tests, the bench and docs/lab.md code against
+ * it). Only documentation/benchmark ranges: 198.18.0.0/15 and 2001:db8::/32.
+ *
+ *   client(lan0) -- lan0(CPE) up1..upN ==== acc1..accN(concentrator) inet0 -- [bridge br0 in inet] -- eth0(srvK)
+ */
+
+export const LAB = {
+  /** Every lab namespace starts with this, followed by the per-run suffix (the test runner's leak check). */
+  namePrefix: 'mpc',
+  maxUplinks: 8,
+  maxServers: 16,
+  /** Policy-routing table of uplink i is tableBase + i (with `mptcpRouting`). */
+  tableBase: 100,
+  /** Metric of uplink i's default route in the CPE's main table is metricStep * i (as a DHCP client would). */
+  metricStep: 100,
+  /** nft table (inet family, in the CPE namespace) that holds the injected random loss. */
+  lossTable: 'mpconvert_lab_loss',
+  roles: ['client', 'cpe', 'conc', 'inet'] as const,
+  lan: {
+    client: { dev: 'lan0', v4: '198.18.0.2', v6: '2001:db8::2' },
+    cpe: { dev: 'lan0', v4: '198.18.0.1', v6: '2001:db8::1' },
+    v4Prefix: '198.18.0.0/24',
+    v6Prefix: '2001:db8::/64',
+    v4Len: 24,
+    v6Len: 64,
+  },
+  uplink: { cpeDev: 'up', concDev: 'acc', v4Len: 24, v6Len: 64 },
+  concentrator: {
+    /** The service address CPEs send MPTCP to (on lo in the concentrator namespace). */
+    v4: '198.18.200.1',
+    v6: '2001:db8:200::1',
+    inetDev: 'inet0',
+    inetV4: '198.19.0.1',
+    inetV6: '2001:db8:100::1',
+  },
+  inet: {
+    bridge: 'br0',
+    /** Port names inside the inet namespace: `conc` and `srv{k}`. */
+    concPort: 'conc',
+    serverPortPrefix: 'srv',
+    v4Prefix: '198.19.0.0/24',
+    v6Prefix: '2001:db8:100::/64',
+    v4Len: 24,
+    v6Len: 64,
+    serverDev: 'eth0',
+  },
+  /** The concentrator's outgoing source-address pool, added on request (`lab.addPoolAddresses(n)`). */
+  pool: {
+    v4Prefix: '198.19.0.128/25',
+    v6Prefix: '2001:db8:100::8000/113',
+    /** 198.19.0.128 .. 198.19.0.254 (.255 is the segment's broadcast address). */
+    max: 127,
+  },
+} as const;
+
+export type LabRole = 'client' | 'cpe' | 'concentrator' | 'inet' | `srv${number}`;
+
+export function namespaceName(prefix: string, role: 'client' | 'cpe' | 'conc' | 'inet' | `srv${number}`): string {
+  return `${prefix}-${role}`;
+}
+
+export function serverNamespace(prefix: string, k: number): string {
+  return `${prefix}-srv${k}`;
+}
+
+/** Uplink i (1-based): CPE side `up{i}` 198.18.i.2, concentrator side `acc{i}` 198.18.i.1. */
+export function uplinkAddressing(i: number) {
+  checkIndex(i, LAB.maxUplinks, 'uplink');
+  return {
+    index: i,
+    cpeDev: `${LAB.uplink.cpeDev}${i}`,
+    concDev: `${LAB.uplink.concDev}${i}`,
+    cpeV4: `198.18.${i}.2`,
+    cpeV6: `2001:db8:${i}::2`,
+    concV4: `198.18.${i}.1`,
+    concV6: `2001:db8:${i}::1`,
+    v4Prefix: `198.18.${i}.0/24`,
+    v6Prefix: `2001:db8:${i}::/64`,
+    table: LAB.tableBase + i,
+    metric: LAB.metricStep * i,
+  } as const;
+}
+
+/** Server k (1-based) on the internet segment: eth0 198.19.0.(10+k), 2001:db8:100::(10+k) (decimal digits as hex text). */
+export function serverAddressing(k: number) {
+  checkIndex(k, LAB.maxServers, 'server');
+  return {
+    index: k,
+    dev: LAB.inet.serverDev,
+    bridgePort: `${LAB.inet.serverPortPrefix}${k}`,
+    v4: `198.19.0.${10 + k}`,
+    v6: `2001:db8:100::${10 + k}`,
+  } as const;
+}
+
+/** Pool address j (0-based): 198.19.0.(128+j), 2001:db8:100::(8000+j hex). */
+export function poolAddress(j: number): { v4: string; v6: string } {
+  if (!Number.isInteger(j) || j < 0 || j >= LAB.pool.max) throw new RangeError(`pool address index ${j} out of 0..${LAB.pool.max - 1}`);
+  return { v4: `198.19.0.${128 + j}`, v6: `2001:db8:100::${(0x8000 + j).toString(16)}` };
+}
+
+function checkIndex(i: number, max: number, what: string): void {
+  if (!Number.isInteger(i) || i < 1 || i > max) throw new RangeError(`${what} index ${i} out of 1..${max}`);
+}
+
+/** A prefix given by the user: `mpc` + 1..9 lower-case letters/digits (no dash: it separates the role). */
+export const PREFIX_RE = /^mpc[a-z0-9]{1,9}$/;
+/** Namespace names a lab makes. */
+export const LAB_NAMESPACE_RE = /^(mpc[a-z0-9]{1,9})-(client|cpe|conc|inet|srv\d{1,2})$/;

@@ -1,0 +1,141 @@
+/**
+ * `mpconvert lab up|down|status|exec`: the lab from the command line. `up` leaves the lab running (state in
+ * /run/mpconvert/lab-<prefix>.json) so that later commands in other processes find it.
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import { createLogger } from '../log.js';
+import { LAB } from './addressing.js';
+import { Lab, type LabStatus } from './index.js';
+
+function collect(v: string, prev: string[] = []): string[] {
+  return [...prev, v];
+}
+
+function int(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n)) throw new InvalidArgumentError('expected an integer');
+  return n;
+}
+
+function fail(cmd: string, err: unknown): void {
+  process.stderr.write(`mpconvert lab ${cmd}: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = 1;
+}
+
+/** The lab to act on: --prefix, else the only lab there is. */
+function pick(prefix: string | undefined): Lab {
+  if (prefix !== undefined) return Lab.attach(prefix);
+  const labs = Lab.list();
+  if (labs.length === 1) return Lab.attach(labs[0]!.prefix);
+  throw new Error(labs.length === 0 ? 'no lab is up (mpconvert lab up)' : `several labs are up (${labs.map((l) => l.prefix).join(', ')}): give --prefix`);
+}
+
+export function describeStatus(s: LabStatus): string[] {
+  const lines = [
+    `lab ${s.prefix}: ${s.healthy ? 'healthy' : 'INCOMPLETE'}${s.ownerPid === null ? ' (persistent)' : ` (owned by pid ${s.ownerPid})`}${s.mptcpRouting ? ', mptcp routing' : ''}`,
+    `  namespaces: ${s.namespaces.map((n) => (n.present ? n.name : `${n.name} (missing)`)).join(' ')}`,
+    `  client ${LAB.lan.client.v4} ${LAB.lan.client.v6}  cpe lan0 ${LAB.lan.cpe.v4} ${LAB.lan.cpe.v6}  concentrator ${LAB.concentrator.v4} ${LAB.concentrator.v6}`,
+  ];
+  for (const u of s.uplinks) {
+    lines.push(
+      `  ${u.dev}: ${u.state}, rate ${u.rate === 0 ? 'unshaped' : u.rate}${u.lossPercent > 0 ? `, loss ${u.lossPercent}%` : ''}, ${u.v4} ${u.v6}, tx ${u.txBytes} B rx ${u.rxBytes} B`,
+    );
+  }
+  for (const srv of s.servers) lines.push(`  server ${srv.name}: ${srv.v4} ${srv.v6}`);
+  if (s.poolAddresses > 0) lines.push(`  concentrator pool addresses: ${s.poolAddresses}`);
+  return lines;
+}
+
+export function labCommand(): Command {
+  const lab = new Command('lab').description('Build, inspect and remove the network-namespace lab (client, CPE, uplinks, concentrator, servers)');
+
+  lab
+    .command('up')
+    .description('Build a lab and leave it running; prints its prefix')
+    .option('--uplink <rate>', 'an uplink and its rate, e.g. 50mbit, 0 = unshaped (repeatable; default two of 50mbit)', collect, [])
+    .option('--servers <k>', 'servers on the internet segment', int, 1)
+    .option('--prefix <p>', 'namespace prefix: mpc + 1..9 of [a-z0-9] (default random)')
+    .option('--mptcp-routing', 'plain kernel MPTCP on the CPE: policy routing + subflow endpoints + limits')
+    .option('--json', 'print the status as JSON')
+    .action(async (o: { uplink: string[]; servers: number; prefix?: string; mptcpRouting?: boolean; json?: boolean }) => {
+      try {
+        const rates = o.uplink.length > 0 ? o.uplink : ['50mbit', '50mbit'];
+        const l = await Lab.up(
+          {
+            uplinks: rates.map((r) => ({ rate: r === '0' ? 0 : r })),
+            servers: o.servers,
+            mptcpRouting: o.mptcpRouting ?? false,
+            ...(o.prefix !== undefined ? { prefix: o.prefix } : {}),
+          },
+          { logger: createLogger({ name: 'lab', level: process.env['MPCONVERT_LOG_LEVEL'] ?? 'warn' }) },
+        );
+        l.detach();
+        const s = await l.status();
+        if (o.json) process.stdout.write(JSON.stringify(s) + '\n');
+        else process.stdout.write([l.prefix, ...describeStatus(s), `  remove with: mpconvert lab down --prefix ${l.prefix}`].join('\n') + '\n');
+      } catch (err) {
+        fail('up', err);
+      }
+    });
+
+  lab
+    .command('down')
+    .description('Remove a lab (--prefix), or every lab and leftover of crashed runs (--all)')
+    .option('--prefix <p>', 'the lab to remove')
+    .option('--all', 'remove all labs not owned by a live process, and lab namespaces without a state file')
+    .option('--foreign', 'with --all: also other mpc* namespaces with no process inside')
+    .action(async (o: { prefix?: string; all?: boolean; foreign?: boolean }) => {
+      try {
+        if (o.all) {
+          const removed = await Lab.downAll({ foreign: o.foreign ?? false });
+          process.stdout.write(removed.length > 0 ? `removed ${removed.join(' ')}\n` : 'nothing to remove\n');
+          return;
+        }
+        const l = pick(o.prefix);
+        await l.down();
+        process.stdout.write(`removed lab ${l.prefix}\n`);
+      } catch (err) {
+        fail('down', err);
+      }
+    });
+
+  lab
+    .command('status')
+    .description('Show the labs that are up (or one, with --prefix)')
+    .option('--prefix <p>', 'the lab to show')
+    .option('--json', 'JSON output (an array)')
+    .action(async (o: { prefix?: string; json?: boolean }) => {
+      try {
+        const labs = o.prefix !== undefined ? [Lab.attach(o.prefix)] : Lab.list().map((s) => Lab.attach(s.prefix));
+        const all = await Promise.all(labs.map((l) => l.status()));
+        if (o.json) process.stdout.write(JSON.stringify(all) + '\n');
+        else if (all.length === 0) process.stdout.write('no lab is up\n');
+        else process.stdout.write(all.flatMap(describeStatus).join('\n') + '\n');
+        if (all.some((s) => !s.healthy)) process.exitCode = 1;
+      } catch (err) {
+        fail('status', err);
+      }
+    });
+
+  lab
+    .command('exec')
+    .description('Run a command in a lab host: client | cpe | concentrator | inet | srvK (mpconvert lab exec cpe -- ip addr)')
+    .argument('<host>', 'client | cpe | concentrator | inet | srvK')
+    .argument('<cmd...>', 'the command and its arguments (after --)')
+    .option('--prefix <p>', 'the lab (default: the only one)')
+    .action(async (hostName: string, cmd: string[], o: { prefix?: string }) => {
+      try {
+        const host = pick(o.prefix).host(hostName);
+        const child = host.spawn(cmd[0]!, cmd.slice(1), { stdio: 'inherit' });
+        const code = await new Promise<number>((resolve, reject) => {
+          child.once('error', reject);
+          child.once('exit', (c, sig) => resolve(c ?? (sig ? 128 : 1)));
+        });
+        process.exitCode = code;
+      } catch (err) {
+        fail('exec', err);
+      }
+    });
+
+  return lab;
+}
