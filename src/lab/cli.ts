@@ -6,6 +6,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { createLogger } from '../log.js';
 import { LAB } from './addressing.js';
 import { Lab, type LabStatus } from './index.js';
+import { runSelfTest } from './selftest.js';
 
 function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
@@ -134,6 +135,23 @@ export function labCommand(): Command {
         process.exitCode = code;
       } catch (err) {
         fail('exec', err);
+      }
+    });
+
+  lab
+    .command('selftest')
+    .description('Plain kernel MPTCP over 2 shaped uplinks must beat one uplink by --threshold (proves lab + kernel)')
+    .option('--rate <rate>', 'rate of each uplink', '50mbit')
+    .option('--seconds <n>', 'seconds per measurement', int, 6)
+    .option('--threshold <x>', 'minimum ratio', (v) => Number(v), 1.7)
+    .option('--json', 'print the result as JSON')
+    .action(async (o: { rate: string; seconds: number; threshold: number; json?: boolean }) => {
+      try {
+        const r = await runSelfTest({ rate: o.rate, seconds: o.seconds, threshold: o.threshold, ...(o.json ? {} : { print: (l: string) => process.stdout.write(l + '\n') }) });
+        if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
+        if (!r.passed) process.exitCode = 1;
+      } catch (err) {
+        fail('selftest', err);
       }
     });
 
