@@ -18,12 +18,12 @@ export function checkLossPercent(percent: number): void {
 /** The nft script that makes the loss table hold exactly `losses` (uplink index -> percent); empty map = no table. */
 export function lossRuleset(losses: ReadonlyMap<number, number>): string {
   const table = `inet ${LAB.lossTable}`;
+  for (const p of losses.values()) checkLossPercent(p);
   const active = [...losses.entries()].filter(([, p]) => p > 0).sort(([a], [b]) => a - b);
   // "table X" first makes "delete table X" valid whether or not it exists: one transaction either way.
   const head = `table ${table}\ndelete table ${table}\n`;
   if (active.length === 0) return head;
   const rule = (dir: 'iifname' | 'oifname', i: number, p: number) => {
-    checkLossPercent(p);
     const dev = uplinkAddressing(i).cpeDev;
     return `    ${dir} "${dev}" numgen random mod ${100 * SCALE} < ${Math.round(p * SCALE)} counter drop comment "loss ${dev} ${p}"`;
   };
