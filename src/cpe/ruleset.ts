@@ -167,11 +167,10 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
   const c = (name: keyof typeof RULE_COMMENTS, verdict = ' accept') => `counter${verdict} comment ${q(RULE_COMMENTS[name])}`;
 
   const lines: string[] = [`table inet ${table} {`];
-  if (o.dscpToMark) {
-    const elements: string[] = [];
-    for (let d = 0; d < 64; d++) elements.push(`${d} : ${hex(dscpMark(d, o.mark))}`);
-    lines.push('  map dscp_mark {', '    type dscp : mark', `    elements = { ${elements.join(', ')} }`, '  }');
-  }
+  // An anonymous map, not a named one: nft 1.0.6 compiles `ip6 dscp map @named` with the shift applied to the
+  // 16-bit field in network byte order (every IPv6 SYN then looks like DSCP 0); with an anonymous map it folds
+  // the shift into the keys and gets both families right.
+  const dscpMap = `{ ${Array.from({ length: 64 }, (_, d) => `${d} : ${hex(dscpMark(d, o.mark))}`).join(', ')} }`;
 
   const pre: string[] = [
     'meta l4proto != tcp accept',
@@ -191,7 +190,7 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
   for (const m of o.include) {
     const x = flowMatch(m, families);
     if (!x) continue;
-    const setMark = o.dscpToMark ? `meta mark set ${x.family === 4 ? 'ip' : 'ip6'} dscp map @dscp_mark` : `meta mark set ${mark}`;
+    const setMark = o.dscpToMark ? `meta mark set ${x.family === 4 ? 'ip' : 'ip6'} dscp map ${dscpMap}` : `meta mark set ${mark}`;
     const to = x.family === 4 ? `tproxy ip to 127.0.0.1:${o.tproxyPort}` : `tproxy ip6 to [::1]:${o.tproxyPort}`;
     pre.push(`${x.text} meta l4proto tcp ${setMark} ${to} ${c('intercept')}`);
   }
