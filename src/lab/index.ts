@@ -48,6 +48,14 @@ export interface LabHost {
   spawn(cmd: string, args: readonly string[], opts?: SpawnOptions): ChildProcess;
 }
 
+export type BuildStep = 'namespaces' | 'links' | 'addresses' | 'shaping';
+
+export interface LabDeps {
+  logger?: Logger;
+  /** Called before each build step; a throw aborts the build like any failure (tests inject faults here). */
+  onStep?: (step: BuildStep, lab: Lab) => void | Promise<void>;
+}
+
 export interface LabHosts {
   client: LabHost;
   cpe: LabHost;
@@ -226,7 +234,7 @@ export class Lab {
   }
 
   /** Builds a lab; on any failure removes everything it made and rethrows (code MPC_ERR_LAB_UP). */
-  static async up(spec: LabSpec, deps: { logger?: Logger } = {}): Promise<Lab> {
+  static async up(spec: LabSpec, deps: LabDeps = {}): Promise<Lab> {
     const { prefix, servers, mptcpRouting } = validate(spec);
     const logger = deps.logger ?? silentLogger();
     const start = processStart(process.pid);
@@ -251,7 +259,7 @@ export class Lab {
     installHandlers();
     const t0 = Date.now();
     try {
-      await lab.#build();
+      await lab.#build(deps.onStep);
     } catch (err) {
       logger.error({ err, prefix }, 'lab: build failed, removing what was made');
       await lab.down();
@@ -518,7 +526,12 @@ export class Lab {
     };
   }
 
-  async #build(): Promise<void> {
+  async #build(onStep: LabDeps['onStep']): Promise<void> {
+    const step = async (name: BuildStep) => {
+      this.#logger.debug({ prefix: this.prefix, step: name }, 'lab: build step');
+      await onStep?.(name, this);
+    };
+    await step('namespaces');
     const client = this.hosts.client.name;
     const cpe = this.hosts.cpe.name;
     const conc = this.hosts.concentrator.name;
@@ -551,6 +564,7 @@ export class Lab {
       ...servers.map((s) => sysctl(s, common)),
     ]);
 
+    await step('links');
     // 2. Links: veth pairs created directly in their namespaces (no temporary names in the caller's namespace).
     const veth = (a: string, aDev: string, b: string, bDev: string) =>
       run('ip', ['link', 'add', aDev, 'netns', a, 'type', 'veth', 'peer', 'name', bDev, 'netns', b]);
@@ -562,6 +576,7 @@ export class Lab {
     await veth(conc, LAB.concentrator.inetDev, inet, LAB.inet.concPort);
     for (let k = 1; k <= servers.length; k++) await veth(servers[k - 1]!, LAB.inet.serverDev, inet, serverAddressing(k).bridgePort);
 
+    await step('addresses');
     // 3. Addresses and routes, one `ip -batch` per namespace and family.
     const br = LAB.inet.bridge;
     const ports = [LAB.inet.concPort, ...servers.map((_, j) => serverAddressing(j + 1).bridgePort)];
@@ -613,6 +628,7 @@ export class Lab {
       }),
     ]);
 
+    await step('shaping');
     // 4. Shaping: tbf on the egress of both ends of each shaped uplink.
     const tc: Array<Promise<unknown>> = [];
     this.uplinks.forEach((up, j) => {
