@@ -11,7 +11,6 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import type { ChildProcess } from 'node:child_process';
 import { labCapabilityMissing, requireLab, requireTool } from '../support/capabilities.js';
 import { Lab, type LabHost } from '../../src/lab/index.js';

@@ -49,6 +49,7 @@ class FakeKernel {
   }
 
   get api(): KernelConfig {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the fake's methods read its state
     const self = this;
     const same = (a: object, b: object) => JSON.stringify(a) === JSON.stringify(b);
     return {
