@@ -211,6 +211,9 @@ export class Lab {
   readonly #children = new Set<ChildProcess>();
   #state: LabState;
   #downing: Promise<void> | null = null;
+  /** The build in progress: down() during up() (a signal) stops it at the next step and waits for it. */
+  #building: Promise<void> | null = null;
+  #aborted = false;
 
   private constructor(state: LabState, logger: Logger) {
     this.#state = state;
@@ -259,7 +262,8 @@ export class Lab {
     installHandlers();
     const t0 = Date.now();
     try {
-      await lab.#build(deps.onStep);
+      lab.#building = lab.#build(deps.onStep);
+      await lab.#building;
     } catch (err) {
       logger.error({ err, prefix }, 'lab: build failed, removing what was made');
       await lab.down();
@@ -350,6 +354,8 @@ export class Lab {
   }
 
   async #down(): Promise<void> {
+    this.#aborted = true;
+    await this.#building?.catch(() => {});
     const children = [...this.#children];
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
     await Promise.all(
@@ -487,6 +493,10 @@ export class Lab {
     return s;
   }
 
+  #checkAborted(): void {
+    if (this.#aborted) throw new MpconvertError('MPC_ERR_LAB_UP', `lab ${this.prefix} was taken down while it was being built`);
+  }
+
   #uplink(i: number) {
     if (!Number.isInteger(i) || i < 1 || i > this.uplinks.length) {
       throw new MpconvertError('MPC_ERR_LAB_SPEC', `No uplink ${i} in lab ${this.prefix} (1..${this.uplinks.length})`);
@@ -528,6 +538,7 @@ export class Lab {
 
   async #build(onStep: LabDeps['onStep']): Promise<void> {
     const step = async (name: BuildStep) => {
+      this.#checkAborted();
       this.#logger.debug({ prefix: this.prefix, step: name }, 'lab: build step');
       await onStep?.(name, this);
     };
@@ -541,6 +552,7 @@ export class Lab {
 
     // 1. Namespaces, resolv.conf, sysctls (before any interface exists, so "default" applies to all of them).
     for (const name of this.namespaces) {
+      this.#checkAborted();
       await run('ip', ['netns', 'add', name]);
       mkdirSync(`/etc/netns/${name}`, { recursive: true });
       writeFileSync(`/etc/netns/${name}/resolv.conf`, 'nameserver 127.0.0.1\n');

@@ -41,8 +41,8 @@ async function assertGone(lab: Lab): Promise<void> {
 }
 
 /** Runs a node script that builds a lab in a child process; resolves once it printed the prefix. */
-function labChild(body: string): { child: ReturnType<typeof spawn>; prefix: Promise<string> } {
-  const script = `import { Lab } from ${JSON.stringify(LAB_JS)};\nconst lab = await Lab.up({ uplinks: [{ rate: 0 }] });\nconsole.log(lab.prefix);\n${body}`;
+function labChild(body: string, up = 'const lab = await Lab.up({ uplinks: [{ rate: 0 }] });\nconsole.log(lab.prefix);'): { child: ReturnType<typeof spawn>; prefix: Promise<string> } {
+  const script = `import { Lab } from ${JSON.stringify(LAB_JS)};\n${up}\n${body}`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
@@ -166,7 +166,7 @@ describe('lab lifecycle', { skip: missing ?? false, concurrency: false }, () => 
     assert.ok(!existsSync(statePath(prefix)));
   });
 
-  test('SIGTERM to the owning process removes its lab; a SIGKILLed owner leaves a lab that downAll removes', async () => {
+  test('SIGTERM to the owning process removes its lab, SIGINT during up() too; a SIGKILLed owner leaves a lab that downAll removes', async () => {
     const a = labChild('setInterval(() => {}, 1000);');
     const prefixA = await a.prefix;
     assert.ok((await listNamespaces()).includes(`${prefixA}-cpe`));
@@ -176,6 +176,15 @@ describe('lab lifecycle', { skip: missing ?? false, concurrency: false }, () => 
     const afterA = await listNamespaces();
     assert.ok(!afterA.some((n) => n.startsWith(`${prefixA}-`)), 'SIGTERM cleanup removed the namespaces');
     assert.ok(!existsSync(statePath(prefixA)));
+
+    // SIGINT in the middle of up(): the build stops, everything it made is removed, the signal is re-raised.
+    const c = labChild('', `await Lab.up({ uplinks: [{ rate: 0 }, { rate: 0 }] }, { onStep: (step, lab) => { if (step === 'links') { console.log(lab.prefix); process.kill(process.pid, 'SIGINT'); } } });\nconsole.log('built anyway');`);
+    const prefixC = await c.prefix;
+    const exitedC = new Promise<NodeJS.Signals | null>((r) => c.child.once('exit', (_c, sig) => r(sig)));
+    assert.equal(await exitedC, 'SIGINT');
+    assert.ok(!(await listNamespaces()).some((n) => n.startsWith(`${prefixC}-`)), 'SIGINT during up() left nothing');
+    assert.ok(!existsSync(statePath(prefixC)));
+    assert.ok(!existsSync(`/etc/netns/${prefixC}-cpe`));
 
     // A crash: the owner dies without any handler running.
     const b = labChild('process.kill(process.pid, "SIGKILL");');
