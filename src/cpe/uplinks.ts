@@ -293,7 +293,9 @@ export class UplinkManager extends EventEmitter {
     try {
       entries = await k.routes.listAddresses();
       for (const f of FAMILIES) {
-        if (this.#uplinks.some((u) => (f === 4 ? u.cfg.gateway4 : u.cfg.gateway6) === undefined)) mainRoutes[f] = await k.routes.listRoutes('main', f);
+        if (!this.#uplinks.some((u) => (f === 4 ? u.cfg.gateway4 : u.cfg.gateway6) === undefined)) continue;
+        // A host without IPv6 must not stop the IPv4 uplinks: an unreadable IPv6 table counts as empty.
+        mainRoutes[f] = f === 4 ? await k.routes.listRoutes('main', 4) : await k.routes.listRoutes('main', 6).catch(() => []);
       }
     } catch (err) {
       this.#logger.error({ err }, 'cannot read the interfaces');
