@@ -3,7 +3,8 @@
  * same lab topologies. Writes bench/results/latest.{json,md}, aggregation.svg, failover.svg and prints the table.
  *
  *   node dist/bench/main.js [--runs 3] [--seconds 3] [--quick] [--systems kernel,mpconvert,...]
- *                           [--only relay,setup,memory,aggregation,failover] [--profile] [--out DIR]
+ *                           [--only relay,setup,memory,aggregation,failover] [--concurrency N]
+ *                           [--connections N] [--failover-runs N] [--profile] [--render] [--out DIR]
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
@@ -45,7 +46,7 @@ function parseArgs(argv: string[]): Options {
     runs: Number(get('runs') ?? (quick ? 1 : 3)),
     seconds: Number(get('seconds') ?? (quick ? 2 : 3)),
     setupMs: quick ? 1_000 : 2_000,
-    concurrency: 32,
+    concurrency: Number(get('concurrency') ?? 32),
     memoryConnections: Number(get('connections') ?? (quick ? 2_000 : 9_500)),
     socatMemoryConnections: quick ? 200 : 1_000,
     failoverSeconds: 14,
@@ -178,6 +179,11 @@ async function main(): Promise<void> {
 
   if (o.profile) {
     await profileRun(o);
+    return;
+  }
+  if (process.argv.includes('--render')) {
+    // Rewrites latest.md and the charts from latest.json (after a change to the report format).
+    writeOutputs(o.out, JSON.parse(readFileSync(join(o.out, 'latest.json'), 'utf8')) as Results);
     return;
   }
 
@@ -318,13 +324,17 @@ async function main(): Promise<void> {
   r.meta.tools['lab'] = labImplementation;
   r.meta.settings['loadAverageAtEnd'] = loadavg()[0];
   r.meta.durationSeconds = Math.round((Date.now() - t0) / 1000);
-  const md = `## Benchmark results\n\n${markdown(r)}`;
   writeFileSync(join(o.out, 'latest.json'), JSON.stringify(r, null, 2) + '\n');
-  writeFileSync(join(o.out, 'latest.md'), md);
-  writeFileSync(join(o.out, 'aggregation.svg'), aggregationSvg(r));
-  writeFileSync(join(o.out, 'failover.svg'), failoverSvg(r));
-  process.stdout.write(md);
+  writeOutputs(o.out, r);
   log(`done in ${r.meta.durationSeconds} s; results in ${o.out}`);
+}
+
+function writeOutputs(out: string, r: Results): void {
+  const md = `## Benchmark results\n\n${markdown(r)}`;
+  writeFileSync(join(out, 'latest.md'), md);
+  writeFileSync(join(out, 'aggregation.svg'), aggregationSvg(r));
+  writeFileSync(join(out, 'failover.svg'), failoverSvg(r));
+  process.stdout.write(md);
 }
 
 function targets(r: Results): Results['targets'] {
@@ -368,7 +378,7 @@ function targets(r: Results): Results['targets'] {
   return out;
 }
 
-/** `--profile`: the relay test through mpconvert with `node --cpu-prof` on the concentrator; prints the hot spots. */
+/** `--profile`: the relay and setup tests through mpconvert with `node --cpu-prof` on the CPE and the concentrator; prints the hot spots. */
 async function profileRun(o: Options): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'mpc-bench-prof-'));
   try {
@@ -379,9 +389,12 @@ async function profileRun(o: Options): Promise<void> {
         await requestResponse(d, o.setupMs, o.concurrency);
       }, dir);
     });
-    const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
-    if (!file) throw new Error('no CPU profile was written');
-    const text = summariseProfile(JSON.parse(readFileSync(join(dir, file), 'utf8')));
+    let text = '';
+    for (const role of ['cpe', 'concentrator']) {
+      const file = readdirSync(join(dir, role)).find((f) => f.endsWith('.cpuprofile'));
+      if (!file) throw new Error(`no CPU profile was written for the ${role}`);
+      text += summariseProfile(JSON.parse(readFileSync(join(dir, role, file), 'utf8')), role === 'cpe' ? 'CPE' : 'Concentrator') + '\n';
+    }
     writeFileSync(join(o.out, 'profile.md'), text);
     process.stdout.write(text);
   } finally {

@@ -20,7 +20,7 @@ const short = (url: string) => {
   return url.replace(/^file:\/\/.*node_modules\//, '').replace(/^node:/, 'node:');
 };
 
-export function summariseProfile(p: CpuProfile, top = 25): string {
+export function summariseProfile(p: CpuProfile, title: string, top = 20): string {
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const self = new Map<number, number>();
   p.samples.forEach((id, i) => self.set(id, (self.get(id) ?? 0) + (p.timeDeltas[i] ?? 0)));
@@ -32,7 +32,10 @@ export function summariseProfile(p: CpuProfile, top = 25): string {
     const n = byId.get(id);
     if (!n) continue;
     const name = n.callFrame.functionName || '(anonymous)';
-    if (name === '(idle)') idle += us;
+    if (name === '(idle)') {
+      idle += us;
+      continue;
+    }
     const key = `${name} ${short(n.callFrame.url)}${n.callFrame.url ? `:${n.callFrame.lineNumber + 1}` : ''}`;
     fn.set(key, (fn.get(key) ?? 0) + us);
     const f = n.callFrame.url ? short(n.callFrame.url) : name;
@@ -46,7 +49,7 @@ export function summariseProfile(p: CpuProfile, top = 25): string {
       .map(([k, us]) => `| ${(us / 1e6).toFixed(2)} | ${((100 * us) / busy).toFixed(1)}% | \`${k.replace(/\|/g, '\\|')}\` |`)
       .join('\n');
   return [
-    `## Concentrator CPU profile (node --cpu-prof)`,
+    `## ${title} CPU profile (node --cpu-prof)`,
     '',
     `Profile ${(total / 1e6).toFixed(1)} s, of which idle ${(idle / 1e6).toFixed(1)} s. Shares are of the non-idle time.`,
     '',

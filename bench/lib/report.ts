@@ -105,7 +105,7 @@ export function markdown(r: Results): string {
     ]);
   }
   L.push('');
-  L.push('**Relay** (2 unshaped uplinks), **setup**, **memory**, **failover**:');
+  L.push('**Relay** (2 unshaped uplinks), **setup**, **memory**, **failover**. In the mpconvert / X columns, above 1.00x means mpconvert is better (for lower-is-better rows the ratio is X / mpconvert).');
   L.push('');
   head(['figure', ...SYSTEMS.map((s) => NAMES[s]), 'mpconvert / shadowsocks', 'mpconvert / socat']);
   const line = (label: string, get: (x: SystemName) => Stat | null | undefined, d: number, err: (x: SystemName) => string | undefined, lowerBetter = false) => {

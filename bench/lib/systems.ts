@@ -111,19 +111,19 @@ async function deployMpconvert({ lab, uplinks, cpuProfileDir }: DeployOptions): 
       '',
     ].join('\n'),
   );
-  const prof = cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfileDir}`] : [];
+  const prof = (role: string) => (cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(cpuProfileDir, role)}`] : []);
   const procs: Proc[] = [];
   const stop = async () => {
     for (const p of procs.reverse()) await p.stop(8_000);
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    const conc = spawnIn(lab.hosts.concentrator, 'mpconvert concentrator', process.execPath, [ ...prof, CLI, 'concentrator', '--config', config]);
+    const conc = spawnIn(lab.hosts.concentrator, 'mpconvert concentrator', process.execPath, [...prof('concentrator'), CLI, 'concentrator', '--config', config]);
     procs.push(conc);
     await conc.waitFor(/^ready/m);
     const uplinkArgs = Array.from({ length: uplinks }, (_, i) => ['--uplink', `up${i + 1}`]).flat();
     const cpe = spawnIn(lab.hosts.cpe, 'mpconvert cpe', process.execPath, [
-      CLI, 'cpe', '--lan', 'lan0', ...uplinkArgs, '--concentrator', `${CONC_ADDR}:5000`, '--instance', 'bench', '--log-level', 'warn',
+      ...prof('cpe'), CLI, 'cpe', '--lan', 'lan0', ...uplinkArgs, '--concentrator', `${CONC_ADDR}:5000`, '--instance', 'bench', '--log-level', 'warn',
     ]);
     procs.push(cpe);
     await cpe.waitFor(/^ready/m);
