@@ -185,7 +185,10 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
           break;
         case 1: {
           p = Buffer.from(valid);
-          for (let i = 0; i < 1 + rnd(3); i++) p[rnd(p.length)] ^= 1 << rnd(8);
+          for (let i = 0; i < 1 + rnd(3); i++) {
+            const at = rnd(p.length);
+            p[at] = (p[at] as number) ^ (1 << rnd(8));
+          }
           break;
         }
         case 2:

@@ -23,7 +23,7 @@ const server =
   args.protocol === 'mptcp'
     ? await platform.sockets.listen({ family, protocol: 'mptcp', host: args.host, port: args.port, reuseAddr: true })
     : net.createServer();
-server.allowHalfOpen = true;
+(server as net.Server & { allowHalfOpen: boolean }).allowHalfOpen = true;
 server.on('connection', (sock: net.Socket) => {
   sock.on('error', () => {});
   const mptcp = platform.sockets.isMptcp(sock);
