@@ -125,7 +125,7 @@ export class Concentrator {
   }
 
   async #openListener(text: string): Promise<void> {
-    const ep = parseEndpoint(text);
+    const ep = parseEndpoint(text, { allowPortZero: true });
     const server = await this.#deps.sockets.listen({
       family: ep.family,
       protocol: 'mptcp',
@@ -318,7 +318,7 @@ export class Concentrator {
     const list = Object.values(networkInterfaces())
       .flatMap((l) => l ?? [])
       .map((i) => i.address.split('%')[0] as string);
-    for (const text of this.#config.listen) list.push(parseEndpoint(text).host);
+    for (const text of this.#config.listen) list.push(parseEndpoint(text, { allowPortZero: true }).host);
     list.push(...this.#config.sourcePool.addresses);
     this.#ownCache = { at: now, list };
     return list;

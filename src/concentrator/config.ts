@@ -13,6 +13,15 @@ const endpoint = z.string().refine((s) => {
   }
 }, 'must be ADDR:PORT or [IPV6]:PORT with an IP address');
 
+const listenEndpoint = z.string().refine((s) => {
+  try {
+    parseEndpoint(s, { allowPortZero: true });
+    return true;
+  } catch {
+    return false;
+  }
+}, 'must be ADDR:PORT or [IPV6]:PORT with an IP address');
+
 const cidr = z.string().refine((s) => {
   const [addr, len, extra] = s.split('/');
   if (extra !== undefined || addr === undefined) return false;
@@ -27,7 +36,7 @@ const ip = z.string().refine((s) => isIP(s) !== 0, 'must be an IP address');
 
 export const concentratorConfigSchema = z.strictObject({
   /** Customer-facing MPTCP listeners. Both signalling formats are served on each. */
-  listen: z.array(endpoint).min(1, 'at least one listener is needed'),
+  listen: z.array(listenEndpoint).min(1, 'at least one listener is needed'),
   /** Customer prefixes allowed to use the concentrator (source address of the MPTCP connection). */
   allow: z.array(cidr).min(1, 'at least one customer prefix is needed: an empty list would refuse everybody'),
   /** Destinations refused on top of the special-purpose ranges and the concentrator's own addresses. */

@@ -73,9 +73,12 @@ export class Relay extends EventEmitter<{ close: [RelayStats] }> {
     this.#a = { socket: a, name: 'a', ended: false, finished: false };
     this.#b = { socket: b, name: 'b', ended: false, finished: false };
     const aEnd = this.#wire(this.#a, this.#b);
-    this.#wire(this.#b, this.#a);
+    const bEnd = this.#wire(this.#b, this.#a);
     this.#arm(this.#opts.idleTimeoutMs);
-    if (options.aEnded) aEnd();
+    // A FIN that arrived before the pair was made ('end' already emitted, e.g. while the caller read the
+    // signalling or waited for the echo) must still be propagated.
+    if (options.aEnded || a.readableEnded) aEnd();
+    if (b.readableEnded) bEnd();
     // Callers may hand over paused sockets (after reading signalling): start the flow both ways.
     a.resume();
     b.resume();

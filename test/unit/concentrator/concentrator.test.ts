@@ -54,7 +54,11 @@ async function startConcentrator(extra: Partial<ConcentratorConfigInput> = {}, f
 /** Client: sends `chunks` (with a pause between them), then `body` and FIN; returns all it received. */
 async function converse(port: number, chunks: Buffer[], body = Buffer.alloc(0)) {
   const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
-  await once(s, 'connect');
+  try {
+    await once(s, 'connect');
+  } catch {
+    return { how: 'reset' as const, received: Buffer.alloc(0) };
+  }
   const parts: Buffer[] = [];
   s.on('data', (d: Buffer) => parts.push(d));
   const ended = new Promise<'end' | 'reset'>((resolve) => {

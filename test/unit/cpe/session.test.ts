@@ -14,7 +14,7 @@ import { cpeConfigSchema, type CpeConfigInput } from '../../../src/cpe/config.js
 import { ConcentratorSelector } from '../../../src/cpe/concentrators.js';
 import { handleClient } from '../../../src/cpe/session.js';
 import { createMetrics } from '../../../src/control/metrics.js';
-import { silentLogger } from '../../../src/log.js';
+import { createLogger, silentLogger } from '../../../src/log.js';
 import { fakeKernel, fakeSockets } from '../../support/fake-platform.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -78,7 +78,7 @@ describe('CPE conversion (loopback)', () => {
     const selector = new ConcentratorSelector(config.concentrators, { capabilityTtlMs: 60_000, unreachableHoldMs: 60_000 });
     const metrics = createMetrics('cpe');
     const front = net.createServer({ allowHalfOpen: true }, (client) => {
-      void handleClient(client, { sockets, logger: silentLogger(), metrics, selector, config: () => config, track: () => {}, originalDestination: () => dst });
+      void handleClient(client, { sockets, logger: process.env['DBG'] ? createLogger({ level: 'debug' }) : silentLogger(), metrics, selector, config: () => config, track: () => {}, originalDestination: () => dst });
     });
     front.listen(0, '127.0.0.1');
     await once(front, 'listening');
