@@ -357,7 +357,8 @@ export class Concentrator {
     if (this.#stopping) return;
     this.#stopping = true;
     if (this.#sweeper) clearInterval(this.#sweeper);
-    await Promise.all([...this.#listeners.values()].map((s) => new Promise<void>((r) => s.close(() => r()))));
+    // close() stops accepting at once; its callback would wait for every connection, which the drain handles.
+    for (const s of this.#listeners.values()) s.close();
     this.#listeners.clear();
     // Sessions still in signalling or dialing have nothing to drain.
     for (const s of this.#sessions) if (!s.relay) s.socket.resetAndDestroy();

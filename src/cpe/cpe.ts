@@ -149,7 +149,7 @@ export class Cpe {
       }
     };
     await step(() => this.#interception?.stop());
-    await Promise.all(this.#listeners.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    for (const s of this.#listeners) s.close();
     for (const s of this.#pending) s.resetAndDestroy();
     const deadline = Date.now() + drainMs;
     while (this.#relays.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));

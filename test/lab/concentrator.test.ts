@@ -49,7 +49,7 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
   const configFile = join(dir, 'concentrator.yaml');
   const baseConfig = (extra = '') =>
     `listen: ["${CONC}:5000", "[2001:db8:200::1]:5000"]\nallow: ["198.18.0.0/16", "2001:db8::/32"]\nadmin: "127.0.0.1:9090"\n` +
-    `signalling:\n  timeoutMs: 1500\nserver:\n  connectTimeoutMs: 3000\n${extra}`;
+    `shutdownDrainS: 2\nsignalling:\n  timeoutMs: 1500\nserver:\n  connectTimeoutMs: 3000\n${extra}`;
 
   const metrics = async (): Promise<string> => (await lab.hosts.concentrator.exec('curl', ['-s', 'http://127.0.0.1:9090/metrics'])).stdout;
   const metric = async (name: string, labels = ''): Promise<number> => {
@@ -62,7 +62,7 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
   before(async () => {
     lab = await Lab.up({ uplinks: [{ rate: 0 }, { rate: 0 }], servers: 2, mptcpRouting: true });
     srv1 = start(lab.hosts.servers[0]!, [TOOL('sink-server'), JSON.stringify({ host: SRV1, port: 8080, reply: 50 * MB })]);
-    srv2 = start(lab.hosts.servers[1]!, [TOOL('sink-server'), JSON.stringify({ host: SRV2, port: 8080, reply: 1000, protocol: 'mptcp' })]);
+    srv2 = start(lab.hosts.servers[1]!, [TOOL('sink-server'), JSON.stringify({ host: SRV2, port: 8080, reply: 1000, protocol: 'mptcp', mode: 'first' })]);
     writeFileSync(configFile, baseConfig());
     conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--config', configFile]);
     await Promise.all([conc.waitLine((l) => l.startsWith('ready')), srv1.waitLine((l) => l.includes('ready')), srv2.waitLine((l) => l.includes('ready'))]);
@@ -224,7 +224,7 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
 
   test('a server whose MPTCP SYNs are dropped is cached; the next connection uses TCP at once', async () => {
     await lab.hosts.servers[0]!.exec('nft', ['-f', '-'], {
-      input: 'table inet mpconvert_test_drop { chain in { type filter hook input priority 0; tcp flags syn tcp option mptcp exists drop; } }\n',
+      input: 'table inet mpconvert_test_drop { chain input { type filter hook input priority 0; tcp flags syn tcp option mptcp exists drop; } }\n',
     });
     try {
       const t0 = Date.now();
