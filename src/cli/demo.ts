@@ -57,7 +57,7 @@ export async function runDemo(opts: DemoOptions, print: (line: string) => void =
     const uplinkArgs = rates.flatMap((_, i) => ['--uplink', `up${i + 1}`]);
     const cpe = lab.hosts.cpe.spawn(process.execPath, [CLI, 'cpe', '--lan', 'lan0', ...uplinkArgs, '--concentrator', '198.18.200.1:5000', '--log-level', 'warn']);
     await waitFor(cpe, /^ready/m, 'cpe');
-    const srv = server.spawn('iperf3', ['-s', '-B', server.v4]);
+    const srv = server.spawn('iperf3', ['-s', '--forceflush', '-B', server.v4]);
     await waitFor(srv, /Server listening/, 'iperf3 server');
     const t = String(opts.seconds);
     print(`Measuring one uplink alone (plain TCP from the CPE over up1, ${t} s)...`);
