@@ -101,7 +101,8 @@ describe('CPE conversion (loopback)', () => {
   }
 
   test('converted through the concentrator: the client gets exactly the server bytes, the server exactly the client bytes', async () => {
-    const { front, port, sockets } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}` }] }, { address: '198.19.0.11', port: 8080 });
+    // A long first-data wait (it ends at the first chunk) so a loaded machine cannot make the bytes miss the SYN.
+    const { front, port, sockets } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}` }], firstDataWaitMs: 1000 }, { address: '198.19.0.11', port: 8080 });
     try {
       const request = randomBytes(500_000);
       const n = upstreamGot.length;
