@@ -229,7 +229,7 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
 
   pendingTest('a server whose MPTCP SYNs are dropped is cached; the next connection uses TCP at once', async () => {
     await lab.hosts.servers[0]!.exec('nft', ['-f', '-'], {
-      input: 'table inet mpconvert_test_drop { chain input { type filter hook input priority 0; tcp flags syn tcp option mptcp exists drop; } }\n',
+      input: 'table inet mpconvert_test_drop {\n chain input {\n  type filter hook input priority 0;\n  tcp flags syn tcp option mptcp exists drop\n }\n}\n',
     });
     try {
       const t0 = Date.now();
