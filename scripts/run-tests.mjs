@@ -20,7 +20,7 @@ function files(dir) {
 
 function run(list, concurrency) {
   if (list.length === 0) return 0;
-  const r = spawnSync(process.execPath, ['--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', '--test-timeout=240000', ...list], {
+  const r = spawnSync(process.execPath, ['--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', '--test-timeout=1200000', ...list], {
     stdio: 'inherit',
     cwd: root,
   });

@@ -16,7 +16,7 @@ import { CLI, Proc, TOOL, runTool, start } from '../support/lab-procs.js';
 /** Marked TODO: these run and report, but an intermittent stall of relayed transfers in the lab is still being
  * investigated (see the closing notes of issues 4 and 5); they do not fail CI until that is fixed. */
 const PENDING = { todo: 'intermittent relay stall in the lab under investigation (issues 4, 5)' };
-const pendingTest = (name: string, fn: () => Promise<void>) => test(name, PENDING, fn);
+const pendingTest = (name: string, fn: () => Promise<void>) => test(name, { ...PENDING, timeout: 150_000 }, fn);
 
 const missing = labCapabilityMissing();
 if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);

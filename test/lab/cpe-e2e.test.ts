@@ -17,7 +17,7 @@ import { readTcpSegments } from '../support/pcap.js';
 /** Marked TODO: these run and report, but an intermittent stall of relayed transfers in the lab is still being
  * investigated (see the closing notes of issues 4 and 5); they do not fail CI until that is fixed. */
 const PENDING = { todo: 'intermittent relay stall in the lab under investigation (issues 4, 5)' };
-const pendingTest = (name: string, fn: () => Promise<void>) => test(name, PENDING, fn);
+const pendingTest = (name: string, fn: () => Promise<void>) => test(name, { ...PENDING, timeout: 150_000 }, fn);
 
 const missing = labCapabilityMissing();
 if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);
@@ -53,7 +53,7 @@ describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false },
   /** curl in the LAN client: returns the sha256 of the body and the speed in bytes/s. */
   async function download(u: string, extra: string[] = []): Promise<{ sha256: string; speed: number; ms: number }> {
     const t0 = Date.now();
-    const r = await lab.hosts.client.exec('sh', ['-c', `curl -sS --fail ${extra.join(' ')} -w '%{stderr}%{speed_download}' '${u}' | sha256sum`], { timeoutMs: 180_000 });
+    const r = await lab.hosts.client.exec('sh', ['-c', `curl -sS --fail ${extra.join(' ')} -w '%{stderr}%{speed_download}' '${u}' | sha256sum`], { timeoutMs: 100_000 });
     return { sha256: r.stdout.split(' ')[0] ?? '', speed: Number(r.stderr.trim()), ms: Date.now() - t0 };
   }
 
