@@ -1,38 +1,7 @@
 /** The concentrator's settings: schema, defaults, and the merge of file and command-line flags. */
-import { isIP } from 'node:net';
 import { z } from 'zod';
-import { parseEndpoint } from '../control/address.js';
 import { loadYaml, validateConfig } from '../control/config-file.js';
-
-const endpoint = z.string().refine((s) => {
-  try {
-    parseEndpoint(s);
-    return true;
-  } catch {
-    return false;
-  }
-}, 'must be ADDR:PORT or [IPV6]:PORT with an IP address');
-
-const listenEndpoint = z.string().refine((s) => {
-  try {
-    parseEndpoint(s, { allowPortZero: true });
-    return true;
-  } catch {
-    return false;
-  }
-}, 'must be ADDR:PORT or [IPV6]:PORT with an IP address');
-
-const cidr = z.string().refine((s) => {
-  const [addr, len, extra] = s.split('/');
-  if (extra !== undefined || addr === undefined) return false;
-  const fam = isIP(addr);
-  if (fam === 0) return false;
-  if (len === undefined) return true;
-  const n = Number(len);
-  return /^\d+$/.test(len) && n >= 0 && n <= (fam === 4 ? 32 : 128);
-}, 'must be an IP prefix such as 198.18.0.0/15 or 2001:db8::/32');
-
-const ip = z.string().refine((s) => isIP(s) !== 0, 'must be an IP address');
+import { endpoint, listenEndpoint, cidr, ip } from '../control/schema.js';
 
 export const concentratorConfigSchema = z.strictObject({
   /** Customer-facing MPTCP listeners. Both signalling formats are served on each. */

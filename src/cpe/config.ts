@@ -1,27 +1,8 @@
 /** The CPE's settings: schema, defaults, and the merge of file and command-line flags. */
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { parseEndpoint } from '../control/address.js';
 import { loadYaml, validateConfig } from '../control/config-file.js';
-
-const endpoint = z.string().refine((s) => {
-  try {
-    parseEndpoint(s);
-    return true;
-  } catch {
-    return false;
-  }
-}, 'must be ADDR:PORT or [IPV6]:PORT with an IP address');
-
-const cidr = z.string().refine((s) => {
-  const [addr, len, extra] = s.split('/');
-  if (extra !== undefined || addr === undefined) return false;
-  const fam = isIP(addr);
-  if (fam === 0) return false;
-  if (len === undefined) return true;
-  const n = Number(len);
-  return /^\d+$/.test(len) && n >= 0 && n <= (fam === 4 ? 32 : 128);
-}, 'must be an IP prefix such as 0.0.0.0/0 or 2001:db8::/32');
+import { endpoint, cidr } from '../control/schema.js';
 
 const portRange = z.union([
   z.number().int().min(1).max(65535),

@@ -5,6 +5,7 @@
  * fields that fit: older kernels give shorter structs, and a length that cuts a field is rejected.
  */
 import type { Family, MptcpInfo, SocketAddress, SubflowInfo, TcpInfo } from './types.js';
+import { bytesToIpv6 } from '../protocol/address.js';
 
 export class StructError extends Error {
   readonly code = 'MPC_ERR_STRUCT';
@@ -185,33 +186,10 @@ export function decodeSockaddr(buf: Uint8Array): SocketAddress {
   throw new StructError(`Cannot parse sockaddr: unsupported family ${family}`);
 }
 
-/** RFC 5952 text of 16 bytes (IPv4-mapped addresses as ::ffff:a.b.c.d). */
+/** RFC 5952 text of 16 bytes (IPv4-mapped addresses as ::ffff:a.b.c.d): the protocol module's formatter. */
 export function formatIpv6(b: Uint8Array): string {
   if (b.byteLength !== 16) throw new StructError(`Cannot format IPv6 address: ${b.byteLength} bytes`);
-  const words: number[] = [];
-  for (let i = 0; i < 16; i += 2) words.push(((b[i] ?? 0) << 8) | (b[i + 1] ?? 0));
-  if (words.slice(0, 5).every((w) => w === 0) && words[5] === 0xffff) {
-    return `::ffff:${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
-  }
-  // Longest run (>= 2) of zero words becomes '::'.
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (words[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && words[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = words.map((w) => w.toString(16));
-  if (bestStart < 0) return hex.join(':');
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+  return bytesToIpv6(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 }
 
 /** Encodes a sockaddr_in / sockaddr_in6 for bind/connect. */
