@@ -114,10 +114,12 @@ export class ServerDialer {
     try {
       socket = await this.#o.sockets.dial({ ...base, protocol: 'mptcp' });
     } catch (err) {
-      // A timeout may be a middlebox that drops MPTCP SYNs while TCP passes: remember it, try TCP once.
+      // A timeout may be a middlebox that drops MPTCP SYNs while TCP passes: try TCP once, and remember the
+      // server only if TCP gets through (an unreachable server is not an MPTCP problem).
       if ((err as { code?: string }).code === 'ETIMEDOUT' && !req.signal?.aborted) {
-        this.#remember(req.host, 'MPTCP connect timed out');
-        return { socket: await this.#o.sockets.dial({ ...base, protocol: 'tcp' }), transport: 'tcp-cached' };
+        const socket = await this.#o.sockets.dial({ ...base, protocol: 'tcp' });
+        this.#remember(req.host, 'MPTCP connect timed out, TCP did not');
+        return { socket, transport: 'tcp-cached' };
       }
       throw err;
     }

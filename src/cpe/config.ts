@@ -35,6 +35,14 @@ export const cpeConfigSchema = z.strictObject({
         format: z.enum(['mp-convert', 'rfc8803']).default('mp-convert'),
         /** Also send the client's source address (an IE with D = 1), for transparent concentrators. */
         sourceIe: z.boolean().default(false),
+        /**
+         * Signalling and the client's first bytes in the SYN (TCP Fast Open): the 0-RTT conversion. Off (the
+         * default for now): they go first thing after the handshake, one round trip more per connection. Off by
+         * default because of a Linux MPTCP bug seen on 6.18: on a connection whose SYN data the listener accepted,
+         * with two or more subflows, the listener side overruns the peer's MPTCP receive window and downloads
+         * crawl (docs/cpe.md, "0-RTT and the kernel").
+         */
+        zeroRtt: z.boolean().default(false),
       }),
     )
     .min(1, 'at least one concentrator is needed'),

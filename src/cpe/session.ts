@@ -194,7 +194,7 @@ async function tryConcentrator(
       protocol: 'mptcp',
       host: ep.host,
       port: ep.port,
-      fastOpen: 'no-cookie',
+      fastOpen: target.zeroRtt ? 'no-cookie' : 'off',
       data: Buffer.concat([signalling, inSyn]),
       timeoutMs: cfg.connectTimeoutMs,
       signal: abort.signal,

@@ -23,6 +23,8 @@ interface Args {
   timeoutMs?: number;
   /** Keep the connection open this long before sending and closing. */
   holdMs?: number;
+  /** TFO mode of the dial (default no-cookie: the bytes go in the SYN). */
+  fastOpen?: 'no-cookie' | 'cookie' | 'off';
 }
 
 const args = JSON.parse(process.argv[2] ?? '{}') as Args;
@@ -41,7 +43,7 @@ try {
     protocol: args.protocol ?? 'mptcp',
     host: args.host,
     port: args.port,
-    fastOpen: 'no-cookie',
+    fastOpen: args.fastOpen ?? 'no-cookie',
     data: Buffer.concat([Buffer.from(args.signallingHex, 'hex'), app]),
     ...(args.localAddress ? { localAddress: args.localAddress } : {}),
     timeoutMs: 10_000,

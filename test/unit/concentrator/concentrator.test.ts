@@ -216,6 +216,19 @@ describe('concentrator (loopback, fake platform)', () => {
     }
   });
 
+  test('an unreachable server (MPTCP and TCP both time out) is not put in the MPTCP fallback cache', async () => {
+    const { c, port } = await startConcentrator({}, {
+      route: (spec) => (spec.host === '198.19.0.13' ? Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' }) : { host: '127.0.0.1', port: up.port }),
+    });
+    try {
+      const r = await converse(port, [dest('198.19.0.13', 80)]);
+      assert.equal(r.how, 'reset', 'MP_CONVERT: the client connection is aborted');
+      assert.deepEqual(c.fallbackCache, []);
+    } finally {
+      await c.stop(0);
+    }
+  });
+
   test('stop drains: a relayed connection may finish within the deadline; new ones are refused', async () => {
     const { c, port } = await startConcentrator({}, {}, up.port);
     const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });

@@ -102,7 +102,7 @@ describe('CPE conversion (loopback)', () => {
 
   test('converted through the concentrator: the client gets exactly the server bytes, the server exactly the client bytes', async () => {
     // A long first-data wait (it ends at the first chunk) so a loaded machine cannot make the bytes miss the SYN.
-    const { front, port, sockets } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}` }], firstDataWaitMs: 1000 }, { address: '198.19.0.11', port: 8080 });
+    const { front, port, sockets } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}`, zeroRtt: true }], firstDataWaitMs: 1000 }, { address: '198.19.0.11', port: 8080 });
     try {
       const request = randomBytes(500_000);
       const n = upstreamGot.length;
@@ -120,11 +120,13 @@ describe('CPE conversion (loopback)', () => {
     }
   });
 
-  test('RFC 8803 concentrator', async () => {
-    const { front, port } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}`, format: 'rfc8803' }] }, { address: '198.19.0.11', port: 8080 });
+  test('RFC 8803 concentrator; by default the signalling goes right after the handshake (zeroRtt off)', async () => {
+    const { front, port, sockets } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}`, format: 'rfc8803' }] }, { address: '198.19.0.11', port: 8080 });
     try {
       const r = await clientExchange(port, Buffer.from('hello'));
       assert.equal(sha(r.received), sha(reply));
+      assert.equal(sockets.dials[0]!.fastOpen, 'off');
+      assert.equal(sockets.dials[0]!.data!.readUInt8(0), 1, 'the Convert message (version 1) leads the first bytes');
     } finally {
       front.close();
     }
