@@ -18,6 +18,7 @@ export function concentratorCommand(): Command {
     .option('--allow <cidr>', 'customer prefix allowed to connect (repeatable)', collect)
     .option('--deny <cidr>', 'destination prefix to refuse (repeatable)', collect)
     .option('--pool <addr>', 'external source address for server connections (repeatable)', collect)
+    .option('--announce <addr>', 'address announced to CPEs with ADD_ADDR, e.g. the other family (repeatable)', collect)
     .option('--no-server-mptcp', 'dial servers with plain TCP only')
     .option('--admin <addr:port>', 'admin endpoint: /metrics, /healthz, /status')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')

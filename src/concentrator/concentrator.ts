@@ -45,6 +45,8 @@ export class Concentrator {
   #config: ConcentratorConfig;
   readonly #deps: ConcentratorDeps;
   readonly #limits: ConnectionLimits;
+  /** Endpoint ids of the announce addresses this instance added (removed at stop). */
+  readonly #announced: number[] = [];
   #pool: SourcePool;
   readonly #dialer: ServerDialer;
   readonly #listeners = new Map<string, Server>();
@@ -121,6 +123,25 @@ export class Concentrator {
     }
     if (this.#config.manageSysctls) {
       await kernel.mptcp.setLimits({ subflows: this.#config.limits.maxSubflows, addAddrAccepted: this.#config.limits.maxAddAddrAccepted });
+    }
+    await this.#announce();
+  }
+
+  /** One `signal` endpoint per announced address; only the ones added here are removed at stop. */
+  async #announce(): Promise<void> {
+    const { kernel, logger } = this.#deps;
+    if (this.#config.announce.length === 0) return;
+    const existing = await kernel.mptcp.endpoints();
+    for (const address of this.#config.announce) {
+      const same = existing.find((e) => e.address === address);
+      if (same) {
+        if (!same.flags.includes('signal')) logger.warn({ address, flags: same.flags }, 'announce: an endpoint for this address exists without the signal flag; left as it is');
+        continue;
+      }
+      await kernel.mptcp.addEndpoint({ address, flags: ['signal'] });
+      const added = (await kernel.mptcp.endpoints()).find((e) => e.address === address);
+      if (added) this.#announced.push(added.id);
+      logger.info({ address }, 'announcing address to CPEs (ADD_ADDR)');
     }
   }
 
@@ -369,6 +390,9 @@ export class Concentrator {
       else s.socket.resetAndDestroy();
     }
     this.#sessions.clear();
+    for (const id of this.#announced.splice(0)) {
+      await this.#deps.kernel.mptcp.deleteEndpoint(id).catch((err: unknown) => this.#deps.logger.warn({ err, id }, 'could not remove an announce endpoint'));
+    }
     this.#deps.logger.info('concentrator stopped');
   }
 }

@@ -10,6 +10,12 @@ export const concentratorConfigSchema = z.strictObject({
   allow: z.array(cidr).min(1, 'at least one customer prefix is needed: an empty list would refuse everybody'),
   /** Destinations refused on top of the special-purpose ranges and the concentrator's own addresses. */
   deny: z.array(cidr).default([]),
+  /**
+   * Addresses announced to every CPE with ADD_ADDR (kernel `signal` endpoints), typically the listener address
+   * of the other family: a CPE connected over IPv6 then adds IPv4 subflows too (seed 002 5.5, "IPv6 & IPv4"
+   * MPTCP legs). Added at start, removed at stop; a change needs a restart.
+   */
+  announce: z.array(ip).default([]),
   /** Accept signalling on a connection that fell back to plain TCP (the seeds say ignore it). */
   acceptFallback: z.boolean().default(false),
   signalling: z
@@ -71,6 +77,7 @@ export interface ConcentratorFlags {
   deny?: string[];
   admin?: string;
   pool?: string[];
+  announce?: string[];
   noServerMptcp?: boolean;
   logLevel?: string;
 }
@@ -85,6 +92,7 @@ export async function resolveConcentratorConfig(flags: ConcentratorFlags): Promi
   if (flags.admin) raw['admin'] = flags.admin;
   if (flags.logLevel) raw['logLevel'] = flags.logLevel;
   if (flags.pool?.length) raw['sourcePool'] = { ...((raw['sourcePool'] as object | undefined) ?? {}), addresses: flags.pool };
+  if (flags.announce?.length) raw['announce'] = flags.announce;
   if (flags.noServerMptcp) raw['server'] = { ...((raw['server'] as object | undefined) ?? {}), mptcp: false };
   return validateConfig(concentratorConfigSchema, raw, flags.config ?? 'command-line flags');
 }

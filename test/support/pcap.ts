@@ -1,4 +1,4 @@
-/** A minimal pcap reader for lab tests: TCP segments over Ethernet, IPv4 or IPv6 (no extension headers). */
+/** A minimal pcap reader for lab tests: TCP segments over Ethernet or Linux cooked captures (v1, v2), IPv4 or IPv6 (no extension headers). */
 import { readFileSync } from 'node:fs';
 
 export interface TcpSegment {
@@ -32,8 +32,13 @@ export function readTcpSegments(file: string): TcpSegment[] {
       etherType = pkt.readUInt16BE(12);
       l3 = 14;
     } else if (linkType === 113) {
+      // Linux cooked capture v1 (tcpdump -i any, older libpcap)
       etherType = pkt.readUInt16BE(14);
       l3 = 16;
+    } else if (linkType === 276) {
+      // Linux cooked capture v2 (tcpdump -i any, libpcap >= 1.10): protocol first, 20-byte header
+      etherType = pkt.readUInt16BE(0);
+      l3 = 20;
     } else continue;
     let src: string;
     let dst: string;
