@@ -18,6 +18,7 @@ export function cpeCommand(): Command {
     .option('--uplink <iface[:backup]>', 'uplink interface, optionally backup-only (repeatable)', collect)
     .option('--concentrator <addr:port>', 'concentrator, in order of preference (repeatable)', collect)
     .option('--format <format>', 'signalling format for --concentrator: mp-convert|rfc8803')
+    .option('--zero-rtt', 'signalling and first bytes in the SYN (TFO) for --concentrator (see docs/cpe.md)')
     .option('--fallback <mode>', 'when no concentrator works: direct|refuse')
     .option('--instance <name>', 'instance name (nft table, routing tables)')
     .option('--admin <addr:port>', 'admin endpoint: /metrics, /healthz, /status')

@@ -98,6 +98,7 @@ export interface CpeFlags {
   uplink?: string[];
   concentrator?: string[];
   format?: 'mp-convert' | 'rfc8803';
+  zeroRtt?: boolean;
   fallback?: 'direct' | 'refuse';
   admin?: string;
   logLevel?: string;
@@ -115,7 +116,11 @@ export async function resolveCpeConfig(flags: CpeFlags): Promise<CpeConfig> {
   const raw: Record<string, unknown> = { ...fromFile };
   if (flags.lan?.length) raw['lan'] = flags.lan;
   if (flags.uplink?.length) raw['uplinks'] = flags.uplink.map(parseUplinkFlag);
-  if (flags.concentrator?.length) raw['concentrators'] = flags.concentrator.map((address) => ({ address, ...(flags.format ? { format: flags.format } : {}) }));
+  if (flags.concentrator?.length) raw['concentrators'] = flags.concentrator.map((address) => ({
+      address,
+      ...(flags.format ? { format: flags.format } : {}),
+      ...(flags.zeroRtt ? { zeroRtt: true } : {}),
+    }));
   if (flags.fallback) raw['fallback'] = flags.fallback;
   if (flags.admin) raw['admin'] = flags.admin;
   if (flags.logLevel) raw['logLevel'] = flags.logLevel;

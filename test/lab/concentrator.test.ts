@@ -232,9 +232,10 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
     writeFileSync(file, JSON.stringify(payloads));
     const rssBefore = await rss(lab, conc);
     const dialsBefore = await metric('mpconvert_server_leg_total');
-    const out = await runTool<{ done: number; echoed: number }>(lab.hosts.cpe, 'fuzz-client', { host: CONC, port: 5000, file, concurrency: 64 }, 300_000);
+    const out = await runTool<{ done: number; echoed: number; errorReplies: number }>(lab.hosts.cpe, 'fuzz-client', { host: CONC, port: 5000, file, concurrency: 64 }, 300_000);
+    process.stdout.write(`# fuzz: ${JSON.stringify(out)}\n`);
     assert.equal(out.done, payloads.length);
-    assert.equal(out.echoed, 0, 'no malformed payload was confirmed');
+    assert.equal(out.echoed, 0, `no malformed payload was confirmed: ${JSON.stringify(out)}`);
     assert.equal(conc.child.exitCode, null, 'the concentrator is still running');
     assert.equal(await metric('mpconvert_server_leg_total'), dialsBefore, 'nothing was dialled');
     const rssAfter = await rss(lab, conc);
