@@ -267,6 +267,56 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
     }
   });
 
+  labTest('source pool: paired (a CPE keeps its address while it has connections), 1:1 distinct or exhausted, N:1 shared', async () => {
+    const [p1, p2] = (await lab.addPoolAddresses(2)).map((a) => a.v4) as [string, string];
+    // A plain TCP server that reports the address each connection came from (the external address).
+    const sink = start(lab.hosts.servers[1]!, [TOOL('sink-server'), JSON.stringify({ host: SRV2, port: 8081, reply: 10 })]);
+    await sink.waitLine((l) => l.includes('ready'));
+    const A = '198.18.1.2'; // two CPEs: the concentrator sees a CPE by the source of its MPTCP connection
+    const B = '198.18.2.2';
+    const reload = async (extra: string) => {
+      const count = () => conc.stderr.split('configuration reloaded').length;
+      const before = count();
+      writeFileSync(configFile, baseConfig(extra));
+      conc.child.kill('SIGHUP');
+      await conc.waitLine(() => count() > before);
+    };
+    /** Runs the connections (one held open while the others run) and returns the external address each got. */
+    const externals = async (conns: Array<{ from: string; bytes: number }>, hold: { from: string; bytes: number }) => {
+      const before = sink.json<ServerOut>().length;
+      const holder = start(lab.hosts.cpe, [TOOL('mpc-client'), JSON.stringify({ host: CONC, port: 5000, fastOpen: 'off', signallingHex: ie(SRV2, 8081), localAddress: hold.from, send: hold.bytes, holdMs: 1500 })]);
+      await new Promise((r) => setTimeout(r, 400));
+      const outs: ClientOut[] = [];
+      for (const c of conns) outs.push(await client({ signallingHex: ie(SRV2, 8081), localAddress: c.from, send: c.bytes }));
+      await holder.exited;
+      const want = conns.filter((_, i) => outs[i]!.error === undefined).length + 1;
+      await sink.waitLine(() => sink.json<ServerOut>().length >= before + want);
+      const got = sink.json<ServerOut>().slice(before);
+      const ext = (bytes: number) => got.find((o) => o.received === bytes)?.remote?.replace('::ffff:', '');
+      return { got, hold: ext(hold.bytes), conns: conns.map((c, i) => (outs[i]!.error ? `refused:${outs[i]!.error}` : ext(c.bytes))) };
+    };
+    try {
+      await reload(`sourcePool:\n  addresses: ["${p1}", "${p2}"]\n  mode: dedicated\n`);
+      const d = await externals([{ from: A, bytes: 222 }, { from: B, bytes: 333 }], { from: A, bytes: 111 });
+      assert.ok([p1, p2].includes(d.hold!), `A's address ${d.hold} is from the pool: ${JSON.stringify(d)}`);
+      assert.equal(d.conns[0], d.hold, 'A keeps its address while it has a connection');
+      assert.ok([p1, p2].includes(d.conns[1]!) && d.conns[1] !== d.hold, `1:1: B gets the other address (${d.conns[1]})`);
+
+      await reload(`sourcePool:\n  addresses: ["${p1}"]\n  mode: dedicated\n`);
+      const x = await externals([{ from: B, bytes: 444 }], { from: A, bytes: 555 });
+      assert.equal(x.hold, p1);
+      assert.equal(x.conns[0], 'refused:ECONNRESET', '1:1 with the only address taken: B is refused');
+      assert.ok((await metric('mpconvert_refused_total', 'reason="pool-exhausted"')) >= 1);
+
+      await reload(`sourcePool:\n  addresses: ["${p1}"]\n  mode: shared\n`);
+      const sh = await externals([{ from: B, bytes: 666 }], { from: A, bytes: 777 });
+      assert.deepEqual([sh.hold, sh.conns[0]], [p1, p1], 'N:1: both CPEs share the address');
+    } finally {
+      await reload('');
+      await sink.stop();
+    }
+  });
+
   labTest('SIGTERM: graceful stop, exit code 0', async () => {
     const code = await conc.stop('SIGTERM');
     assert.equal(code, 0);

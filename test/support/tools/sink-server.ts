@@ -27,10 +27,10 @@ const server =
 server.on('connection', (sock: net.Socket) => {
   sock.on('error', () => {});
   const mptcp = platform.sockets.isMptcp(sock);
+  // Taken now: once the peer has closed, Node no longer knows the addresses.
+  const { remoteAddress: remote, localAddress: local } = sock;
   const report = (r: { bytes: number; sha256: string }, sentSha: string) =>
-    process.stdout.write(
-      JSON.stringify({ remote: sock.remoteAddress, local: sock.localAddress, received: r.bytes, receivedSha256: r.sha256, sentSha256: sentSha, mptcp }) + '\n',
-    );
+    process.stdout.write(JSON.stringify({ remote, local, received: r.bytes, receivedSha256: r.sha256, sentSha256: sentSha, mptcp }) + '\n');
   void (async () => {
     try {
       if (args.mode === 'first') {
