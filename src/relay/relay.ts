@@ -8,6 +8,8 @@
  * - Abort: a reset or error on one side resets the other (RST; MP_FASTCLOSE on an MPTCP socket).
  * - One idle lifetime for the pair: no byte in either direction for `idleTimeoutMs` aborts both.
  * - Both legs always end together, and `close` is emitted exactly once with the byte counts.
+ * - No Nagle on either leg (TCP_NODELAY, on by default): the relay writes what it has read, so holding a small
+ *   segment back until the previous one is acknowledged only adds a delayed-ACK wait per exchange.
  */
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
@@ -33,6 +35,8 @@ export interface RelayOptions {
   now?: () => number;
   /** Side a already sent its FIN (and 'end' was emitted) before the pair was made. */
   aEnded?: boolean;
+  /** TCP_NODELAY on both sockets (default true). */
+  noDelay?: boolean;
 }
 
 interface Side {
@@ -50,7 +54,7 @@ function isReset(err: Error): boolean {
 export class Relay extends EventEmitter<{ close: [RelayStats] }> {
   readonly #a: Side;
   readonly #b: Side;
-  readonly #opts: Required<Omit<RelayOptions, 'now' | 'aEnded'>>;
+  readonly #opts: Required<Omit<RelayOptions, 'now' | 'aEnded' | 'noDelay'>>;
   readonly #now: () => number;
   readonly #started: number;
   #aToB = 0;
@@ -70,6 +74,10 @@ export class Relay extends EventEmitter<{ close: [RelayStats] }> {
     };
     this.#started = this.#now();
     this.#lastActivity = this.#started;
+    if (options.noDelay ?? true) {
+      a.setNoDelay(true);
+      b.setNoDelay(true);
+    }
     this.#a = { socket: a, name: 'a', ended: false, finished: false };
     this.#b = { socket: b, name: 'b', ended: false, finished: false };
     const aEnd = this.#wire(this.#a, this.#b);

@@ -53,6 +53,11 @@ try {
   process.exit(2);
 }
 sock.allowHalfOpen = true;
+// A reset can surface more than once (a write after it, then the read side): the outcome is reported below.
+let sockError: { code?: string } | undefined;
+sock.on('error', (err) => {
+  sockError ??= err as { code?: string };
+});
 let maxSubflows = 0;
 const poll = setInterval(() => {
   try {
@@ -64,6 +69,7 @@ const poll = setInterval(() => {
 try {
   const headLen = args.head ?? 0;
   const recv = receiveAll(sock, headLen);
+  recv.catch(() => undefined); // awaited below; a reset while sending must not be an unhandled rejection
   if (args.holdMs) await new Promise((r) => setTimeout(r, args.holdMs));
   if (args.sendAfterFin) {
     await new Promise((r) => sock.once('end', r));
@@ -85,6 +91,7 @@ try {
   process.exit(0);
 } catch (err) {
   clearInterval(poll);
-  out({ error: (err as { code?: string }).code ?? (err as Error).message });
+  // The socket's own error (ECONNRESET...) says more than "closed while sending".
+  out({ error: sockError?.code ?? (err as { code?: string }).code ?? (err as Error).message });
   process.exit(1);
 }
