@@ -208,7 +208,9 @@ async function main(): Promise<void> {
               }
               if (o.only.has('setup')) {
                 try {
-                  await requestResponse(d, 300, 4); // warm-up (TFO cookies, caches)
+                  // Warm-up, not counted: one full-length run (TFO cookies, caches, and the JIT of the Node daemons,
+                  // whose first run here was about half as fast as the third).
+                  await requestResponse(d, o.setupMs, o.concurrency);
                   const runs = await repeat(o.runs, () => requestResponse(d, o.setupMs, o.concurrency));
                   const rts = await repeat(o.runs, () => roundTrips(lab, d));
                   r.setup[sys] = {

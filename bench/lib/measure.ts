@@ -55,6 +55,8 @@ async function iperf(d: Deployment, args: string[], timeoutMs: number): Promise<
   try {
     j = JSON.parse(r.stdout) as IperfJson;
   } catch {
+    // Killed by the timeout (code -1) with nothing printed: the transfer stalled.
+    if (r.code === -1 && r.stdout.trim() === '') throw new Error(`iperf3 stalled: not finished after ${Math.round(timeoutMs / 1000)} s, killed`);
     throw new Error(`iperf3 printed no JSON: ${r.stdout.slice(0, 500)} ${r.stderr.slice(0, 500)}`);
   }
   if (j.error) throw new Error(`iperf3: ${j.error}`);

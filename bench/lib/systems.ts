@@ -135,7 +135,7 @@ async function deployMpconvert({ lab, uplinks, cpuProfileDir }: DeployOptions): 
       target: (port) => ({ address: server.v4, port }),
       relayRoots: [cpe.pid, conc.pid],
       concentratorRoot: conc.pid,
-      note: 'transparent: the LAN client dials the server; TPROXY on the CPE, signalling in the SYN (TFO)',
+      note: 'transparent: the LAN client dials the server; TPROXY on the CPE, signalling and first bytes right after the handshake (zeroRtt off, the default)',
       stop,
     };
   } catch (err) {
