@@ -78,6 +78,10 @@ export class Cpe {
         { kernel, logger },
         {
           instance: cfg.instance,
+          // After the uplinks' tables and rules (routingTableBase + i, rulePriorityBase + i), so two instances
+          // with different bases never share one.
+          table: cfg.routingTableBase + cfg.uplinks.length,
+          rulePriority: cfg.rulePriorityBase + cfg.uplinks.length,
           lanInterfaces: cfg.lan,
           tproxyPort: cfg.tproxyPort,
           mark: cfg.mark,
