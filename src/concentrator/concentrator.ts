@@ -14,7 +14,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import type { KernelConfig, Sockets } from '../platform/types.js';
 import { ConnectionLimits } from '../policy/limits.js';
-import { destinationGate } from '../policy/destination.js';
+import { convertErrorCodeForRefusal, destinationGate } from '../policy/destination.js';
 import { cidrContains } from '../policy/cidr.js';
 import { Relay, type RelayStats } from '../relay/index.js';
 import { SourcePool } from './source-pool.js';
@@ -235,7 +235,7 @@ export class Concentrator {
     const gate = destinationGate(destAddr, { deny: cfg.deny, own: this.#ownAddresses() });
     if (!gate.allowed) {
       releaseLimits();
-      this.#refuse(session, 'destination', { kind: format === 'rfc8803' ? 'convert-error' : 'abort', errorCode: 32 }, { destination: destAddr, why: gate.reason });
+      this.#refuse(session, 'destination', { kind: format === 'rfc8803' ? 'convert-error' : 'abort', errorCode: convertErrorCodeForRefusal(gate.reason) }, { destination: destAddr, why: gate.reason });
       return;
     }
     if (read.source) {
@@ -398,9 +398,14 @@ export class Concentrator {
 }
 
 function refusalFor(err: unknown): Refusal {
-  const reaction = (err as { reaction?: { kind: string; errorCode?: number; value?: number } }).reaction;
+  const reaction = (err as { reaction?: { kind: string; errorCode?: number; value?: number; extra?: Buffer } }).reaction;
   if (reaction?.kind === 'convert-error' && reaction.errorCode !== undefined) {
-    return { kind: 'convert-error', errorCode: reaction.errorCode, ...(reaction.value !== undefined ? { value: reaction.value } : {}) };
+    return {
+      kind: 'convert-error',
+      errorCode: reaction.errorCode,
+      ...(reaction.value !== undefined ? { value: reaction.value } : {}),
+      ...(reaction.extra !== undefined ? { extra: reaction.extra } : {}),
+    };
   }
   return { kind: 'abort' };
 }

@@ -4,7 +4,7 @@
  */
 import type { Socket } from 'node:net';
 import { MpconvertError } from '../errors.js';
-import { SignallingDecoder, encodeConvertMessage, type SignallingResult } from '../protocol/index.js';
+import { SignallingDecoder, encodeConvertErrorReply, encodeConvertMessage, type SignallingResult } from '../protocol/index.js';
 
 export interface SignalledAddress {
   address: string;
@@ -21,7 +21,7 @@ export interface ReadSignalling {
   rest: Buffer;
 }
 
-export type Refusal = { kind: 'abort' | 'convert-error'; errorCode?: number; value?: number };
+export type Refusal = { kind: 'abort' | 'convert-error'; errorCode?: number; value?: number; extra?: Buffer };
 
 export class SignallingTimeoutError extends MpconvertError {
   readonly reaction = { kind: 'abort' } as const;
@@ -91,7 +91,8 @@ export function confirmation(read: ReadSignalling): Buffer {
 export function refusal(socket: Socket, r: Refusal): void {
   if (socket.destroyed) return;
   if (r.kind === 'convert-error' && r.errorCode !== undefined) {
-    const msg = encodeConvertMessage({ tlvs: [{ type: 'error', code: r.errorCode, value: r.value ?? 0 }] });
+    // With the decoder's `extra` (e.g. the offending message echoed in a Malformed Message error).
+    const msg = encodeConvertErrorReply({ errorCode: r.errorCode, ...(r.value !== undefined ? { value: r.value } : {}), ...(r.extra ? { extra: r.extra } : {}) });
     socket.end(msg);
     // Do not wait forever for a peer that never closes its side.
     const t = setTimeout(() => socket.destroy(), 2_000);

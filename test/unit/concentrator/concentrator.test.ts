@@ -136,6 +136,26 @@ describe('concentrator (loopback, fake platform)', () => {
     }
   });
 
+  test('RFC 8803 refusals: Error TLV 1 for a never-a-server destination, 32 for policy; a malformed message is echoed', async () => {
+    const { c, port } = await startConcentrator({ deny: ['198.19.0.0/24'] }, {}, up.port);
+    try {
+      const connect = (address: string) => encodeConvertMessage({ tlvs: [{ type: 'connect', address, port: 80, options: Buffer.alloc(0) }] });
+      const loop = await converse(port, [connect('127.0.0.1')]);
+      assert.equal(loop.how, 'end');
+      assert.equal(loop.received.subarray(4, 7).toString('hex'), '1e0101', 'Error TLV, code 1: not a server address');
+      const denied = await converse(port, [connect('198.19.0.11')]);
+      assert.equal(denied.received.subarray(4, 7).toString('hex'), '1e0120', 'Error TLV, code 32: refused by policy');
+      // Version 1, 2 words, magic, then a TLV whose length (2 words) runs past the message.
+      const malformed = Buffer.from('0102226316020000', 'hex');
+      const m = await converse(port, [malformed]);
+      assert.equal(m.how, 'end', 'answered with an Error TLV, then FIN');
+      assert.equal(m.received[4], 30, 'an Error TLV');
+      assert.ok(m.received.includes(malformed), `the offending message is echoed in the Error TLV: ${m.received.toString('hex')}`);
+    } finally {
+      await c.stop(0);
+    }
+  });
+
   test('refusals: forbidden destinations, malformed signalling, non-customers, fallen-back connections: reset, nothing dialled', async () => {
     const { c, port, sockets, metrics } = await startConcentrator({}, {}, up.port);
     try {
