@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Lab } from './lab.js';
-import { countRoundTrips, readSegments } from './roundtrips.js';
+import { readTcpSegments } from '../../src/lab/pcap.js';
+import { countRoundTrips } from './roundtrips.js';
 import { cpuSeconds, memoryBytes, spawnIn, type Proc } from './proc.js';
 import { cmdline, CONC_ADDR, IPERF_PORT, RR_PORT, type Deployment } from './systems.js';
 
@@ -26,8 +27,8 @@ export async function startServers(d: Deployment): Promise<Servers> {
   const [rc, ra] = cmdline(d.server, process.execPath, [ `${TOOLS}rr-server.js`, JSON.stringify({ host: d.server.address, port: RR_PORT })]);
   const rr = spawnIn(d.server.host, 'rr-server', rc, ra);
   const stop = async () => {
-    await iperf.stop();
-    await rr.stop();
+    await iperf.halt();
+    await rr.halt();
   };
   try {
     await iperf.waitFor(/Server listening/);
@@ -139,7 +140,7 @@ export async function idleMemory(d: Deployment, count: number): Promise<MemoryRu
       measure: loaded.measure,
     };
   } finally {
-    await holder.stop();
+    await holder.halt();
   }
 }
 
@@ -215,10 +216,10 @@ export async function roundTrips(lab: Lab, d: Deployment): Promise<number | null
     const r = await requestResponse(d, 2_000, 1, 1);
     if (r.completed !== 1) throw new Error(`the captured exchange failed: ${JSON.stringify(r.errorKinds)}`);
     await new Promise((res) => setTimeout(res, 200));
-    await dump.stop();
-    return countRoundTrips(readSegments(file), CONC_ADDR);
+    await dump.halt();
+    return countRoundTrips(readTcpSegments(file), CONC_ADDR);
   } finally {
-    await dump.stop();
+    await dump.halt();
     if (!process.env.BENCH_KEEP_PCAP) rmSync(dir, { recursive: true, force: true });
   }
 }

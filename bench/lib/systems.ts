@@ -114,7 +114,7 @@ async function deployMpconvert({ lab, uplinks, cpuProfileDir }: DeployOptions): 
   const prof = (role: string) => (cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(cpuProfileDir, role)}`] : []);
   const procs: Proc[] = [];
   const stop = async () => {
-    for (const p of procs.reverse()) await p.stop(8_000);
+    for (const p of procs.reverse()) await p.halt(8_000);
     rmSync(dir, { recursive: true, force: true });
   };
   try {
@@ -152,7 +152,7 @@ async function deployShadowsocks({ lab }: DeployOptions): Promise<Deployment> {
   let nftAdded = false;
   const stop = async () => {
     if (nftAdded) await lab.hosts.cpe.exec('nft', ['delete', 'table', 'ip', table], { allowFailure: true });
-    for (const p of procs.reverse()) await p.stop();
+    for (const p of procs.reverse()) await p.halt();
   };
   try {
     const ssServer = spawnIn(lab.hosts.concentrator, 'ss-server', 'ss-server', ['-s', CONC_ADDR, '-p', '8388', ...common]);
@@ -196,7 +196,7 @@ async function deploySocat({ lab }: DeployOptions): Promise<Deployment> {
   const server = lab.hosts.servers[0]!;
   const procs: Proc[] = [];
   const stop = async () => {
-    for (const p of procs.reverse()) await p.stop();
+    for (const p of procs.reverse()) await p.halt();
   };
   const socat = ['mptcpize', 'run', 'socat'];
   try {

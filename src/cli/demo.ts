@@ -2,35 +2,12 @@
  * `mpconvert demo`: the lab with a CPE and a concentrator, a transfer through them, and the throughput of one
  * uplink next to all uplinks through mpconvert. Everything runs in network namespaces of this machine.
  */
-import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { Lab, type LabHost } from '../lab/index.js';
+import { LabProcess } from '../lab/process.js';
 
 const CLI = fileURLToPath(new URL('./main.js', import.meta.url));
-
-function waitFor(child: ChildProcess, pattern: RegExp, what: string, timeoutMs = 20_000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let seen = '';
-    const onData = (d: Buffer) => {
-      seen += d.toString();
-      if (pattern.test(seen)) done();
-    };
-    const done = (err?: Error) => {
-      clearTimeout(t);
-      child.stdout?.off('data', onData);
-      child.stderr?.off('data', onData);
-      child.off('exit', onExit);
-      if (err) reject(err);
-      else resolve();
-    };
-    const onExit = (code: number | null) => done(new Error(`${what} exited (${code}) before it was ready:\n${seen.slice(-2000)}`));
-    const t = setTimeout(() => done(new Error(`${what} was not ready within ${timeoutMs} ms:\n${seen.slice(-2000)}`)), timeoutMs);
-    child.stdout?.on('data', onData);
-    child.stderr?.on('data', onData);
-    child.once('exit', onExit);
-  });
-}
 
 async function iperf(host: LabHost, args: string[]): Promise<number> {
   const r = await host.exec('iperf3', ['-J', ...args], { timeoutMs: 120_000 });
@@ -49,16 +26,16 @@ export async function runDemo(opts: DemoOptions, print: (line: string) => void =
   const lab = await Lab.up({ uplinks: rates.map((rate) => ({ rate: rate === '0' ? 0 : rate })), servers: 1 });
   try {
     const server = lab.hosts.servers[0]!;
-    const conc = lab.hosts.concentrator.spawn(process.execPath, [
+    const conc = new LabProcess('concentrator', lab.hosts.concentrator.spawn(process.execPath, [
       CLI, 'concentrator', '--listen', '198.18.200.1:5000', '--listen', '[2001:db8:200::1]:5000',
       '--allow', '198.18.0.0/15', '--allow', '2001:db8::/32', '--log-level', 'warn',
-    ]);
-    await waitFor(conc, /^ready/m, 'concentrator');
+    ]));
+    await conc.waitFor(/^ready/m);
     const uplinkArgs = rates.flatMap((_, i) => ['--uplink', `up${i + 1}`]);
-    const cpe = lab.hosts.cpe.spawn(process.execPath, [CLI, 'cpe', '--lan', 'lan0', ...uplinkArgs, '--concentrator', '198.18.200.1:5000', '--log-level', 'warn']);
-    await waitFor(cpe, /^ready/m, 'cpe');
-    const srv = server.spawn('iperf3', ['-s', '--forceflush', '-B', server.v4]);
-    await waitFor(srv, /Server listening/, 'iperf3 server');
+    const cpe = new LabProcess('cpe', lab.hosts.cpe.spawn(process.execPath, [CLI, 'cpe', '--lan', 'lan0', ...uplinkArgs, '--concentrator', '198.18.200.1:5000', '--log-level', 'warn']));
+    await cpe.waitFor(/^ready/m);
+    const srv = new LabProcess('iperf3 server', server.spawn('iperf3', ['-s', '--forceflush', '-B', server.v4]));
+    await srv.waitFor(/Server listening/);
     const t = String(opts.seconds);
     print(`Measuring one uplink alone (plain TCP from the CPE over up1, ${t} s)...`);
     const one = await iperf(lab.hosts.cpe, ['-c', server.v4, '-B', '198.18.1.2', '-t', t]);

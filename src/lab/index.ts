@@ -20,6 +20,8 @@ import { listStates, ownerAlive, processStart, readState, removeState, writeStat
 
 export type { RunResult } from '../platform/linux/exec.js';
 export { LAB, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from './addressing.js';
+export { LabProcess, descendants } from './process.js';
+export { readTcpSegments, type TcpSegment } from './pcap.js';
 
 export interface LabSpec {
   uplinks: Array<{ rate: string | 0 }>;

@@ -1,4 +1,7 @@
-/** A minimal pcap reader for lab tests: TCP segments over Ethernet or Linux cooked captures (v1, v2), IPv4 or IPv6 (no extension headers). */
+/**
+ * A minimal pcap reader for lab captures (tests and the bench): TCP segments over Ethernet or Linux cooked
+ * captures (v1, v2), IPv4 or IPv6 (no extension headers).
+ */
 import { readFileSync } from 'node:fs';
 
 export interface TcpSegment {
@@ -11,7 +14,10 @@ export interface TcpSegment {
   flags: { syn: boolean; ack: boolean; fin: boolean; rst: boolean };
   /** TCP option kinds present (30 = MPTCP). */
   options: number[];
+  /** The captured payload (cut short by the capture's snap length). */
   payload: Buffer;
+  /** The payload's length on the wire, from the IP header. */
+  length: number;
 }
 
 export function readTcpSegments(file: string): TcpSegment[] {
@@ -82,6 +88,7 @@ export function readTcpSegments(file: string): TcpSegment[] {
       flags: { fin: (fl & 1) !== 0, syn: (fl & 2) !== 0, rst: (fl & 4) !== 0, ack: (fl & 16) !== 0 },
       options,
       payload: Buffer.from(pkt.subarray(l4 + doff, end)),
+      length: end - l4 - doff,
     });
   }
   return out;
