@@ -4,6 +4,7 @@ import { createLinuxPlatform } from '../platform/linux/index.js';
 import { createLogger } from '../log.js';
 import { createMetrics } from '../control/metrics.js';
 import { startAdmin, type AdminServer } from '../control/admin.js';
+import { runDaemon } from '../control/daemon.js';
 import { parseEndpoint } from '../control/address.js';
 import { resolveConcentratorConfig, type ConcentratorFlags } from './config.js';
 import { Concentrator } from './concentrator.js';
@@ -44,39 +45,34 @@ export function concentratorCommand(): Command {
         sessionLog: config.sessionLog ? logger.child({ log: 'session' }) : undefined,
       });
       let admin: AdminServer | undefined;
-      try {
-        await concentrator.start();
-        if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => concentrator.status());
-      } catch (err) {
-        logger.fatal({ err }, 'cannot start');
-        await concentrator.stop(0);
-        process.exitCode = 1;
-        return;
-      }
-      // Tell a supervisor (and the tests) that the listeners are up.
-      process.stdout.write(`ready ${JSON.stringify({ listen: concentrator.addresses, admin: admin?.port })}\n`);
-      let stopping = false;
-      const stop = async (signal: string) => {
-        if (stopping) return;
-        stopping = true;
-        logger.info({ signal }, 'shutting down: draining connections');
-        await concentrator.stop();
-        await admin?.close();
-        process.off('SIGHUP', onHup);
-        process.exit(0);
-      };
-      const onHup = () => {
-        if (!flags.config) {
-          logger.warn('SIGHUP: no config file to reload');
-          return;
-        }
-        resolveConcentratorConfig(flags).then(
-          (next) => concentrator.reload(next),
-          (err: Error) => logger.error({ err: err.message }, 'SIGHUP: configuration not reloaded, keeping the running one'),
-        ).catch((err: unknown) => logger.error({ err }, 'SIGHUP: reload failed'));
-      };
-      process.once('SIGTERM', () => void stop('SIGTERM'));
-      process.once('SIGINT', () => void stop('SIGINT'));
-      process.on('SIGHUP', onHup);
+      await runDaemon(
+        {
+          start: async () => {
+            await concentrator.start();
+            if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => concentrator.status());
+            return { listen: concentrator.addresses, admin: admin?.port };
+          },
+          stop: async (reason) => {
+            // After a failed start there is nothing to drain.
+            await concentrator.stop(reason === 'start failed' ? 0 : undefined);
+            await admin?.close();
+          },
+          reload: async () => {
+            if (!flags.config) {
+              logger.warn('SIGHUP: no config file to reload');
+              return;
+            }
+            let next;
+            try {
+              next = await resolveConcentratorConfig(flags);
+            } catch (err) {
+              logger.error({ err: (err as Error).message }, 'SIGHUP: configuration not reloaded, keeping the running one');
+              return;
+            }
+            await concentrator.reload(next);
+          },
+        },
+        logger,
+      );
     });
 }

@@ -4,6 +4,7 @@ import { createLinuxPlatform } from '../platform/linux/index.js';
 import { createLogger } from '../log.js';
 import { createMetrics } from '../control/metrics.js';
 import { startAdmin, type AdminServer } from '../control/admin.js';
+import { runDaemon } from '../control/daemon.js';
 import { parseEndpoint } from '../control/address.js';
 import { resolveCpeConfig, type CpeFlags } from './config.js';
 import { Cpe } from './cpe.js';
@@ -37,25 +38,19 @@ export function cpeCommand(): Command {
       const metrics = createMetrics('cpe');
       const cpe = new Cpe(config, { sockets: platform.sockets, kernel: platform.kernel, logger, metrics });
       let admin: AdminServer | undefined;
-      try {
-        await cpe.start();
-        if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => cpe.status());
-      } catch (err) {
-        logger.fatal({ err }, 'cannot start');
-        process.exitCode = 1;
-        return;
-      }
-      process.stdout.write(`ready ${JSON.stringify({ tproxyPort: config.tproxyPort, admin: admin?.port })}\n`);
-      let stopping = false;
-      const stop = async (signal: string) => {
-        if (stopping) return;
-        stopping = true;
-        logger.info({ signal }, 'shutting down');
-        await cpe.stop();
-        await admin?.close();
-        process.exit(0);
-      };
-      process.once('SIGTERM', () => void stop('SIGTERM'));
-      process.once('SIGINT', () => void stop('SIGINT'));
+      await runDaemon(
+        {
+          start: async () => {
+            await cpe.start();
+            if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => cpe.status());
+            return { tproxyPort: config.tproxyPort, admin: admin?.port };
+          },
+          stop: async () => {
+            await cpe.stop();
+            await admin?.close();
+          },
+        },
+        logger,
+      );
     });
 }

@@ -393,7 +393,8 @@ export class UplinkManager extends EventEmitter {
       }
     }
     applied.complete = errors.length === 0;
-    this.#logger.info({ uplink: dev, family: f, address, gateway: applied.routeVia ?? null, endpointId: applied.endpointId, table: u.table }, 'uplink installed');
+    const endpoint = applied.endpointId === null ? 'none' : applied.endpointOwned ? 'created' : 'existing';
+    this.#logger.info({ uplink: dev, family: f, address, gateway: applied.routeVia ?? null, endpointId: applied.endpointId, endpoint, table: u.table }, 'uplink installed');
     return { applied, errors };
   }
 

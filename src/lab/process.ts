@@ -41,12 +41,26 @@ export class LabProcess {
       this.output = (this.output + d).slice(-TAIL);
       this.#wake();
     });
-    this.exited = new Promise((resolve) =>
-      child.once('exit', (code) => {
+    // Resolved once the process exited and its output was read to the end ('close'), or at most 200 ms after
+    // the exit (a descendant that inherited stdout can hold the pipe open).
+    this.exited = new Promise((resolve) => {
+      let done = false;
+      const finish = (code: number | null) => {
+        if (done) return;
+        done = true;
         this.#wake();
         resolve(code);
-      }),
-    );
+      };
+      child.once('close', (code) => finish(code));
+      child.once('exit', (code) => setTimeout(() => finish(code), 200).unref());
+    });
+  }
+
+  /** How the process ended, for messages: "exit code 0", "signal SIGKILL", or "running". */
+  get ending(): string {
+    if (this.child.signalCode !== null) return `signal ${this.child.signalCode}`;
+    if (this.child.exitCode !== null) return `exit code ${this.child.exitCode}`;
+    return 'running';
   }
 
   get running(): boolean {

@@ -36,8 +36,20 @@ describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false },
   const url = (host: string, size: number, seed: string) => `http://${host.includes(':') ? `[${host}]` : host}:8080/bytes/${size}?seed=${seed}`;
 
   /** `perConcentrator`: YAML lines added to each concentrator entry (indented for it), e.g. zeroRtt. */
+  /** Stops the running CPE and asserts it exited cleanly and left no MPTCP endpoint behind. */
+  async function stopCpe(): Promise<void> {
+    const stopped = cpe;
+    cpe = undefined;
+    if (!stopped) return;
+    const wasRunning = stopped.running ? 'running' : `already ended (${stopped.ending})`;
+    const code = await stopped.stop();
+    assert.equal(code, 0, `the CPE stopped cleanly (${stopped.ending}; before the stop: ${wasRunning}); its log:\n${stopped.stderr.slice(-3000)}`);
+    const endpoints = (await lab.hosts.cpe.exec('ip', ['-j', 'mptcp', 'endpoint', 'show'])).stdout.trim();
+    assert.ok(endpoints === '' || endpoints === '[]', `MPTCP endpoints left after the CPE stopped: ${endpoints}\nthe CPE's log:\n${stopped.stderr.slice(-3000)}`);
+  }
+
   async function startCpe(extraYaml = '', concentrators = [`${CONC4}:5000`], perConcentrator = ''): Promise<void> {
-    await cpe?.stop();
+    await stopCpe();
     const file = join(dir, `cpe-${Date.now()}.yaml`);
     writeFileSync(
       file,

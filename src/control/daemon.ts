@@ -1,0 +1,111 @@
+/**
+ * The life cycle both daemons share (`mpconvert cpe`, `mpconvert concentrator`): signals are handled from the
+ * first instant, the `ready` line comes only once everything is up, and a stop always runs the role's
+ * cleanup (the kernel changes it made) before the process exits.
+ *
+ * - SIGTERM / SIGINT: graceful stop, exit code 0. One that arrives during start-up waits for the start to
+ *   finish, then stops (never the default action, which would leave nftables rules and MPTCP endpoints).
+ *   Another one while stopping is logged and otherwise ignored: the cleanup has to finish.
+ * - SIGHUP: `reload()` when the role has one; else logged (never the default action, which terminates).
+ * - Start failure: logged, what was set up is removed (`stop()`), exit code 1.
+ */
+import type { Logger } from '../log.js';
+
+export interface DaemonRole {
+  /** Starts the role; resolves with what the `ready` line carries (JSON). */
+  start(): Promise<unknown>;
+  /** Graceful stop: removes everything the role set up. Also called after a failed start. */
+  stop(reason: string): Promise<void>;
+  /** SIGHUP; absent: the role has nothing to reload. */
+  reload?(): Promise<void>;
+}
+
+export interface DaemonIo {
+  /** Where the `ready` line goes (stdout). */
+  write(line: string): void;
+  /** Ends the process (process.exit). */
+  exit(code: number): void;
+  /** Signal subscription (process.on / process.off). */
+  on(signal: NodeJS.Signals, handler: () => void): void;
+  off(signal: NodeJS.Signals, handler: () => void): void;
+}
+
+const processIo: DaemonIo = {
+  write: (line) => process.stdout.write(line),
+  exit: (code) => process.exit(code),
+  on: (signal, handler) => process.on(signal, handler),
+  off: (signal, handler) => process.off(signal, handler),
+};
+
+/** Runs `role` until a stop signal; resolves when the process is about to exit (tests inject `io`). */
+export async function runDaemon(role: DaemonRole, logger: Logger, io: DaemonIo = processIo): Promise<void> {
+  let phase: 'starting' | 'running' | 'stopping' = 'starting';
+  let stopRequested: string | undefined;
+  let finished!: () => void;
+  const done = new Promise<void>((resolve) => (finished = resolve));
+
+  const stop = async (reason: string): Promise<void> => {
+    phase = 'stopping';
+    logger.info({ signal: reason }, 'shutting down');
+    let code = 0;
+    try {
+      await role.stop(reason);
+    } catch (err) {
+      logger.error({ err }, 'the stop did not complete');
+      code = 1;
+    }
+    for (const [s, h] of handlers) io.off(s, h);
+    finished();
+    io.exit(code);
+  };
+  const onStopSignal = (signal: NodeJS.Signals) => () => {
+    if (phase === 'stopping' || stopRequested !== undefined) {
+      logger.warn({ signal }, 'already stopping: waiting for the cleanup to finish');
+      return;
+    }
+    if (phase === 'starting') {
+      stopRequested = signal;
+      logger.info({ signal }, 'stop requested during start-up: stopping once started');
+      return;
+    }
+    void stop(signal);
+  };
+  const onHup = () => {
+    if (phase !== 'running') {
+      logger.warn({ signal: 'SIGHUP' }, `SIGHUP while ${phase}: ignored`);
+      return;
+    }
+    if (!role.reload) {
+      logger.warn({ signal: 'SIGHUP' }, 'SIGHUP: nothing to reload (restart to apply a new configuration)');
+      return;
+    }
+    role.reload().catch((err: unknown) => logger.error({ err }, 'SIGHUP: reload failed, keeping the running configuration'));
+  };
+  const handlers: Array<[NodeJS.Signals, () => void]> = [
+    ['SIGTERM', onStopSignal('SIGTERM')],
+    ['SIGINT', onStopSignal('SIGINT')],
+    ['SIGHUP', onHup],
+  ];
+  for (const [s, h] of handlers) io.on(s, h);
+
+  let ready: unknown;
+  try {
+    ready = await role.start();
+  } catch (err) {
+    logger.fatal({ err }, 'cannot start');
+    phase = 'stopping';
+    await role.stop('start failed').catch((stopErr: unknown) => logger.error({ err: stopErr }, 'could not remove everything after the failed start'));
+    for (const [s, h] of handlers) io.off(s, h);
+    finished();
+    io.exit(1);
+    return done;
+  }
+  if (stopRequested !== undefined) {
+    void stop(stopRequested);
+    return done;
+  }
+  phase = 'running';
+  // Tell a supervisor (and the tests) that everything is up.
+  io.write(`ready ${JSON.stringify(ready)}\n`);
+  return done;
+}
