@@ -43,6 +43,7 @@ export function concentratorCommand(): Command {
         logger,
         metrics,
         sessionLog: config.sessionLog ? logger.child({ log: 'session' }) : undefined,
+        splice: platform.splice,
       });
       let admin: AdminServer | undefined;
       await runDaemon(
@@ -55,6 +56,7 @@ export function concentratorCommand(): Command {
           stop: async (reason) => {
             // After a failed start there is nothing to drain.
             await concentrator.stop(reason === 'start failed' ? 0 : undefined);
+            await platform.splice?.close();
             await admin?.close();
           },
           reload: async () => {

@@ -12,11 +12,11 @@ import { parseEndpoint, formatEndpoint, type Endpoint } from '../control/address
 import type { ConcentratorConfig } from './config.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
-import type { KernelConfig, Sockets } from '../platform/types.js';
+import type { KernelConfig, Sockets, SpliceEngine } from '../platform/types.js';
 import { ConnectionLimits } from '../policy/limits.js';
 import { convertErrorCodeForRefusal, destinationGate } from '../policy/destination.js';
 import { cidrContains } from '../policy/cidr.js';
-import { Relay, type RelayStats } from '../relay/index.js';
+import { createRelay, type RelayHandle, type RelayStats } from '../relay/index.js';
 import { SourcePool } from './source-pool.js';
 import { ServerDialer, type ServerTransport } from './server-dialer.js';
 import { readSignalling, confirmation, refusal, type Refusal, type ReadSignalling } from './signalling.js';
@@ -30,12 +30,14 @@ export interface ConcentratorDeps {
   /** Structured session log (one line at open and at close); undefined = off. */
   sessionLog?: Logger | undefined;
   now?: () => number;
+  /** Zero-copy relaying when the configuration asks for it ('splice'); absent: the stream relay. */
+  splice?: SpliceEngine | undefined;
 }
 
 interface Session {
   id: number;
   cpe: string;
-  relay?: Relay;
+  relay?: RelayHandle;
   socket: Socket;
 }
 
@@ -308,7 +310,7 @@ export class Concentrator {
       ...(read.source ? { source: read.source.address } : {}),
     });
     this.#deps.metrics.active.inc();
-    const relay = new Relay(socket, server, { idleTimeoutMs: cfg.idleTimeoutS * 1000 });
+    const relay = createRelay(socket, server, { idleTimeoutMs: cfg.idleTimeoutS * 1000 }, cfg.relayEngine === 'splice' ? this.#deps.splice : undefined);
     session.relay = relay;
     relay.once('close', (stats: RelayStats) => {
       this.#sessions.delete(session);
@@ -316,6 +318,7 @@ export class Concentrator {
       const up = stats.aToB + upPre;
       this.#deps.metrics.active.dec();
       this.#deps.metrics.connections.inc({ outcome: stats.outcome });
+      this.#deps.metrics.relayed.inc({ engine: relay.mode });
       this.#deps.metrics.bytes.inc({ direction: 'up' }, up);
       this.#deps.metrics.bytes.inc({ direction: 'down' }, stats.bToA);
       this.#sessionLog({
@@ -328,6 +331,7 @@ export class Concentrator {
         bytesDown: stats.bToA,
         durationMs: stats.durationMs,
         outcome: stats.outcome,
+        relay: relay.mode,
       });
     });
   }

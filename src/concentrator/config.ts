@@ -51,6 +51,11 @@ export const concentratorConfigSchema = z.strictObject({
       maxAddAddrAccepted: z.number().int().min(0).max(8).default(8),
     })
     .default({ maxConnections: 100_000, maxConnectionsPerCpe: 4_096, newConnectionsPerSecondPerCpe: 500, maxSubflows: 8, maxAddAddrAccepted: 8 }),
+  /**
+   * Who moves the relayed bytes: 'splice' (in the kernel, splice(2) in a worker thread; no copy through
+   * JavaScript) or 'streams' (Node streams on the event loop).
+   */
+  relayEngine: z.enum(['splice', 'streams']).default('splice'),
   idleTimeoutS: z.number().int().min(1).default(600),
   /** Graceful shutdown: how long established connections may drain after SIGTERM. */
   shutdownDrainS: z.number().min(0).default(10),

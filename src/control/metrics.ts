@@ -19,6 +19,12 @@ export function createMetrics(role: 'cpe' | 'concentrator') {
     labelNames: ['reason'] as const,
     registers: [registry],
   });
+  const relayed = new Counter({
+    name: 'mpconvert_relayed_total',
+    help: 'Relayed connections (counted at close), by the engine that moved their bytes: splice (in the kernel) or streams (through Node)',
+    labelNames: ['engine'] as const,
+    registers: [registry],
+  });
   const active = new Gauge({ name: 'mpconvert_active_connections', help: 'Relayed connections open now', registers: [registry] });
   const bytes = new Counter({
     name: 'mpconvert_bytes_total',
@@ -50,7 +56,7 @@ export function createMetrics(role: 'cpe' | 'concentrator') {
     labelNames: ['to'] as const,
     registers: [registry],
   });
-  return { registry, connections, refused, active, bytes, serverLeg, setup, capability, fallback };
+  return { registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback };
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

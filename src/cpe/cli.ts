@@ -36,7 +36,7 @@ export function cpeCommand(): Command {
       const logger = createLogger({ level: config.logLevel, name: 'cpe' });
       const platform = createLinuxPlatform();
       const metrics = createMetrics('cpe');
-      const cpe = new Cpe(config, { sockets: platform.sockets, kernel: platform.kernel, logger, metrics });
+      const cpe = new Cpe(config, { sockets: platform.sockets, kernel: platform.kernel, logger, metrics, splice: platform.splice });
       let admin: AdminServer | undefined;
       await runDaemon(
         {
@@ -47,6 +47,7 @@ export function cpeCommand(): Command {
           },
           stop: async () => {
             await cpe.stop();
+            await platform.splice?.close();
             await admin?.close();
           },
         },

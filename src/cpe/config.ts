@@ -82,6 +82,11 @@ export const cpeConfigSchema = z.strictObject({
   mptcpLimits: z
     .strictObject({ subflows: z.number().int().min(0).max(8).default(8), addAddrAccepted: z.number().int().min(0).max(8).default(8) })
     .default({ subflows: 8, addAddrAccepted: 8 }),
+  /**
+   * Who moves the relayed bytes: 'splice' (in the kernel, splice(2) in a worker thread; no copy through
+   * JavaScript) or 'streams' (Node streams on the event loop).
+   */
+  relayEngine: z.enum(['splice', 'streams']).default('splice'),
   idleTimeoutS: z.number().int().min(1).default(600),
   shutdownDrainS: z.number().min(0).default(5),
   admin: endpoint.optional(),

@@ -3,10 +3,10 @@
  * the conversion sessions, and releases all of them on stop.
  */
 import type { Server, Socket } from 'node:net';
-import type { KernelConfig, Sockets } from '../platform/types.js';
+import type { KernelConfig, Sockets, SpliceEngine } from '../platform/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
-import type { Relay } from '../relay/index.js';
+import type { RelayHandle } from '../relay/index.js';
 import { parseEndpoint } from '../control/address.js';
 import type { CpeConfig } from './config.js';
 import { ConcentratorSelector } from './concentrators.js';
@@ -19,6 +19,8 @@ export interface CpeDeps {
   kernel: KernelConfig;
   logger: Logger;
   metrics: Metrics;
+  /** Zero-copy relaying; absent: the stream relay. */
+  splice?: SpliceEngine | undefined;
 }
 
 export class Cpe {
@@ -26,7 +28,7 @@ export class Cpe {
   readonly #deps: CpeDeps;
   readonly #selector: ConcentratorSelector;
   readonly #listeners: Server[] = [];
-  readonly #relays = new Set<Relay>();
+  readonly #relays = new Set<RelayHandle>();
   readonly #pending = new Set<Socket>();
   #interception: Interception | undefined;
   #uplinks: UplinkManager | undefined;
@@ -119,6 +121,7 @@ export class Cpe {
       logger: this.#deps.logger,
       metrics: this.#deps.metrics,
       selector: this.#selector,
+      splice: this.#deps.splice,
       config: () => this.#config,
       track: (relay) => {
         this.#pending.delete(client);

@@ -5,11 +5,11 @@
  * next one is tried, then a direct connection, replaying the kept bytes: nothing lost, nothing duplicated.
  */
 import { isIP, type Socket } from 'node:net';
-import type { Sockets } from '../platform/types.js';
+import type { Sockets, SpliceEngine } from '../platform/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import { encodeMpConvert, encodeConvertMessage, type AddressIe } from '../protocol/index.js';
-import { Relay, type RelayStats } from '../relay/index.js';
+import { createRelay, type RelayHandle, type RelayStats } from '../relay/index.js';
 import { parseEndpoint } from '../control/address.js';
 import type { ConcentratorSelector } from './concentrators.js';
 import type { ConcentratorTarget, CpeConfig } from './config.js';
@@ -22,7 +22,9 @@ export interface SessionContext {
   selector: ConcentratorSelector;
   config: () => CpeConfig;
   /** Called with each relay so the daemon can drain or abort it on shutdown. */
-  track: (relay: Relay) => void;
+  track: (relay: RelayHandle) => void;
+  /** Zero-copy relaying when the configuration asks for it ('splice'); absent: the stream relay. */
+  splice?: SpliceEngine | undefined;
   /** The client's original destination; default: the transparent socket's local address (TPROXY). */
   originalDestination?: (client: Socket) => { address: string; port: number };
 }
@@ -233,14 +235,16 @@ async function tryConcentrator(
 }
 
 function startRelay(client: Socket, upstream: Socket, kept: Kept, ctx: SessionContext, cfg: CpeConfig, log: Logger, via: string, sentAlready: number): void {
-  const relay = new Relay(client, upstream, { idleTimeoutMs: cfg.idleTimeoutS * 1000, aEnded: kept.ended });
+  const engine = cfg.relayEngine === 'splice' ? ctx.splice : undefined;
+  const relay = createRelay(client, upstream, { idleTimeoutMs: cfg.idleTimeoutS * 1000, aEnded: kept.ended }, engine);
   ctx.metrics.active.inc();
   ctx.track(relay);
   relay.once('close', (stats: RelayStats) => {
     ctx.metrics.active.dec();
     ctx.metrics.connections.inc({ outcome: stats.outcome });
+    ctx.metrics.relayed.inc({ engine: relay.mode });
     ctx.metrics.bytes.inc({ direction: 'up' }, stats.aToB + sentAlready);
     ctx.metrics.bytes.inc({ direction: 'down' }, stats.bToA);
-    log.debug({ via, up: stats.aToB + sentAlready, down: stats.bToA, outcome: stats.outcome, durationMs: stats.durationMs }, 'connection closed');
+    log.debug({ via, up: stats.aToB + sentAlready, down: stats.bToA, outcome: stats.outcome, durationMs: stats.durationMs, relay: relay.mode }, 'connection closed');
   });
 }

@@ -296,7 +296,55 @@ export interface KernelConfig {
   };
 }
 
+/** How a spliced pair ended (the relay's outcomes; `a`/`b` name the side that failed). */
+export type SpliceOutcome = 'done' | 'idle-timeout' | 'reset-a' | 'reset-b' | 'error-a' | 'error-b' | 'aborted' | 'close-timeout';
+
+export interface SpliceResult {
+  outcome: SpliceOutcome;
+  /** Bytes moved from a to b and from b to a by the engine. */
+  aToB: number;
+  bToA: number;
+  /** errno name of a failure ('ECONNRESET', ...). */
+  errno?: string;
+}
+
+export interface SplicePairOptions {
+  /** No byte either way for this long: both sides are reset ('idle-timeout'). */
+  idleTimeoutMs: number;
+  /** The same once one direction has finished (half-closed pair). */
+  halfCloseTimeoutMs: number;
+  /** After close(): how long to flush before resetting ('close-timeout'). */
+  closeTimeoutMs: number;
+}
+
+/** A pair of sockets whose bytes the engine moves; the caller still owns (and eventually destroys) both sockets. */
+export interface SplicePair {
+  /** Settles once the engine has let go of both descriptors: only then may the caller close the sockets. */
+  readonly done: Promise<SpliceResult>;
+  /** Live byte counts (a to b, b to a). */
+  readonly aToB: number;
+  readonly bToA: number;
+  /** Graceful: stop reading, flush what is in flight, send FIN both ways; 'done' (or 'close-timeout'). */
+  close(): void;
+  /** Immediate: let go of both descriptors now ('aborted'). */
+  abort(): void;
+}
+
+/**
+ * Zero-copy relaying: bytes move between two connected sockets inside the kernel (splice(2) through a pipe),
+ * off the event loop. The sockets must be idle in Node (not reading, nothing buffered or queued): the engine
+ * reads and writes their descriptors directly until `done`. FIN is propagated as shutdown(SHUT_WR) (DATA_FIN
+ * on an MPTCP socket); the engine never closes a socket.
+ */
+export interface SpliceEngine {
+  pair(a: net.Socket, b: net.Socket, options: SplicePairOptions): SplicePair;
+  /** Pairs still running end 'aborted'; then the engine releases its thread and descriptors. Idempotent. */
+  close(): Promise<void>;
+}
+
 export interface Platform {
   sockets: Sockets;
   kernel: KernelConfig;
+  /** Absent where the platform has no zero-copy path. */
+  splice?: SpliceEngine;
 }

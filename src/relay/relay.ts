@@ -96,6 +96,10 @@ export class Relay extends EventEmitter<{ close: [RelayStats] }> {
     }
   }
 
+  get mode(): 'streams' {
+    return 'streams';
+  }
+
   get bytesAToB(): number {
     return this.#aToB;
   }

@@ -95,6 +95,11 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
     assert.equal(s.receivedSha256, out.sentSha256);
     assert.equal(out.received, 50 * MB);
     assert.equal(out.receivedSha256, s.sentSha256);
+    // The session log's close line: the same byte counts, moved in the kernel (relayEngine: splice, the default).
+    const upBytes = 50 * MB + app.length;
+    await conc.waitFor(new RegExp(`"event":"close"[^\\n]*"bytesUp":${upBytes}`), 10_000);
+    const close = conc.stderr.split('\n').filter((l) => l.includes('"event":"close"') && l.includes(`"bytesUp":${upBytes}`)).map((l) => JSON.parse(l) as Record<string, unknown>)[0]!;
+    assert.deepEqual([close['bytesDown'], close['outcome'], close['relay']], [50 * MB, 'done', 'splice']);
   });
 
   labTest('0-RTT: the IEs and the first bytes in the SYN, byte-exact echo, exact bytes both ways, MPTCP with 2 subflows', async () => {

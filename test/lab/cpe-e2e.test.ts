@@ -92,11 +92,15 @@ describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false },
     }
   }
 
-  /** curl in the LAN client: returns the sha256 of the body and the speed in bytes/s. */
-  async function download(u: string, extra: string[] = []): Promise<{ sha256: string; speed: number; ms: number }> {
+  /**
+   * curl in the LAN client: the sha256 of the body, its size and the speed in bytes/s. A transfer cut short
+   * fails here with curl's own message (pipefail), not later as a hash mismatch.
+   */
+  async function download(u: string, extra: string[] = []): Promise<{ sha256: string; size: number; speed: number; ms: number }> {
     const t0 = Date.now();
-    const r = await lab.hosts.client.exec('sh', ['-c', `curl -sS --fail ${extra.join(' ')} -w '%{stderr}%{speed_download}' '${u}' | sha256sum`], { timeoutMs: 100_000 });
-    return { sha256: r.stdout.split(' ')[0] ?? '', speed: Number(r.stderr.trim()), ms: Date.now() - t0 };
+    const r = await lab.hosts.client.exec('bash', ['-o', 'pipefail', '-c', `curl -sS --fail ${extra.join(' ')} -w '%{stderr}%{size_download} %{speed_download}' '${u}' | sha256sum`], { timeoutMs: 100_000 });
+    const [size, speed] = r.stderr.trim().split(/\s+/).slice(-2).map(Number);
+    return { sha256: r.stdout.split(' ')[0] ?? '', size: size ?? NaN, speed: speed ?? NaN, ms: Date.now() - t0 };
   }
 
   before(async () => {
@@ -156,6 +160,13 @@ describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false },
       const r = await download(url(srv4, 200 * MB, `dl${attempt}`));
       assert.equal(r.sha256, deterministicSha256(`dl${attempt}`, 200 * MB));
       best = Math.max(best, r.speed);
+      // Counted when the relay closes, a moment after curl has its last byte.
+      let m = '';
+      for (let i = 0; i < 50 && !/mpconvert_relayed_total\{engine="splice"[^}]*\} [1-9]/.test(m); i++) {
+        if (i > 0) await new Promise((res) => setTimeout(res, 100));
+        m = (await lab.hosts.cpe.exec('curl', ['-s', 'http://127.0.0.1:9091/metrics'])).stdout;
+      }
+      assert.match(m, /mpconvert_relayed_total\{engine="splice"[^}]*\} [1-9]/, 'the CPE moved the bytes in the kernel (relayEngine: splice)');
       process.stdout.write(`# attempt ${attempt}: one uplink ${(one * 8e-6).toFixed(1)} Mbit/s, through mpconvert ${(r.speed * 8e-6).toFixed(1)} Mbit/s\n`);
     }
     const ratio = best / one;
@@ -236,7 +247,7 @@ describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false },
         await startCpe('', [`[${CONC6}]:5000`]);
         const seed = `af${lanFamily}mixed`;
         const { result: r, remotes } = await subflowRemotes(download(url(lanFamily === 4 ? srv4 : srv6, 30 * MB, seed)));
-        assert.equal(r.sha256, deterministicSha256(seed, 30 * MB));
+        assert.equal(r.sha256, deterministicSha256(seed, 30 * MB), `${r.size} bytes received of ${30 * MB}`);
         assert.ok(remotes.has(CONC6) && remotes.has(CONC4), `subflows to both families: ${[...remotes].join(', ')}`);
       } finally {
         await startConcentrator();

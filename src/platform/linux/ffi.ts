@@ -38,6 +38,8 @@ interface Libc {
   close(fd: number): number;
   getsockname(fd: number, addr: Buffer, len: Buffer): number;
   recv(fd: number, buf: Buffer, len: number, flags: number): number;
+  eventfd(initval: number, flags: number): number;
+  write(fd: number, buf: Buffer, len: number): number;
 }
 
 let libc: Libc | undefined;
@@ -54,6 +56,8 @@ function lib(): Libc {
     close: l.func('int close(int)'),
     getsockname: l.func('int getsockname(int, void *, void *)'),
     recv: l.func('intptr_t recv(int, void *, uintptr_t, int)'),
+    eventfd: l.func('int eventfd(unsigned int, int)'),
+    write: l.func('intptr_t write(int, void *, uintptr_t)'),
   } as Libc;
   return libc;
 }
@@ -145,4 +149,24 @@ export function peek(fd: number, max: number): Buffer {
     throw PlatformError.fromErrno(`recv(${fd}, MSG_PEEK)`, errno);
   }
   return buf.subarray(0, n);
+}
+
+const EFD_NONBLOCK = 0o4000;
+const EFD_CLOEXEC = 0o2000000;
+
+/** A non-blocking eventfd (a counter another thread can wait on with epoll); the caller closes it. */
+export function eventfd(): number {
+  const fd = lib().eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) fail('eventfd()');
+  return fd;
+}
+
+const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+
+/** Adds 1 to an eventfd's counter (wakes its waiter); a counter that would overflow is already signalled. */
+export function eventfdSignal(fd: number): void {
+  if (Number(lib().write(fd, ONE, 8)) < 0) {
+    const errno = koffi.errno();
+    if (errno !== 11) throw PlatformError.fromErrno(`write(eventfd ${fd})`, errno);
+  }
 }

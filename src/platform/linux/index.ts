@@ -5,6 +5,7 @@
 import type { Platform } from '../types.js';
 import { createLinuxKernelConfig } from './kernel.js';
 import { LinuxSockets } from './sockets.js';
+import { LinuxSpliceEngine } from './splice.js';
 
 export interface LinuxPlatformOptions {
   /** Network namespace for the kernel configuration (sockets always live in the process's own). */
@@ -15,9 +16,12 @@ export function createLinuxPlatform(opts: LinuxPlatformOptions = {}): Platform {
   return {
     sockets: new LinuxSockets(),
     kernel: createLinuxKernelConfig(opts.netns !== undefined ? { netns: opts.netns } : {}),
+    // Its thread starts at the first spliced pair.
+    splice: new LinuxSpliceEngine(),
   };
 }
 
 export { LinuxSockets, applySocketOptions, fdOf } from './sockets.js';
+export { LinuxSpliceEngine } from './splice.js';
 export { createLinuxKernelConfig, nftReplaceScript, parseMptcpLimits, parseEndpoints } from './kernel.js';
 export { PlatformError, errnoName } from '../errors.js';

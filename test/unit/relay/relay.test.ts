@@ -1,15 +1,23 @@
-import { test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { once } from 'node:events';
-import { Relay, type RelayStats } from '../../../src/relay/index.js';
+import { createRelay, type RelayStats } from '../../../src/relay/index.js';
+import { LinuxSpliceEngine } from '../../../src/platform/linux/splice.js';
+import type { SpliceEngine } from '../../../src/platform/types.js';
+
+// Every behaviour below holds for both relays: the stream relay (bytes through Node) and the zero-copy one
+// (splice(2) in the engine's thread).
+const splice = new LinuxSpliceEngine();
+after(() => splice.close());
+let engine: SpliceEngine | undefined;
 
 /**
  * Builds client <-> [relay: a | b] <-> server on loopback. `a` is the relay's accepted socket from the
  * client, `b` its connection to the server.
  */
-async function pair(idleTimeoutMs = 10_000) {
+async function pair(idleTimeoutMs = 10_000, beforeRelay?: (a: net.Socket, b: net.Socket, client: net.Socket, s: net.Socket) => Promise<void>) {
   const server = net.createServer({ allowHalfOpen: true });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -23,10 +31,15 @@ async function pair(idleTimeoutMs = 10_000) {
   const b = net.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
   const [s] = await serverConn;
   await once(b, 'connect');
-  const relay = new Relay(a, b, { idleTimeoutMs });
-  const closed = once(relay, 'close') as Promise<[RelayStats]>;
-  const cleanup = () => {
-    for (const x of [client, a, b, s]) x.destroy();
+  await beforeRelay?.(a, b, client, s);
+  const relay = createRelay(a, b, { idleTimeoutMs }, engine);
+  const closed = new Promise<[RelayStats]>((resolve) => relay.once('close', (stats) => resolve([stats])));
+  /** The outer ends go; the relay sees them go and ends; only then its own sockets (a relay owns them). */
+  const cleanup = async () => {
+    client.destroy();
+    s.destroy();
+    await Promise.race([closed, new Promise((r) => setTimeout(r, 5_000))]);
+    for (const x of [a, b]) x.destroy();
     server.close();
     front.close();
   };
@@ -44,78 +57,208 @@ function collect(sock: net.Socket): Promise<Buffer> {
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-test('relays bytes both ways exactly, half-close in each direction, counts bytes', async () => {
-  const { client, s, closed, cleanup } = await pair();
+for (const name of ['streams', 'splice'] as const) {
+describe(`relay (${name})`, () => {
+  before(() => {
+    engine = name === 'splice' ? splice : undefined;
+  });
+  test('relays bytes both ways exactly, half-close in each direction, counts bytes', async () => {
+    const { client, s, closed, cleanup } = await pair();
+    try {
+      const up = randomBytes(3 * 1024 * 1024 + 17);
+      const down = randomBytes(2 * 1024 * 1024 + 5);
+      const atServer = collect(s);
+      const atClient = collect(client);
+      client.end(up);
+      // The server still sends after the client's FIN arrived: the half-close must not cut the other way.
+      assert.equal(sha(await atServer), sha(up));
+      s.end(down);
+      assert.equal(sha(await atClient), sha(down));
+      const [stats] = await closed;
+      assert.equal(stats.outcome, 'done');
+      assert.equal(stats.aToB, up.length);
+      assert.equal(stats.bToA, down.length);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  test('a reset on one side resets the other', async () => {
+    const { client, s, closed, cleanup } = await pair();
+    try {
+      const serverError = once(s, 'error');
+      client.write('hello');
+      await once(s, 'data');
+      client.resetAndDestroy();
+      const [err] = (await serverError) as [NodeJS.ErrnoException];
+      assert.equal(err.code, 'ECONNRESET');
+      const [stats] = await closed;
+      assert.equal(stats.outcome, 'reset-a');
+      assert.equal(stats.aToB, 5);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  test('the pair shares one idle timeout and both legs are reset', async () => {
+    const { client, s, closed, cleanup } = await pair(150);
+    try {
+      client.on('error', () => {});
+      const serverError = once(s, 'error');
+      const [stats] = await closed;
+      assert.equal(stats.outcome, 'idle-timeout');
+      const [err] = (await serverError) as [NodeJS.ErrnoException];
+      assert.equal(err.code, 'ECONNRESET');
+    } finally {
+      await cleanup();
+    }
+  });
+
+  test('backpressure: a reader that does not read bounds what the relay buffers', async () => {
+    const { client, s, relay, cleanup } = await pair();
+    try {
+      s.pause();
+      const chunk = Buffer.alloc(64 * 1024, 7);
+      let written = 0;
+      // Write until the client's own socket buffer is full: the relay must have stopped reading long before.
+      while (written < 64 * 1024 * 1024 && client.write(chunk)) written += chunk.length;
+      await new Promise((r) => setTimeout(r, 300));
+      // Everything written is either in kernel buffers or in the relay's user-space queue; the latter is bounded.
+      const relayed = relay.bytesAToB;
+      assert.ok(written < 64 * 1024 * 1024, 'the client saw backpressure');
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(relay.bytesAToB, relayed, 'the relay stopped reading while the server does not read');
+      const received = collect(s);
+      s.resume();
+      client.end();
+      const got = await received;
+      assert.ok(got.length >= written);
+    } finally {
+      await cleanup();
+    }
+  });
+
+    test('bytes Node already read and writes it still queues go first, in order (the hand-over)', async () => {
+      const early = randomBytes(100_000);
+      const confirmation = Buffer.from('confirmation');
+      const { client, s, relay, closed, cleanup } = await pair(10_000, async (a, b, c) => {
+        // The caller read the client's first bytes (as the signalling parser does) and left them in Node...
+        c.write(early);
+        let got = 0;
+        await new Promise<void>((resolve) => {
+          const onData = (d: Buffer) => {
+            got += d.length;
+            if (got >= 1000) {
+              a.off('data', onData);
+              a.pause();
+              a.unshift(d);
+              resolve();
+            }
+          };
+          a.on('data', onData);
+        });
+        // ...and queued a reply on the other leg (as the concentrator's confirmation).
+        b.write(confirmation);
+      });
+      try {
+        const rest = randomBytes(2 * 1024 * 1024 + 3);
+        const atServer = collect(s);
+        client.end(rest);
+        const all = await atServer;
+        assert.equal(all.subarray(0, confirmation.length).toString(), 'confirmation');
+        assert.equal(sha(all.subarray(confirmation.length)), sha(Buffer.concat([early, rest])));
+        s.end();
+        const [stats] = await closed;
+        assert.equal(stats.outcome, 'done');
+        assert.equal(relay.mode, name);
+      } finally {
+        await cleanup();
+      }
+    });
+
+    test('destroy() resets both sides; close() half-closes both ways', async () => {
+      const one = await pair();
+      try {
+        const errs = [once(one.client, 'error'), once(one.s, 'error')];
+        one.client.write('x');
+        await once(one.s, 'data');
+        one.relay.destroy();
+        const [stats] = await one.closed;
+        assert.equal(stats.outcome, 'aborted');
+        for (const e of await Promise.all(errs)) assert.equal((e[0] as NodeJS.ErrnoException).code, 'ECONNRESET');
+      } finally {
+        await one.cleanup();
+      }
+      const two = await pair();
+      try {
+        const atServer = collect(two.s);
+        const atClient = collect(two.client);
+        two.client.write('last words');
+        await new Promise((r) => setTimeout(r, 50));
+        two.relay.close();
+        assert.equal((await atServer).toString(), 'last words', 'the server got the bytes in flight, then FIN');
+        assert.equal((await atClient).length, 0, 'the client got FIN');
+        two.client.end();
+        two.s.end();
+        const [stats] = await two.closed;
+        assert.ok(stats.outcome === 'done' || stats.outcome === 'close-timeout', stats.outcome);
+      } finally {
+        await two.cleanup();
+      }
+    });
+  });
+}
+
+test('splice: 200 pairs at once, each exact both ways; the engine holds nothing afterwards', async () => {
+  engine = splice;
+  const pairs = await Promise.all(Array.from({ length: 200 }, () => pair()));
   try {
-    const up = randomBytes(3 * 1024 * 1024 + 17);
-    const down = randomBytes(2 * 1024 * 1024 + 5);
-    const atServer = collect(s);
-    const atClient = collect(client);
-    client.end(up);
-    // The server still sends after the client's FIN arrived: the half-close must not cut the other way.
-    assert.equal(sha(await atServer), sha(up));
-    s.end(down);
-    assert.equal(sha(await atClient), sha(down));
-    const [stats] = await closed;
-    assert.equal(stats.outcome, 'done');
-    assert.equal(stats.aToB, up.length);
-    assert.equal(stats.bToA, down.length);
+    await Promise.all(
+      pairs.map(async (p, i) => {
+        const up = randomBytes(20_000 + i * 997);
+        const down = randomBytes(30_000 + i * 13);
+        const atServer = collect(p.s);
+        const atClient = collect(p.client);
+        p.client.end(up);
+        p.s.end(down);
+        assert.equal(sha(await atServer), sha(up));
+        assert.equal(sha(await atClient), sha(down));
+        const [stats] = await p.closed;
+        assert.deepEqual([stats.outcome, stats.aToB, stats.bToA, p.relay.mode], ['done', up.length, down.length, 'splice']);
+      }),
+    );
+    assert.equal(splice.active, 0);
   } finally {
-    cleanup();
+    await Promise.all(pairs.map((p) => p.cleanup()));
   }
 });
 
-test('a reset on one side resets the other', async () => {
-  const { client, s, closed, cleanup } = await pair();
+test('splice: closing the engine aborts its pairs (both sides reset) and later relays use streams', async () => {
+  const own = new LinuxSpliceEngine();
+  engine = own;
+  const p = await pair();
   try {
-    const serverError = once(s, 'error');
-    client.write('hello');
-    await once(s, 'data');
-    client.resetAndDestroy();
-    const [err] = (await serverError) as [NodeJS.ErrnoException];
-    assert.equal(err.code, 'ECONNRESET');
-    const [stats] = await closed;
-    assert.equal(stats.outcome, 'reset-a');
-    assert.equal(stats.aToB, 5);
+    p.client.write('hello');
+    await once(p.s, 'data');
+    assert.equal(p.relay.mode, 'splice');
+    const errs = [once(p.client, 'error'), once(p.s, 'error')];
+    await own.close();
+    const [stats] = await p.closed;
+    assert.equal(stats.outcome, 'aborted');
+    await Promise.all(errs);
   } finally {
-    cleanup();
+    await p.cleanup();
   }
-});
-
-test('the pair shares one idle timeout and both legs are reset', async () => {
-  const { client, s, closed, cleanup } = await pair(150);
+  const q = await pair();
   try {
-    client.on('error', () => {});
-    const serverError = once(s, 'error');
-    const [stats] = await closed;
-    assert.equal(stats.outcome, 'idle-timeout');
-    const [err] = (await serverError) as [NodeJS.ErrnoException];
-    assert.equal(err.code, 'ECONNRESET');
+    const atServer = collect(q.s);
+    q.client.end('after');
+    assert.equal((await atServer).toString(), 'after');
+    q.s.end();
+    await q.closed;
+    assert.equal(q.relay.mode, 'streams', 'a closed engine hands the pair to the stream relay');
   } finally {
-    cleanup();
-  }
-});
-
-test('backpressure: a reader that does not read bounds what the relay buffers', async () => {
-  const { client, s, relay, cleanup } = await pair();
-  try {
-    s.pause();
-    const chunk = Buffer.alloc(64 * 1024, 7);
-    let written = 0;
-    // Write until the client's own socket buffer is full: the relay must have stopped reading long before.
-    while (written < 64 * 1024 * 1024 && client.write(chunk)) written += chunk.length;
-    await new Promise((r) => setTimeout(r, 300));
-    // Everything written is either in kernel buffers or in the relay's user-space queue; the latter is bounded.
-    const relayed = relay.bytesAToB;
-    assert.ok(written < 64 * 1024 * 1024, 'the client saw backpressure');
-    await new Promise((r) => setTimeout(r, 300));
-    assert.equal(relay.bytesAToB, relayed, 'the relay stopped reading while the server does not read');
-    const received = collect(s);
-    s.resume();
-    client.end();
-    const got = await received;
-    assert.ok(got.length >= written);
-  } finally {
-    cleanup();
+    await q.cleanup();
+    engine = undefined;
   }
 });
