@@ -37,6 +37,17 @@ export interface RelayOptions {
   aEnded?: boolean;
   /** TCP_NODELAY on both sockets (default true). */
   noDelay?: boolean;
+  /**
+   * Hand the pair over (event 'handover', no 'close') once this many bytes went through and both directions
+   * are still open: both sockets are left paused with whatever Node holds (see ./splice-relay.ts).
+   */
+  handOverAfterBytes?: number;
+}
+
+/** Bytes the stream relay moved before it handed the pair over. */
+export interface HandOver {
+  aToB: number;
+  bToA: number;
 }
 
 interface Side {
@@ -51,10 +62,12 @@ function isReset(err: Error): boolean {
   return code === 'ECONNRESET' || code === 'EPIPE' || code === 'ECONNABORTED';
 }
 
-export class Relay extends EventEmitter<{ close: [RelayStats] }> {
+export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOver] }> {
   readonly #a: Side;
   readonly #b: Side;
-  readonly #opts: Required<Omit<RelayOptions, 'now' | 'aEnded' | 'noDelay'>>;
+  readonly #opts: Required<Omit<RelayOptions, 'now' | 'aEnded' | 'noDelay' | 'handOverAfterBytes'>>;
+  readonly #handOverAt: number;
+  #handingOver = false;
   readonly #now: () => number;
   readonly #started: number;
   #aToB = 0;
@@ -74,6 +87,7 @@ export class Relay extends EventEmitter<{ close: [RelayStats] }> {
     };
     this.#started = this.#now();
     this.#lastActivity = this.#started;
+    this.#handOverAt = options.handOverAfterBytes ?? Infinity;
     if (options.noDelay ?? true) {
       a.setNoDelay(true);
       b.setNoDelay(true);
@@ -120,6 +134,10 @@ export class Relay extends EventEmitter<{ close: [RelayStats] }> {
       else this.#bToA += chunk.length;
       this.#lastActivity = this.#now();
       if (!dst.write(chunk)) src.pause();
+      if (!this.#handingOver && this.#aToB + this.#bToA >= this.#handOverAt) {
+        this.#handingOver = true;
+        queueMicrotask(() => this.#handOver());
+      }
     };
     const onDrain = (): void => {
       if (!this.#closed) src.resume();
@@ -157,6 +175,20 @@ export class Relay extends EventEmitter<{ close: [RelayStats] }> {
       src.off('close', onClose);
     });
     return onEnd;
+  }
+
+  /** Stops relaying without touching the sockets (paused, nothing lost) and emits 'handover'. */
+  #handOver(): void {
+    if (this.#closed) return;
+    // A half-closed pair is near its end: it stays here.
+    if (this.#a.ended || this.#b.ended || this.#a.socket.destroyed || this.#b.socket.destroyed) return;
+    this.#a.socket.pause();
+    this.#b.socket.pause();
+    this.#closed = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    for (const c of this.#cleanups) c();
+    this.#cleanups = [];
+    this.emit('handover', { aToB: this.#aToB, bToA: this.#bToA });
   }
 
   #maybeDone(): void {

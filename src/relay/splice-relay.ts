@@ -1,14 +1,16 @@
 /**
  * The zero-copy relay: the same contract as the stream relay (./relay.ts: backpressure, half-close, abort
- * mapped to abort, one idle lifetime, `close` once with the byte counts), but the bytes move inside the
+ * mapped to abort, one idle lifetime, `close` once with the byte counts), but bulk bytes move inside the
  * kernel through a SpliceEngine (src/platform: splice(2) in a worker thread) instead of through JavaScript
  * buffers on the event loop.
  *
- * Hand-over: both sockets stop reading in Node at once; whatever Node had already read (bytes that came with
- * the signalling or the echo) and whatever the caller queued (a confirmation) is written through Node first;
- * once both sockets hold nothing in Node, the engine takes their descriptors. From then on only the engine
- * touches them, and they are closed here only after the engine let go (`done`).
- * When the engine cannot take the pair (no descriptor, its thread failed), the stream relay carries it.
+ * A pair starts on the stream relay: a short exchange (a request and its answer) never pays for the hand-over.
+ * Once `spliceAfterBytes` went through with both directions open, the stream relay lets go of the pair and
+ * the hand-over begins: both sockets stop reading in Node; whatever Node had already read and whatever is
+ * still queued for writing goes out through Node first; once both sockets hold nothing in Node, the engine
+ * takes their descriptors. From then on only the engine touches them, and they are closed here only after
+ * the engine let go (`done`). When the engine cannot take the pair (no descriptor, its thread failed), the
+ * stream relay carries it on.
  */
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
@@ -30,8 +32,16 @@ export interface RelayHandle {
   on(event: 'close', listener: (stats: RelayStats) => void): this;
 }
 
+export interface SpliceRelayOptions extends RelayOptions {
+  /** Bytes through the stream relay before the engine takes over (default 128 KiB; 0 = at once). */
+  spliceAfterBytes?: number;
+}
+
+/** Default of `spliceAfterBytes`: past a request/response exchange, well before a bulk transfer gets going. */
+export const SPLICE_AFTER_BYTES = 128 * 1024;
+
 /** A relay for the pair: zero-copy through `engine` when there is one, else the stream relay. */
-export function createRelay(a: Socket, b: Socket, options: RelayOptions, engine?: SpliceEngine): RelayHandle {
+export function createRelay(a: Socket, b: Socket, options: SpliceRelayOptions, engine?: SpliceEngine): RelayHandle {
   return engine ? new SpliceRelay(a, b, options, engine) : new Relay(a, b, options);
 }
 
@@ -85,27 +95,92 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
   readonly #engine: SpliceEngine;
   readonly #now: () => number;
   readonly #started: number;
-  /** Bytes moved through Node during the hand-over. */
+  /** Bytes moved through Node (the stream phase and the hand-over). */
   #preAToB = 0;
   #preBToA = 0;
+  /** The stream relay: before the hand-over, and after it when the engine could not take the pair. */
+  #streams: Relay | undefined;
   #pair: SplicePair | undefined;
-  #fallback: Relay | undefined;
   #request: 'close' | 'destroy' | undefined;
   #closed = false;
   #handoverErrors: Array<() => void> = [];
 
-  constructor(a: Socket, b: Socket, options: RelayOptions, engine: SpliceEngine) {
+  constructor(a: Socket, b: Socket, options: SpliceRelayOptions, engine: SpliceEngine) {
     super();
     this.#a = a;
     this.#b = b;
-    this.#opts = options;
+    const { spliceAfterBytes, ...relayOptions } = options;
+    this.#opts = relayOptions;
     this.#engine = engine;
     this.#now = options.now ?? Date.now;
     this.#started = this.#now();
-    if (options.noDelay ?? true) {
-      a.setNoDelay(true);
-      b.setNoDelay(true);
+    const threshold = spliceAfterBytes ?? SPLICE_AFTER_BYTES;
+    if (threshold <= 0) {
+      if (options.noDelay ?? true) {
+        a.setNoDelay(true);
+        b.setNoDelay(true);
+      }
+      this.#beginHandover();
+      return;
     }
+    const relay = new Relay(a, b, { ...relayOptions, handOverAfterBytes: threshold });
+    this.#streams = relay;
+    relay.once('close', (stats) => this.#streamsClosed(stats));
+    relay.once('handover', (moved) => {
+      this.#streams = undefined;
+      this.#preAToB = moved.aToB;
+      this.#preBToA = moved.bToA;
+      this.#beginHandover();
+    });
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  get mode(): 'splice' | 'streams' | 'handover' {
+    return this.#streams ? 'streams' : this.#pair ? 'splice' : 'handover';
+  }
+
+  get bytesAToB(): number {
+    return this.#preAToB + (this.#streams?.bytesAToB ?? this.#pair?.aToB ?? 0);
+  }
+
+  get bytesBToA(): number {
+    return this.#preBToA + (this.#streams?.bytesBToA ?? this.#pair?.bToA ?? 0);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    if (this.#streams) this.#streams.close();
+    else if (this.#pair) this.#pair.close();
+    else this.#request ??= 'close';
+  }
+
+  destroy(err?: Error): void {
+    if (this.#closed) return;
+    if (this.#streams) this.#streams.destroy(err);
+    else if (this.#pair) {
+      this.#request = 'destroy';
+      this.#pair.abort();
+    } else {
+      // The engine has not borrowed the descriptors yet: close at once.
+      this.#finish('aborted', err);
+      this.#a.resetAndDestroy();
+      this.#b.resetAndDestroy();
+    }
+  }
+
+  #streamsClosed(stats: RelayStats): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.emit('close', { ...stats, aToB: stats.aToB + this.#preAToB, bToA: stats.bToA + this.#preBToA, durationMs: this.#now() - this.#started });
+  }
+
+  /** Node stops reading both sockets; errors until the engine has them abort the pair. */
+  #beginHandover(): void {
+    const a = this.#a;
+    const b = this.#b;
     quiesce(a);
     quiesce(b);
     for (const [s, side] of [
@@ -117,43 +192,6 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
       this.#handoverErrors.push(() => s.off('error', onError));
     }
     void this.#handover();
-  }
-
-  get closed(): boolean {
-    return this.#closed;
-  }
-
-  get mode(): 'splice' | 'streams' | 'handover' {
-    return this.#fallback ? 'streams' : this.#pair ? 'splice' : 'handover';
-  }
-
-  get bytesAToB(): number {
-    return this.#fallback ? this.#preAToB + this.#fallback.bytesAToB : this.#preAToB + (this.#pair?.aToB ?? 0);
-  }
-
-  get bytesBToA(): number {
-    return this.#fallback ? this.#preBToA + this.#fallback.bytesBToA : this.#preBToA + (this.#pair?.bToA ?? 0);
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    if (this.#fallback) this.#fallback.close();
-    else if (this.#pair) this.#pair.close();
-    else this.#request ??= 'close';
-  }
-
-  destroy(err?: Error): void {
-    if (this.#closed) return;
-    if (this.#fallback) this.#fallback.destroy(err);
-    else if (this.#pair) {
-      this.#request = 'destroy';
-      this.#pair.abort();
-    } else {
-      // The engine has not borrowed the descriptors yet: close at once.
-      this.#finish('aborted', err);
-      this.#a.resetAndDestroy();
-      this.#b.resetAndDestroy();
-    }
   }
 
   async #handover(): Promise<void> {
@@ -219,17 +257,14 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
     unquiesce(this.#a);
     unquiesce(this.#b);
     const relay = new Relay(this.#a, this.#b, { ...this.#opts, aEnded: this.#opts.aEnded === true || this.#a.readableEnded, noDelay: false });
-    this.#fallback = relay;
+    this.#streams = relay;
     if (this.#request === 'destroy') relay.destroy();
     else if (this.#request === 'close') relay.close();
-    relay.once('close', (stats) => {
-      this.#closed = true;
-      this.emit('close', { ...stats, aToB: stats.aToB + this.#preAToB, bToA: stats.bToA + this.#preBToA, durationMs: this.#now() - this.#started });
-    });
+    relay.once('close', (stats) => this.#streamsClosed(stats));
   }
 
   #abortBeforeEngine(side: 'a' | 'b', err: Error): void {
-    if (this.#closed || this.#pair || this.#fallback) return;
+    if (this.#closed || this.#pair || this.#streams) return;
     const code = (err as NodeJS.ErrnoException).code;
     const reset = code === 'ECONNRESET' || code === 'EPIPE' || code === 'ECONNABORTED';
     this.#finish(reset ? `reset-${side}` : `error-${side}`, err);

@@ -12,6 +12,8 @@ import type { SpliceEngine } from '../../../src/platform/types.js';
 const splice = new LinuxSpliceEngine();
 after(() => splice.close());
 let engine: SpliceEngine | undefined;
+/** The splice tests hand the pair to the engine at once, unless a test says otherwise. */
+let spliceAfterBytes = 0;
 
 /**
  * Builds client <-> [relay: a | b] <-> server on loopback. `a` is the relay's accepted socket from the
@@ -32,7 +34,7 @@ async function pair(idleTimeoutMs = 10_000, beforeRelay?: (a: net.Socket, b: net
   const [s] = await serverConn;
   await once(b, 'connect');
   await beforeRelay?.(a, b, client, s);
-  const relay = createRelay(a, b, { idleTimeoutMs }, engine);
+  const relay = createRelay(a, b, { idleTimeoutMs, spliceAfterBytes }, engine);
   const closed = new Promise<[RelayStats]>((resolve) => relay.once('close', (stats) => resolve([stats])));
   /** The outer ends go; the relay sees them go and ends; only then its own sockets (a relay owns them). */
   const cleanup = async () => {
@@ -208,6 +210,32 @@ describe(`relay (${name})`, () => {
     });
   });
 }
+
+test('splice: a pair starts on the stream relay and is handed over mid-transfer, exact both ways', async () => {
+  engine = splice;
+  spliceAfterBytes = 128 * 1024;
+  const p = await pair();
+  try {
+    // A short exchange stays on the stream relay...
+    const atServer = collect(p.s);
+    p.client.write('GET / HTTP/1.1\r\n\r\n');
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(p.relay.mode, 'streams');
+    // ...a bulk transfer is moved to the engine while bytes are in flight both ways.
+    const up = randomBytes(5 * 1024 * 1024 + 1);
+    const down = randomBytes(4 * 1024 * 1024 + 7);
+    const atClient = collect(p.client);
+    p.client.end(up);
+    p.s.end(down);
+    assert.equal(sha(await atServer), sha(Buffer.concat([Buffer.from('GET / HTTP/1.1\r\n\r\n'), up])));
+    assert.equal(sha(await atClient), sha(down));
+    const [stats] = await p.closed;
+    assert.deepEqual([stats.outcome, stats.aToB, stats.bToA, p.relay.mode], ['done', up.length + 18, down.length, 'splice']);
+  } finally {
+    await p.cleanup();
+    spliceAfterBytes = 0;
+  }
+});
 
 test('splice: 200 pairs at once, each exact both ways; the engine holds nothing afterwards', async () => {
   engine = splice;
