@@ -8,6 +8,7 @@ import { runDaemon } from '../control/daemon.js';
 import { parseEndpoint } from '../control/address.js';
 import { resolveCpeConfig, type CpeFlags } from './config.js';
 import { Cpe } from './cpe.js';
+import { FileEndpointLedger } from './ledger.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -36,7 +37,8 @@ export function cpeCommand(): Command {
       const logger = createLogger({ level: config.logLevel, name: 'cpe' });
       const platform = createLinuxPlatform();
       const metrics = createMetrics('cpe');
-      const cpe = new Cpe(config, { sockets: platform.sockets, kernel: platform.kernel, logger, metrics, splice: platform.splice });
+      const ledger = new FileEndpointLedger(config.stateDir, config.instance);
+      const cpe = new Cpe(config, { sockets: platform.sockets, kernel: platform.kernel, logger, metrics, splice: platform.splice, ledger });
       let admin: AdminServer | undefined;
       await runDaemon(
         {

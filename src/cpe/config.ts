@@ -89,6 +89,8 @@ export const cpeConfigSchema = z.strictObject({
   relayEngine: z.enum(['splice', 'streams']).default('splice'),
   idleTimeoutS: z.number().int().min(1).default(600),
   shutdownDrainS: z.number().min(0).default(5),
+  /** Where the CPE remembers the MPTCP endpoints it created, so a restart after a crash removes them. */
+  stateDir: z.string().min(1).default('/run/mpconvert'),
   admin: endpoint.optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });

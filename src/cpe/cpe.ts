@@ -12,7 +12,7 @@ import type { CpeConfig } from './config.js';
 import { ConcentratorSelector } from './concentrators.js';
 import { handleClient } from './session.js';
 import { Interception } from './interception.js';
-import { UplinkManager } from './uplinks.js';
+import { UplinkManager, type EndpointLedger } from './uplinks.js';
 
 export interface CpeDeps {
   sockets: Sockets;
@@ -21,6 +21,8 @@ export interface CpeDeps {
   metrics: Metrics;
   /** Zero-copy relaying; absent: the stream relay. */
   splice?: SpliceEngine | undefined;
+  /** Endpoint ownership across restarts (src/cpe/ledger.ts); absent: this run's only. */
+  ledger?: EndpointLedger | undefined;
 }
 
 export class Cpe {
@@ -62,7 +64,7 @@ export class Cpe {
         this.#listeners.push(server);
       }
       this.#uplinks = new UplinkManager(
-        { kernel, logger },
+        { kernel, logger, ledger: this.#deps.ledger },
         {
           uplinks: cfg.uplinks,
           tableBase: cfg.routingTableBase,

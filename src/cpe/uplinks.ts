@@ -35,9 +35,27 @@ export interface UplinkManagerOptions {
   limits: MptcpLimits;
 }
 
+/** An MPTCP endpoint this CPE created, as remembered across a crash. */
+export interface OwnedEndpoint {
+  id: number;
+  address: string;
+}
+
+/**
+ * Where the endpoints the CPE created are remembered, so that a CPE restarted after a crash (SIGKILL, OOM)
+ * recognises its own leftovers, takes them back and removes them on stop, instead of mistaking them for
+ * the operator's. Endpoints carry no owner tag in the kernel, hence this ledger.
+ */
+export interface EndpointLedger {
+  load(): Promise<OwnedEndpoint[]>;
+  save(owned: OwnedEndpoint[]): Promise<void>;
+}
+
 export interface UplinkManagerDeps {
   kernel: KernelConfig;
   logger: Logger;
+  /** Endpoint ownership across restarts; absent: only this run's (a crash's leftovers look pre-existing). */
+  ledger?: EndpointLedger | undefined;
   /** Informational: the kernel adapter already runs in its namespace. */
   netns?: string | undefined;
   /** Clock for `changedAt` (ms); default Date.now. */
@@ -160,6 +178,9 @@ export class UplinkManager extends EventEmitter {
   #generation = 0;
   /** Items whose removal failed: retried at every poll and on stop. */
   #leftovers: Array<{ u: UplinkRuntime; f: Family; a: Applied }> = [];
+  readonly #ledger: EndpointLedger | undefined;
+  /** What the ledger held at start: endpoints an earlier run of this CPE created and did not remove. */
+  #inherited: OwnedEndpoint[] = [];
 
   constructor(deps: UplinkManagerDeps, opts: UplinkManagerOptions) {
     super();
@@ -174,6 +195,7 @@ export class UplinkManager extends EventEmitter {
     if (!Number.isInteger(opts.rulePriorityBase) || opts.rulePriorityBase < 1 || opts.rulePriorityBase + opts.uplinks.length > 32765) throw new UplinkError(`Cannot manage uplinks: bad rulePriorityBase ${opts.rulePriorityBase}`);
     if (!(opts.pollIntervalMs > 0)) throw new UplinkError(`Cannot manage uplinks: bad pollIntervalMs ${opts.pollIntervalMs}`);
     this.#kernel = deps.kernel;
+    this.#ledger = deps.ledger;
     this.#logger = deps.logger.child({ component: 'uplinks' });
     this.#now = deps.now ?? Date.now;
     this.#opts = opts;
@@ -198,6 +220,10 @@ export class UplinkManager extends EventEmitter {
     this.#stopped = false;
     this.#generation++;
     try {
+      this.#inherited = (await this.#ledger?.load().catch((err: unknown) => {
+        this.#logger.warn({ err }, 'cannot read the endpoint ledger: endpoints left by an earlier run will be treated as the operator\'s');
+        return [];
+      })) ?? [];
       this.#previousLimits = await this.#kernel.mptcp.limits();
       await this.#kernel.mptcp.setLimits(this.#opts.limits);
       this.#limitsSet = true;
@@ -232,6 +258,21 @@ export class UplinkManager extends EventEmitter {
           u.applied[f] = null;
         }
       }
+      // Endpoints an earlier run left and this one did not take back (its uplink address changed meanwhile).
+      if (this.#inherited.length > 0) {
+        try {
+          const present = await this.#kernel.mptcp.endpoints();
+          for (const o of this.#inherited) {
+            if (!present.some((e) => e.id === o.id && e.address === o.address)) continue;
+            await this.#kernel.mptcp.deleteEndpoint(o.id);
+            this.#logger.info({ endpoint: o }, 'removed an MPTCP endpoint left by an earlier run');
+          }
+          this.#inherited = [];
+        } catch (err) {
+          errs.push(toError(err));
+        }
+      }
+      await this.#saveLedger();
       if (this.#limitsSet && this.#previousLimits) {
         try {
           await this.#kernel.mptcp.setLimits(this.#previousLimits);
@@ -339,6 +380,7 @@ export class UplinkManager extends EventEmitter {
         if (endpoints === null) continue;
         const { applied, errors: errs } = await this.#install(u, f, address, via, endpoints);
         u.applied[f] = applied;
+        if (applied.endpointOwned) await this.#saveLedger();
         errors.push(...errs);
       }
     }
@@ -375,7 +417,14 @@ export class UplinkManager extends EventEmitter {
       this.#logger.warn({ uplink: dev, family: f }, 'no default route on this uplink and no gateway configured: its subflows use the main table until one appears');
     }
     const existing = endpoints.find((e) => e.address === address);
-    if (existing) {
+    const ours = existing !== undefined && this.#inherited.some((o) => o.id === existing.id && o.address === existing.address);
+    if (existing && ours) {
+      // Left by an earlier run of this CPE that did not stop cleanly: ours again, removed on stop.
+      applied.endpointId = existing.id;
+      applied.endpointOwned = true;
+      this.#inherited = this.#inherited.filter((o) => o.id !== existing.id);
+      this.#logger.info({ uplink: dev, endpoint: existing }, `taking back the MPTCP endpoint for ${address} left by an earlier run`);
+    } else if (existing) {
       applied.endpointId = existing.id;
       const want = u.cfg.mode;
       if (!existing.flags.includes(want)) this.#logger.warn({ uplink: dev, endpoint: existing }, `an MPTCP endpoint for ${address} already exists without '${want}': using it as is`);
@@ -431,6 +480,15 @@ export class UplinkManager extends EventEmitter {
     }
   }
 
+  /** Records the endpoints owned now (plus inherited ones not taken back yet); a failure is only logged. */
+  async #saveLedger(): Promise<void> {
+    if (!this.#ledger) return;
+    const owned: OwnedEndpoint[] = [...this.#inherited];
+    const all = [...this.#uplinks.flatMap((u) => FAMILIES.map((f) => u.applied[f])), ...this.#leftovers.map((l) => l.a)];
+    for (const a of all) if (a && a.endpointOwned && a.endpointId !== null) owned.push({ id: a.endpointId, address: a.address });
+    await this.#ledger.save(owned).catch((err: unknown) => this.#logger.warn({ err }, 'cannot write the endpoint ledger'));
+  }
+
   /** Removes `a`; what could not be removed is kept as a leftover (retried later). */
   async #removeOrKeep(u: UplinkRuntime, f: Family, a: Applied): Promise<Error[]> {
     const errors = await this.#remove(u, f, a);
@@ -461,7 +519,10 @@ export class UplinkManager extends EventEmitter {
     };
     if (a.endpointOwned && a.endpointId !== null) {
       const id = a.endpointId;
-      if (await step('MPTCP endpoint', () => k.mptcp.deleteEndpoint(id))) a.endpointOwned = false;
+      if (await step('MPTCP endpoint', () => k.mptcp.deleteEndpoint(id))) {
+        a.endpointOwned = false;
+        await this.#saveLedger();
+      }
     }
     if (a.rule) {
       const rule = a.rule;

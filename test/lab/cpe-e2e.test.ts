@@ -284,6 +284,18 @@ describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false },
     assert.match(m, /mpconvert_fallback_total\{to="direct"[^}]*\} 1/);
   });
 
+  labTest('a CPE killed with SIGKILL: the next one takes its MPTCP endpoints back (endpoint ledger) and removes them on stop', async () => {
+    const killed = cpe!;
+    cpe = undefined;
+    await killed.stop('SIGKILL');
+    const left = JSON.parse((await lab.hosts.cpe.exec('ip', ['-j', 'mptcp', 'endpoint', 'show'])).stdout || '[]') as unknown[];
+    assert.equal(left.length, 4, 'a killed CPE cannot clean up: its four endpoints are still there');
+    await startCpe();
+    await cpe!.waitFor(/taking back the MPTCP endpoint/, 10_000);
+    assert.equal((cpe!.stderr.match(/taking back the MPTCP endpoint/g) ?? []).length, 4, cpe!.stderr.slice(-3000));
+    // The stop below (next test) must now remove them.
+  });
+
   labTest('stop removes every kernel change the CPE made', async () => {
     const stopped = cpe!;
     cpe = undefined;

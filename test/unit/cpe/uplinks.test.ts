@@ -6,7 +6,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { UplinkManager, defaultGateway, observeLink, type UplinkChange, type UplinkManagerOptions } from '../../../src/cpe/uplinks.js';
+import { UplinkManager, defaultGateway, observeLink, type EndpointLedger, type OwnedEndpoint, type UplinkChange, type UplinkManagerOptions } from '../../../src/cpe/uplinks.js';
 import { silentLogger } from '../../../src/log.js';
 import type { AddressEntry, KernelConfig, MptcpEndpoint, MptcpLimits, RouteEntry, RouteSpec, RuleSpec } from '../../../src/platform/types.js';
 
@@ -319,6 +319,40 @@ describe('UplinkManager', () => {
     const n = k.calls.length;
     await mgr.stop();
     assert.deepEqual(k.calls.slice(n), []);
+  });
+
+  it('after a crash: endpoints the ledger lists are taken back and removed on stop; the operator\'s are left', async () => {
+    const k = labHost();
+    k.endpoints.push({ address: '198.18.1.2', id: 7, dev: 'up1', flags: ['subflow'] }); // left by the crashed run
+    k.endpoints.push({ address: '198.18.2.9', id: 8, dev: 'up2', flags: ['backup'] }); // ditto, an address up2 no longer has
+    k.endpoints.push({ address: '198.18.9.9', id: 43, flags: ['signal'] }); // the operator's
+    k.nextId = 50;
+    const saved: OwnedEndpoint[][] = [];
+    let stored: OwnedEndpoint[] = [
+      { id: 7, address: '198.18.1.2' },
+      { id: 8, address: '198.18.2.9' },
+      { id: 9, address: '198.18.5.5' }, // gone already
+      { id: 43, address: '198.18.9.8' }, // the number was reused by the operator for another address: not ours
+    ];
+    const ledger: EndpointLedger = {
+      load: async () => stored,
+      save: async (owned) => {
+        stored = owned;
+        saved.push(owned);
+      },
+    };
+    const mgr = new UplinkManager({ kernel: k.api, logger: silentLogger(), ledger }, opts);
+    await mgr.start();
+    assert.equal(mgr.snapshot()[0]?.ipv4?.endpointId, 7, 'the leftover is used again');
+    assert.deepEqual(
+      stored.map((o) => o.id).sort((x, y) => x - y),
+      [7, 8, 9, 43, 50, 51, 52],
+      'the ledger lists what this run owns and what it inherited and has not removed yet',
+    );
+    await mgr.stop();
+    assert.deepEqual(k.endpoints.map((e) => e.id), [43], 'only the operator\'s endpoint is left');
+    assert.deepEqual(stored, []);
+    assert.ok(saved.length >= 2);
   });
 
   it('a removal that fails is reported and retried by the next stop', async () => {
