@@ -5,6 +5,9 @@
  *   node dist/bench/main.js [--runs 3] [--seconds 3] [--quick] [--systems kernel,mpconvert,...]
  *                           [--only relay,setup,memory,aggregation,failover] [--concurrency N]
  *                           [--connections N] [--failover-runs N] [--profile] [--render] [--out DIR]
+ *                           [--topologies 50+50,80+20,4x25]
+ * Experiments: MPC_BENCH_CONCENTRATOR_YAML (lines appended to the mpconvert concentrator's configuration) and
+ * MPC_BENCH_CPE_ARGS (extra `mpconvert cpe` flags, space-separated).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
@@ -57,7 +60,7 @@ function parseArgs(argv: string[]): Options {
       { name: '50+50', ratesMbps: [50, 50] },
       { name: '80+20', ratesMbps: [80, 20] },
       { name: '4x25', ratesMbps: [25, 25, 25, 25] },
-    ],
+    ].filter((t) => get('topologies')?.split(',').includes(t.name) ?? true),
     profile: argv.includes('--profile'),
     out: get('out') ?? fileURLToPath(new URL('../../bench/results/', import.meta.url)),
   };

@@ -49,6 +49,18 @@ interface IperfJson {
 }
 
 async function iperf(d: Deployment, args: string[], timeoutMs: number): Promise<IperfJson> {
+  // The server finishes the previous test a moment after its client did; until then it refuses a new one.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await iperfOnce(d, args, timeoutMs);
+    } catch (err) {
+      if (attempt >= 5 || !/server is busy/.test((err as Error).message)) throw err;
+      await new Promise((r) => setTimeout(r, 500 * attempt));
+    }
+  }
+}
+
+async function iperfOnce(d: Deployment, args: string[], timeoutMs: number): Promise<IperfJson> {
   const t = d.target(IPERF_PORT);
   const [c, a] = cmdline(d.client, 'iperf3', ['-c', t.address, '-p', String(t.port), '-J', ...(REVERSE ? ['-R'] : []), ...args]);
   const r = await d.client.host.exec(c, a, { timeoutMs, allowFailure: true });

@@ -108,6 +108,7 @@ async function deployMpconvert({ lab, uplinks, cpuProfileDir }: DeployOptions): 
       'sessionLog: false',
       'shutdownDrainS: 0',
       'logLevel: warn',
+      process.env['MPC_BENCH_CONCENTRATOR_YAML'] ?? '',
       '',
     ].join('\n'),
   );
@@ -124,6 +125,7 @@ async function deployMpconvert({ lab, uplinks, cpuProfileDir }: DeployOptions): 
     const uplinkArgs = Array.from({ length: uplinks }, (_, i) => ['--uplink', `up${i + 1}`]).flat();
     const cpe = spawnIn(lab.hosts.cpe, 'mpconvert cpe', process.execPath, [
       ...prof('cpe'), CLI, 'cpe', '--lan', 'lan0', ...uplinkArgs, '--concentrator', `${CONC_ADDR}:5000`, '--instance', 'bench', '--log-level', 'warn',
+      ...(process.env['MPC_BENCH_CPE_ARGS']?.split(' ').filter(Boolean) ?? []),
     ]);
     procs.push(cpe);
     await cpe.waitFor(/^ready/m);
