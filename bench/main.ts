@@ -15,7 +15,7 @@ import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { labImplementation, labUp, type Lab } from './lib/lab.js';
-import { failover, roundTrips, goodput, idleMemory, requestResponse, startServers, type FailoverRun } from './lib/measure.js';
+import { failover, roundTrips, goodput, idleMemory, requestResponse, startServers, type FailoverRun, type GoodputRun } from './lib/measure.js';
 import { aggregationSvg, failoverSvg, markdown, stat, type Results, type Stat, type Topology } from './lib/report.js';
 import { deploy, needsLabMptcpRouting, SYSTEMS, type Deployment, type SystemName } from './lib/systems.js';
 import { summariseProfile } from './lib/profile.js';
@@ -101,6 +101,20 @@ async function withLab<T>(rates: Array<number>, mptcpRouting: boolean, fn: (lab:
   } finally {
     await lab.down();
   }
+}
+
+/** Every lab the groups need, up together; `labFor(system)` picks a system's lab. All are removed at the end. */
+async function withLabs<T>(rates: Array<number>, groups: Array<{ mptcpRouting: boolean; systems: SystemName[] }>, fn: (labFor: (s: SystemName) => Lab) => Promise<T>): Promise<T> {
+  const labs = new Map<SystemName, Lab>();
+  const open = async (i: number): Promise<T> => {
+    const g = groups[i];
+    if (!g) return fn((s) => labs.get(s)!);
+    return withLab(rates, g.mptcpRouting, async (lab) => {
+      for (const s of g.systems) labs.set(s, lab);
+      return open(i + 1);
+    });
+  };
+  return open(0);
 }
 
 /** Groups the systems by the lab they need (with or without the lab's plain-MPTCP routing). */
@@ -266,43 +280,57 @@ async function main(): Promise<void> {
       if (!doAgg && !doFail) continue;
       const sum = topo.ratesMbps.reduce((s, x) => s + x, 0);
       const entry: Results['aggregation'][number] = { topology: topo, sumMbps: sum, systems: {} };
-      for (const g of labGroups(o.systems)) {
-        log(`lab: uplinks ${topo.name} Mbit/s (${g.mptcpRouting ? 'lab MPTCP routing' : 'routing by the mpconvert CPE'})`);
-        await withLab(topo.ratesMbps, g.mptcpRouting, async (lab) => {
-          for (const sys of g.systems) {
-            try {
-              await withDeployment(sys, lab, topo.ratesMbps.length, async (d) => {
-                r.deployments[sys] ??= d.note;
-                if (doAgg) {
-                  try {
-                    const runs = await repeat(o.runs, () => goodput(d, o.seconds));
-                    entry.systems[sys] = { goodputMbps: stat(runs.map((x) => x.mbps)), ratio: stat(runs.map((x) => x.mbps / sum)) };
-                    log(`aggregation ${topo.name} ${sys}: ${runs.map((x) => `${x.mbps.toFixed(1)}`).join(', ')} Mbit/s of ${sum}`);
-                  } catch (e) {
-                    entry.systems[sys] = { goodputMbps: null, ratio: null, error: errText(e) };
-                    log(`aggregation ${topo.name} ${sys}: ERROR ${errText(e)}`);
-                  }
-                }
-                if (doFail) {
-                  try {
-                    failRuns[sys] = await repeat(o.failoverRuns, () =>
-                      failover(lab, d, { seconds: o.failoverSeconds, cutAt, restoreAt, cut: 1, survivorMbps: topo.ratesMbps[1]!, sumMbps: sum }),
-                    );
-                    log(`failover ${sys}: recovery ${failRuns[sys]!.map((x) => x.recoverySeconds?.toFixed(2) ?? 'never').join(', ')} s, rejoin ${failRuns[sys]!.map((x) => x.rejoinSeconds?.toFixed(2) ?? 'never').join(', ')} s`);
-                  } catch (e) {
-                    failErr[sys] = errText(e);
-                    log(`failover ${sys}: ERROR ${errText(e)}`);
-                  }
-                }
-              });
-            } catch (e) {
-              log(`${sys}: deployment failed: ${errText(e)}`);
-              if (doAgg) entry.systems[sys] = { goodputMbps: null, ratio: null, error: errText(e) };
-              if (doFail) failErr[sys] = errText(e);
+      const groups = labGroups(o.systems);
+      log(`labs: uplinks ${topo.name} Mbit/s (${groups.map((g) => (g.mptcpRouting ? 'lab MPTCP routing' : 'routing by the mpconvert CPE')).join(' + ')})`);
+      // Every lab this topology needs is up at once, so the systems' runs can be interleaved: run 1 of each
+      // system, then run 2 of each (in a rotated order), ... Time-correlated noise on a shared machine then
+      // spreads over all systems instead of landing on whichever system ran last.
+      await withLabs(topo.ratesMbps, groups, async (labFor) => {
+        if (doAgg) {
+          const runs: Partial<Record<SystemName, GoodputRun[]>> = {};
+          const errors: Partial<Record<SystemName, string>> = {};
+          for (let run = 0; run < o.runs; run++) {
+            const order = o.systems.map((_, i) => o.systems[(i + run) % o.systems.length]!);
+            for (const sys of order) {
+              if (errors[sys]) continue;
+              try {
+                await withDeployment(sys, labFor(sys), topo.ratesMbps.length, async (d) => {
+                  r.deployments[sys] ??= d.note;
+                  (runs[sys] ??= []).push(await goodput(d, o.seconds));
+                });
+              } catch (e) {
+                errors[sys] = errText(e);
+                log(`aggregation ${topo.name} ${sys}: ERROR ${errText(e)}`);
+              }
             }
           }
-        });
-      }
+          for (const sys of o.systems) {
+            const got = runs[sys] ?? [];
+            if (errors[sys] || got.length === 0) {
+              entry.systems[sys] = { goodputMbps: null, ratio: null, error: errors[sys] ?? 'no run' };
+              continue;
+            }
+            entry.systems[sys] = { goodputMbps: stat(got.map((x) => x.mbps)), ratio: stat(got.map((x) => x.mbps / sum)) };
+            log(`aggregation ${topo.name} ${sys}: ${got.map((x) => `${x.mbps.toFixed(1)}`).join(', ')} Mbit/s of ${sum}`);
+          }
+        }
+        if (doFail) {
+          for (const sys of o.systems) {
+            try {
+              await withDeployment(sys, labFor(sys), topo.ratesMbps.length, async (d) => {
+                r.deployments[sys] ??= d.note;
+                failRuns[sys] = await repeat(o.failoverRuns, () =>
+                  failover(labFor(sys), d, { seconds: o.failoverSeconds, cutAt, restoreAt, cut: 1, survivorMbps: topo.ratesMbps[1]!, sumMbps: sum }),
+                );
+                log(`failover ${sys}: recovery ${failRuns[sys]!.map((x) => x.recoverySeconds?.toFixed(2) ?? 'never').join(', ')} s, rejoin ${failRuns[sys]!.map((x) => x.rejoinSeconds?.toFixed(2) ?? 'never').join(', ')} s`);
+              });
+            } catch (e) {
+              failErr[sys] = errText(e);
+              log(`failover ${sys}: ERROR ${errText(e)}`);
+            }
+          }
+        }
+      });
       if (doAgg) r.aggregation.push(entry);
     }
     if (o.only.has('failover')) {
