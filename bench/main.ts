@@ -5,7 +5,7 @@
  *   node dist/bench/main.js [--runs 3] [--seconds 3] [--quick] [--systems kernel,mpconvert,...]
  *                           [--only relay,setup,memory,aggregation,failover] [--concurrency N]
  *                           [--connections N] [--failover-runs N] [--profile] [--render] [--out DIR]
- *                           [--topologies 50+50,80+20,4x25]
+ *                           [--topologies 50+50,80+20,4x25] [--cc cubic,bbr]
  * Experiments: MPC_BENCH_CONCENTRATOR_YAML (lines appended to the mpconvert concentrator's configuration) and
  * MPC_BENCH_CPE_ARGS (extra `mpconvert cpe` flags, space-separated).
  */
@@ -35,6 +35,8 @@ interface Options {
   systems: SystemName[];
   only: Set<Figure>;
   topologies: Topology[];
+  /** TCP congestion controls the shaped tests run under (every namespace of the lab, every system). */
+  ccs: string[];
   profile: boolean;
   out: string;
 }
@@ -61,12 +63,38 @@ function parseArgs(argv: string[]): Options {
       { name: '80+20', ratesMbps: [80, 20] },
       { name: '4x25', ratesMbps: [25, 25, 25, 25] },
     ].filter((t) => get('topologies')?.split(',').includes(t.name) ?? true),
+    ccs: get('cc')?.split(',') ?? defaultCongestionControls(),
     profile: argv.includes('--profile'),
     out: get('out') ?? fileURLToPath(new URL('../../bench/results/', import.meta.url)),
   };
   for (const s of o.systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`);
   for (const f of o.only) if (!FIGURES.includes(f)) throw new Error(`unknown figure ${f}; known: ${FIGURES.join(', ')}`);
+  const usable = congestionControls();
+  for (const cc of o.ccs) if (!usable.includes(cc)) throw new Error(`congestion control ${cc} cannot be set in a namespace here; usable: ${usable.join(', ')} (net.ipv4.tcp_allowed_congestion_control)`);
+  if (o.ccs.length === 0) throw new Error('--cc: at least one congestion control');
   return o;
+}
+
+/**
+ * The congestion controls a lab namespace may select: available in this kernel and allowed without
+ * CAP_NET_ADMIN over the initial namespace (a container's root lacks it), net.ipv4.tcp_allowed_congestion_control.
+ */
+function congestionControls(): string[] {
+  const read = (f: string) => readFileSync(`/proc/sys/net/ipv4/${f}`, 'utf8').trim().split(/\s+/);
+  const available = read('tcp_available_congestion_control');
+  const allowed = new Set(read('tcp_allowed_congestion_control'));
+  return available.filter((cc) => allowed.has(cc));
+}
+
+/**
+ * The shaped tests run under a loss-based congestion control (cubic, Linux's and Debian's default; reno where
+ * cubic cannot be selected) and under BBR when it is there: the two behave very differently on MPTCP subflows
+ * (docs/performance.md, "Aggregation and the congestion control").
+ */
+function defaultCongestionControls(): string[] {
+  const usable = congestionControls();
+  const loss = ['cubic', 'reno'].find((cc) => usable.includes(cc));
+  return [...(loss ? [loss] : []), ...(usable.includes('bbr') ? ['bbr'] : [])];
 }
 
 const t0 = Date.now();
@@ -83,20 +111,25 @@ function version(cmd: string, args: string[], re: RegExp): string {
   }
 }
 
-/** Bench-wide namespace settings, the same for every system: enough ports and TIME_WAIT reuse for the setup test. */
-async function tune(lab: Lab): Promise<void> {
+/**
+ * Bench-wide namespace settings, the same for every system: enough ports and TIME_WAIT reuse for the setup test;
+ * the congestion control of every TCP socket and MPTCP subflow when `cc` is given (else the namespace default,
+ * which new namespaces take from the host).
+ */
+async function tune(lab: Lab, cc?: string): Promise<void> {
   const hosts = [lab.hosts.client, lab.hosts.cpe, lab.hosts.concentrator, ...lab.hosts.servers];
   for (const h of hosts) {
     await h.exec('sysctl', ['-qw', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=10000 65000'], { allowFailure: true });
+    if (cc) await h.exec('sysctl', ['-qw', `net.ipv4.tcp_congestion_control=${cc}`]);
   }
   // TFO server side on the concentrator (ss-server --fast-open needs it; mpconvert sets it itself).
   await lab.hosts.concentrator.exec('sysctl', ['-qw', 'net.ipv4.tcp_fastopen=3'], { allowFailure: true });
 }
 
-async function withLab<T>(rates: Array<number>, mptcpRouting: boolean, fn: (lab: Lab) => Promise<T>): Promise<T> {
+async function withLab<T>(rates: Array<number>, mptcpRouting: boolean, fn: (lab: Lab) => Promise<T>, cc?: string): Promise<T> {
   const lab = await labUp({ uplinks: rates.map((r) => ({ rate: r === 0 ? 0 : `${r}mbit` })), servers: 1, mptcpRouting });
   try {
-    await tune(lab);
+    await tune(lab, cc);
     return await fn(lab);
   } finally {
     await lab.down();
@@ -104,7 +137,7 @@ async function withLab<T>(rates: Array<number>, mptcpRouting: boolean, fn: (lab:
 }
 
 /** Every lab the groups need, up together; `labFor(system)` picks a system's lab. All are removed at the end. */
-async function withLabs<T>(rates: Array<number>, groups: Array<{ mptcpRouting: boolean; systems: SystemName[] }>, fn: (labFor: (s: SystemName) => Lab) => Promise<T>): Promise<T> {
+async function withLabs<T>(rates: Array<number>, groups: Array<{ mptcpRouting: boolean; systems: SystemName[] }>, cc: string, fn: (labFor: (s: SystemName) => Lab) => Promise<T>): Promise<T> {
   const labs = new Map<SystemName, Lab>();
   const open = async (i: number): Promise<T> => {
     const g = groups[i];
@@ -112,7 +145,7 @@ async function withLabs<T>(rates: Array<number>, groups: Array<{ mptcpRouting: b
     return withLab(rates, g.mptcpRouting, async (lab) => {
       for (const s of g.systems) labs.set(s, lab);
       return open(i + 1);
-    });
+    }, cc);
   };
   return open(0);
 }
@@ -170,12 +203,15 @@ async function main(): Promise<void> {
         memoryConnections: o.memoryConnections,
         socatMemoryConnections: o.socatMemoryConnections,
         failoverRuns: o.failoverRuns,
+        congestionControls: o.ccs,
         loadAverageAtStart: loadavg()[0],
         systems: o.systems,
         figures: [...o.only],
       },
       notes: [
         'Goodput: iperf3, one TCP connection from the LAN client to the server (upload through the CPE), after 1 s of warm-up.',
+        `Congestion control: the shaped tests (aggregation, failover) set it in every namespace of the lab, for every system (${o.ccs.join(', ')}; failover under ${o.ccs[0]}); the unshaped ones (relay, setup, memory) keep the host's default (${readFileSync('/proc/sys/net/ipv4/tcp_congestion_control', 'utf8').trim()}).`,
+        'Uplink load: tc byte counters of the CPE uplinks read 0.3 s after the warm-up and 0.2 s before the end of each aggregation run.',
         'Relay CPU: utime + stime of every relay process on the CPE and the concentrator (and their reaped children), per GB of goodput.',
         'Setup: a Node load generator, 32 concurrent workers, one 100-byte request and a 100-byte response per connection, the server closes.',
         'Round trips: counted on a packet capture of one exchange on the CPE uplinks (no netem on this kernel to time them): each answer from the concentrator side to a SYN or payload the CPE side sent, up to the first response payload.',
@@ -200,7 +236,9 @@ async function main(): Promise<void> {
   }
   if (process.argv.includes('--render')) {
     // Rewrites latest.md and the charts from latest.json (after a change to the report format).
-    writeOutputs(o.out, JSON.parse(readFileSync(join(o.out, 'latest.json'), 'utf8')) as Results);
+    const saved = JSON.parse(readFileSync(join(o.out, 'latest.json'), 'utf8')) as Results;
+    saved.targets = targets(saved);
+    writeOutputs(o.out, saved);
     return;
   }
 
@@ -267,74 +305,79 @@ async function main(): Promise<void> {
     }
   }
 
-  // Shaped topologies: aggregation, and failover on the first (two equal uplinks).
+  // Shaped topologies under each congestion control: aggregation, and failover on the first topology (two
+  // equal uplinks) under the first congestion control.
   if (o.only.has('aggregation') || o.only.has('failover')) {
     const failTopo = o.topologies[0]!;
     const failRuns: Partial<Record<SystemName, FailoverRun[]>> = {};
     const failErr: Partial<Record<SystemName, string>> = {};
     const cutAt = 4;
     const restoreAt = 9;
-    for (const topo of o.topologies) {
-      const doAgg = o.only.has('aggregation');
-      const doFail = o.only.has('failover') && topo === failTopo;
-      if (!doAgg && !doFail) continue;
-      const sum = topo.ratesMbps.reduce((s, x) => s + x, 0);
-      const entry: Results['aggregation'][number] = { topology: topo, sumMbps: sum, systems: {} };
-      const groups = labGroups(o.systems);
-      log(`labs: uplinks ${topo.name} Mbit/s (${groups.map((g) => (g.mptcpRouting ? 'lab MPTCP routing' : 'routing by the mpconvert CPE')).join(' + ')})`);
-      // Every lab this topology needs is up at once, so the systems' runs can be interleaved: run 1 of each
-      // system, then run 2 of each (in a rotated order), ... Time-correlated noise on a shared machine then
-      // spreads over all systems instead of landing on whichever system ran last.
-      await withLabs(topo.ratesMbps, groups, async (labFor) => {
-        if (doAgg) {
-          const runs: Partial<Record<SystemName, GoodputRun[]>> = {};
-          const errors: Partial<Record<SystemName, string>> = {};
-          for (let run = 0; run < o.runs; run++) {
-            const order = o.systems.map((_, i) => o.systems[(i + run) % o.systems.length]!);
-            for (const sys of order) {
-              if (errors[sys]) continue;
+    for (const cc of o.ccs) {
+      for (const topo of o.topologies) {
+        const doAgg = o.only.has('aggregation');
+        const doFail = o.only.has('failover') && topo === failTopo && cc === o.ccs[0];
+        if (!doAgg && !doFail) continue;
+        const sum = topo.ratesMbps.reduce((s, x) => s + x, 0);
+        const entry: Results['aggregation'][number] = { topology: topo, cc, sumMbps: sum, systems: {} };
+        const groups = labGroups(o.systems);
+        log(`labs: uplinks ${topo.name} Mbit/s, ${cc} (${groups.map((g) => (g.mptcpRouting ? 'lab MPTCP routing' : 'routing by the mpconvert CPE')).join(' + ')})`);
+        // Every lab this topology needs is up at once, so the systems' runs can be interleaved: run 1 of each
+        // system, then run 2 of each (in a rotated order), ... Time-correlated noise on a shared machine then
+        // spreads over all systems instead of landing on whichever system ran last.
+        await withLabs(topo.ratesMbps, groups, cc, async (labFor) => {
+          if (doAgg) {
+            const runs: Partial<Record<SystemName, GoodputRun[]>> = {};
+            const errors: Partial<Record<SystemName, string>> = {};
+            for (let run = 0; run < o.runs; run++) {
+              const order = o.systems.map((_, i) => o.systems[(i + run) % o.systems.length]!);
+              for (const sys of order) {
+                if (errors[sys]) continue;
+                try {
+                  await withDeployment(sys, labFor(sys), topo.ratesMbps.length, async (d) => {
+                    r.deployments[sys] ??= d.note;
+                    (runs[sys] ??= []).push(await goodput(d, o.seconds, 1, { lab: labFor(sys), uplinks: topo.ratesMbps.length }));
+                  });
+                } catch (e) {
+                  errors[sys] = errText(e);
+                  log(`aggregation ${topo.name} ${cc} ${sys}: ERROR ${errText(e)}`);
+                }
+              }
+            }
+            for (const sys of o.systems) {
+              const got = runs[sys] ?? [];
+              if (errors[sys] || got.length === 0) {
+                entry.systems[sys] = { goodputMbps: null, ratio: null, error: errors[sys] ?? 'no run' };
+                continue;
+              }
+              // Each uplink's wire rate over its tbf rate (frames with headers, so a full uplink reads about 1.0).
+              const uplinkLoad = topo.ratesMbps.map((rate, i) => stat(got.map((x) => (x.uplinkMbps ? x.uplinkMbps[i]! / rate : null))));
+              entry.systems[sys] = { goodputMbps: stat(got.map((x) => x.mbps)), ratio: stat(got.map((x) => x.mbps / sum)), uplinkLoad };
+              log(`aggregation ${topo.name} ${cc} ${sys}: ${got.map((x) => `${x.mbps.toFixed(1)} (iperf3 summary ${x.summaryMbps.toFixed(1)}) [${x.uplinkMbps?.map((m) => m.toFixed(1)).join('+') ?? '?'} on the wire]`).join(', ')} Mbit/s of ${sum}`);
+            }
+          }
+          if (doFail) {
+            for (const sys of o.systems) {
               try {
                 await withDeployment(sys, labFor(sys), topo.ratesMbps.length, async (d) => {
                   r.deployments[sys] ??= d.note;
-                  (runs[sys] ??= []).push(await goodput(d, o.seconds));
+                  failRuns[sys] = await repeat(o.failoverRuns, () =>
+                    failover(labFor(sys), d, { seconds: o.failoverSeconds, cutAt, restoreAt, cut: 1, survivorMbps: topo.ratesMbps[1]!, sumMbps: sum }),
+                  );
+                  log(`failover ${sys}: recovery ${failRuns[sys]!.map((x) => x.recoverySeconds?.toFixed(2) ?? 'never').join(', ')} s, rejoin ${failRuns[sys]!.map((x) => x.rejoinSeconds?.toFixed(2) ?? 'never').join(', ')} s`);
                 });
               } catch (e) {
-                errors[sys] = errText(e);
-                log(`aggregation ${topo.name} ${sys}: ERROR ${errText(e)}`);
+                failErr[sys] = errText(e);
+                log(`failover ${sys}: ERROR ${errText(e)}`);
               }
             }
           }
-          for (const sys of o.systems) {
-            const got = runs[sys] ?? [];
-            if (errors[sys] || got.length === 0) {
-              entry.systems[sys] = { goodputMbps: null, ratio: null, error: errors[sys] ?? 'no run' };
-              continue;
-            }
-            entry.systems[sys] = { goodputMbps: stat(got.map((x) => x.mbps)), ratio: stat(got.map((x) => x.mbps / sum)) };
-            log(`aggregation ${topo.name} ${sys}: ${got.map((x) => `${x.mbps.toFixed(1)}`).join(', ')} Mbit/s of ${sum}`);
-          }
-        }
-        if (doFail) {
-          for (const sys of o.systems) {
-            try {
-              await withDeployment(sys, labFor(sys), topo.ratesMbps.length, async (d) => {
-                r.deployments[sys] ??= d.note;
-                failRuns[sys] = await repeat(o.failoverRuns, () =>
-                  failover(labFor(sys), d, { seconds: o.failoverSeconds, cutAt, restoreAt, cut: 1, survivorMbps: topo.ratesMbps[1]!, sumMbps: sum }),
-                );
-                log(`failover ${sys}: recovery ${failRuns[sys]!.map((x) => x.recoverySeconds?.toFixed(2) ?? 'never').join(', ')} s, rejoin ${failRuns[sys]!.map((x) => x.rejoinSeconds?.toFixed(2) ?? 'never').join(', ')} s`);
-              });
-            } catch (e) {
-              failErr[sys] = errText(e);
-              log(`failover ${sys}: ERROR ${errText(e)}`);
-            }
-          }
-        }
-      });
-      if (doAgg) r.aggregation.push(entry);
+        });
+        if (doAgg) r.aggregation.push(entry);
+      }
     }
     if (o.only.has('failover')) {
-      r.failover = { topology: failTopo, cut: 1, cutAt, restoreAt, systems: {} };
+      r.failover = { topology: failTopo, cc: o.ccs[0]!, cut: 1, cutAt, restoreAt, systems: {} };
       for (const sys of o.systems) {
         const runs = failRuns[sys];
         if (!runs) {
@@ -388,9 +431,14 @@ function targets(r: Results): Results['targets'] {
     const s = a.systems;
     const mp = m(s.mpconvert?.ratio);
     const k = m(s.kernel?.ratio);
-    add(`aggregation ${a.topology.name}: >= 0.99x kernel`, mp !== undefined && k ? mp / k : undefined, 0.99, true, (v) => `${v.toFixed(3)}x`);
-    const peers = [m(s.shadowsocks?.ratio), m(s.socat?.ratio)].filter((x): x is number => x !== undefined);
-    add(`aggregation ${a.topology.name}: >= both peers`, mp, peers.length ? Math.max(...peers) : undefined, true, (v) => v.toFixed(3));
+    add(`aggregation ${a.topology.name} ${a.cc ?? ''}: >= 0.99x kernel`, mp !== undefined && k ? mp / k : undefined, 0.99, true, (v) => `${v.toFixed(3)}x`);
+    const peers = [s.shadowsocks?.ratio, s.socat?.ratio].filter((x): x is Stat => !!x);
+    const best = peers.length ? peers.reduce((a, b) => (b.median > a.median ? b : a)) : undefined;
+    add(`aggregation ${a.topology.name} ${a.cc ?? ''}: >= both peers`, mp, best?.median, true, (v) => v.toFixed(3));
+    // Below the better peer, but each median inside the other's min–max range: the runs cannot tell them apart.
+    const last = out[out.length - 1]!;
+    const mine = s.mpconvert?.ratio;
+    if (last.met === false && mine && best && best.median >= mine.min && best.median <= mine.max && mine.median >= best.min && mine.median <= best.max) last.met = 'tie';
   }
   const g = (x: SystemName) => m(r.relay[x]?.goodputMbps);
   const c = (x: SystemName) => m(r.relay[x]?.cpuSecondsPerGB);

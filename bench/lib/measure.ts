@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Lab } from './lab.js';
 import { readTcpSegments } from '../../src/lab/pcap.js';
+import { uplinkAddressing } from '../../src/lab/addressing.js';
 import { countRoundTrips } from './roundtrips.js';
 import { cpuSeconds, memoryBytes, spawnIn, type Proc } from './proc.js';
 import { cmdline, CONC_ADDR, IPERF_PORT, RR_PORT, type Deployment } from './systems.js';
@@ -40,10 +41,13 @@ export async function startServers(d: Deployment): Promise<Servers> {
   return { iperf, rr, stop };
 }
 
+interface IperfInterval {
+  sum: Interval;
+}
 interface IperfJson {
   end: { sum_received: { bits_per_second: number; bytes: number } };
-  intervals?: Array<{ sum: { start: number; end: number; bits_per_second: number } }>;
-  server_output_json?: { intervals?: Array<{ sum: { start: number; end: number; bits_per_second: number } }> };
+  intervals?: IperfInterval[];
+  server_output_json?: { intervals?: IperfInterval[] };
   server_output_text?: string;
   error?: string;
 }
@@ -76,27 +80,96 @@ async function iperfOnce(d: Deployment, args: string[], timeoutMs: number): Prom
   return j;
 }
 
+/** The report interval of the bench's iperf3 servers (`-i`), seconds. */
+const SERVER_INTERVAL_S = 0.25;
+
+interface Interval {
+  start: number;
+  end: number;
+  bits_per_second: number;
+  omitted?: boolean;
+}
+
+/**
+ * Goodput as the receiver counted it in its full report intervals after the warm-up. iperf3's end-of-test figure
+ * also counts the edges of the test, whose timing a relay shifts (the control connection goes through it too).
+ * Null if the receiver reported fewer than two full intervals.
+ */
+export function receiverRate(intervals: Interval[] | undefined, length = SERVER_INTERVAL_S): number | null {
+  const full = (intervals ?? []).filter((x) => !x.omitted && x.end - x.start >= length * 0.9);
+  if (full.length < 2) return null;
+  const bits = full.reduce((a, x) => a + x.bits_per_second * (x.end - x.start), 0);
+  const secs = full.reduce((a, x) => a + (x.end - x.start), 0);
+  return bits / secs / 1e6;
+}
+
 export interface GoodputRun {
   mbps: number;
   bytes: number;
+  /** Wire rate (frames with their headers, tc's counters) of each CPE uplink during the measured seconds, Mbit/s. */
+  uplinkMbps?: number[];
+  /** iperf3's own end-of-test figure (sum_received), for comparison with `mbps`. */
+  summaryMbps: number;
   /** CPU seconds of every relay process (CPE + concentrator) during the run; null without a relay. */
   cpuSeconds: number | null;
   cpuSecondsPerGB: number | null;
 }
 
-/** One iperf3 run of `seconds` (after `omit` seconds of warm-up). */
-export async function goodput(d: Deployment, seconds: number, omit = 1): Promise<GoodputRun> {
+/** Bytes sent so far by each CPE uplink's egress qdisc (tc -s), in uplink order. */
+export async function uplinkTxBytes(lab: Lab, uplinks: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 1; i <= uplinks; i++) {
+    const dev = uplinkAddressing(i).cpeDev;
+    const r = await lab.hosts.cpe.exec('tc', ['-s', '-j', 'qdisc', 'show', 'dev', dev, 'root']);
+    const q = (JSON.parse(r.stdout) as Array<{ bytes?: number }>)[0];
+    if (typeof q?.bytes !== 'number') throw new Error(`no byte counter on ${dev}'s qdisc: ${r.stdout.slice(0, 200)}`);
+    out.push(q.bytes);
+  }
+  return out;
+}
+
+/**
+ * One iperf3 run of `seconds` (after `omit` seconds of warm-up). With `wire`, each CPE uplink's egress byte
+ * counter is read twice while the measured seconds run (0.3 s after the warm-up, 0.2 s before the end): how
+ * full every uplink was while measured.
+ */
+export async function goodput(d: Deployment, seconds: number, omit = 1, wire?: { lab: Lab; uplinks: number }): Promise<GoodputRun> {
   const before = d.relayRoots.length ? cpuSeconds(d.relayRoots) : 0;
-  const j = await iperf(d, ['-t', String(seconds), '-O', String(omit)], (seconds + omit) * 1000 + 20_000);
+  const samples: Array<Promise<{ at: number; bytes: number[] }>> = [];
+  const timers = wire
+    ? [omit + 0.3, omit + seconds - 0.2].map((t) =>
+        setTimeout(() => {
+          const p = uplinkTxBytes(wire.lab, wire.uplinks).then((bytes) => ({ at: performance.now(), bytes }));
+          p.catch(() => {});
+          samples.push(p);
+        }, t * 1000),
+      )
+    : [];
+  let j: IperfJson;
+  try {
+    j = await iperf(d, ['-t', String(seconds), '-O', String(omit), ...(REVERSE ? [] : ['--get-server-output'])], (seconds + omit) * 1000 + 20_000);
+  } finally {
+    for (const t of timers) clearTimeout(t);
+  }
+  const received = receiverRate(REVERSE ? j.intervals?.map((x) => x.sum) : j.server_output_json?.intervals?.map((x) => x.sum) ?? parseServerIntervals(j.server_output_text ?? ''));
+  let uplinkMbps: number[] | undefined;
+  if (samples.length === 2) {
+    const [a, b] = await Promise.all(samples);
+    const s = (b!.at - a!.at) / 1000;
+    uplinkMbps = b!.bytes.map((x, i) => ((x - a!.bytes[i]!) * 8) / 1e6 / s);
+  }
   // Let socat reap the connection's child so its CPU time lands in the parent's cutime.
   if (d.system === 'socat') await new Promise((r) => setTimeout(r, 300));
   const cpu = d.relayRoots.length ? cpuSeconds(d.relayRoots) - before : null;
   const bytes = j.end.sum_received.bytes;
   // -O: the warm-up bytes are not in `bytes` but the CPU is in `cpu`: scale the CPU to the measured share.
   const cpuMeasured = cpu === null ? null : (cpu * seconds) / (seconds + omit);
+  const summaryMbps = j.end.sum_received.bits_per_second / 1e6;
   return {
-    mbps: j.end.sum_received.bits_per_second / 1e6,
+    mbps: received ?? summaryMbps,
+    summaryMbps,
     bytes,
+    ...(uplinkMbps ? { uplinkMbps } : {}),
     cpuSeconds: cpuMeasured,
     cpuSecondsPerGB: cpuMeasured === null || bytes === 0 ? null : cpuMeasured / (bytes / 1e9),
   };
@@ -206,15 +279,21 @@ export async function failover(
   };
 }
 
-/** iperf3's text intervals ("[  5]   0.25-0.50   sec  2.94 MBytes  98.6 Mbits/sec"), the summary lines left out. */
-function parseIntervals(text: string): Array<[number, number]> {
-  const unit: Record<string, number> = { '': 1e-6, K: 1e-3, M: 1, G: 1e3 };
-  const out: Array<[number, number]> = [];
+/** iperf3's text intervals ("[  5]   0.25-0.50   sec  2.94 MBytes  98.6 Mbits/sec"); summary and omitted lines left out. */
+export function parseServerIntervals(text: string): Interval[] {
+  const unit: Record<string, number> = { '': 1, K: 1e3, M: 1e6, G: 1e9 };
+  const out: Interval[] = [];
   for (const m of text.matchAll(/^\[\s*\d+\]\s+([\d.]+)-([\d.]+)\s+sec\s+[\d.]+\s+\w?Bytes\s+([\d.]+)\s+([KMG]?)bits\/sec\s*$/gm)) {
-    if (Number(m[2]) - Number(m[1]) < 0.1) continue; // the short tail interval at the end of the test
-    out.push([Number(m[2]), Number(m[3]) * unit[m[4] ?? '']!]);
+    out.push({ start: Number(m[1]), end: Number(m[2]), bits_per_second: Number(m[3]) * unit[m[4] ?? '']! });
   }
   return out;
+}
+
+/** Receiver intervals as [end seconds, Mbit/s], the short tail interval at the end of the test left out. */
+function parseIntervals(text: string): Array<[number, number]> {
+  return parseServerIntervals(text)
+    .filter((x) => x.end - x.start >= 0.1)
+    .map((x) => [x.end, x.bits_per_second / 1e6]);
 }
 
 /** Round trips to the first byte of one exchange, counted from a capture on the CPE's uplinks (see roundtrips.ts). */

@@ -36,8 +36,11 @@ export interface Results {
   };
   aggregation: Array<{
     topology: Topology;
+    /** The TCP congestion control of every namespace (absent in results from before it was recorded). */
+    cc?: string;
     sumMbps: number;
-    systems: PerSystem<{ goodputMbps: Stat | null; ratio: Stat | null; error?: string }>;
+    /** uplinkLoad: each CPE uplink's wire rate over its tbf rate during the measured seconds. */
+    systems: PerSystem<{ goodputMbps: Stat | null; ratio: Stat | null; uplinkLoad?: Array<Stat | null>; error?: string }>;
   }>;
   relay: PerSystem<{ goodputMbps: Stat | null; cpuSecondsPerGB: Stat | null; error?: string }>;
   setup: PerSystem<{
@@ -59,12 +62,14 @@ export interface Results {
   }>;
   failover: {
     topology: Topology;
+    cc?: string;
     cut: number;
     cutAt: number;
     restoreAt: number;
     systems: PerSystem<{ recoverySeconds: Stat | null; rejoinSeconds: Stat | null; never: number; series: Array<[number, number]>; error?: string }>;
   } | null;
-  targets: Array<{ target: string; value: string; met: boolean | null; gap: string }>;
+  /** met: 'tie' = below the goal, but each median lies inside the other's min–max range (the runs cannot tell them apart). */
+  targets: Array<{ target: string; value: string; met: boolean | 'tie' | null; gap: string }>;
   deployments: PerSystem<string>;
 }
 
@@ -91,18 +96,32 @@ export function markdown(r: Results): string {
   const busy = Math.max(Number(r.meta.settings['loadAverageAtStart'] ?? 0), Number(r.meta.settings['loadAverageAtEnd'] ?? 0));
   if (busy > 1.5) L.push(`\n**Warning:** the machine was busy (1-minute load average up to ${busy.toFixed(1)} on ${r.meta.cpus} CPUs): the figures, the shaped ones above all, are unreliable; re-run on a quiet machine.`);
   L.push('');
-  L.push('**Aggregation**: goodput / sum of the uplink rates (tbf), LAN client to server.');
+  L.push('**Aggregation**: goodput / sum of the uplink rates (tbf), LAN client to server, under each TCP congestion control (set in every namespace, for every system).');
   L.push('');
-  head(['uplinks', ...SYSTEMS.map((s) => NAMES[s]), 'mpconvert / kernel', 'mpconvert / shadowsocks', 'mpconvert / socat']);
+  head(['uplinks', 'congestion control', ...SYSTEMS.map((s) => NAMES[s]), 'mpconvert / kernel', 'mpconvert / shadowsocks', 'mpconvert / socat']);
   for (const a of r.aggregation) {
     const s = a.systems;
     row([
       `${a.topology.name} Mbit/s`,
+      a.cc ?? 'host default',
       ...SYSTEMS.map((x) => cell(s[x]?.ratio, 3, s[x]?.error)),
       ratio(s.mpconvert?.ratio, s.kernel?.ratio, 3),
       ratio(s.mpconvert?.ratio, s.shadowsocks?.ratio),
       ratio(s.mpconvert?.ratio, s.socat?.ratio),
     ]);
+  }
+  if (r.aggregation.some((a) => SYSTEMS.some((x) => a.systems[x]?.uplinkLoad?.some(Boolean)))) {
+    L.push('');
+    L.push('**Uplink load** while measured: each CPE uplink\'s wire rate (frames with headers, from tc) / its tbf rate, medians, uplinks in order. About 1.00 = the uplink was full; below that, the sender left it idle.');
+    L.push('');
+    head(['uplinks', 'congestion control', ...SYSTEMS.map((s) => NAMES[s])]);
+    for (const a of r.aggregation) {
+      const load = (x: SystemName) => {
+        const l = a.systems[x]?.uplinkLoad;
+        return l?.length ? l.map((st) => (st ? st.median.toFixed(2) : '—')).join(' + ') : '—';
+      };
+      row([`${a.topology.name} Mbit/s`, a.cc ?? 'host default', ...SYSTEMS.map(load)]);
+    }
   }
   L.push('');
   L.push('**Relay** (2 unshaped uplinks), **setup**, **memory**, **failover**. In the mpconvert / X columns, above 1.00x means mpconvert is better (for lower-is-better rows the ratio is X / mpconvert).');
@@ -122,7 +141,7 @@ export function markdown(r: Results): string {
   line('concentrator memory per idle connection, bytes', (x) => r.memory[x]?.bytesPerConnection, 0, (x) => r.memory[x]?.error, true);
   if (r.failover) {
     const f = r.failover;
-    line(`failover: s until the survivor carries 90% (${f.topology.name})`, (x) => f.systems[x]?.recoverySeconds, 2, (x) => f.systems[x]?.error, true);
+    line(`failover: s until the survivor carries 90% (${f.topology.name}${f.cc ? `, ${f.cc}` : ''})`, (x) => f.systems[x]?.recoverySeconds, 2, (x) => f.systems[x]?.error, true);
     line('failover: s until both carry 90% after the restore', (x) => f.systems[x]?.rejoinSeconds, 2, (x) => f.systems[x]?.error, true);
   }
   L.push('');
@@ -134,7 +153,7 @@ export function markdown(r: Results): string {
   L.push('**Targets**');
   L.push('');
   head(['target', 'measured', 'met', 'gap']);
-  for (const t of r.targets) row([t.target, t.value, t.met === null ? 'not measured' : t.met ? 'yes' : '**no**', t.gap]);
+  for (const t of r.targets) row([t.target, t.value, t.met === null ? 'not measured' : t.met === 'tie' ? 'tie (within the runs\' spread)' : t.met ? 'yes' : '**no**', t.gap]);
   L.push('');
   L.push('How each system is deployed:');
   L.push('');
@@ -177,7 +196,7 @@ export function aggregationSvg(r: Results): string {
       parts.push(`<line x1="${cx}" x2="${cx}" y1="${y(st.min)}" y2="${y(st.max)}" stroke="#000"/>`);
       parts.push(`<text x="${cx}" y="${y(st.median) - 4}" text-anchor="middle" font-size="9">${st.median.toFixed(2)}</text>`);
     });
-    parts.push(`<text x="${gx + (SYSTEMS.length * barW) / 2}" y="${bottom + 16}" text-anchor="middle">${esc(a.topology.name)} Mbit/s</text>`);
+    parts.push(`<text x="${gx + (SYSTEMS.length * barW) / 2}" y="${bottom + 16}" text-anchor="middle">${esc(a.topology.name)}${a.cc ? ` ${esc(a.cc)}` : ' Mbit/s'}</text>`);
   });
   return svg(W, H, 'Aggregation: goodput / sum of uplink rates', [...parts, legend(left, H - 24, SYSTEMS)]);
 }
