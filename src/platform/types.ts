@@ -216,8 +216,9 @@ export interface RuleEntry {
   table?: string;
   fwmark?: string;
   fwmask?: string;
-  iifname?: string;
-  oifname?: string;
+  /** Input / output interface selectors (`ip -j rule` prints them as iif / oif). */
+  iif?: string;
+  oif?: string;
   [key: string]: unknown;
 }
 

@@ -78,13 +78,14 @@ describe('kernel configuration in a namespace', () => {
     ns.exec('ip', ['addr', 'add', '198.18.1.2/24', 'dev', 'upl0']);
     ns.exec('ip', ['link', 'set', 'upl0', 'up']);
     for (const family of [4, 6] as const) {
-      const rule = { family, priority: 1234, fwmark: 0x100, fwmask: 0xff00, table: 4242 };
+      const rule = { family, priority: 1234, fwmark: 0x100, fwmask: 0xff00, iif: 'upl0', table: 4242 };
       await k.routes.addRule(rule);
       const rules = await k.routes.listRules(family);
       const mine = rules.filter((r) => r.priority === 1234);
       assert.equal(mine.length, 1);
       assert.equal(mine[0]!.table, '4242');
       assert.equal(mine[0]!.fwmark, '0x100');
+      assert.equal(mine[0]!.iif, 'upl0');
       await k.routes.addRoute({ family, table: 4242, type: 'local', dst: family === 4 ? '0.0.0.0/0' : '::/0', dev: 'lo' });
       await k.routes.addRoute({ family, table: 4242, type: 'local', dst: family === 4 ? '0.0.0.0/0' : '::/0', dev: 'lo' });
       const routes = await k.routes.listRoutes(4242, family);
