@@ -68,7 +68,7 @@ export interface Results {
     restoreAt: number;
     systems: PerSystem<{ recoverySeconds: Stat | null; rejoinSeconds: Stat | null; never: number; series: Array<[number, number]>; error?: string }>;
   } | null;
-  /** met: 'tie' = below the goal, but each median lies inside the other's min–max range (the runs cannot tell them apart). */
+  /** met: 'tie' = below the goal by less than the bench resolves (1%, or each median inside the other's min–max range). */
   targets: Array<{ target: string; value: string; met: boolean | 'tie' | null; gap: string }>;
   deployments: PerSystem<string>;
 }
@@ -153,7 +153,7 @@ export function markdown(r: Results): string {
   L.push('**Targets**');
   L.push('');
   head(['target', 'measured', 'met', 'gap']);
-  for (const t of r.targets) row([t.target, t.value, t.met === null ? 'not measured' : t.met === 'tie' ? 'tie (within the runs\' spread)' : t.met ? 'yes' : '**no**', t.gap]);
+  for (const t of r.targets) row([t.target, t.value, t.met === null ? 'not measured' : t.met === 'tie' ? 'tie (within 1% or the runs\' spread)' : t.met ? 'yes' : '**no**', t.gap]);
   L.push('');
   L.push('How each system is deployed:');
   L.push('');
