@@ -5,8 +5,9 @@
  * `from ADDR lookup TABLE priority rulePriorityBase + index`. The gateway is configured or taken from the main
  * table's default route on that interface (lowest metric: what DHCP/RA clients install).
  *
- * The host may change under us (DHCP renews, links flap), so the manager polls `ip -j address show` and the
- * main table every pollIntervalMs and reconciles: an address that appears, changes or disappears, or a link
+ * The host may change under us (DHCP renews, links flap), so the manager reconciles on the platform's link
+ * events (netlink, when it has them; 50 ms after a burst) and, as a backstop, polls `ip -j address show` and
+ * the main table every pollIntervalMs: an address that appears, changes or disappears, or a link
  * going up or down, re-creates that uplink's endpoint/rule/route and emits 'change' (the daemon flushes its
  * concentrator capability cache). A gateway change only replaces the route.
  *
@@ -14,7 +15,7 @@
  * are never touched (an existing endpoint on an uplink address is used as is, and left on stop).
  */
 import { EventEmitter } from 'node:events';
-import type { AddressEntry, Family, KernelConfig, MptcpEndpoint, MptcpLimits, RouteEntry, RouteSpec, RuleSpec } from '../platform/types.js';
+import type { AddressEntry, Family, KernelConfig, LinkWatch, MptcpEndpoint, MptcpLimits, RouteEntry, RouteSpec, RuleSpec } from '../platform/types.js';
 import type { Logger } from '../log.js';
 import { MpconvertError, toError } from '../errors.js';
 
@@ -162,6 +163,8 @@ interface UplinkRuntime {
 }
 
 const FAMILIES: readonly Family[] = [4, 6];
+/** Wait after a link event before reconciling, so that a burst of events is one reconcile. */
+const EVENT_SETTLE_MS = 50;
 
 export class UplinkManager extends EventEmitter {
   readonly #kernel: KernelConfig;
@@ -172,6 +175,10 @@ export class UplinkManager extends EventEmitter {
   #previousLimits: MptcpLimits | null = null;
   #limitsSet = false;
   #timer: NodeJS.Timeout | undefined;
+  /** Netlink events (when the platform has them): a change is reconciled at once, not at the next poll. */
+  #watch: LinkWatch | undefined;
+  #eventTimer: NodeJS.Timeout | undefined;
+  #watchErrors = 0;
   #queue: Promise<void> = Promise.resolve();
   #running = false;
   #stopped = false;
@@ -229,6 +236,7 @@ export class UplinkManager extends EventEmitter {
       this.#limitsSet = true;
       const errors = await this.#serialized(() => this.#reconcile(true));
       if (errors.length > 0) throw errors[0];
+      this.#startWatch();
     } catch (err) {
       await this.stop().catch((stopErr: unknown) => this.#logger.error({ err: stopErr }, 'could not remove everything after a failed start'));
       throw err;
@@ -248,6 +256,10 @@ export class UplinkManager extends EventEmitter {
     this.#running = false;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = undefined;
+    this.#watch?.close();
+    this.#watch = undefined;
+    if (this.#eventTimer) clearTimeout(this.#eventTimer);
+    this.#eventTimer = undefined;
     const errors = await this.#serialized(async () => {
       const errs: Error[] = await this.#retryLeftovers();
       for (const u of this.#uplinks) {
@@ -302,6 +314,26 @@ export class UplinkManager extends EventEmitter {
   override on(event: string | symbol, listener: (...args: never[]) => void): this;
   override on(event: string | symbol, listener: (...args: never[]) => void): this {
     return super.on(event, listener as (...args: unknown[]) => void);
+  }
+
+  #startWatch(): void {
+    if (!this.#kernel.watchLinks || this.#watch) return;
+    this.#watch = this.#kernel.watchLinks(
+      () => {
+        // Events come in bursts (a link going down drops its addresses and routes): one reconcile per burst.
+        if (this.#eventTimer || this.#stopped) return;
+        this.#eventTimer = setTimeout(() => {
+          this.#eventTimer = undefined;
+          if (this.#stopped) return;
+          void this.#serialized(() => this.#reconcile(false));
+        }, EVENT_SETTLE_MS);
+      },
+      (err) => {
+        // The poll still runs; say it once, then only at debug level.
+        if (this.#watchErrors++ === 0) this.#logger.warn({ err }, 'link events unavailable, uplink changes are seen at the next poll');
+        else this.#logger.debug({ err }, 'link event monitor ended');
+      },
+    );
   }
 
   #schedule(): void {

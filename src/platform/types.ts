@@ -295,6 +295,15 @@ export interface KernelConfig {
     get(name: string): Promise<string>;
     set(name: string, value: string): Promise<void>;
   };
+  /**
+   * Calls `onChange` soon after a link, address or route changes (netlink events); optional, polling is the
+   * fallback. `onError` reports a watch that stopped and is being restarted. close() ends it for good.
+   */
+  watchLinks?(onChange: () => void, onError: (err: Error) => void): LinkWatch;
+}
+
+export interface LinkWatch {
+  close(): void;
 }
 
 /** How a spliced pair ended (the relay's outcomes; `a`/`b` name the side that failed). */

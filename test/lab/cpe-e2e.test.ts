@@ -287,9 +287,26 @@ describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false },
   labTest('a CPE killed with SIGKILL: the next one takes its MPTCP endpoints back (endpoint ledger) and removes them on stop', async () => {
     const killed = cpe!;
     cpe = undefined;
+    // The CPE's link-event monitor (a child process) must die with it (pdeathsig), not be orphaned.
+    const monitorsLeft = async () => {
+      const pids = (await lab.hosts.cpe.exec('ip', ['netns', 'pids', lab.hosts.cpe.name], { allowFailure: true })).stdout.split('\n').filter(Boolean);
+      const found: string[] = [];
+      for (const pid of pids) {
+        const cmd = (await lab.hosts.cpe.exec('cat', [`/proc/${pid}/cmdline`], { allowFailure: true })).stdout.replace(/\0/g, ' ');
+        if (/ip -o monitor/.test(cmd)) found.push(`${pid}: ${cmd}`);
+      }
+      return found;
+    };
+    assert.equal((await monitorsLeft()).length, 1, 'the running CPE has its link monitor');
     await killed.stop('SIGKILL');
     const left = JSON.parse((await lab.hosts.cpe.exec('ip', ['-j', 'mptcp', 'endpoint', 'show'])).stdout || '[]') as unknown[];
     assert.equal(left.length, 4, 'a killed CPE cannot clean up: its four endpoints are still there');
+    let monitors = await monitorsLeft();
+    for (let i = 0; i < 20 && monitors.length > 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      monitors = await monitorsLeft();
+    }
+    assert.deepEqual(monitors, [], 'no link monitor outlives the killed CPE');
     await startCpe();
     await cpe!.waitFor(/taking back the MPTCP endpoint/, 10_000);
     assert.equal((cpe!.stderr.match(/taking back the MPTCP endpoint/g) ?? []).length, 4, cpe!.stderr.slice(-3000));

@@ -6,6 +6,7 @@
  * (read as key/value pairs; JSON is taken when a newer iproute2 gives it).
  */
 import { CommandError, run, runJson } from './exec.js';
+import { watchLinks } from './link-watch.js';
 import { PlatformError } from '../errors.js';
 import type {
   AddressEntry,
@@ -130,6 +131,9 @@ export function createLinuxKernelConfig(opts: { netns?: string } = {}): KernelCo
 
   return {
     netns,
+    watchLinks(onChange, onError) {
+      return watchLinks(onChange, onError, { netns });
+    },
     nft: {
       async applyTable(family, name, rulesetText) {
         checkTable('nft applyTable', family, name);

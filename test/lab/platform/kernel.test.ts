@@ -5,6 +5,7 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { labCapabilityMissing, requireLab } from '../../support/capabilities.js';
 import { createNetns, type Netns } from './netns.js';
 import { createLinuxKernelConfig } from '../../../src/platform/linux/kernel.js';
@@ -103,6 +104,51 @@ describe('kernel configuration in a namespace', () => {
     assert.deepEqual(await k.routes.listRoutes(101, 4), []);
     const addrs = await k.routes.listAddresses('upl0');
     assert.equal(addrs[0]?.addr_info.find((a) => a.family === 'inet')?.local, '198.18.1.2');
+  });
+
+  it('watches link events: a change is reported, a monitor that dies is restarted, close ends it', async (t) => {
+    if (!requireLab(t) || !ns) return;
+    const k = createLinuxKernelConfig({ netns: ns.name });
+    assert.ok(k.watchLinks);
+    const monitors = () => {
+      try {
+        return execFileSync('pgrep', ['-f', `^ip -o monitor link address route$`]).toString().trim().split('\n').filter(Boolean).length;
+      } catch {
+        return 0; // pgrep: nothing matched
+      }
+    };
+    const before = monitors();
+    let changes = 0;
+    const errors: Error[] = [];
+    const watch = k.watchLinks((() => void changes++), (err) => void errors.push(err));
+    const until = async (what: string, ok: () => boolean) => {
+      for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(ok(), what);
+    };
+    try {
+      await until('the monitor runs', () => monitors() === before + 1);
+      await new Promise((r) => setTimeout(r, 200)); // let it subscribe
+      ns.exec('ip', ['link', 'add', 'watch0', 'type', 'veth', 'peer', 'name', 'watch0p']);
+      await until('a new link is reported', () => changes > 0);
+      // The monitor dies: reported and restarted; events are seen again.
+      execFileSync('pkill', ['-f', '^ip -o monitor link address route$']);
+      await until('the end is reported', () => errors.length === 1);
+      assert.match(errors[0]!.message, /ip monitor: .*restarting/);
+      await until('restarted', () => monitors() === before + 1);
+      await new Promise((r) => setTimeout(r, 200));
+      const seen = changes;
+      ns.exec('ip', ['addr', 'add', '198.18.9.1/24', 'dev', 'watch0']);
+      await until('an address change is reported after the restart', () => changes > seen);
+    } finally {
+      watch.close();
+      try {
+        ns.exec('ip', ['link', 'del', 'watch0']);
+      } catch {
+        // not created
+      }
+    }
+    await until('close ends the monitor', () => monitors() === before);
+    assert.equal(errors.length, 1, 'close is not reported as an error');
   });
 
   it('reads and writes sysctls in the namespace only', async (t) => {

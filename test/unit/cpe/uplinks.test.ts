@@ -403,6 +403,41 @@ describe('UplinkManager', () => {
     assert.equal(k.calls.length, n, 'no polling after stop');
   });
 
+  it('reconciles on a link event (one reconcile per burst), not only at the poll; stop closes the watch', async () => {
+    const k = labHost();
+    let fire: (() => void) | undefined;
+    let report: ((err: Error) => void) | undefined;
+    let closed = 0;
+    const api: KernelConfig = {
+      ...k.api,
+      watchLinks(onChange, onError) {
+        fire = onChange;
+        report = onError;
+        return { close: () => void closed++ };
+      },
+    };
+    const mgr = new UplinkManager({ kernel: api, logger: silentLogger() }, opts); // poll: once an hour
+    await mgr.start();
+    assert.ok(fire, 'the manager watches link events');
+    const reads = () => k.calls.filter((c) => c.startsWith('listRoutes main')).length;
+    const before = reads();
+    const got = once(mgr, 'change') as Promise<[UplinkChange]>;
+    k.ifaces.set('up2', { up: false });
+    for (let i = 0; i < 5; i++) fire!();
+    const [change] = await got;
+    assert.equal(change.interface, 'up2');
+    assert.deepEqual(change.after, { up: false, ipv4: null, ipv6: null });
+    assert.ok(!k.endpoints.some((e) => e.address === '198.18.2.2'), 'the downed uplink\'s endpoint is gone');
+    await new Promise((r) => setTimeout(r, 120));
+    assert.equal(reads() - before, 2, 'five events in a burst: one reconcile (main table read once per family)');
+    report!(new Error('monitor ended')); // logged, not fatal
+    await mgr.stop();
+    assert.equal(closed, 1);
+    fire!();
+    await new Promise((r) => setTimeout(r, 80));
+    assert.equal(reads() - before, 2, 'no reconcile after stop');
+  });
+
   it('refuses bad options', () => {
     const k = labHost();
     const mk = (o: Partial<UplinkManagerOptions>) => () => new UplinkManager({ kernel: k.api, logger: silentLogger() }, { ...opts, ...o });
