@@ -1,26 +1,35 @@
 /**
  * The concentrator (downstream MCP): terminates MPTCP connections from CPEs (and from MPTCP hosts that speak
  * the signalling themselves), reads the signalling from the first bytes (in the SYN, through TFO), dials the
- * server, confirms, and relays. Checkpoints, in order, each a named gate:
- *   accept -> customerGate (source prefix) -> mptcpGate (no TCP fallback) -> signalling (bounded in time and
- *   size) -> limits -> destinationGate -> source address -> dial -> confirm (echo / Convert reply) -> relay.
+ * server, confirms, and relays. Each accepted connection runs the pipeline (src/concentrator/pipeline.ts):
+ *   customer -> mptcp -> signalling-admission -> signalling -> limits -> destination -> source ->
+ *   source-address (strategy) -> convert (strategy: dial, confirm, relay).
+ * A refusal at any step is counted, logged and answered on the wire through one table (src/policy/refusals.ts).
  * Anything refused before the confirmation never causes a byte to be sent to any server.
  */
 import { networkInterfaces } from 'node:os';
-import { isIP, type Server, type Socket } from 'node:net';
-import { parseEndpoint, formatEndpoint, type Endpoint } from '../control/address.js';
+import { isIP, type Socket } from 'node:net';
+import { parseEndpoint, type Endpoint } from '../control/address.js';
 import type { ConcentratorConfig } from './config.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
-import type { KernelConfig, Sockets, SpliceEngine } from '../platform/types.js';
+import type { KernelConfig, ListeningServer, ProcessResources, Sockets, SpliceEngine } from '../platform/types.js';
 import { ConnectionLimits } from '../policy/limits.js';
-import { convertErrorCodeForRefusal, destinationGate } from '../policy/destination.js';
 import { cidrContains } from '../policy/cidr.js';
-import { createRelay, type RelayHandle, type RelayStats } from '../relay/index.js';
-import { SourcePool } from './source-pool.js';
-import { ServerDialer, type ServerTransport } from './server-dialer.js';
-import { readSignalling, confirmation, refusal, type Refusal, type ReadSignalling } from './signalling.js';
+import { customerGate, destinationRefusal, limitsGate, mptcpGate, sourceGate, type PrefixMatcher } from '../policy/gates.js';
+import { SignallingAdmission } from '../policy/pending.js';
+import { refuse, refusalLabel, refusalReaction, type Refusal } from '../policy/refusals.js';
+import { unmapAddress } from '../protocol/address.js';
+import { MpconvertError } from '../errors.js';
+import { ServerDialer } from './server-dialer.js';
+import { readSignalling, refusal as sendRefusal, SignallingEmptyError } from './signalling.js';
 import { ConfigError } from '../control/config-file.js';
+import type { ConnectionContext } from './context.js';
+import { runPipeline, step, type Step } from './pipeline.js';
+import { sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
+import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
+
+export { dialErrorCode } from './conversion.js';
 
 export interface ConcentratorDeps {
   sockets: Sockets;
@@ -32,37 +41,57 @@ export interface ConcentratorDeps {
   now?: () => number;
   /** Zero-copy relaying when the configuration asks for it ('splice'); absent: the stream relay. */
   splice?: SpliceEngine | undefined;
+  /** Descriptor budget; absent: no shedding near the descriptor limit. */
+  resources?: ProcessResources | undefined;
 }
 
 interface Session {
-  id: number;
-  cpe: string;
-  relay?: RelayHandle;
-  socket: Socket;
+  ctx: ConnectionContext;
+  /** Counted and answered already (shed while its pipeline still runs): the pipeline's outcome is moot. */
+  refused: boolean;
+  /** Run the releases (idempotent). */
+  end: () => void;
 }
 
-const stripMapped = (a: string): string => (a.startsWith('::ffff:') && isIP(a.slice(7)) === 4 ? a.slice(7) : a);
+/** Near the descriptor limit: at this share of it, each new connection sheds the oldest one in signalling. */
+const DESCRIPTOR_HIGH_WATER = 0.9;
+
+/** A prefix list as a matcher, compiled once per configuration. */
+function prefixMatcher(prefixes: readonly string[]): PrefixMatcher {
+  return { has: (address) => prefixes.some((p) => cidrContains(p, address)) };
+}
 
 export class Concentrator {
   #config: ConcentratorConfig;
   readonly #deps: ConcentratorDeps;
+  readonly #now: () => number;
   readonly #limits: ConnectionLimits;
+  readonly #pending: SignallingAdmission<Session>;
   /** Endpoint ids of the announce addresses this instance added (removed at stop). */
   readonly #announced: number[] = [];
-  #pool: SourcePool;
+  #allow: PrefixMatcher;
+  #sourceAddress: SourceAddressStrategy;
+  readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
-  readonly #listeners = new Map<string, Server>();
+  readonly #steps: readonly Step[];
+  readonly #listeners = new Map<string, ListeningServer>();
   readonly #sessions = new Set<Session>();
+  readonly #sessionOf = new WeakMap<ConnectionContext, Session>();
   #nextId = 1;
   #stopping = false;
   #sweeper: NodeJS.Timeout | undefined;
+  /** Descriptors open besides the sessions' sockets (sampled), and the limit. */
+  #fdBaseline = 0;
+  #fdLimit = Infinity;
 
   constructor(config: ConcentratorConfig, deps: ConcentratorDeps) {
     this.#config = config;
     this.#deps = deps;
-    const now = deps.now ?? Date.now;
-    this.#limits = new ConnectionLimits(config.limits, now);
-    this.#pool = new SourcePool(config.sourcePool.addresses, config.sourcePool.mode);
+    this.#now = deps.now ?? Date.now;
+    this.#limits = new ConnectionLimits(config.limits, this.#now);
+    this.#pending = new SignallingAdmission(config.signalling);
+    this.#allow = prefixMatcher(config.allow);
+    this.#sourceAddress = sourceAddressStrategy(config.sourcePool);
     this.#dialer = new ServerDialer({
       sockets: deps.sockets,
       logger: deps.logger,
@@ -71,8 +100,95 @@ export class Concentrator {
       cacheTtlMs: config.server.fallbackCacheTtlS * 1000,
       cacheSize: config.server.fallbackCacheSize,
       slowFallbackMs: config.server.slowFallbackMs,
-      now,
+      now: this.#now,
     });
+    this.#conversion = new ExplicitTcpConversion({
+      sockets: deps.sockets,
+      dialer: this.#dialer,
+      metrics: deps.metrics,
+      sessionLog: (line) => this.#sessionLog(line),
+      now: this.#now,
+      splice: deps.splice,
+      settings: () => this.#config,
+      stopping: () => this.#stopping,
+    });
+    this.#steps = this.#pipeline();
+  }
+
+  /** The steps every accepted connection goes through, in order (docs/architecture.md shows them). */
+  #pipeline(): Step[] {
+    return [
+      step('customer', (ctx) => customerGate(ctx.cpe, this.#allow)),
+      step('mptcp', (ctx) => mptcpGate(this.#deps.sockets.isMptcp(ctx.socket), this.#config.acceptFallback)),
+      step('signalling', (ctx) => this.#readSignalling(ctx)),
+      step('limits', (ctx) => {
+        const refused = limitsGate(this.#limits.admit(ctx.cpe));
+        if (!refused) ctx.own(() => this.#limits.release(ctx.cpe));
+        return refused;
+      }),
+      step('destination', (ctx) => {
+        const dest = ctx.signalling?.destination;
+        const address = dest ? unmapAddress(dest.address) : undefined;
+        const refused = destinationRefusal(address, { deny: this.#config.deny, own: this.#ownAddresses() });
+        if (!refused && dest && address) ctx.destination = { address, port: dest.port ?? ctx.listener.port, family: isIP(address) as 4 | 6 };
+        return refused;
+      }),
+      step('source', (ctx) => {
+        const src = ctx.signalling?.source;
+        return sourceGate(src ? unmapAddress(src.address) : undefined);
+      }),
+      step('source-address', (ctx) => this.#sourceAddress.acquire(ctx)),
+      step('convert', (ctx) => this.#conversion.convert(ctx)),
+    ];
+  }
+
+  /** signalling-admission and signalling: bounded per CPE and in total while it is read, then read it. */
+  async #readSignalling(ctx: ConnectionContext): Promise<Refusal | undefined> {
+    const session = this.#session(ctx);
+    const decision = this.#pending.admit(ctx.cpe, session, this.#descriptorsShort());
+    if (!decision.admitted) return decision.refusal;
+    if (decision.shed) {
+      decision.shed.refused = true;
+      this.#refuse(decision.shed.ctx, refuse('shed-fd-limit'), 'signalling-admission');
+    }
+    try {
+      const read = await readSignalling(ctx.socket, this.#config.signalling.timeoutMs);
+      ctx.signalling = read;
+      ctx.format = read.format;
+      return undefined;
+    } catch (err) {
+      if (ctx.socket.destroyed && !(err instanceof MpconvertError)) return refuse('client-gone');
+      if (err instanceof SignallingEmptyError) return refuse('signalling-empty');
+      const code = err instanceof MpconvertError ? err.code : 'MPC_ERR_SIGNALLING';
+      const reaction = (err as { reaction?: Refusal['reaction'] }).reaction;
+      return refuse('signalling', { qualifier: code, reaction, detail: { error: (err as Error).message } });
+    } finally {
+      this.#pending.release(session);
+    }
+  }
+
+  #session(ctx: ConnectionContext): Session {
+    const s = this.#sessionOf.get(ctx);
+    if (!s) throw new Error('session of a context that is not tracked');
+    return s;
+  }
+
+  /** Estimated descriptors in use (the sampled baseline plus two per session) against the limit. */
+  #descriptorsShort(): boolean {
+    if (this.#fdLimit === Infinity) return false;
+    return this.#fdBaseline + 2 * this.#sessions.size >= this.#fdLimit * DESCRIPTOR_HIGH_WATER;
+  }
+
+  #sampleDescriptors(): void {
+    const r = this.#deps.resources;
+    if (!r) return;
+    try {
+      const d = r.descriptors();
+      this.#fdLimit = d.limit;
+      this.#fdBaseline = Math.max(0, d.open - 2 * this.#sessions.size);
+    } catch (err) {
+      this.#deps.logger.debug({ err }, 'could not read the descriptor count');
+    }
   }
 
   get config(): ConcentratorConfig {
@@ -94,7 +210,11 @@ export class Concentrator {
   async start(): Promise<void> {
     await this.#prepareKernel();
     for (const text of this.#config.listen) await this.#openListener(text);
-    this.#sweeper = setInterval(() => this.#limits.sweep(), 10_000);
+    this.#sampleDescriptors();
+    this.#sweeper = setInterval(() => {
+      this.#limits.sweep();
+      this.#sampleDescriptors();
+    }, 10_000);
     this.#sweeper.unref();
     this.#deps.logger.info({ listen: this.#config.listen, allow: this.#config.allow }, 'concentrator started');
   }
@@ -149,16 +269,21 @@ export class Concentrator {
 
   async #openListener(text: string): Promise<void> {
     const ep = parseEndpoint(text, { allowPortZero: true });
-    const server = await this.#deps.sockets.listen({
-      family: ep.family,
-      protocol: 'mptcp',
-      host: ep.host,
-      port: ep.port,
-      backlog: 4096,
-      fastOpenQueue: 4096,
-      fastOpenNoCookie: true,
-      reuseAddr: true,
-    });
+    let server: ListeningServer;
+    try {
+      server = await this.#deps.sockets.listen({
+        family: ep.family,
+        protocol: 'mptcp',
+        host: ep.host,
+        port: ep.port,
+        backlog: 4096,
+        fastOpenQueue: 4096,
+        fastOpenNoCookie: true,
+        reuseAddr: true,
+      });
+    } catch (err) {
+      throw listenError(text, err);
+    }
     server.allowHalfOpen = true;
     server.on('connection', (socket: Socket) => this.#onConnection(socket, ep));
     server.on('error', (err) => this.#deps.logger.error({ err, listen: text }, 'listener error'));
@@ -167,173 +292,69 @@ export class Concentrator {
 
   #onConnection(socket: Socket, listener: Endpoint): void {
     socket.on('error', () => {}); // every path below destroys the socket; errors are accounted there
+    const releases: Array<() => void> = [];
+    const ctx: ConnectionContext = {
+      id: this.#nextId++,
+      socket,
+      cpe: unmapAddress(socket.remoteAddress ?? ''),
+      listener,
+      started: this.#now(),
+      own: (release) => releases.push(release),
+    };
+    let ended = false;
+    const session: Session = {
+      ctx,
+      refused: false,
+      end: () => {
+        if (ended) return;
+        ended = true;
+        this.#sessions.delete(session);
+        this.#pending.release(session);
+        for (const release of releases.reverse()) release();
+      },
+    };
     if (this.#stopping) {
-      socket.resetAndDestroy();
+      this.#refuse(ctx, refuse('stopping'));
       return;
     }
-    const session: Session = { id: this.#nextId++, cpe: stripMapped(socket.remoteAddress ?? ''), socket };
     this.#sessions.add(session);
+    this.#sessionOf.set(ctx, session);
+    // Before the relay takes the pair, a close ends the session; after, the relay's close does.
     socket.once('close', () => {
-      if (!session.relay) this.#sessions.delete(session);
+      if (!ctx.relay) session.end();
     });
-    this.#handle(session, listener).catch((err: unknown) => {
-      this.#deps.logger.error({ err, session: session.id }, 'unexpected error in session');
-      socket.resetAndDestroy();
-    });
+    runPipeline(this.#steps, ctx).then(
+      (r) => {
+        if (!r.passed) {
+          if (!session.refused) this.#refuse(ctx, r.refusal, r.step);
+          session.end();
+        } else if (ctx.relay) {
+          ctx.relay.once('close', () => session.end());
+        }
+      },
+      (err: unknown) => {
+        this.#deps.logger.error({ err, session: ctx.id }, 'unexpected error in session');
+        socket.resetAndDestroy();
+        session.end();
+      },
+    );
   }
 
-  #refuse(session: Session, reason: string, r: Refusal, detail?: Record<string, unknown>): void {
+  /** Counts, logs and answers a refusal (the reaction from src/policy/refusals.ts for the signalling's format). */
+  #refuse(ctx: ConnectionContext, r: Refusal, at?: string): void {
+    const reason = refusalLabel(r);
     this.#deps.metrics.refused.inc({ reason });
-    this.#deps.logger.debug({ session: session.id, cpe: session.cpe, reason, ...detail }, 'connection refused');
-    this.#sessionLog({ event: 'refused', session: session.id, cpe: session.cpe, reason, ...detail });
-    refusal(session.socket, r);
+    this.#deps.logger.debug({ session: ctx.id, cpe: ctx.cpe, reason, step: at, ...r.detail }, 'connection refused');
+    this.#sessionLog({ event: 'refused', session: ctx.id, cpe: ctx.cpe, reason, ...r.detail });
+    if (r.code === 'client-gone') {
+      ctx.socket.destroy();
+      return;
+    }
+    sendRefusal(ctx.socket, refusalReaction(r, ctx.format));
   }
 
   #sessionLog(line: Record<string, unknown>): void {
     this.#deps.sessionLog?.info(line);
-  }
-
-  async #handle(session: Session, listener: Endpoint): Promise<void> {
-    const { socket } = session;
-    const cfg = this.#config;
-    const started = (this.#deps.now ?? Date.now)();
-    // customerGate: only customer prefixes, and nothing is read from anybody else.
-    if (!cfg.allow.some((p) => cidrContains(p, session.cpe))) {
-      this.#refuse(session, 'not-customer', { kind: 'abort' });
-      return;
-    }
-    // mptcpGate: the seeds ignore signalling on a connection that fell back to TCP.
-    if (!cfg.acceptFallback && !this.#deps.sockets.isMptcp(socket)) {
-      this.#refuse(session, 'tcp-fallback', { kind: 'abort' });
-      return;
-    }
-    let read: ReadSignalling;
-    try {
-      read = await readSignalling(socket, cfg.signalling.timeoutMs);
-    } catch (err) {
-      const code = (err as { code?: string }).code ?? 'MPC_ERR_SIGNALLING';
-      this.#refuse(session, `signalling:${code}`, refusalFor(err), { error: (err as Error).message });
-      return;
-    }
-    const format = read.format;
-    const admit = this.#limits.admit(session.cpe);
-    if (!admit.admitted) {
-      this.#refuse(session, admit.reason, { kind: format === 'rfc8803' ? 'convert-error' : 'abort', errorCode: 64 });
-      return;
-    }
-    let released = false;
-    const releaseLimits = () => {
-      if (!released) this.#limits.release(session.cpe);
-      released = true;
-    };
-    const dest = read.destination;
-    if (!dest) {
-      releaseLimits();
-      this.#refuse(session, 'no-destination', { kind: format === 'rfc8803' ? 'convert-error' : 'abort', errorCode: 1 });
-      return;
-    }
-    const destPort = dest.port ?? listener.port;
-    const destAddr = stripMapped(dest.address);
-    const gate = destinationGate(destAddr, { deny: cfg.deny, own: this.#ownAddresses() });
-    if (!gate.allowed) {
-      releaseLimits();
-      this.#refuse(session, 'destination', { kind: format === 'rfc8803' ? 'convert-error' : 'abort', errorCode: convertErrorCodeForRefusal(gate.reason) }, { destination: destAddr, why: gate.reason });
-      return;
-    }
-    if (read.source) {
-      const srcGate = destinationGate(stripMapped(read.source.address), {});
-      if (!srcGate.allowed) {
-        releaseLimits();
-        this.#refuse(session, 'source', { kind: format === 'rfc8803' ? 'convert-error' : 'abort', errorCode: 1 }, { why: srcGate.reason });
-        return;
-      }
-    }
-    const family = isIP(destAddr) as 4 | 6;
-    const pool = this.#pool;
-    const external = pool.acquire(session.cpe, family);
-    if (external === null) {
-      releaseLimits();
-      this.#refuse(session, 'pool-exhausted', { kind: format === 'rfc8803' ? 'convert-error' : 'abort', errorCode: 64 });
-      return;
-    }
-    const releaseAll = () => {
-      releaseLimits();
-      if (external !== undefined) pool.release(session.cpe, family);
-    };
-    const abort = new AbortController();
-    const onEarlyClose = () => abort.abort();
-    socket.once('close', onEarlyClose);
-    let server: Socket;
-    let transport: ServerTransport;
-    try {
-      const tos = cfg.preserveDscp ? this.#deps.sockets.getTos(socket) & 0xfc : 0;
-      ({ socket: server, transport } = await this.#dialer.dial({
-        host: destAddr,
-        port: destPort,
-        family,
-        localAddress: external,
-        tos: tos > 0 ? tos : undefined,
-        signal: abort.signal,
-      }));
-    } catch (err) {
-      socket.off('close', onEarlyClose);
-      releaseAll();
-      const code = (err as { code?: string }).code ?? 'EUNKNOWN';
-      if (socket.destroyed) {
-        this.#deps.metrics.refused.inc({ reason: 'client-gone' });
-        return;
-      }
-      this.#refuse(session, `dial:${code}`, { kind: format === 'rfc8803' ? 'convert-error' : 'abort', errorCode: dialErrorCode(code) }, { destination: formatEndpoint(destAddr, destPort) });
-      return;
-    }
-    socket.off('close', onEarlyClose);
-    if (socket.destroyed || this.#stopping) {
-      server.resetAndDestroy();
-      releaseAll();
-      return;
-    }
-    this.#deps.metrics.serverLeg.inc({ transport });
-    // Confirm (echo the IEs byte for byte / Convert reply), then what the client sent after its signalling.
-    socket.write(confirmation(read));
-    if (read.rest.length > 0) server.write(read.rest);
-    const upPre = read.rest.length;
-    const ext = server.localAddress ? formatEndpoint(stripMapped(server.localAddress), server.localPort ?? 0) : undefined;
-    this.#deps.metrics.setup.observe(((this.#deps.now ?? Date.now)() - started) / 1000);
-    this.#sessionLog({
-      event: 'open',
-      session: session.id,
-      cpe: session.cpe,
-      external: ext,
-      destination: formatEndpoint(destAddr, destPort),
-      format,
-      transport,
-      ...(read.source ? { source: read.source.address } : {}),
-    });
-    this.#deps.metrics.active.inc();
-    const relay = createRelay(socket, server, { idleTimeoutMs: cfg.idleTimeoutS * 1000 }, cfg.relayEngine === 'splice' ? this.#deps.splice : undefined);
-    session.relay = relay;
-    relay.once('close', (stats: RelayStats) => {
-      this.#sessions.delete(session);
-      releaseAll();
-      const up = stats.aToB + upPre;
-      this.#deps.metrics.active.dec();
-      this.#deps.metrics.connections.inc({ outcome: stats.outcome });
-      this.#deps.metrics.relayed.inc({ engine: relay.mode });
-      this.#deps.metrics.bytes.inc({ direction: 'up' }, up);
-      this.#deps.metrics.bytes.inc({ direction: 'down' }, stats.bToA);
-      this.#sessionLog({
-        event: 'close',
-        session: session.id,
-        cpe: session.cpe,
-        external: ext,
-        destination: formatEndpoint(destAddr, destPort),
-        bytesUp: up,
-        bytesDown: stats.bToA,
-        durationMs: stats.durationMs,
-        outcome: stats.outcome,
-        relay: relay.mode,
-      });
-    });
   }
 
   #ownCache: { at: number; list: string[] } | undefined;
@@ -353,6 +374,7 @@ export class Concentrator {
     return {
       listeners: [...this.#listeners.keys()],
       activeSessions: this.#sessions.size,
+      signallingPending: this.#pending.size,
       connections: this.#limits.total,
       fallbackCache: this.fallbackCache,
       stopping: this.#stopping,
@@ -364,9 +386,12 @@ export class Concentrator {
     const old = this.#config;
     this.#config = next;
     this.#ownCache = undefined;
+    this.#allow = prefixMatcher(next.allow);
     this.#limits.reconfigure(next.limits);
+    this.#pending.reconfigure(next.signalling);
     this.#dialer.setMptcp(next.server.mptcp);
-    if (JSON.stringify(old.sourcePool) !== JSON.stringify(next.sourcePool)) this.#pool = new SourcePool(next.sourcePool.addresses, next.sourcePool.mode);
+    // Connections already open release their address into the strategy they took it from.
+    if (JSON.stringify(old.sourcePool) !== JSON.stringify(next.sourcePool)) this.#sourceAddress = sourceAddressStrategy(next.sourcePool);
     for (const [text, server] of this.#listeners) {
       if (!next.listen.includes(text)) {
         server.close();
@@ -386,14 +411,14 @@ export class Concentrator {
     for (const s of this.#listeners.values()) s.close();
     this.#listeners.clear();
     // Sessions still in signalling or dialing have nothing to drain.
-    for (const s of this.#sessions) if (!s.relay) s.socket.resetAndDestroy();
+    for (const s of [...this.#sessions]) if (!s.ctx.relay) s.ctx.socket.resetAndDestroy();
     const deadline = Date.now() + drainMs;
     while (this.#sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const s of [...this.#sessions]) {
-      if (s.relay) s.relay.destroy();
-      else s.socket.resetAndDestroy();
+      if (s.ctx.relay) s.ctx.relay.destroy();
+      else s.ctx.socket.resetAndDestroy();
+      s.end();
     }
-    this.#sessions.clear();
     for (const id of this.#announced.splice(0)) {
       await this.#deps.kernel.mptcp.deleteEndpoint(id).catch((err: unknown) => this.#deps.logger.warn({ err, id }, 'could not remove an announce endpoint'));
     }
@@ -401,37 +426,16 @@ export class Concentrator {
   }
 }
 
-function refusalFor(err: unknown): Refusal {
-  const reaction = (err as { reaction?: { kind: string; errorCode?: number; value?: number; extra?: Buffer } }).reaction;
-  if (reaction?.kind === 'convert-error' && reaction.errorCode !== undefined) {
-    return {
-      kind: 'convert-error',
-      errorCode: reaction.errorCode,
-      ...(reaction.value !== undefined ? { value: reaction.value } : {}),
-      ...(reaction.extra !== undefined ? { extra: reaction.extra } : {}),
-    };
-  }
-  return { kind: 'abort' };
-}
-
-/** RFC 8803 section 6 error codes for a failed server connection. */
-export function dialErrorCode(errno: string): number {
-  switch (errno) {
-    case 'ECONNREFUSED':
-    case 'ECONNRESET':
-      return 96; // Connection Reset
-    case 'ETIMEDOUT':
-    case 'EHOSTUNREACH':
-    case 'ENETUNREACH':
-    case 'EHOSTDOWN':
-      return 97; // Destination Unreachable
-    case 'EMFILE':
-    case 'ENFILE':
-    case 'ENOBUFS':
-    case 'ENOMEM':
-    case 'EADDRNOTAVAIL':
-      return 64; // Resource Exceeded
-    default:
-      return 65; // Network Failure
-  }
+/** A listener that cannot be opened is a configuration problem: one line that says which and why. */
+function listenError(text: string, err: unknown): Error {
+  const code = (err as { code?: string }).code;
+  const why: Record<string, string> = {
+    EADDRNOTAVAIL: 'the address is not an address of this host (listen addresses must be local)',
+    EADDRINUSE: 'the address and port are already in use (another instance, or another service)',
+    EACCES: 'permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)',
+    EPROTONOSUPPORT: 'the kernel has no MPTCP (net.mptcp.enabled=1 and CONFIG_MPTCP are needed)',
+  };
+  const reason = code !== undefined ? why[code] : undefined;
+  if (!reason) return err instanceof Error ? err : new Error(String(err));
+  return new ConfigError(`listen ${text}: ${reason} (${code})`);
 }

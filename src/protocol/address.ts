@@ -99,10 +99,16 @@ export function unmapIpv4(b: Buffer): string | null {
   return `${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
 }
 
-/** IPv4 text for an IPv4 address or an IPv4-mapped IPv6 address; other IPv6 text unchanged (canonical). */
+/**
+ * IPv4 text for an IPv4-mapped IPv6 address in the form sockets report it (`::ffff:a.b.c.d`); anything else
+ * unchanged. Cheap (per connection): a prefix test, no parsing of other addresses.
+ */
 export function unmapAddress(a: string): string {
-  const b = addressToBytes(a);
-  return b.length === 16 ? (unmapIpv4(b) ?? bytesToIpv6(b)) : bytesToIpv4(b);
+  if (a.length > 7 && a.charCodeAt(0) === 0x3a && a.toLowerCase().startsWith('::ffff:')) {
+    const v4 = a.slice(7);
+    if (ipFamily(v4) === 4) return v4;
+  }
+  return a;
 }
 
 /** The 16-byte form: IPv4 becomes ::ffff:a.b.c.d (RFC 8803 Connect TLV, RFC 4291 section 2.5.5.2). */

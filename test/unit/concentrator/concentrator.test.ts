@@ -113,7 +113,7 @@ describe('concentrator (loopback, fake platform)', () => {
         { type: 0, direction: 'destination', address: '2001:db8:100::b', port: 8080 },
         { type: 0, direction: 'source', address: '198.18.0.2', port: 40000 },
       ]);
-      for (const cut of [1, 3, 4, 7, ies.length - 1]) {
+      for (let cut = 1; cut < ies.length; cut++) {
         const r = await converse(port, [ies.subarray(0, cut), ies.subarray(cut)], Buffer.from('x'));
         assert.equal(r.received.subarray(0, ies.length).toString('hex'), ies.toString('hex'), `cut at ${cut}`);
       }

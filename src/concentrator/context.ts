@@ -1,0 +1,39 @@
+/**
+ * The typed context one accepted connection carries through the concentrator's pipeline
+ * (src/concentrator/pipeline.ts): each step reads what the steps before it set and adds its own part.
+ * Whatever a step acquires (a limits slot, a pool address) it registers with `own`; the pipeline runs the
+ * releases once, in reverse order, when the connection ends, however it ends.
+ */
+import type { Socket } from 'node:net';
+import type { Endpoint } from '../control/address.js';
+import type { SignallingFormat } from '../policy/refusals.js';
+import type { RelayHandle } from '../relay/index.js';
+import type { ReadSignalling } from './signalling.js';
+
+export interface Destination {
+  address: string;
+  port: number;
+  family: 4 | 6;
+}
+
+export interface ConnectionContext {
+  readonly id: number;
+  /** The MPTCP connection from the CPE. */
+  readonly socket: Socket;
+  /** Who the CPE is: the source address of its connection. */
+  readonly cpe: string;
+  readonly listener: Endpoint;
+  /** When it was accepted (the deps' clock). */
+  readonly started: number;
+  /** Set by the signalling step. */
+  format?: SignallingFormat;
+  signalling?: ReadSignalling;
+  /** Set by the destination step. */
+  destination?: Destination;
+  /** Set by the source-address step: the local address of the server leg; undefined = the kernel picks. */
+  external?: string | undefined;
+  /** Set by the conversion once the pair is relayed; from then on the relay owns both sockets. */
+  relay?: RelayHandle;
+  /** Registers a release; run once when the connection ends. */
+  own(release: () => void): void;
+}

@@ -1,0 +1,138 @@
+/**
+ * Conversion strategies: what the concentrator does with a connection once its signalling passed every
+ * gate and its source address is chosen. Today one: explicit TCP (dial the server named by the signalling,
+ * confirm, relay). The UDP channel and the on-path mode plug in here.
+ */
+import type { Socket } from 'node:net';
+import { formatEndpoint } from '../control/address.js';
+import type { Metrics } from '../control/metrics.js';
+import type { Sockets, SpliceEngine } from '../platform/types.js';
+import { unmapAddress } from '../protocol/address.js';
+import { refuse, type Refusal } from '../policy/refusals.js';
+import { createRelay, type RelayStats } from '../relay/index.js';
+import type { ConnectionContext } from './context.js';
+import type { ServerDialer, ServerTransport } from './server-dialer.js';
+import { confirmation } from './signalling.js';
+
+export interface ConversionStrategy {
+  readonly name: string;
+  /** Resolves once the pair is relayed (ctx.relay set) or with the refusal; never throws for network failures. */
+  convert(ctx: ConnectionContext): Promise<Refusal | undefined>;
+}
+
+export interface ExplicitTcpDeps {
+  sockets: Sockets;
+  dialer: ServerDialer;
+  metrics: Metrics;
+  sessionLog: (line: Record<string, unknown>) => void;
+  now: () => number;
+  splice?: SpliceEngine | undefined;
+  /** Read per connection, so a reload applies to new connections. */
+  settings: () => { preserveDscp: boolean; idleTimeoutS: number; relayEngine: 'splice' | 'streams' };
+  stopping: () => boolean;
+}
+
+/** Explicit mode, TCP: the server leg is a TCP (or MPTCP) connection to the signalled destination. */
+export class ExplicitTcpConversion implements ConversionStrategy {
+  readonly name = 'tcp';
+  constructor(private readonly deps: ExplicitTcpDeps) {}
+
+  async convert(ctx: ConnectionContext): Promise<Refusal | undefined> {
+    const { deps } = this;
+    const { socket } = ctx;
+    const dest = ctx.destination;
+    const read = ctx.signalling;
+    if (!dest || !read) throw new Error('ExplicitTcpConversion: run after the destination step');
+    const settings = deps.settings();
+    const abort = new AbortController();
+    const onEarlyClose = () => abort.abort();
+    socket.once('close', onEarlyClose);
+    let server: Socket;
+    let transport: ServerTransport;
+    try {
+      const tos = settings.preserveDscp ? deps.sockets.getTos(socket) & 0xfc : 0;
+      ({ socket: server, transport } = await deps.dialer.dial({
+        host: dest.address,
+        port: dest.port,
+        family: dest.family,
+        localAddress: ctx.external,
+        tos: tos > 0 ? tos : undefined,
+        signal: abort.signal,
+      }));
+    } catch (err) {
+      if (socket.destroyed) return refuse('client-gone');
+      const errno = (err as { code?: string }).code ?? 'EUNKNOWN';
+      return refuse('dial', { qualifier: errno, convertError: dialErrorCode(errno), detail: { destination: formatEndpoint(dest.address, dest.port) } });
+    } finally {
+      socket.off('close', onEarlyClose);
+    }
+    if (socket.destroyed || deps.stopping()) {
+      server.resetAndDestroy();
+      return refuse(socket.destroyed ? 'client-gone' : 'stopping');
+    }
+    deps.metrics.serverLeg.inc({ transport });
+    // Confirm (echo the IEs byte for byte / Convert reply), then what the client sent after its signalling.
+    socket.write(confirmation(read));
+    if (read.rest.length > 0) server.write(read.rest);
+    const upPre = read.rest.length;
+    const external = server.localAddress ? formatEndpoint(unmapAddress(server.localAddress), server.localPort ?? 0) : undefined;
+    const destination = formatEndpoint(dest.address, dest.port);
+    deps.metrics.setup.observe((deps.now() - ctx.started) / 1000);
+    deps.sessionLog({
+      event: 'open',
+      session: ctx.id,
+      cpe: ctx.cpe,
+      external,
+      destination,
+      format: read.format,
+      transport,
+      ...(read.source ? { source: read.source.address } : {}),
+    });
+    deps.metrics.active.inc();
+    const relay = createRelay(socket, server, { idleTimeoutMs: settings.idleTimeoutS * 1000 }, settings.relayEngine === 'splice' ? deps.splice : undefined);
+    ctx.relay = relay;
+    relay.once('close', (stats: RelayStats) => {
+      const up = stats.aToB + upPre;
+      deps.metrics.active.dec();
+      deps.metrics.connections.inc({ outcome: stats.outcome });
+      deps.metrics.relayed.inc({ engine: relay.mode });
+      deps.metrics.bytes.inc({ direction: 'up' }, up);
+      deps.metrics.bytes.inc({ direction: 'down' }, stats.bToA);
+      deps.sessionLog({
+        event: 'close',
+        session: ctx.id,
+        cpe: ctx.cpe,
+        external,
+        destination,
+        bytesUp: up,
+        bytesDown: stats.bToA,
+        durationMs: stats.durationMs,
+        outcome: stats.outcome,
+        relay: relay.mode,
+      });
+    });
+    return undefined;
+  }
+}
+
+/** RFC 8803 section 6.2.8 error codes for a failed server connection. */
+export function dialErrorCode(errno: string): number {
+  switch (errno) {
+    case 'ECONNREFUSED':
+    case 'ECONNRESET':
+      return 96; // Connection Reset
+    case 'ETIMEDOUT':
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'EHOSTDOWN':
+      return 97; // Destination Unreachable
+    case 'EMFILE':
+    case 'ENFILE':
+    case 'ENOBUFS':
+    case 'ENOMEM':
+    case 'EADDRNOTAVAIL':
+      return 64; // Resource Exceeded
+    default:
+      return 65; // Network Failure
+  }
+}

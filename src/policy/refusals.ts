@@ -1,0 +1,74 @@
+/**
+ * Every reason the concentrator refuses a connection, in one table: the metric label it is counted under
+ * (`mpconvert_refused_total{reason}`), what it means, and the reaction on the wire for each signalling
+ * format. MP_CONVERT has no error message: every refusal is a silent abort (RST / MP_FASTCLOSE). RFC 8803
+ * refusals send a Convert message with an Error TLV (RFC 8803 section 6.2.8 codes), then close. A refusal
+ * before the signalling is read has no format yet: abort.
+ *
+ * The gates (src/policy) return these codes; the concentrator's pipeline turns a code into the counter, the
+ * log line and the wire reaction through `refusalReaction`. docs/concentrator.md lists every code (a unit
+ * test reads it).
+ */
+import { ConvertErrorCode, type WireReaction } from '../protocol/errors.js';
+
+export type SignallingFormat = 'mp-convert' | 'rfc8803';
+
+interface RefusalSpec {
+  meaning: string;
+  /** RFC 8803 Error TLV code; undefined = abort in both formats (or nothing: the client is gone). */
+  convertError?: number;
+}
+
+export const REFUSALS = {
+  'not-customer': { meaning: 'the source address is in no `allow` prefix; nothing is read' },
+  'tcp-fallback': { meaning: 'the connection fell back to plain TCP (no MPTCP), with `acceptFallback: false`' },
+  'signalling-per-cpe': { meaning: 'this CPE already has `signalling.maxPendingPerCpe` connections waiting for their signalling' },
+  'signalling-total': { meaning: '`signalling.maxPending` connections are waiting for their signalling' },
+  'shed-fd-limit': { meaning: 'near the descriptor limit: the oldest connection still in signalling was dropped for a new one' },
+  'signalling-empty': { meaning: 'closed before sending any byte (a health probe, or a CPE that gave up)' },
+  signalling: { meaning: 'signalling malformed, truncated, too slow or over the limits; the label carries the protocol code (`signalling:MPC_ERR_...`)' },
+  'max-connections': { meaning: '`limits.maxConnections` reached', convertError: ConvertErrorCode.ResourceExceeded },
+  'max-connections-per-cpe': { meaning: '`limits.maxConnectionsPerCpe` reached for this CPE', convertError: ConvertErrorCode.ResourceExceeded },
+  'rate-per-cpe': { meaning: 'over `limits.newConnectionsPerSecondPerCpe` for this CPE', convertError: ConvertErrorCode.ResourceExceeded },
+  'no-destination': { meaning: 'the signalling names no destination', convertError: ConvertErrorCode.MalformedMessage },
+  destination: {
+    meaning: 'the destination gate refused the destination (never a server: Error TLV 1; own address, deny prefix, special purpose: 32)',
+    convertError: ConvertErrorCode.NotAuthorized,
+  },
+  source: { meaning: 'the source IE carries an address that is never a host', convertError: ConvertErrorCode.MalformedMessage },
+  'pool-exhausted': { meaning: 'no source pool address free for this CPE (1:1 pool)', convertError: ConvertErrorCode.ResourceExceeded },
+  dial: { meaning: 'the server connection failed; the label carries the errno (`dial:ECONNREFUSED`), the Error TLV code follows it', convertError: ConvertErrorCode.NetworkFailure },
+  'client-gone': { meaning: 'the CPE closed the connection while the server was being dialled: nothing to answer' },
+  stopping: { meaning: 'the concentrator is stopping' },
+} as const satisfies Record<string, RefusalSpec>;
+
+export type RefusalCode = keyof typeof REFUSALS;
+
+/** A gate's verdict: why, and what the wire reaction needs beyond the table (an Error TLV code of its own). */
+export interface Refusal {
+  code: RefusalCode;
+  /** Appended to the metric label: `signalling:MPC_ERR_IE_MAGIC`, `dial:ETIMEDOUT`. A bounded set (codes, errnos). */
+  qualifier?: string | undefined;
+  /** Overrides the table's Error TLV code (the destination gate's reason, the dial errno). */
+  convertError?: number | undefined;
+  /** A reaction decided by the decoder itself (RFC 8803 Malformed Message echoes the message). */
+  reaction?: WireReaction | undefined;
+  /** Logged and written to the session log; never sent. */
+  detail?: Record<string, unknown> | undefined;
+}
+
+export const refuse = (code: RefusalCode, more: Omit<Refusal, 'code'> = {}): Refusal => ({ code, ...more });
+
+export function refusalLabel(r: Refusal): string {
+  return r.qualifier ? `${r.code}:${r.qualifier}` : r.code;
+}
+
+/** The wire reaction for a refusal in the given format (undefined: the signalling was not read yet). */
+export function refusalReaction(r: Refusal, format: SignallingFormat | undefined): WireReaction {
+  // The decoder's own reaction already fits the format it recognised.
+  if (r.reaction) return r.reaction;
+  if (format !== 'rfc8803') return { kind: 'abort' };
+  const spec: RefusalSpec = REFUSALS[r.code];
+  const errorCode = r.convertError ?? spec.convertError;
+  return errorCode === undefined ? { kind: 'abort' } : { kind: 'convert-error', errorCode };
+}
