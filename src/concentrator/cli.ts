@@ -44,6 +44,7 @@ export function concentratorCommand(): Command {
         metrics,
         sessionLog: config.sessionLog ? logger.child({ log: 'session' }) : undefined,
         splice: platform.splice,
+        resources: platform.resources,
       });
       let admin: AdminServer | undefined;
       await runDaemon(

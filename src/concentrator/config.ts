@@ -21,8 +21,12 @@ export const concentratorConfigSchema = z.strictObject({
   signalling: z
     .strictObject({
       timeoutMs: z.number().int().min(100).max(60_000).default(3_000),
+      /** Connections of one CPE accepted but still without complete signalling; more are refused. */
+      maxPendingPerCpe: z.number().int().min(1).default(256),
+      /** The same, all CPEs together. */
+      maxPending: z.number().int().min(1).default(4_096),
     })
-    .default({ timeoutMs: 3_000 }),
+    .default({ timeoutMs: 3_000, maxPendingPerCpe: 256, maxPending: 4_096 }),
   server: z
     .strictObject({
       /** Dial servers with MPTCP (servers that speak it get end-to-end MPTCP). */

@@ -30,6 +30,14 @@ export class SignallingTimeoutError extends MpconvertError {
   }
 }
 
+/** Closed before a single byte: a health probe, or a CPE that gave up before sending. */
+export class SignallingEmptyError extends MpconvertError {
+  readonly reaction = { kind: 'abort' } as const;
+  constructor() {
+    super('MPC_ERR_SIGNALLING_EMPTY', 'Cannot read signalling: the connection ended before its first byte');
+  }
+}
+
 export class SignallingClosedError extends MpconvertError {
   readonly reaction = { kind: 'abort' } as const;
   constructor() {
@@ -63,7 +71,9 @@ export function readSignalling(socket: Socket, timeoutMs: number): Promise<ReadS
       if (err) reject(err);
       else resolve(value as ReadSignalling);
     };
+    let got = 0;
     const onData = (chunk: Buffer) => {
+      got += chunk.length;
       let r: SignallingResult;
       try {
         r = decoder.push(chunk);
@@ -73,7 +83,7 @@ export function readSignalling(socket: Socket, timeoutMs: number): Promise<ReadS
       }
       if (r.status === 'done') done(undefined, fromDone(r));
     };
-    const onEnd = () => done(new SignallingClosedError());
+    const onEnd = () => done(got === 0 ? new SignallingEmptyError() : new SignallingClosedError());
     const timer = setTimeout(() => done(new SignallingTimeoutError(timeoutMs)), timeoutMs);
     socket.on('data', onData);
     socket.once('end', onEnd);

@@ -352,9 +352,16 @@ export interface SpliceEngine {
   close(): Promise<void>;
 }
 
+/** The process's own resources as the kernel accounts them. */
+export interface ProcessResources {
+  /** Open descriptors and the soft RLIMIT_NOFILE (Infinity when unlimited). Not for the hot path: it reads /proc. */
+  descriptors(): { open: number; limit: number };
+}
+
 export interface Platform {
   sockets: Sockets;
   kernel: KernelConfig;
+  resources: ProcessResources;
   /** Absent where the platform has no zero-copy path. */
   splice?: SpliceEngine;
 }

@@ -6,6 +6,7 @@ import type { Platform } from '../types.js';
 import { createLinuxKernelConfig } from './kernel.js';
 import { LinuxSockets } from './sockets.js';
 import { LinuxSpliceEngine } from './splice.js';
+import { linuxProcessResources } from './resources.js';
 
 export interface LinuxPlatformOptions {
   /** Network namespace for the kernel configuration (sockets always live in the process's own). */
@@ -16,11 +17,13 @@ export function createLinuxPlatform(opts: LinuxPlatformOptions = {}): Platform {
   return {
     sockets: new LinuxSockets(),
     kernel: createLinuxKernelConfig(opts.netns !== undefined ? { netns: opts.netns } : {}),
+    resources: linuxProcessResources,
     // Its thread starts at the first spliced pair.
     splice: new LinuxSpliceEngine(),
   };
 }
 
+export { linuxProcessResources } from './resources.js';
 export { LinuxSockets, applySocketOptions, fdOf } from './sockets.js';
 export { LinuxSpliceEngine } from './splice.js';
 export { createLinuxKernelConfig, nftReplaceScript, parseMptcpLimits, parseEndpoints } from './kernel.js';
