@@ -10,6 +10,7 @@ import type { RelayHandle } from '../relay/index.js';
 import { parseEndpoint } from '../control/address.js';
 import type { CpeConfig } from './config.js';
 import { ConcentratorSelector } from './concentrators.js';
+import { ConcentratorProbe } from './probe.js';
 import { handleClient } from './session.js';
 import { Interception } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
@@ -25,10 +26,14 @@ export interface CpeDeps {
   ledger?: EndpointLedger | undefined;
 }
 
+/** How often a concentrator held off as unreachable is probed. */
+const PROBE_INTERVAL_MS = 500;
+
 export class Cpe {
   #config: CpeConfig;
   readonly #deps: CpeDeps;
   readonly #selector: ConcentratorSelector;
+  readonly #probe: ConcentratorProbe;
   readonly #listeners: Server[] = [];
   readonly #relays = new Set<RelayHandle>();
   readonly #pending = new Set<Socket>();
@@ -42,6 +47,14 @@ export class Cpe {
     this.#selector = new ConcentratorSelector(config.concentrators, {
       capabilityTtlMs: config.capabilityCacheTtlS * 1000,
       unreachableHoldMs: config.unreachableHoldS * 1000,
+      onUnreachable: (t) => this.#probe.watch(t),
+    });
+    this.#probe = new ConcentratorProbe({
+      sockets: deps.sockets,
+      logger: deps.logger,
+      selector: this.#selector,
+      intervalMs: PROBE_INTERVAL_MS,
+      timeoutMs: () => this.#config.connectTimeoutMs,
     });
   }
 
@@ -157,6 +170,7 @@ export class Cpe {
         errors.push(err);
       }
     };
+    this.#probe.stop();
     await step(() => this.#interception?.stop());
     for (const s of this.#listeners) s.close();
     for (const s of this.#pending) s.resetAndDestroy();

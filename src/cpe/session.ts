@@ -9,6 +9,7 @@ import type { Sockets, SpliceEngine } from '../platform/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import { encodeMpConvert, encodeConvertMessage, type AddressIe } from '../protocol/index.js';
+import { unmapAddress } from '../protocol/address.js';
 import { createRelay, type RelayHandle, type RelayStats } from '../relay/index.js';
 import { parseEndpoint } from '../control/address.js';
 import type { ConcentratorSelector } from './concentrators.js';
@@ -29,7 +30,6 @@ export interface SessionContext {
   originalDestination?: (client: Socket) => { address: string; port: number };
 }
 
-const stripMapped = (a: string): string => (a.startsWith('::ffff:') && isIP(a.slice(7)) === 4 ? a.slice(7) : a);
 
 interface Kept {
   bytes: Buffer;
@@ -75,7 +75,20 @@ export function signallingFor(target: ConcentratorTarget, dst: { address: string
   return encodeMpConvert(ies);
 }
 
-type Attempt = { kind: 'relay'; socket: Socket; leftover: Buffer } | { kind: 'next' } | { kind: 'destination-failed'; why: string };
+/**
+ * How one concentrator attempt ended. `refused`: the concentrator took the connection (handshake done) and
+ * then refused it (reset, RFC 8803 Error TLV): it is reachable, only this connection is refused, and the
+ * client is reset. `next`: no conversion through it (unreachable, or not capable): try the next one.
+ */
+type Attempt = { kind: 'relay'; socket: Socket; leftover: Buffer } | { kind: 'next' } | { kind: 'refused'; why: string };
+
+/**
+ * A dial error means "no handshake with the concentrator" (its SYN refused, timed out, not routable) unless
+ * it is a reset of an established connection (ECONNRESET, EPIPE): then the concentrator refused this one.
+ */
+export function dialFailure(errno: string | undefined): 'unreachable' | 'refused' {
+  return errno === 'ECONNRESET' || errno === 'EPIPE' ? 'refused' : 'unreachable';
+}
 
 /** Reads until the confirmation is settled; leaves the socket paused. */
 function awaitEcho(sock: Socket, verifier: EchoVerifier, timeoutMs: number): Promise<EchoResult | { status: 'timeout' | 'closed' | 'reset' }> {
@@ -108,8 +121,8 @@ function awaitEcho(sock: Socket, verifier: EchoVerifier, timeoutMs: number): Pro
 export async function handleClient(client: Socket, ctx: SessionContext): Promise<void> {
   const cfg = ctx.config();
   client.on('error', () => {});
-  const dst = ctx.originalDestination?.(client) ?? { address: stripMapped(client.localAddress ?? ''), port: client.localPort ?? 0 };
-  const src = { address: stripMapped(client.remoteAddress ?? ''), port: client.remotePort ?? 0 };
+  const dst = ctx.originalDestination?.(client) ?? { address: unmapAddress(client.localAddress ?? ''), port: client.localPort ?? 0 };
+  const src = { address: unmapAddress(client.remoteAddress ?? ''), port: client.remotePort ?? 0 };
   const log = ctx.logger.child({ client: `${src.address}:${src.port}`, destination: `${dst.address}:${dst.port}` });
   let tos = 0;
   if (cfg.preserveDscp) {
@@ -128,9 +141,9 @@ export async function handleClient(client: Socket, ctx: SessionContext): Promise
       if (attempt.kind === 'relay') attempt.socket.resetAndDestroy();
       return;
     }
-    if (attempt.kind === 'destination-failed') {
-      ctx.metrics.refused.inc({ reason: 'destination-failed' });
-      log.debug({ why: attempt.why }, 'concentrator could not reach the destination: resetting the client');
+    if (attempt.kind === 'refused') {
+      ctx.metrics.refused.inc({ reason: 'concentrator-refused' });
+      log.debug({ why: attempt.why, concentrator: target.address }, 'the concentrator refused this connection: resetting the client');
       client.resetAndDestroy();
       return;
     }
@@ -206,6 +219,11 @@ async function tryConcentrator(
   } catch (err) {
     client.off('close', onClientGone);
     if (client.destroyed) return { kind: 'next' };
+    const errno = (err as { code?: string }).code;
+    if (dialFailure(errno) === 'refused') {
+      ctx.selector.markWorking(target);
+      return { kind: 'refused', why: `reset after the handshake (${errno})` };
+    }
     ctx.selector.markUnreachable(target);
     ctx.metrics.capability.inc({ result: 'unreachable' });
     log.warn({ concentrator: target.address, err: (err as Error).message }, 'concentrator unreachable, trying the next');
@@ -226,8 +244,8 @@ async function tryConcentrator(
   client.off('close', onClientGone);
   if (r.status === 'confirmed') return { kind: 'relay', socket: sock, leftover: r.leftover };
   sock.resetAndDestroy();
-  if (r.status === 'reset') return { kind: 'destination-failed', why: 'concentrator aborted before confirming' };
-  if (r.status === 'refused') return { kind: 'destination-failed', why: `Convert Error TLV ${r.errorCode}` };
+  if (r.status === 'reset') return { kind: 'refused', why: 'concentrator aborted before confirming' };
+  if (r.status === 'refused') return { kind: 'refused', why: `Convert Error TLV ${r.errorCode}` };
   ctx.selector.markNotCapable(target);
   ctx.metrics.capability.inc({ result: r.status });
   log.warn({ concentrator: target.address, result: r.status }, 'no valid echo from the concentrator: cached as not capable, falling back');

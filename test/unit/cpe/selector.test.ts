@@ -23,3 +23,25 @@ test('order is kept; not-capable and unreachable ones are skipped until they exp
   now = 1200;
   assert.equal(s.candidates().length, 2, 'TTL expiry');
 });
+
+test('the unreachable hold starts short and doubles with each failure in a row, up to the maximum; working resets it', () => {
+  let now = 0;
+  const seen: string[] = [];
+  const s = new ConcentratorSelector(targets, { capabilityTtlMs: 1000, unreachableHoldMs: 5_000, now: () => now, onUnreachable: (t) => seen.push(t.address) });
+  const t = targets[0]!;
+  const holds: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    s.markUnreachable(t);
+    holds.push((s.snapshot()[0]!.unreachableUntil ?? 0) - now);
+    assert.equal(s.isHeld(t), true);
+    now = s.snapshot()[0]!.unreachableUntil ?? now;
+    assert.equal(s.isHeld(t), false, 'usable again once the hold ran out');
+    assert.equal(s.isFailing(t), true, 'still failing until it answers');
+  }
+  assert.deepEqual(holds, [1_000, 2_000, 4_000, 5_000, 5_000]);
+  assert.equal(seen.length, 5, 'each failure tells the prober');
+  s.markWorking(t);
+  assert.equal(s.isFailing(t), false);
+  s.markUnreachable(t);
+  assert.equal((s.snapshot()[0]!.unreachableUntil ?? 0) - now, 1_000, 'after a success the next hold is the shortest again');
+});
