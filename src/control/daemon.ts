@@ -10,6 +10,7 @@
  * - Start failure: logged, what was set up is removed (`stop()`), exit code 1.
  */
 import type { Logger } from '../log.js';
+import { MpconvertError } from '../errors.js';
 
 export interface DaemonRole {
   /** Starts the role; resolves with what the `ready` line carries (JSON). */
@@ -92,7 +93,10 @@ export async function runDaemon(role: DaemonRole, logger: Logger, io: DaemonIo =
   try {
     ready = await role.start();
   } catch (err) {
-    logger.fatal({ err }, 'cannot start');
+    // A known failure (configuration, a listener, the kernel) is one line that says what is wrong; only a
+    // program error carries its stack.
+    if (err instanceof MpconvertError) logger.fatal({ code: err.code }, `cannot start: ${err.message}`);
+    else logger.fatal({ err }, 'cannot start');
     phase = 'stopping';
     await role.stop('start failed').catch((stopErr: unknown) => logger.error({ err: stopErr }, 'could not remove everything after the failed start'));
     for (const [s, h] of handlers) io.off(s, h);

@@ -330,8 +330,9 @@ export class UplinkManager extends EventEmitter {
       },
       (err) => {
         // The poll still runs; say it once, then only at debug level.
-        if (this.#watchErrors++ === 0) this.#logger.warn({ err }, 'link events unavailable, uplink changes are seen at the next poll');
-        else this.#logger.debug({ err }, 'link event monitor ended');
+        // An operational event, not a program error: the message, no stack trace.
+        if (this.#watchErrors++ === 0) this.#logger.warn({ error: err.message }, 'link events unavailable, uplink changes are seen at the next poll');
+        else this.#logger.debug({ error: err.message }, 'link event monitor ended');
       },
     );
   }

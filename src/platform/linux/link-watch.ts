@@ -1,8 +1,9 @@
 /**
  * Netlink link/address/route events through `ip -o monitor link address route`: one long-lived child per
  * watch, one line per event. The child is tied to this process (`setpriv --pdeathsig KILL`), so a CPE killed
- * with SIGKILL does not leave it behind; it is restarted (after a pause) if it ends by itself, and killed by
- * close().
+ * with SIGKILL does not leave it behind; it runs in its own process group, so a SIGTERM to the daemon's
+ * group does not end it before the daemon's own cleanup; it is restarted (after a pause) if it ends by
+ * itself, and killed by close().
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { PlatformError } from '../errors.js';
@@ -29,7 +30,9 @@ export function watchLinks(onChange: () => void, onError: (err: Error) => void, 
 
   const start = () => {
     if (closed) return;
-    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Its own process group: a signal to the daemon's group (systemd's stop, `timeout`) is the daemon's to
+    // handle; the monitor ends with the daemon (pdeathsig) or through close().
+    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     child = c;
     let stderr = '';
     let partial = '';

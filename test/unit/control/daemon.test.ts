@@ -116,3 +116,23 @@ test('a stop that throws is logged and exits 1', async () => {
   await run;
   assert.deepEqual(io.exits, [1]);
 });
+
+test('a known start failure is logged as one line naming the problem, without a stack trace; a program error keeps its stack', async () => {
+  const { pino } = await import('pino');
+  const { ConfigError } = await import('../../../src/control/config-file.js');
+  for (const [err, wantStack] of [
+    [new ConfigError('listen 198.18.250.1:5000: the address is not an address of this host (EADDRNOTAVAIL)'), false],
+    [new TypeError('x is undefined'), true],
+  ] as const) {
+    const lines: string[] = [];
+    const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    const io = fakeIo();
+    await runDaemon({ start: async () => Promise.reject(err), stop: async () => {} }, logger, io);
+    assert.deepEqual(io.exits, [1]);
+    const fatal = lines.map((l) => JSON.parse(l) as { level: number; msg: string }).find((l) => l.level === 60);
+    assert.ok(fatal, `a fatal line: ${lines.join('')}`);
+    assert.ok(JSON.stringify(fatal).includes(err.message), JSON.stringify(fatal));
+    if (!wantStack) assert.ok(fatal.msg.includes(err.message), `the message itself names the problem: ${fatal.msg}`);
+    assert.equal(JSON.stringify(fatal).includes('    at '), wantStack, JSON.stringify(fatal));
+  }
+});
