@@ -14,8 +14,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import type { KernelConfig, Sockets, SpliceEngine } from '../platform/types.js';
 import { ConnectionLimits } from '../policy/limits.js';
-import { convertErrorCodeForRefusal, destinationGate } from '../policy/destination.js';
-import { cidrContains } from '../policy/cidr.js';
+import { AddressSet, PrefixSet, compileDestinationPolicy, convertErrorCodeForRefusal, destinationGate, type DestinationPolicy } from '../policy/destination.js';
 import { createRelay, type RelayHandle, type RelayStats } from '../relay/index.js';
 import { SourcePool } from './source-pool.js';
 import { ServerDialer, type ServerTransport } from './server-dialer.js';
@@ -45,6 +44,9 @@ const stripMapped = (a: string): string => (a.startsWith('::ffff:') && isIP(a.sl
 
 export class Concentrator {
   #config: ConcentratorConfig;
+  /** The configuration's prefix lists, compiled once (constructor, reload), never per connection. */
+  #customers: PrefixSet;
+  #destinations: DestinationPolicy;
   readonly #deps: ConcentratorDeps;
   readonly #limits: ConnectionLimits;
   /** Endpoint ids of the announce addresses this instance added (removed at stop). */
@@ -59,6 +61,8 @@ export class Concentrator {
 
   constructor(config: ConcentratorConfig, deps: ConcentratorDeps) {
     this.#config = config;
+    this.#customers = PrefixSet.from(config.allow);
+    this.#destinations = compileDestinationPolicy({ deny: config.deny });
     this.#deps = deps;
     const now = deps.now ?? Date.now;
     this.#limits = new ConnectionLimits(config.limits, now);
@@ -198,7 +202,7 @@ export class Concentrator {
     const cfg = this.#config;
     const started = (this.#deps.now ?? Date.now)();
     // customerGate: only customer prefixes, and nothing is read from anybody else.
-    if (!cfg.allow.some((p) => cidrContains(p, session.cpe))) {
+    if (!this.#customers.has(session.cpe)) {
       this.#refuse(session, 'not-customer', { kind: 'abort' });
       return;
     }
@@ -234,7 +238,7 @@ export class Concentrator {
     }
     const destPort = dest.port ?? listener.port;
     const destAddr = stripMapped(dest.address);
-    const gate = destinationGate(destAddr, { deny: cfg.deny, own: this.#ownAddresses() });
+    const gate = destinationGate(destAddr, { deny: this.#destinations.deny, own: this.#ownAddresses() });
     if (!gate.allowed) {
       releaseLimits();
       this.#refuse(session, 'destination', { kind: format === 'rfc8803' ? 'convert-error' : 'abort', errorCode: convertErrorCodeForRefusal(gate.reason) }, { destination: destAddr, why: gate.reason });
@@ -336,17 +340,17 @@ export class Concentrator {
     });
   }
 
-  #ownCache: { at: number; list: string[] } | undefined;
-  #ownAddresses(): string[] {
+  #ownCache: { at: number; set: AddressSet } | undefined;
+  #ownAddresses(): AddressSet {
     const now = Date.now();
-    if (this.#ownCache && now - this.#ownCache.at < 5_000) return this.#ownCache.list;
+    if (this.#ownCache && now - this.#ownCache.at < 5_000) return this.#ownCache.set;
     const list = Object.values(networkInterfaces())
       .flatMap((l) => l ?? [])
       .map((i) => i.address.split('%')[0] as string);
     for (const text of this.#config.listen) list.push(parseEndpoint(text, { allowPortZero: true }).host);
     list.push(...this.#config.sourcePool.addresses);
-    this.#ownCache = { at: now, list };
-    return list;
+    this.#ownCache = { at: now, set: AddressSet.from(list) };
+    return this.#ownCache.set;
   }
 
   status() {
@@ -362,7 +366,12 @@ export class Concentrator {
   /** SIGHUP: apply a new configuration; established connections are kept. */
   async reload(next: ConcentratorConfig): Promise<void> {
     const old = this.#config;
+    // Compiled before anything changes: a list that does not compile leaves the running configuration.
+    const customers = PrefixSet.from(next.allow);
+    const destinations = compileDestinationPolicy({ deny: next.deny });
     this.#config = next;
+    this.#customers = customers;
+    this.#destinations = destinations;
     this.#ownCache = undefined;
     this.#limits.reconfigure(next.limits);
     this.#dialer.setMptcp(next.server.mptcp);
