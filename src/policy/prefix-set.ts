@@ -163,7 +163,7 @@ export class PrefixSet {
 
 /**
  * A set of addresses keyed by their normalized bytes (IPv4-mapped folded to IPv4; any spelling of an IPv6
- * address is the same member). Throws TypeError on an entry that is not an IP address.
+ * address is the same member; a zone index is dropped). Throws TypeError on an entry that is not an IP address.
  */
 export class AddressSet {
   readonly #keys = new Set<string>();
@@ -173,7 +173,8 @@ export class AddressSet {
   static from(list: readonly string[]): AddressSet {
     const set = new AddressSet();
     for (const text of list) {
-      const a = addressBytes(text);
+      // A zone index (fe80::1%eth0, as interfaces and link-local listeners have) is not part of the address.
+      const a = addressBytes(text.split('%')[0] as string);
       if (!a) throw new TypeError(`Cannot use "${text}" as an address: not an IP address`);
       set.#keys.add(AddressSet.key(a.family, a.bytes));
     }

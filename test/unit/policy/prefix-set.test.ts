@@ -168,4 +168,5 @@ test('AddressSet: members by normalized bytes, any spelling; no prefixes', () =>
   for (const a of ['198.18.200.1', '::ffff:198.18.200.1', '::ffff:c612:c801', '2001:db8:200:0::1', '198.18.1.1']) assert.equal(own.has(a), true, a);
   for (const a of ['198.18.200.2', '2001:db8:200::2', '64:ff9b::c612:c801', 'x']) assert.equal(own.has(a), false, a);
   assert.throws(() => AddressSet.from(['198.18.0.0/24']), TypeError);
+  assert.equal(AddressSet.from(['fe80::1%eth0']).has('fe80::1'), true, 'a zone index is not part of the address');
 });
