@@ -15,8 +15,8 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import type { KernelConfig, ListeningServer, ProcessResources, Sockets, SpliceEngine } from '../platform/types.js';
 import { ConnectionLimits } from '../policy/limits.js';
-import { cidrContains } from '../policy/cidr.js';
-import { customerGate, destinationRefusal, limitsGate, mptcpGate, sourceGate, type PrefixMatcher } from '../policy/gates.js';
+import { AddressSet, PrefixSet, compileDestinationPolicy, type DestinationPolicy } from '../policy/destination.js';
+import { customerGate, destinationRefusal, limitsGate, mptcpGate, sourceGate } from '../policy/gates.js';
 import { SignallingAdmission } from '../policy/pending.js';
 import { refuse, refusalLabel, refusalReaction, type Refusal } from '../policy/refusals.js';
 import { unmapAddress } from '../protocol/address.js';
@@ -56,11 +56,6 @@ interface Session {
 /** Near the descriptor limit: at this share of it, each new connection sheds the oldest one in signalling. */
 const DESCRIPTOR_HIGH_WATER = 0.9;
 
-/** A prefix list as a matcher, compiled once per configuration. */
-function prefixMatcher(prefixes: readonly string[]): PrefixMatcher {
-  return { has: (address) => prefixes.some((p) => cidrContains(p, address)) };
-}
-
 export class Concentrator {
   #config: ConcentratorConfig;
   readonly #deps: ConcentratorDeps;
@@ -69,7 +64,9 @@ export class Concentrator {
   readonly #pending: SignallingAdmission<Session>;
   /** Endpoint ids of the announce addresses this instance added (removed at stop). */
   readonly #announced: number[] = [];
-  #allow: PrefixMatcher;
+  /** The configuration's prefix lists, compiled once (constructor, reload), never per connection. */
+  #allow: PrefixSet;
+  #destinations: DestinationPolicy;
   #sourceAddress: SourceAddressStrategy;
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
@@ -90,7 +87,8 @@ export class Concentrator {
     this.#now = deps.now ?? Date.now;
     this.#limits = new ConnectionLimits(config.limits, this.#now);
     this.#pending = new SignallingAdmission(config.signalling);
-    this.#allow = prefixMatcher(config.allow);
+    this.#allow = PrefixSet.from(config.allow);
+    this.#destinations = compileDestinationPolicy({ deny: config.deny });
     this.#sourceAddress = sourceAddressStrategy(config.sourcePool);
     this.#dialer = new ServerDialer({
       sockets: deps.sockets,
@@ -129,7 +127,7 @@ export class Concentrator {
       step('destination', (ctx) => {
         const dest = ctx.signalling?.destination;
         const address = dest ? unmapAddress(dest.address) : undefined;
-        const refused = destinationRefusal(address, { deny: this.#config.deny, own: this.#ownAddresses() });
+        const refused = destinationRefusal(address, { deny: this.#destinations.deny, own: this.#ownAddresses() });
         if (!refused && dest && address) ctx.destination = { address, port: dest.port ?? ctx.listener.port, family: isIP(address) as 4 | 6 };
         return refused;
       }),
@@ -357,17 +355,17 @@ export class Concentrator {
     this.#deps.sessionLog?.info(line);
   }
 
-  #ownCache: { at: number; list: string[] } | undefined;
-  #ownAddresses(): string[] {
+  #ownCache: { at: number; set: AddressSet } | undefined;
+  #ownAddresses(): AddressSet {
     const now = Date.now();
-    if (this.#ownCache && now - this.#ownCache.at < 5_000) return this.#ownCache.list;
+    if (this.#ownCache && now - this.#ownCache.at < 5_000) return this.#ownCache.set;
     const list = Object.values(networkInterfaces())
       .flatMap((l) => l ?? [])
       .map((i) => i.address.split('%')[0] as string);
     for (const text of this.#config.listen) list.push(parseEndpoint(text, { allowPortZero: true }).host);
     list.push(...this.#config.sourcePool.addresses);
-    this.#ownCache = { at: now, list };
-    return list;
+    this.#ownCache = { at: now, set: AddressSet.from(list) };
+    return this.#ownCache.set;
   }
 
   status() {
@@ -384,9 +382,13 @@ export class Concentrator {
   /** SIGHUP: apply a new configuration; established connections are kept. */
   async reload(next: ConcentratorConfig): Promise<void> {
     const old = this.#config;
+    // Compiled before anything changes: a list that does not compile leaves the running configuration.
+    const allow = PrefixSet.from(next.allow);
+    const destinations = compileDestinationPolicy({ deny: next.deny });
     this.#config = next;
     this.#ownCache = undefined;
-    this.#allow = prefixMatcher(next.allow);
+    this.#allow = allow;
+    this.#destinations = destinations;
     this.#limits.reconfigure(next.limits);
     this.#pending.reconfigure(next.signalling);
     this.#dialer.setMptcp(next.server.mptcp);

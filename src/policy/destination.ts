@@ -1,6 +1,8 @@
 /**
  * destinationGate: may the concentrator connect to this address? (PROTOCOL.md section 2; seed 002 section 7.)
- * Pure. Called by the concentrator after the signalling is read and before any byte goes to a server.
+ * Pure. Called by the concentrator after the signalling is read and before any byte goes to a server; the
+ * operator's lists are compiled once per configuration (compileDestinationPolicy, AddressSet.from), so a
+ * connection's cost does not grow with them.
  *
  * Order, first match wins:
  *   1. never a server (not overridable): unspecified, "this network", loopback, link-local, multicast,
@@ -11,15 +13,19 @@
  *      space, documentation, ULA, ...), unless listed in `permit` (e.g. a deployment that serves private
  *      networks);
  *   5. allowed.
- * IPv4-mapped IPv6 forms (::ffff:a.b.c.d) are judged as the IPv4 address they carry, and so are NAT64
- * well-known-prefix forms (64:ff9b::a.b.c.d, RFC 6052) for the rules 1 and 4.
+ * IPv4-mapped IPv6 forms (::ffff:a.b.c.d) are judged as the IPv4 address they carry. NAT64 well-known-prefix
+ * forms (64:ff9b::a.b.c.d, RFC 6052 section 2.1) are judged both as themselves and as the IPv4 address they
+ * embed, by every rule: a NAT64 gateway would deliver them there.
  *
  * Deliberately NOT refused by default: 198.18.0.0/15 (benchmarking, RFC 2544) and 2001:db8::/32
  * (documentation, RFC 3849). They are special-purpose, but they are the only ranges the lab and the tests may
  * use for real traffic, so refusing them would leave the product untestable. An operator who wants them
  * refused lists them in `deny`.
  */
-import { addressBytes, bytesInCidr, cidrContains, parseCidr, type Cidr } from './cidr.js';
+import { addressBytes, bytesInCidr, parseCidr, type Cidr } from './cidr.js';
+import { PrefixSet, type AddressSet } from './prefix-set.js';
+
+export { AddressSet, PrefixSet } from './prefix-set.js';
 
 export type DestinationRefusal =
   | 'not-an-ip'
@@ -89,41 +95,62 @@ const NAT64_WKP = parseCidr('64:ff9b::/96');
 
 export type GateDecision = { allowed: true } | { allowed: false; reason: DestinationRefusal; detail: string };
 
-export interface DestinationGateOptions {
-  /** Operator deny prefixes (CIDR text). */
-  deny?: readonly string[];
-  /** The node's own addresses (a connection to itself would loop). */
-  own?: readonly string[];
+/** The operator's destination lists, compiled (compileDestinationPolicy). */
+export interface DestinationPolicy {
+  /** Operator deny prefixes (rule 3). */
+  deny: PrefixSet;
   /** Special-purpose prefixes (rule 4) the operator allows anyway; never lifts rule 1. */
-  permit?: readonly string[];
+  permit: PrefixSet;
+}
+
+export interface DestinationGateOptions {
+  deny?: PrefixSet;
+  permit?: PrefixSet;
+  /** The node's own addresses (a connection to itself would loop). */
+  own?: AddressSet;
+}
+
+/**
+ * Compiles the operator's lists (CIDR text) once per configuration: at start and on reload, never per
+ * connection. Throws TypeError on a malformed prefix (validate the configuration first).
+ */
+export function compileDestinationPolicy(lists: { deny?: readonly string[]; permit?: readonly string[] }): DestinationPolicy {
+  return { deny: PrefixSet.from(lists.deny ?? []), permit: PrefixSet.from(lists.permit ?? []) };
 }
 
 function match(family: 4 | 6, bytes: Buffer, ranges: readonly Range[]): Range | undefined {
   return ranges.find((r) => bytesInCidr(family, bytes, r.cidr));
 }
 
-/** The gate. Throws TypeError only on a malformed prefix in `deny` / `permit` (validate configuration first). */
+/** " (NAT64 form of a.b.c.d)" when the rule matched the embedded IPv4 address rather than the address itself. */
+const via = (x: { family: 4 | 6; bytes: Buffer }, a: { family: 4 | 6 }): string => (x.family !== a.family ? ` (NAT64 form of ${x.bytes.join('.')})` : '');
+
+/** The gate. Work per call is bounded by the address length, not by the size of `deny`, `permit` or `own`. */
 export function destinationGate(address: string, opts: DestinationGateOptions = {}): GateDecision {
   const a = addressBytes(address);
   if (!a) return { allowed: false, reason: 'not-an-ip', detail: `"${address}" is not an IP address` };
   // NAT64 (RFC 6052): the IPv4 address at the end is where the packets really go.
   const embedded = a.family === 6 && bytesInCidr(6, a.bytes, NAT64_WKP) ? { family: 4 as const, bytes: a.bytes.subarray(12) } : null;
-  const judged = [a, ...(embedded ? [embedded] : [])];
+  const judged = embedded ? [a, embedded] : [a];
   for (const x of judged) {
     const r = match(x.family, x.bytes, NEVER_RANGES);
-    if (r) return { allowed: false, reason: r.reason, detail: `${r.label} ${r.cidr.text}` };
+    if (r) return { allowed: false, reason: r.reason, detail: `${r.label} ${r.cidr.text}${via(x, a)}` };
   }
-  for (const own of opts.own ?? []) {
-    const o = addressBytes(own);
-    if (o && o.family === a.family && o.bytes.equals(a.bytes)) return { allowed: false, reason: 'own-address', detail: `${own} is an address of this node` };
+  if (opts.own) {
+    for (const x of judged) {
+      if (opts.own.hasBytes(x.family, x.bytes)) return { allowed: false, reason: 'own-address', detail: `${address} is an address of this node${via(x, a)}` };
+    }
   }
-  for (const d of opts.deny ?? []) {
-    if (cidrContains(d, address)) return { allowed: false, reason: 'deny-prefix', detail: `deny prefix ${d}` };
+  if (opts.deny) {
+    for (const x of judged) {
+      const d = opts.deny.matchBytes(x.family, x.bytes);
+      if (d !== undefined) return { allowed: false, reason: 'deny-prefix', detail: `deny prefix ${d}${via(x, a)}` };
+    }
   }
   for (const x of judged) {
     const r = match(x.family, x.bytes, SPECIAL_PURPOSE_RANGES);
-    if (r && !(opts.permit ?? []).some((p) => bytesInCidr(x.family, x.bytes, parseCidr(p)))) {
-      return { allowed: false, reason: r.reason, detail: `${r.label} ${r.cidr.text}` };
+    if (r && opts.permit?.matchBytes(x.family, x.bytes) === undefined) {
+      return { allowed: false, reason: r.reason, detail: `${r.label} ${r.cidr.text}${via(x, a)}` };
     }
   }
   return { allowed: true };

@@ -18,6 +18,9 @@
  *
  * mpconvert private Type 0x80 (transport of a channel, docs/protocol.md), Length 5:
  * | magic | 0x80 | 5 | Reserved |D|M| | Protocol (8, IANA number, 17 = UDP) | zero padding (3) |
+ * A channel has no single destination (each frame names its own), so a transport IE and a destination
+ * address IE never go together, in either order (MPC_ERR_IE_CONFLICT): a receiver that ignored one of them
+ * would relay the connection as something the sender did not mean.
  */
 import { addressToBytes, bytesToIpv4, bytesToIpv6 } from './address.js';
 import { ProtocolErrorCode, abortError } from './errors.js';
@@ -178,10 +181,12 @@ export function parseMpConvert(buf: Buffer): MpConvertParse {
         where.port = port;
       }
       if (result[direction]) throw fail(ProtocolErrorCode.DuplicateAddress, `a second ${direction} address IE at byte ${off}`);
+      if (direction === 'destination' && result.protocol !== undefined) throw fail(ProtocolErrorCode.TransportWithDestination, `a destination address IE at byte ${off} after a transport IE`);
       result[direction] = where;
       ies.push(ie);
     } else if (type === IE_TYPE_TRANSPORT) {
       if (result.protocol !== undefined) throw fail(ProtocolErrorCode.DuplicateAddress, `a second transport IE at byte ${off}`);
+      if (result.destination) throw fail(ProtocolErrorCode.TransportWithDestination, `a transport IE at byte ${off} after a destination address IE`);
       result.protocol = body[0] as number;
       ies.push({ type: IE_TYPE_TRANSPORT, protocol: result.protocol });
     } else {

@@ -53,7 +53,8 @@ const ieList = fc
   .filter((ies) => {
     const dirs = ies.filter((i) => 'address' in i).map((i) => (i as { direction: string }).direction);
     const transports = ies.filter((i) => 'protocol' in i).length;
-    return new Set(dirs).size === dirs.length && transports <= 1;
+    // A transport IE never goes with a destination IE (MPC_ERR_IE_CONFLICT).
+    return new Set(dirs).size === dirs.length && transports <= 1 && !(transports === 1 && dirs.includes('destination'));
   })
   .filter((ies) => {
     try {
