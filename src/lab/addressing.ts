@@ -56,7 +56,7 @@ export const LAB = {
 
 export type LabRole = 'client' | 'cpe' | 'concentrator' | 'inet' | `srv${number}`;
 
-export function namespaceName(prefix: string, role: 'client' | 'cpe' | 'conc' | 'inet' | `srv${number}`): string {
+export function namespaceName(prefix: string, role: 'client' | 'cpe' | 'conc' | 'inet' | `srv${number}` | `dl${number}`): string {
   return `${prefix}-${role}`;
 }
 
@@ -107,4 +107,7 @@ function checkIndex(i: number, max: number, what: string): void {
 /** A prefix given by the user: `mpc` + 1..9 lower-case letters/digits (no dash: it separates the role). */
 export const PREFIX_RE = /^mpc[a-z0-9]{1,9}$/;
 /** Namespace names a lab makes. */
-export const LAB_NAMESPACE_RE = /^(mpc[a-z0-9]{1,9})-(client|cpe|conc|inet|srv\d{1,2})$/;
+export const LAB_NAMESPACE_RE = /^(mpc[a-z0-9]{1,9})-(client|cpe|conc|inet|srv\d{1,2}|dl\d{1,2})$/;
+
+/** The delay line's interfaces in its namespace `${prefix}-dl{i}`: towards the CPE, towards the concentrator. */
+export const DELAY_LINE = { cpeSide: 'tocpe', concSide: 'toconc', maxRttMs: 2_000 } as const;

@@ -39,7 +39,7 @@ export function describeStatus(s: LabStatus): string[] {
   ];
   for (const u of s.uplinks) {
     lines.push(
-      `  ${u.dev}: ${u.state}, rate ${u.rate === 0 ? 'unshaped' : u.rate}${u.lossPercent > 0 ? `, loss ${u.lossPercent}%` : ''}, ${u.v4} ${u.v6}, tx ${u.txBytes} B rx ${u.rxBytes} B`,
+      `  ${u.dev}: ${u.state}, rate ${u.rate === 0 ? 'unshaped' : u.rate}${u.rttMs ? `, rtt ${u.rttMs} ms` : ''}${u.lossPercent > 0 ? `, loss ${u.lossPercent}%` : ''}, ${u.v4} ${u.v6}, tx ${u.txBytes} B rx ${u.rxBytes} B`,
     );
   }
   for (const srv of s.servers) lines.push(`  server ${srv.name}: ${srv.v4} ${srv.v6}`);
@@ -53,7 +53,7 @@ export function labCommand(): Command {
   lab
     .command('up')
     .description('Build a lab and leave it running; prints its prefix')
-    .option('--uplink <rate>', 'an uplink and its rate, e.g. 50mbit, 0 = unshaped (repeatable; default two of 50mbit)', collect, [])
+    .option('--uplink <rate[@rtt]>', 'an uplink, its rate and optionally its round-trip time, e.g. 50mbit or 50mbit@40ms; 0 = unshaped (repeatable; default two of 50mbit)', collect, [])
     .option('--servers <k>', 'servers on the internet segment', int, 1)
     .option('--prefix <p>', 'namespace prefix: mpc + 1..9 of [a-z0-9] (default random)')
     .option('--mptcp-routing', 'plain kernel MPTCP on the CPE: policy routing + subflow endpoints + limits')
@@ -63,7 +63,7 @@ export function labCommand(): Command {
         const rates = o.uplink.length > 0 ? o.uplink : ['50mbit', '50mbit'];
         const l = await Lab.up(
           {
-            uplinks: rates.map((r) => ({ rate: r === '0' ? 0 : r })),
+            uplinks: rates.map(parseUplinkFlag),
             servers: o.servers,
             mptcpRouting: o.mptcpRouting ?? false,
             ...(o.prefix !== undefined ? { prefix: o.prefix } : {}),
@@ -156,4 +156,14 @@ export function labCommand(): Command {
     });
 
   return lab;
+}
+
+/** `50mbit`, `0`, `50mbit@40ms`, `0@10ms`: the rate and the optional added round-trip time. */
+export function parseUplinkFlag(text: string): { rate: string | 0; rttMs?: number } {
+  const [rate = '', rtt] = text.split('@');
+  const r = rate === '0' ? 0 : rate;
+  if (rtt === undefined) return { rate: r };
+  const m = /^(\d+(?:\.\d+)?)ms$/.exec(rtt);
+  if (!m) throw new Error(`Cannot parse uplink "${text}": the round-trip time is written like 40ms`);
+  return { rate: r, rttMs: Number(m[1]) };
 }

@@ -9,11 +9,12 @@
  */
 import { execFileSync, spawn as spawnChild, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { MpconvertError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { run, runJson, type RunResult } from '../platform/linux/exec.js';
-import { LAB, LAB_NAMESPACE_RE, PREFIX_RE, namespaceName, poolAddress, serverAddressing, serverNamespace, uplinkAddressing } from './addressing.js';
+import { DELAY_LINE, LAB, LAB_NAMESPACE_RE, PREFIX_RE, namespaceName, poolAddress, serverAddressing, serverNamespace, uplinkAddressing } from './addressing.js';
 import { checkLossPercent, lossRuleset, parseLossTable } from './loss.js';
 import { parseRate, tbfArgs } from './shaping.js';
 import { listStates, ownerAlive, processStart, readState, removeState, writeState, type LabState } from './state.js';
@@ -23,8 +24,18 @@ export { LAB, namespaceName, poolAddress, serverAddressing, uplinkAddressing } f
 export { LabProcess, descendants } from './process.js';
 export { readTcpSegments, type TcpSegment } from './pcap.js';
 
+export interface LabUplinkSpec {
+  /** tbf rate at both ends ('50mbit'), 0 = unshaped. */
+  rate: string | 0;
+  /**
+   * Round-trip time added on this uplink (ms): a delay line (src/lab/delay-line.ts) in namespace
+   * `${prefix}-dl{i}` between the CPE and the concentrator delays each direction by half. 0/absent: none.
+   */
+  rttMs?: number;
+}
+
 export interface LabSpec {
-  uplinks: Array<{ rate: string | 0 }>;
+  uplinks: LabUplinkSpec[];
   /** Servers on the internet segment (default 1). */
   servers?: number;
   /** Namespace prefix: `mpc` + 1..9 of [a-z0-9]; default `mpc` + 6 random hex digits. */
@@ -69,6 +80,8 @@ export interface UplinkStatus {
   index: number;
   dev: string;
   rate: string | 0;
+  /** Added round-trip time (the delay line), when the uplink has one. */
+  rttMs?: number;
   state: 'up' | 'down' | 'missing';
   lossPercent: number;
   v4: string;
@@ -133,7 +146,10 @@ function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRoutin
   if (!Array.isArray(spec.uplinks) || spec.uplinks.length < 1 || spec.uplinks.length > LAB.maxUplinks) {
     throw bad(`expected 1..${LAB.maxUplinks} uplinks, got ${Array.isArray(spec.uplinks) ? spec.uplinks.length : 'none'}`);
   }
-  for (const u of spec.uplinks) if (u.rate !== 0) parseRate(u.rate);
+  for (const u of spec.uplinks) {
+    if (u.rate !== 0) parseRate(u.rate);
+    if (u.rttMs !== undefined && (!Number.isFinite(u.rttMs) || u.rttMs < 0 || u.rttMs > DELAY_LINE.maxRttMs)) throw bad(`uplink rttMs ${u.rttMs}: expected 0..${DELAY_LINE.maxRttMs}`);
+  }
   const servers = spec.servers ?? 1;
   if (!Number.isInteger(servers) || servers < 1 || servers > LAB.maxServers) throw bad(`expected 1..${LAB.maxServers} servers, got ${servers}`);
   const prefix = spec.prefix ?? randomPrefix();
@@ -205,12 +221,14 @@ export class Lab {
   readonly hosts: LabHosts;
   /** The namespace holding the internet segment's bridge. */
   readonly inet: LabHost;
-  readonly uplinks: ReadonlyArray<{ rate: string | 0 }>;
+  readonly uplinks: ReadonlyArray<LabUplinkSpec>;
   readonly mptcpRouting: boolean;
   /** Every namespace of the lab, in creation order. */
   readonly namespaces: readonly string[];
   readonly #logger: Logger;
   readonly #children = new Set<ChildProcess>();
+  /** Uplink index -> its delay line's namespace. */
+  readonly #delayLines: ReadonlyMap<number, string>;
   #state: LabState;
   #downing: Promise<void> | null = null;
   /** The build in progress: down() during up() (a signal) stops it at the next step and waits for it. */
@@ -235,7 +253,9 @@ export class Lab {
       servers,
     };
     this.inet = this.#host(namespaceName(p, 'inet'), '', '');
-    this.namespaces = [this.hosts.client.name, this.hosts.cpe.name, this.hosts.concentrator.name, this.inet.name, ...servers.map((s) => s.name)];
+    // Delay-line namespaces of the uplinks that have an RTT.
+    this.#delayLines = new Map(this.uplinks.flatMap((u, j) => (u.rttMs ? [[j + 1, namespaceName(p, `dl${j + 1}`)] as const] : [])));
+    this.namespaces = [this.hosts.client.name, this.hosts.cpe.name, this.hosts.concentrator.name, this.inet.name, ...servers.map((s) => s.name), ...this.#delayLines.values()];
   }
 
   /** Builds a lab; on any failure removes everything it made and rethrows (code MPC_ERR_LAB_UP). */
@@ -246,7 +266,7 @@ export class Lab {
     const state: LabState = {
       version: 1,
       prefix,
-      uplinks: spec.uplinks.map((u) => ({ rate: u.rate })),
+      uplinks: spec.uplinks.map((u) => ({ rate: u.rate, ...(u.rttMs ? { rttMs: u.rttMs } : {}) })),
       servers,
       mptcpRouting,
       namespaces: [],
@@ -388,12 +408,17 @@ export class Lab {
   async uplinkDown(i: number): Promise<void> {
     const u = this.#uplink(i);
     await this.hosts.cpe.exec('ip', ['link', 'set', u.cpeDev, 'down']);
+    // Through a delay line the concentrator's end keeps its carrier unless its side goes down too.
+    const dl = this.#delayLines.get(i);
+    if (dl) await run('ip', ['link', 'set', DELAY_LINE.concSide, 'down'], { netns: dl });
   }
 
   /** Uplink i's link comes back; addresses, routes and MPTCP endpoints the kernel removed are restored. */
   async uplinkUp(i: number): Promise<void> {
     const u = this.#uplink(i);
     const cpe = this.hosts.cpe;
+    const dl = this.#delayLines.get(i);
+    if (dl) await run('ip', ['link', 'set', DELAY_LINE.concSide, 'up'], { netns: dl });
     await cpe.exec('ip', ['link', 'set', u.cpeDev, 'up']);
     const v4 = [`addr replace ${u.cpeV4}/${LAB.uplink.v4Len} dev ${u.cpeDev}`, `route replace default via ${u.concV4} dev ${u.cpeDev} metric ${u.metric}`];
     const v6 = [`addr replace ${u.cpeV6}/${LAB.uplink.v6Len} dev ${u.cpeDev} nodad`, `route replace ::/0 via ${u.concV6} dev ${u.cpeDev} metric ${u.metric}`];
@@ -460,6 +485,7 @@ export class Lab {
         index: j + 1,
         dev: a.cpeDev,
         rate: u.rate,
+        ...(u.rttMs ? { rttMs: u.rttMs } : {}),
         state: link === undefined ? 'missing' : link.flags?.includes('UP') ? 'up' : 'down',
         lossPercent: losses.get(j + 1) ?? 0,
         v4: a.cpeV4,
@@ -576,6 +602,8 @@ export class Lab {
       // The bridge namespace needs no IPv6 of its own (the bridge forwards frames either way).
       sysctl(inet, ['net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']),
       ...servers.map((s) => sysctl(s, common)),
+      // A delay line forwards frames; it has no addresses and answers nothing.
+      ...[...this.#delayLines.values()].map((d) => sysctl(d, ['net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1'])),
     ]);
 
     await step('links');
@@ -585,7 +613,13 @@ export class Lab {
     await veth(client, LAB.lan.client.dev, cpe, LAB.lan.cpe.dev);
     for (let i = 1; i <= n; i++) {
       const u = uplinkAddressing(i);
-      await veth(cpe, u.cpeDev, conc, u.concDev);
+      const dl = this.#delayLines.get(i);
+      if (dl) {
+        await veth(cpe, u.cpeDev, dl, DELAY_LINE.cpeSide);
+        await veth(dl, DELAY_LINE.concSide, conc, u.concDev);
+      } else {
+        await veth(cpe, u.cpeDev, conc, u.concDev);
+      }
     }
     await veth(conc, LAB.concentrator.inetDev, inet, LAB.inet.concPort);
     for (let k = 1; k <= servers.length; k++) await veth(servers[k - 1]!, LAB.inet.serverDev, inet, serverAddressing(k).bridgePort);
@@ -642,6 +676,11 @@ export class Lab {
       }),
     ]);
 
+    await Promise.all(
+      [...this.#delayLines.values()].map((d) => batch(d, ['link set lo up', `link set ${DELAY_LINE.cpeSide} up`, `link set ${DELAY_LINE.concSide} up`])),
+    );
+    await Promise.all([...this.#delayLines].map(([i, d]) => startDelayLine(d, (this.uplinks[i - 1]!.rttMs ?? 0) / 2)));
+
     await step('shaping');
     // 4. Shaping: tbf on the egress of both ends of each shaped uplink.
     const tc: Array<Promise<unknown>> = [];
@@ -652,6 +691,42 @@ export class Lab {
     });
     await Promise.all(tc);
   }
+}
+
+/**
+ * Starts the delay line of one uplink in its namespace and waits for its `ready`. It is not a child the
+ * lab keeps: it lives as long as the namespace (a persistent lab outlives the CLI), and removing the lab
+ * kills every process in its namespaces.
+ */
+async function startDelayLine(netns: string, oneWayMs: number): Promise<void> {
+  const program = fileURLToPath(new URL('./delay-line.js', import.meta.url));
+  const child = spawnChild('ip', ['netns', 'exec', netns, process.execPath, program, JSON.stringify({ a: DELAY_LINE.cpeSide, b: DELAY_LINE.concSide, delayMs: oneWayMs })], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  let out = '';
+  let err = '';
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`delay line in ${netns} not ready within 10 s: ${err.trim()}`)), 10_000);
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('ready')) {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    child.stderr!.on('data', (d: Buffer) => {
+      if (err.length < 2_000) err += d.toString();
+    });
+    child.once('exit', (code) => {
+      clearTimeout(t);
+      reject(new Error(`delay line in ${netns} exited (${code}): ${err.trim()}`));
+    });
+  });
+  child.removeAllListeners('exit');
+  child.stdout!.destroy();
+  child.stderr!.destroy();
+  child.unref();
 }
 
 function sysctl(netns: string, settings: string[]): Promise<RunResult> {

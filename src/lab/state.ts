@@ -11,7 +11,7 @@ export const STATE_DIR = process.env['MPCONVERT_LAB_STATE_DIR'] ?? '/run/mpconve
 export interface LabState {
   version: 1;
   prefix: string;
-  uplinks: Array<{ rate: string | 0 }>;
+  uplinks: Array<{ rate: string | 0; rttMs?: number }>;
   servers: number;
   mptcpRouting: boolean;
   namespaces: string[];

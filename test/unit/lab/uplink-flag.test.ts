@@ -1,0 +1,17 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseUplinkFlag } from '../../../src/lab/cli.js';
+import { Lab } from '../../../src/lab/index.js';
+
+test('lab --uplink RATE[@RTT]: rate and optional round-trip time', () => {
+  assert.deepEqual(parseUplinkFlag('50mbit'), { rate: '50mbit' });
+  assert.deepEqual(parseUplinkFlag('0'), { rate: 0 });
+  assert.deepEqual(parseUplinkFlag('50mbit@40ms'), { rate: '50mbit', rttMs: 40 });
+  assert.deepEqual(parseUplinkFlag('0@2.5ms'), { rate: 0, rttMs: 2.5 });
+  assert.throws(() => parseUplinkFlag('50mbit@40'), /written like 40ms/);
+});
+
+test('a lab spec with an impossible round-trip time is refused before anything is built', async () => {
+  await assert.rejects(Lab.up({ uplinks: [{ rate: '50mbit', rttMs: -1 }] }), /rttMs -1: expected 0\.\.2000/);
+  await assert.rejects(Lab.up({ uplinks: [{ rate: '50mbit', rttMs: 5000 }] }), /rttMs 5000/);
+});
