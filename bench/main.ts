@@ -15,7 +15,7 @@ import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { labImplementation, labUp, type Lab } from './lib/lab.js';
-import { failover, roundTrips, goodput, idleMemory, requestResponse, startServers, type FailoverRun, type GoodputRun } from './lib/measure.js';
+import { failover, roundTrips, goodput, idleMemory, requestResponse, startServers, type FailoverRun, type GoodputRun, type RrRun } from './lib/measure.js';
 import { aggregationSvg, failoverSvg, markdown, stat, type Results, type Stat, type Topology } from './lib/report.js';
 import { deploy, needsLabMptcpRouting, SYSTEMS, type Deployment, type SystemName } from './lib/systems.js';
 import { summariseProfile } from './lib/profile.js';
@@ -62,6 +62,9 @@ function parseArgs(argv: string[]): Options {
       { name: '50+50', ratesMbps: [50, 50] },
       { name: '80+20', ratesMbps: [80, 20] },
       { name: '4x25', ratesMbps: [25, 25, 25, 25] },
+      // Real round-trip times (the lab's delay line): DSL + LTE, and fibre + a slow, far LTE.
+      { name: '50@10+50@40', ratesMbps: [50, 50], rttMs: [10, 40] },
+      { name: '80@5+20@60', ratesMbps: [80, 20], rttMs: [5, 60] },
     ].filter((t) => get('topologies')?.split(',').includes(t.name) ?? true),
     ccs: get('cc')?.split(',') ?? defaultCongestionControls(),
     profile: argv.includes('--profile'),
@@ -126,8 +129,8 @@ async function tune(lab: Lab, cc?: string): Promise<void> {
   await lab.hosts.concentrator.exec('sysctl', ['-qw', 'net.ipv4.tcp_fastopen=3'], { allowFailure: true });
 }
 
-async function withLab<T>(rates: Array<number>, mptcpRouting: boolean, fn: (lab: Lab) => Promise<T>, cc?: string): Promise<T> {
-  const lab = await labUp({ uplinks: rates.map((r) => ({ rate: r === 0 ? 0 : `${r}mbit` })), servers: 1, mptcpRouting });
+async function withLab<T>(rates: Array<number>, mptcpRouting: boolean, fn: (lab: Lab) => Promise<T>, cc?: string, rttMs?: number[]): Promise<T> {
+  const lab = await labUp({ uplinks: rates.map((r, i) => ({ rate: r === 0 ? 0 : `${r}mbit`, ...(rttMs?.[i] ? { rttMs: rttMs[i] } : {}) })), servers: 1, mptcpRouting });
   try {
     await tune(lab, cc);
     return await fn(lab);
@@ -137,7 +140,7 @@ async function withLab<T>(rates: Array<number>, mptcpRouting: boolean, fn: (lab:
 }
 
 /** Every lab the groups need, up together; `labFor(system)` picks a system's lab. All are removed at the end. */
-async function withLabs<T>(rates: Array<number>, groups: Array<{ mptcpRouting: boolean; systems: SystemName[] }>, cc: string, fn: (labFor: (s: SystemName) => Lab) => Promise<T>): Promise<T> {
+async function withLabs<T>(rates: Array<number>, groups: Array<{ mptcpRouting: boolean; systems: SystemName[] }>, cc: string, fn: (labFor: (s: SystemName) => Lab) => Promise<T>, rttMs?: number[]): Promise<T> {
   const labs = new Map<SystemName, Lab>();
   const open = async (i: number): Promise<T> => {
     const g = groups[i];
@@ -145,7 +148,7 @@ async function withLabs<T>(rates: Array<number>, groups: Array<{ mptcpRouting: b
     return withLab(rates, g.mptcpRouting, async (lab) => {
       for (const s of g.systems) labs.set(s, lab);
       return open(i + 1);
-    }, cc);
+    }, cc, rttMs);
   };
   return open(0);
 }
@@ -328,6 +331,7 @@ async function main(): Promise<void> {
         await withLabs(topo.ratesMbps, groups, cc, async (labFor) => {
           if (doAgg) {
             const runs: Partial<Record<SystemName, GoodputRun[]>> = {};
+            const ttfb: Partial<Record<SystemName, RrRun[]>> = {};
             const errors: Partial<Record<SystemName, string>> = {};
             for (let run = 0; run < o.runs; run++) {
               const order = o.systems.map((_, i) => o.systems[(i + run) % o.systems.length]!);
@@ -337,6 +341,8 @@ async function main(): Promise<void> {
                   await withDeployment(sys, labFor(sys), topo.ratesMbps.length, async (d) => {
                     r.deployments[sys] ??= d.note;
                     (runs[sys] ??= []).push(await goodput(d, o.seconds, 1, { lab: labFor(sys), uplinks: topo.ratesMbps.length }));
+                    // Where the uplinks have real RTTs, what a user feels first: the time to the first byte.
+                    if (topo.rttMs && cc === o.ccs[0]) (ttfb[sys] ??= []).push(await requestResponse(d, o.setupMs, 8));
                   });
                 } catch (e) {
                   errors[sys] = errText(e);
@@ -353,6 +359,12 @@ async function main(): Promise<void> {
               // Each uplink's wire rate over its tbf rate (frames with headers, so a full uplink reads about 1.0).
               const uplinkLoad = topo.ratesMbps.map((rate, i) => stat(got.map((x) => (x.uplinkMbps ? x.uplinkMbps[i]! / rate : null))));
               entry.systems[sys] = { goodputMbps: stat(got.map((x) => x.mbps)), ratio: stat(got.map((x) => x.mbps / sum)), uplinkLoad };
+              const rr = ttfb[sys];
+              if (rr?.length) {
+                entry.systems[sys]!.ttfbP50Ms = stat(rr.map((x) => x.ttfbP50));
+                entry.systems[sys]!.ttfbP99Ms = stat(rr.map((x) => x.ttfbP99));
+                log(`ttfb ${topo.name} ${sys}: p50 ${rr.map((x) => x.ttfbP50?.toFixed(1)).join(', ')} ms, p99 ${rr.map((x) => x.ttfbP99?.toFixed(1)).join(', ')} ms`);
+              }
               log(`aggregation ${topo.name} ${cc} ${sys}: ${got.map((x) => `${x.mbps.toFixed(1)} (iperf3 summary ${x.summaryMbps.toFixed(1)}) [${x.uplinkMbps?.map((m) => m.toFixed(1)).join('+') ?? '?'} on the wire]`).join(', ')} Mbit/s of ${sum}`);
             }
           }
@@ -372,7 +384,7 @@ async function main(): Promise<void> {
               }
             }
           }
-        });
+        }, topo.rttMs);
         if (doAgg) r.aggregation.push(entry);
       }
     }

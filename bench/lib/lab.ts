@@ -4,7 +4,7 @@ export { Lab };
 export type { LabHost } from '../../src/lab/index.js';
 
 export interface LabOptions {
-  uplinks: Array<{ rate: string | 0 }>;
+  uplinks: Array<{ rate: string | 0; rttMs?: number }>;
   servers?: number;
   mptcpRouting?: boolean;
 }

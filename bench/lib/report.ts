@@ -21,6 +21,8 @@ export type PerSystem<T> = Partial<Record<SystemName, T>>;
 export interface Topology {
   name: string;
   ratesMbps: number[];
+  /** Round-trip time of each uplink (the lab's delay line), ms; absent = no added delay. */
+  rttMs?: number[];
 }
 
 export interface Results {
@@ -40,7 +42,7 @@ export interface Results {
     cc?: string;
     sumMbps: number;
     /** uplinkLoad: each CPE uplink's wire rate over its tbf rate during the measured seconds. */
-    systems: PerSystem<{ goodputMbps: Stat | null; ratio: Stat | null; uplinkLoad?: Array<Stat | null>; error?: string }>;
+    systems: PerSystem<{ goodputMbps: Stat | null; ratio: Stat | null; uplinkLoad?: Array<Stat | null>; ttfbP50Ms?: Stat | null; ttfbP99Ms?: Stat | null; error?: string }>;
   }>;
   relay: PerSystem<{ goodputMbps: Stat | null; cpuSecondsPerGB: Stat | null; error?: string }>;
   setup: PerSystem<{
@@ -109,6 +111,18 @@ export function markdown(r: Results): string {
       ratio(s.mpconvert?.ratio, s.shadowsocks?.ratio),
       ratio(s.mpconvert?.ratio, s.socat?.ratio),
     ]);
+  }
+  const delayed = r.aggregation.filter((a) => SYSTEMS.some((x) => a.systems[x]?.ttfbP50Ms));
+  if (delayed.length > 0) {
+    L.push('');
+    L.push('**Time to first byte on uplinks with real round-trip times** (the lab\'s delay line; request-response connections from the LAN client, p50 / p99 in ms, lower is better).');
+    L.push('');
+    head(['uplinks (rate@RTT)', 'congestion control', ...SYSTEMS.map((s) => NAMES[s]), 'mpconvert / shadowsocks', 'mpconvert / socat']);
+    for (const a of delayed) {
+      const s = a.systems;
+      const both = (x: SystemName) => (s[x]?.ttfbP50Ms ? `${cell(s[x]?.ttfbP50Ms, 1)} / ${cell(s[x]?.ttfbP99Ms, 1)}` : cell(null, 1, s[x]?.error));
+      row([`${a.topology.name}`, a.cc ?? 'host default', ...SYSTEMS.map(both), ratio(s.shadowsocks?.ttfbP50Ms, s.mpconvert?.ttfbP50Ms), ratio(s.socat?.ttfbP50Ms, s.mpconvert?.ttfbP50Ms)]);
+    }
   }
   if (r.aggregation.some((a) => SYSTEMS.some((x) => a.systems[x]?.uplinkLoad?.some(Boolean)))) {
     L.push('');
