@@ -15,7 +15,7 @@ import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { labImplementation, labUp, type Lab } from './lib/lab.js';
-import { failover, roundTrips, goodput, idleMemory, requestResponse, startServers, type FailoverRun, type GoodputRun, type RrRun } from './lib/measure.js';
+import { failover, roundTrips, goodput, idleMemory, requestResponse, startServers, type FailoverRun, type GoodputRun, type RrRun, type Direction } from './lib/measure.js';
 import { aggregationSvg, failoverSvg, markdown, stat, type Results, type Stat, type Topology } from './lib/report.js';
 import { deploy, needsLabMptcpRouting, SYSTEMS, type Deployment, type SystemName } from './lib/systems.js';
 import { summariseProfile } from './lib/profile.js';
@@ -35,6 +35,8 @@ interface Options {
   systems: SystemName[];
   only: Set<Figure>;
   topologies: Topology[];
+  /** Directions of the aggregation runs (up = upload, down = download with iperf3 -R). */
+  directions: Direction[];
   /** TCP congestion controls the shaped tests run under (every namespace of the lab, every system). */
   ccs: string[];
   profile: boolean;
@@ -66,10 +68,12 @@ function parseArgs(argv: string[]): Options {
       { name: '50@10+50@40', ratesMbps: [50, 50], rttMs: [10, 40] },
       { name: '80@5+20@60', ratesMbps: [80, 20], rttMs: [5, 60] },
     ].filter((t) => get('topologies')?.split(',').includes(t.name) ?? true),
+    directions: (get('directions')?.split(',') ?? ['up', 'down']) as Direction[],
     ccs: get('cc')?.split(',') ?? defaultCongestionControls(),
     profile: argv.includes('--profile'),
     out: get('out') ?? fileURLToPath(new URL('../../bench/results/', import.meta.url)),
   };
+  for (const d of o.directions) if (d !== 'up' && d !== 'down') throw new Error(`--directions: ${d} is not up or down`);
   for (const s of o.systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`);
   for (const f of o.only) if (!FIGURES.includes(f)) throw new Error(`unknown figure ${f}; known: ${FIGURES.join(', ')}`);
   const usable = congestionControls();
@@ -212,7 +216,7 @@ async function main(): Promise<void> {
         figures: [...o.only],
       },
       notes: [
-        'Goodput: iperf3, one TCP connection from the LAN client to the server (upload through the CPE), after 1 s of warm-up.',
+        'Goodput: iperf3, one TCP connection between the LAN client and the server, after 1 s of warm-up: upload (client to server) and, with --directions, download (iperf3 -R, the server sends); uplink load from the sending side of each uplink (the CPE end for uploads, the concentrator end for downloads). Relay and failover are uploads.',
         `Congestion control: the shaped tests (aggregation, failover) set it in every namespace of the lab, for every system (${o.ccs.join(', ')}; failover under ${o.ccs[0]}); the unshaped ones (relay, setup, memory) keep the host's default (${readFileSync('/proc/sys/net/ipv4/tcp_congestion_control', 'utf8').trim()}).`,
         'Uplink load: tc byte counters of the CPE uplinks read 0.3 s after the warm-up and 0.2 s before the end of each aggregation run.',
         'Relay CPU: utime + stime of every relay process on the CPE and the concentrator (and their reaped children), per GB of goodput.',
@@ -322,14 +326,16 @@ async function main(): Promise<void> {
         const doFail = o.only.has('failover') && topo === failTopo && cc === o.ccs[0];
         if (!doAgg && !doFail) continue;
         const sum = topo.ratesMbps.reduce((s, x) => s + x, 0);
-        const entry: Results['aggregation'][number] = { topology: topo, cc, sumMbps: sum, systems: {} };
+        const entries: Array<Results['aggregation'][number]> = [];
         const groups = labGroups(o.systems);
         log(`labs: uplinks ${topo.name} Mbit/s, ${cc} (${groups.map((g) => (g.mptcpRouting ? 'lab MPTCP routing' : 'routing by the mpconvert CPE')).join(' + ')})`);
         // Every lab this topology needs is up at once, so the systems' runs can be interleaved: run 1 of each
         // system, then run 2 of each (in a rotated order), ... Time-correlated noise on a shared machine then
         // spreads over all systems instead of landing on whichever system ran last.
         await withLabs(topo.ratesMbps, groups, cc, async (labFor) => {
-          if (doAgg) {
+          for (const direction of doAgg ? o.directions : []) {
+            const entry: Results['aggregation'][number] = { topology: topo, cc, direction, sumMbps: sum, systems: {} };
+            entries.push(entry);
             const runs: Partial<Record<SystemName, GoodputRun[]>> = {};
             const ttfb: Partial<Record<SystemName, RrRun[]>> = {};
             const errors: Partial<Record<SystemName, string>> = {};
@@ -340,13 +346,13 @@ async function main(): Promise<void> {
                 try {
                   await withDeployment(sys, labFor(sys), topo.ratesMbps.length, async (d) => {
                     r.deployments[sys] ??= d.note;
-                    (runs[sys] ??= []).push(await goodput(d, o.seconds, 1, { lab: labFor(sys), uplinks: topo.ratesMbps.length }));
+                    (runs[sys] ??= []).push(await goodput(d, o.seconds, 1, { lab: labFor(sys), uplinks: topo.ratesMbps.length }, direction));
                     // Where the uplinks have real RTTs, what a user feels first: the time to the first byte.
-                    if (topo.rttMs && cc === o.ccs[0]) (ttfb[sys] ??= []).push(await requestResponse(d, o.setupMs, 8));
+                    if (topo.rttMs && cc === o.ccs[0] && direction === o.directions[0]) (ttfb[sys] ??= []).push(await requestResponse(d, o.setupMs, 8));
                   });
                 } catch (e) {
                   errors[sys] = errText(e);
-                  log(`aggregation ${topo.name} ${cc} ${sys}: ERROR ${errText(e)}`);
+                  log(`aggregation ${topo.name} ${cc} ${direction} ${sys}: ERROR ${errText(e)}`);
                 }
               }
             }
@@ -365,7 +371,7 @@ async function main(): Promise<void> {
                 entry.systems[sys]!.ttfbP99Ms = stat(rr.map((x) => x.ttfbP99));
                 log(`ttfb ${topo.name} ${sys}: p50 ${rr.map((x) => x.ttfbP50?.toFixed(1)).join(', ')} ms, p99 ${rr.map((x) => x.ttfbP99?.toFixed(1)).join(', ')} ms`);
               }
-              log(`aggregation ${topo.name} ${cc} ${sys}: ${got.map((x) => `${x.mbps.toFixed(1)} (iperf3 summary ${x.summaryMbps.toFixed(1)}) [${x.uplinkMbps?.map((m) => m.toFixed(1)).join('+') ?? '?'} on the wire]`).join(', ')} Mbit/s of ${sum}`);
+              log(`aggregation ${topo.name} ${cc} ${direction} ${sys}: ${got.map((x) => `${x.mbps.toFixed(1)} (iperf3 summary ${x.summaryMbps.toFixed(1)}) [${x.uplinkMbps?.map((m) => m.toFixed(1)).join('+') ?? '?'} on the wire]`).join(', ')} Mbit/s of ${sum}`);
             }
           }
           if (doFail) {
@@ -385,7 +391,7 @@ async function main(): Promise<void> {
             }
           }
         }, topo.rttMs);
-        if (doAgg) r.aggregation.push(entry);
+        r.aggregation.push(...entries);
       }
     }
     if (o.only.has('failover')) {
@@ -446,10 +452,10 @@ function targets(r: Results): Results['targets'] {
     const s = a.systems;
     const mp = m(s.mpconvert?.ratio);
     const k = m(s.kernel?.ratio);
-    add(`aggregation ${a.topology.name} ${a.cc ?? ''}: >= 0.99x kernel`, mp !== undefined && k ? mp / k : undefined, 0.99, true, (v) => `${v.toFixed(3)}x`);
+    add(`aggregation ${a.topology.name} ${a.cc ?? ''}${a.direction === 'down' ? ' download' : ''}: >= 0.99x kernel`, mp !== undefined && k ? mp / k : undefined, 0.99, true, (v) => `${v.toFixed(3)}x`);
     const peers = [s.shadowsocks?.ratio, s.socat?.ratio].filter((x): x is Stat => !!x);
     const best = peers.length ? peers.reduce((a, b) => (b.median > a.median ? b : a)) : undefined;
-    add(`aggregation ${a.topology.name} ${a.cc ?? ''}: >= both peers`, mp, best?.median, true, (v) => v.toFixed(3));
+    add(`aggregation ${a.topology.name} ${a.cc ?? ''}${a.direction === 'down' ? ' download' : ''}: >= both peers`, mp, best?.median, true, (v) => v.toFixed(3));
     // Below the better peer, but by less than the bench can resolve: less than RESOLUTION (the medians of one
     // system on one topology move by about that much between bench runs even when every uplink is full), or
     // each median inside the other's min–max range.

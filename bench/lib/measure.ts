@@ -13,7 +13,8 @@ import { cmdline, CONC_ADDR, IPERF_PORT, RR_PORT, type Deployment } from './syst
 const TOOLS = fileURLToPath(new URL('../tools/', import.meta.url));
 
 /** Data flows from the LAN client towards the server (upload), through the CPE's shaped uplinks. */
-export const REVERSE = false;
+/** Which way the bytes flow: up = LAN client to server (upload), down = server to LAN client (iperf3 -R). */
+export type Direction = 'up' | 'down';
 
 export interface Servers {
   iperf: Proc;
@@ -52,11 +53,11 @@ interface IperfJson {
   error?: string;
 }
 
-async function iperf(d: Deployment, args: string[], timeoutMs: number): Promise<IperfJson> {
+async function iperf(d: Deployment, args: string[], timeoutMs: number, direction: Direction = 'up'): Promise<IperfJson> {
   // The server finishes the previous test a moment after its client did; until then it refuses a new one.
   for (let attempt = 1; ; attempt++) {
     try {
-      return await iperfOnce(d, args, timeoutMs);
+      return await iperfOnce(d, args, timeoutMs, direction);
     } catch (err) {
       if (attempt >= 5 || !/server is busy/.test((err as Error).message)) throw err;
       await new Promise((r) => setTimeout(r, 500 * attempt));
@@ -64,9 +65,9 @@ async function iperf(d: Deployment, args: string[], timeoutMs: number): Promise<
   }
 }
 
-async function iperfOnce(d: Deployment, args: string[], timeoutMs: number): Promise<IperfJson> {
+async function iperfOnce(d: Deployment, args: string[], timeoutMs: number, direction: Direction): Promise<IperfJson> {
   const t = d.target(IPERF_PORT);
-  const [c, a] = cmdline(d.client, 'iperf3', ['-c', t.address, '-p', String(t.port), '-J', ...(REVERSE ? ['-R'] : []), ...args]);
+  const [c, a] = cmdline(d.client, 'iperf3', ['-c', t.address, '-p', String(t.port), '-J', ...(direction === 'down' ? ['-R'] : []), ...args]);
   const r = await d.client.host.exec(c, a, { timeoutMs, allowFailure: true });
   let j: IperfJson;
   try {
@@ -115,12 +116,17 @@ export interface GoodputRun {
   cpuSecondsPerGB: number | null;
 }
 
-/** Bytes sent so far by each CPE uplink's egress qdisc (tc -s), in uplink order. */
-export async function uplinkTxBytes(lab: Lab, uplinks: number): Promise<number[]> {
+/**
+ * Bytes sent so far by each uplink's egress qdisc (tc -s), in uplink order: the CPE's ends for uploads, the
+ * concentrator's (acc{i}) for downloads.
+ */
+export async function uplinkTxBytes(lab: Lab, uplinks: number, direction: Direction = 'up'): Promise<number[]> {
   const out: number[] = [];
   for (let i = 1; i <= uplinks; i++) {
-    const dev = uplinkAddressing(i).cpeDev;
-    const r = await lab.hosts.cpe.exec('tc', ['-s', '-j', 'qdisc', 'show', 'dev', dev, 'root']);
+    const a = uplinkAddressing(i);
+    const dev = direction === 'up' ? a.cpeDev : a.concDev;
+    const host = direction === 'up' ? lab.hosts.cpe : lab.hosts.concentrator;
+    const r = await host.exec('tc', ['-s', '-j', 'qdisc', 'show', 'dev', dev, 'root']);
     const q = (JSON.parse(r.stdout) as Array<{ bytes?: number }>)[0];
     if (typeof q?.bytes !== 'number') throw new Error(`no byte counter on ${dev}'s qdisc: ${r.stdout.slice(0, 200)}`);
     out.push(q.bytes);
@@ -133,13 +139,14 @@ export async function uplinkTxBytes(lab: Lab, uplinks: number): Promise<number[]
  * counter is read twice while the measured seconds run (0.3 s after the warm-up, 0.2 s before the end): how
  * full every uplink was while measured.
  */
-export async function goodput(d: Deployment, seconds: number, omit = 1, wire?: { lab: Lab; uplinks: number }): Promise<GoodputRun> {
+export async function goodput(d: Deployment, seconds: number, omit = 1, wire?: { lab: Lab; uplinks: number }, direction: Direction = 'up'): Promise<GoodputRun> {
+  const reverse = direction === 'down';
   const before = d.relayRoots.length ? cpuSeconds(d.relayRoots) : 0;
   const samples: Array<Promise<{ at: number; bytes: number[] }>> = [];
   const timers = wire
     ? [omit + 0.3, omit + seconds - 0.2].map((t) =>
         setTimeout(() => {
-          const p = uplinkTxBytes(wire.lab, wire.uplinks).then((bytes) => ({ at: performance.now(), bytes }));
+          const p = uplinkTxBytes(wire.lab, wire.uplinks, direction).then((bytes) => ({ at: performance.now(), bytes }));
           p.catch(() => {});
           samples.push(p);
         }, t * 1000),
@@ -147,11 +154,12 @@ export async function goodput(d: Deployment, seconds: number, omit = 1, wire?: {
     : [];
   let j: IperfJson;
   try {
-    j = await iperf(d, ['-t', String(seconds), '-O', String(omit), ...(REVERSE ? [] : ['--get-server-output'])], (seconds + omit) * 1000 + 20_000);
+    j = await iperf(d, ['-t', String(seconds), '-O', String(omit), ...(reverse ? [] : ['--get-server-output'])], (seconds + omit) * 1000 + 20_000, direction);
   } finally {
     for (const t of timers) clearTimeout(t);
   }
-  const received = receiverRate(REVERSE ? j.intervals?.map((x) => x.sum) : j.server_output_json?.intervals?.map((x) => x.sum) ?? parseServerIntervals(j.server_output_text ?? ''));
+  // The receiver's intervals: the client's own with -R, else the server's.
+  const received = receiverRate(reverse ? j.intervals?.map((x) => x.sum) : j.server_output_json?.intervals?.map((x) => x.sum) ?? parseServerIntervals(j.server_output_text ?? ''));
   let uplinkMbps: number[] | undefined;
   if (samples.length === 2) {
     const [a, b] = await Promise.all(samples);
@@ -257,13 +265,13 @@ export async function failover(
   timers.push(setTimeout(() => actions.push(lab.uplinkUp(o.cut)), o.restoreAt * 1000));
   let j: IperfJson;
   try {
-    j = await iperf(d, ['-t', String(o.seconds), '-i', '0.25', ...(REVERSE ? [] : ['--get-server-output'])], o.seconds * 1000 + 30_000);
+    j = await iperf(d, ['-t', String(o.seconds), '-i', '0.25', '--get-server-output'], o.seconds * 1000 + 30_000);
   } finally {
     for (const t of timers) clearTimeout(t);
     await Promise.allSettled(actions);
     if (Date.now() - t0 < o.restoreAt * 1000 || cutDone) await lab.uplinkUp(o.cut).catch(() => {});
   }
-  const iv = REVERSE ? j.intervals : j.server_output_json?.intervals;
+  const iv = j.server_output_json?.intervals;
   const series = iv?.length ? iv.map((x) => [x.sum.end, x.sum.bits_per_second / 1e6] as [number, number]) : parseIntervals(j.server_output_text ?? '');
   if (!series.length) throw new Error('iperf3 gave no intervals');
   const after = (from: number, threshold: number) => {

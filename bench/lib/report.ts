@@ -18,6 +18,9 @@ export function stat(values: Array<number | null | undefined>): Stat | null {
 
 export type PerSystem<T> = Partial<Record<SystemName, T>>;
 
+/** ", download" for download rows (upload is the default and unmarked). */
+const dir = (a: { direction?: 'up' | 'down' }) => (a.direction === 'down' ? ', download' : '');
+
 export interface Topology {
   name: string;
   ratesMbps: number[];
@@ -40,6 +43,8 @@ export interface Results {
     topology: Topology;
     /** The TCP congestion control of every namespace (absent in results from before it was recorded). */
     cc?: string;
+    /** up = upload (LAN client to server), down = download (iperf3 -R); absent in older results: up. */
+    direction?: 'up' | 'down';
     sumMbps: number;
     /** uplinkLoad: each CPE uplink's wire rate over its tbf rate during the measured seconds. */
     systems: PerSystem<{ goodputMbps: Stat | null; ratio: Stat | null; uplinkLoad?: Array<Stat | null>; ttfbP50Ms?: Stat | null; ttfbP99Ms?: Stat | null; error?: string }>;
@@ -104,7 +109,7 @@ export function markdown(r: Results): string {
   for (const a of r.aggregation) {
     const s = a.systems;
     row([
-      `${a.topology.name} Mbit/s`,
+      `${a.topology.name} Mbit/s${dir(a)}`,
       a.cc ?? 'host default',
       ...SYSTEMS.map((x) => cell(s[x]?.ratio, 3, s[x]?.error)),
       ratio(s.mpconvert?.ratio, s.kernel?.ratio, 3),
@@ -134,7 +139,7 @@ export function markdown(r: Results): string {
         const l = a.systems[x]?.uplinkLoad;
         return l?.length ? l.map((st) => (st ? st.median.toFixed(2) : '—')).join(' + ') : '—';
       };
-      row([`${a.topology.name} Mbit/s`, a.cc ?? 'host default', ...SYSTEMS.map(load)]);
+      row([`${a.topology.name} Mbit/s${dir(a)}`, a.cc ?? 'host default', ...SYSTEMS.map(load)]);
     }
   }
   L.push('');
@@ -210,7 +215,7 @@ export function aggregationSvg(r: Results): string {
       parts.push(`<line x1="${cx}" x2="${cx}" y1="${y(st.min)}" y2="${y(st.max)}" stroke="#000"/>`);
       parts.push(`<text x="${cx}" y="${y(st.median) - 4}" text-anchor="middle" font-size="9">${st.median.toFixed(2)}</text>`);
     });
-    parts.push(`<text x="${gx + (SYSTEMS.length * barW) / 2}" y="${bottom + 16}" text-anchor="middle">${esc(a.topology.name)}${a.cc ? ` ${esc(a.cc)}` : ' Mbit/s'}</text>`);
+    parts.push(`<text x="${gx + (SYSTEMS.length * barW) / 2}" y="${bottom + 16}" text-anchor="middle">${esc(a.topology.name)}${a.cc ? ` ${esc(a.cc)}` : ' Mbit/s'}${a.direction === 'down' ? ' ↓' : ''}</text>`);
   });
   return svg(W, H, 'Aggregation: goodput / sum of uplink rates', [...parts, legend(left, H - 24, SYSTEMS)]);
 }
