@@ -51,7 +51,7 @@ export function concentratorCommand(): Command {
         {
           start: async () => {
             await concentrator.start();
-            if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => concentrator.status());
+            if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => concentrator.status(), () => concentrator.readiness());
             return { listen: concentrator.addresses, admin: admin?.port };
           },
           stop: async (reason) => {

@@ -368,6 +368,13 @@ export class Concentrator {
     return this.#ownCache.set;
   }
 
+  /** Ready while it listens and is not stopping. */
+  readiness(): { ready: true } | { ready: false; reason: string } {
+    if (this.#stopping) return { ready: false, reason: 'stopping' };
+    if (this.#listeners.size === 0) return { ready: false, reason: 'no listener' };
+    return { ready: true };
+  }
+
   status() {
     return {
       listeners: [...this.#listeners.keys()],

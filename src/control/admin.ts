@@ -1,18 +1,21 @@
 /**
- * The admin endpoint: GET /metrics (Prometheus text), /healthz, /status (JSON from the component).
- * Plain node:http: three read-only routes need no framework.
+ * The admin endpoint: GET /metrics (Prometheus text), /healthz (readiness: 200 "ok", or 503 with the
+ * reason), /status (JSON from the component). Plain node:http: three read-only routes need no framework.
  */
 import http from 'node:http';
 import { once } from 'node:events';
 import type { Registry } from 'prom-client';
 import type { Endpoint } from './address.js';
 
+/** Whether the component can do its job now, and if not, why (for the 503 body and for operators). */
+export type Readiness = { ready: true } | { ready: false; reason: string };
+
 export interface AdminServer {
   readonly port: number;
   close(): Promise<void>;
 }
 
-export async function startAdmin(endpoint: Endpoint, registry: Registry, status: () => unknown): Promise<AdminServer> {
+export async function startAdmin(endpoint: Endpoint, registry: Registry, status: () => unknown, readiness: () => Readiness = () => ({ ready: true })): Promise<AdminServer> {
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
     if (req.method !== 'GET') {
@@ -25,7 +28,9 @@ export async function startAdmin(endpoint: Endpoint, registry: Registry, status:
         (err: Error) => res.writeHead(500).end(err.message),
       );
     } else if (url === '/healthz') {
-      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      const r = readiness();
+      if (r.ready) res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      else res.writeHead(503, { 'content-type': 'text/plain' }).end(`not ready: ${r.reason}\n`);
     } else if (url === '/status') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(status(), null, 2));
     } else {

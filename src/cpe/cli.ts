@@ -44,7 +44,7 @@ export function cpeCommand(): Command {
         {
           start: async () => {
             await cpe.start();
-            if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => cpe.status());
+            if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => cpe.status(), () => cpe.readiness());
             return { tproxyPort: config.tproxyPort, admin: admin?.port };
           },
           stop: async () => {

@@ -149,6 +149,17 @@ export class Cpe {
     });
   }
 
+  /**
+   * Ready when a connection would be served: a concentrator is usable (not held off, not known incapable),
+   * or connections fall back to direct TCP.
+   */
+  readiness(): { ready: true } | { ready: false; reason: string } {
+    if (this.#stopping) return { ready: false, reason: 'stopping' };
+    if (this.#listeners.length === 0) return { ready: false, reason: 'not started' };
+    if (this.#selector.candidates().length > 0 || this.#config.fallback === 'direct') return { ready: true };
+    return { ready: false, reason: 'no concentrator is usable (unreachable or not capable) and fallback is refuse' };
+  }
+
   status() {
     return {
       relays: this.#relays.size,

@@ -1,0 +1,39 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Registry } from 'prom-client';
+import { startAdmin, type Readiness } from '../../../src/control/admin.js';
+import { Concentrator } from '../../../src/concentrator/concentrator.js';
+import { concentratorConfigSchema } from '../../../src/concentrator/config.js';
+import { createMetrics } from '../../../src/control/metrics.js';
+import { silentLogger } from '../../../src/log.js';
+import { fakeKernel, fakeSockets } from '../../support/fake-platform.js';
+
+test('/healthz tells readiness: 200 ok, or 503 with the reason', async () => {
+  let r: Readiness = { ready: true };
+  const admin = await startAdmin({ host: '127.0.0.1', port: 0, family: 4 }, new Registry(), () => ({}), () => r);
+  try {
+    const get = async () => {
+      const res = await fetch(`http://127.0.0.1:${admin.port}/healthz`);
+      return { status: res.status, body: await res.text() };
+    };
+    assert.deepEqual(await get(), { status: 200, body: 'ok\n' });
+    r = { ready: false, reason: 'no concentrator is usable' };
+    assert.deepEqual(await get(), { status: 503, body: 'not ready: no concentrator is usable\n' });
+  } finally {
+    await admin.close();
+  }
+});
+
+test('the concentrator is ready while it listens, not once it stops', async () => {
+  const c = new Concentrator(concentratorConfigSchema.parse({ listen: ['127.0.0.1:0'], allow: ['127.0.0.0/8'] }), {
+    sockets: fakeSockets(),
+    kernel: fakeKernel(),
+    logger: silentLogger(),
+    metrics: createMetrics('concentrator'),
+  });
+  assert.deepEqual(c.readiness(), { ready: false, reason: 'no listener' });
+  await c.start();
+  assert.deepEqual(c.readiness(), { ready: true });
+  await c.stop(0);
+  assert.deepEqual(c.readiness(), { ready: false, reason: 'stopping' });
+});
