@@ -18,6 +18,7 @@ import { ConnectionLimits } from '../policy/limits.js';
 import { cidrContains } from '../policy/cidr.js';
 import { customerGate, destinationRefusal, limitsGate, mptcpGate, sourceGate, type PrefixMatcher } from '../policy/gates.js';
 import { SignallingAdmission } from '../policy/pending.js';
+import { compileProxyProtocolTargets, type ProxyProtocolTargets } from '../policy/proxy-protocol.js';
 import { refuse, refusalLabel, refusalReaction, type Refusal } from '../policy/refusals.js';
 import { unmapAddress } from '../protocol/address.js';
 import { MpconvertError } from '../errors.js';
@@ -71,6 +72,7 @@ export class Concentrator {
   readonly #announced: number[] = [];
   #allow: PrefixMatcher;
   #sourceAddress: SourceAddressStrategy;
+  #proxyProtocol: ProxyProtocolTargets;
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
   readonly #steps: readonly Step[];
@@ -92,6 +94,7 @@ export class Concentrator {
     this.#pending = new SignallingAdmission(config.signalling);
     this.#allow = prefixMatcher(config.allow);
     this.#sourceAddress = sourceAddressStrategy(config.sourcePool);
+    this.#proxyProtocol = compileProxyProtocolTargets(config.server.proxyProtocol);
     this.#dialer = new ServerDialer({
       sockets: deps.sockets,
       logger: deps.logger,
@@ -111,6 +114,7 @@ export class Concentrator {
       splice: deps.splice,
       settings: () => this.#config,
       stopping: () => this.#stopping,
+      proxyProtocol: () => this.#proxyProtocol,
     });
     this.#steps = this.#pipeline();
   }
@@ -390,6 +394,7 @@ export class Concentrator {
     this.#limits.reconfigure(next.limits);
     this.#pending.reconfigure(next.signalling);
     this.#dialer.setMptcp(next.server.mptcp);
+    this.#proxyProtocol = compileProxyProtocolTargets(next.server.proxyProtocol);
     // Connections already open release their address into the strategy they took it from.
     if (JSON.stringify(old.sourcePool) !== JSON.stringify(next.sourcePool)) this.#sourceAddress = sourceAddressStrategy(next.sourcePool);
     for (const [text, server] of this.#listeners) {
