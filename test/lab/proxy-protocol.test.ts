@@ -127,6 +127,8 @@ describe('PROXY protocol v2 to a real HAProxy (lab)', { skip: missing ?? false, 
         'frontend pp',
         `  bind ${srv4}:${PP_PORT} accept-proxy`,
         `  bind [${srv6}]:${PP_PORT} accept-proxy`,
+        // Only the concentrator may speak for others (the rule sees the real peer: it runs before the header is read).
+        "  tcp-request connection reject if !{ src 198.19.0.1 2001:db8:100::1 }",
         '  default_backend web',
         'backend web',
         `  server web 127.0.0.1:${HTTP_PORT}`,
