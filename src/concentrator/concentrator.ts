@@ -18,6 +18,7 @@ import { ConnectionLimits } from '../policy/limits.js';
 import { AddressSet, PrefixSet, compileDestinationPolicy, type DestinationPolicy } from '../policy/destination.js';
 import { customerGate, destinationRefusal, limitsGate, mptcpGate, sourceGate } from '../policy/gates.js';
 import { SignallingAdmission } from '../policy/pending.js';
+import { compileProxyProtocolTargets, type ProxyProtocolTargets } from '../policy/proxy-protocol.js';
 import { refuse, refusalLabel, refusalReaction, type Refusal } from '../policy/refusals.js';
 import { unmapAddress } from '../protocol/address.js';
 import { MpconvertError } from '../errors.js';
@@ -68,6 +69,7 @@ export class Concentrator {
   #allow: PrefixSet;
   #destinations: DestinationPolicy;
   #sourceAddress: SourceAddressStrategy;
+  #proxyProtocol: ProxyProtocolTargets;
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
   readonly #steps: readonly Step[];
@@ -90,6 +92,7 @@ export class Concentrator {
     this.#allow = PrefixSet.from(config.allow);
     this.#destinations = compileDestinationPolicy({ deny: config.deny });
     this.#sourceAddress = sourceAddressStrategy(config.sourcePool);
+    this.#proxyProtocol = compileProxyProtocolTargets(config.server.proxyProtocol);
     this.#dialer = new ServerDialer({
       sockets: deps.sockets,
       logger: deps.logger,
@@ -109,6 +112,7 @@ export class Concentrator {
       splice: deps.splice,
       settings: () => this.#config,
       stopping: () => this.#stopping,
+      proxyProtocol: () => this.#proxyProtocol,
     });
     this.#steps = this.#pipeline();
   }
@@ -399,6 +403,7 @@ export class Concentrator {
     this.#limits.reconfigure(next.limits);
     this.#pending.reconfigure(next.signalling);
     this.#dialer.setMptcp(next.server.mptcp);
+    this.#proxyProtocol = compileProxyProtocolTargets(next.server.proxyProtocol);
     // Connections already open release their address into the strategy they took it from.
     if (JSON.stringify(old.sourcePool) !== JSON.stringify(next.sourcePool)) this.#sourceAddress = sourceAddressStrategy(next.sourcePool);
     for (const [text, server] of this.#listeners) {

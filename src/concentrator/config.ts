@@ -37,8 +37,21 @@ export const concentratorConfigSchema = z.strictObject({
       fallbackCacheSize: z.number().int().min(1).default(100_000),
       /** A connection that fell back after at least this long is taken as an MPTCP SYN that was dropped. */
       slowFallbackMs: z.number().int().min(100).default(900),
+      /**
+       * Destinations whose server connection starts with a PROXY protocol v2 header naming the original client
+       * (draft-nam-mptcp-deployment-considerations section 4.3, HOST_ID): prefix, and ports (absent = all).
+       * Only servers configured to expect it may be listed (HAProxy `accept-proxy`, nginx `proxy_protocol`).
+       */
+      proxyProtocol: z
+        .array(
+          z.strictObject({
+            prefix: cidr,
+            ports: z.array(z.number().int().min(1).max(65_535)).min(1, 'list at least one port, or leave ports out for every port').optional(),
+          }),
+        )
+        .default([]),
     })
-    .default({ mptcp: true, connectTimeoutMs: 10_000, fallbackCacheTtlS: 86_400, fallbackCacheSize: 100_000, slowFallbackMs: 900 }),
+    .default({ mptcp: true, connectTimeoutMs: 10_000, fallbackCacheTtlS: 86_400, fallbackCacheSize: 100_000, slowFallbackMs: 900, proxyProtocol: [] }),
   sourcePool: z
     .strictObject({
       addresses: z.array(ip).default([]),

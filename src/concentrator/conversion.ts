@@ -7,10 +7,12 @@ import type { Socket } from 'node:net';
 import { formatEndpoint } from '../control/address.js';
 import type { Metrics } from '../control/metrics.js';
 import type { Sockets, SpliceEngine } from '../platform/types.js';
+import type { ProxyProtocolTargets } from '../policy/proxy-protocol.js';
 import { unmapAddress } from '../protocol/address.js';
 import { refuse, type Refusal } from '../policy/refusals.js';
 import { createRelay, type RelayStats } from '../relay/index.js';
 import type { ConnectionContext } from './context.js';
+import { proxyHeader } from './proxy-header.js';
 import type { ServerDialer, ServerTransport } from './server-dialer.js';
 import { confirmation } from './signalling.js';
 
@@ -30,6 +32,8 @@ export interface ExplicitTcpDeps {
   /** Read per connection, so a reload applies to new connections. */
   settings: () => { preserveDscp: boolean; idleTimeoutS: number; relayEngine: 'splice' | 'streams' };
   stopping: () => boolean;
+  /** Destinations whose server leg starts with a PROXY v2 header (compiled once per configuration). */
+  proxyProtocol: () => ProxyProtocolTargets;
 }
 
 /** Explicit mode, TCP: the server leg is a TCP (or MPTCP) connection to the signalled destination. */
@@ -71,9 +75,13 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       return refuse(socket.destroyed ? 'client-gone' : 'stopping');
     }
     deps.metrics.serverLeg.inc({ transport });
-    // Confirm (echo the IEs byte for byte / Convert reply), then what the client sent after its signalling.
+    // Confirm (echo the IEs byte for byte / Convert reply), then what the client sent after its signalling,
+    // behind the PROXY header if this destination wants one (header and early bytes in one write: the spec
+    // asks for the header at once).
     socket.write(confirmation(read));
-    if (read.rest.length > 0) server.write(read.rest);
+    const header = deps.proxyProtocol().wants(dest.address, dest.port) ? proxyHeader(ctx, dest) : undefined;
+    const first = header ? (read.rest.length > 0 ? Buffer.concat([header, read.rest]) : header) : read.rest;
+    if (first.length > 0) server.write(first);
     const upPre = read.rest.length;
     const external = server.localAddress ? formatEndpoint(unmapAddress(server.localAddress), server.localPort ?? 0) : undefined;
     const destination = formatEndpoint(dest.address, dest.port);
@@ -87,6 +95,7 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       format: read.format,
       transport,
       ...(read.source ? { source: read.source.address } : {}),
+      ...(header ? { proxyProtocol: 'v2' } : {}),
     });
     deps.metrics.active.inc();
     const relay = createRelay(socket, server, { idleTimeoutMs: settings.idleTimeoutS * 1000 }, settings.relayEngine === 'splice' ? deps.splice : undefined);

@@ -57,6 +57,10 @@ export const PROTOCOL_ERRORS = {
   MPC_ERR_UDP_LENGTH: { meaning: 'UDP channel frame payload over the maximum', reaction: 'abort' },
   MPC_ERR_UDP_PORT: { meaning: 'UDP channel frame with port 0', reaction: 'abort' },
   MPC_ERR_UDP_DIRECTION: { meaning: 'UDP channel frame with the D bit of the other direction', reaction: 'abort' },
+  MPC_ERR_PROXY_SIGNATURE: { meaning: 'PROXY v2 header (decoder for tests and tools) does not start with its 12-byte signature', reaction: 'abort' },
+  MPC_ERR_PROXY_VERSION: { meaning: 'PROXY v2 header version is not 2, or its command is neither LOCAL nor PROXY', reaction: 'abort' },
+  MPC_ERR_PROXY_FAMILY: { meaning: 'PROXY v2 header family (> 3) or transport protocol (> 2) is not defined', reaction: 'abort' },
+  MPC_ERR_PROXY_LENGTH: { meaning: 'PROXY v2 header with the PROXY command whose Length is shorter than its address block', reaction: 'abort' },
 } as const;
 
 export type ProtocolErrorCodeValue = keyof typeof PROTOCOL_ERRORS;
@@ -83,6 +87,10 @@ export const ProtocolErrorCode = {
   UdpLength: 'MPC_ERR_UDP_LENGTH',
   UdpPort: 'MPC_ERR_UDP_PORT',
   UdpDirection: 'MPC_ERR_UDP_DIRECTION',
+  ProxySignature: 'MPC_ERR_PROXY_SIGNATURE',
+  ProxyVersion: 'MPC_ERR_PROXY_VERSION',
+  ProxyFamily: 'MPC_ERR_PROXY_FAMILY',
+  ProxyLength: 'MPC_ERR_PROXY_LENGTH',
 } as const satisfies Record<string, ProtocolErrorCodeValue>;
 
 export class ProtocolError extends MpconvertError {

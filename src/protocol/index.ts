@@ -5,3 +5,4 @@ export * from './mp-convert.js';
 export * from './convert.js';
 export * from './signalling.js';
 export * from './udp-frame.js';
+export * from './proxy-v2.js';

@@ -11,7 +11,7 @@ import { Concentrator } from '../../../src/concentrator/concentrator.js';
 import { concentratorConfigSchema, type ConcentratorConfigInput } from '../../../src/concentrator/config.js';
 import { createMetrics } from '../../../src/control/metrics.js';
 import { silentLogger } from '../../../src/log.js';
-import { encodeMpConvert, encodeConvertMessage } from '../../../src/protocol/index.js';
+import { decodeProxyV2, encodeMpConvert, encodeConvertMessage } from '../../../src/protocol/index.js';
 import { fakeKernel, fakeSockets, type FakeOptions } from '../../support/fake-platform.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -57,8 +57,9 @@ async function converse(port: number, chunks: Buffer[], body = Buffer.alloc(0)) 
   try {
     await once(s, 'connect');
   } catch {
-    return { how: 'reset' as const, received: Buffer.alloc(0) };
+    return { how: 'reset' as const, received: Buffer.alloc(0), localPort: 0 };
   }
+  const localPort = s.localPort ?? 0;
   const parts: Buffer[] = [];
   s.on('data', (d: Buffer) => parts.push(d));
   const ended = new Promise<'end' | 'reset'>((resolve) => {
@@ -73,7 +74,7 @@ async function converse(port: number, chunks: Buffer[], body = Buffer.alloc(0)) 
   s.end();
   const how = await ended;
   s.destroy();
-  return { how, received: Buffer.concat(parts) };
+  return { how, received: Buffer.concat(parts), localPort };
 }
 
 const dest = (address: string, port?: number) => encodeMpConvert([{ type: 0, direction: 'destination', address, ...(port ? { port } : {}) }]);
@@ -101,6 +102,59 @@ describe('concentrator (loopback, fake platform)', () => {
       assert.equal(sha(up.got[before]!), sha(Buffer.concat([early, body])));
       assert.equal(sockets.dials.at(-1)!.protocol, 'mptcp', 'servers are dialled with MPTCP');
       assert.equal(sockets.dials.at(-1)!.host, '198.19.0.11');
+    } finally {
+      await c.stop(0);
+    }
+  });
+
+  test('PROXY v2: a listed destination gets the header then the client bytes exactly; an unlisted one none; a reload applies to new connections', async () => {
+    const proxyProtocol = [{ prefix: '198.19.0.11/32', ports: [8443] }, { prefix: '2001:db8:100::/64' }];
+    const { c, port } = await startConcentrator({ server: { proxyProtocol } }, {}, up.port);
+    try {
+      const early = Buffer.from('GET / HTTP/1.1\r\n\r\n');
+      const body = randomBytes(50_000);
+      const withSource = (d: string, dport: number, s: string, sport: number) =>
+        encodeMpConvert([
+          { type: 0, direction: 'destination', address: d, port: dport },
+          { type: 0, direction: 'source', address: s, port: sport },
+        ]);
+      const serverGot = async (chunks: Buffer[]) => {
+        const before = up.got.length;
+        const r = await converse(port, chunks, body);
+        assert.equal(r.how, 'end');
+        assert.equal(sha(r.received.subarray(r.received.length - reply.length)), sha(reply), 'the client got the confirmation, then the server bytes');
+        assert.equal(up.got.length, before + 1);
+        return { got: up.got[before]!, clientPort: r.localPort };
+      };
+      // The LAN host from the source IE, the signalled destination (the golden bytes HAProxy sends for it).
+      const v4 = await serverGot([Buffer.concat([withSource('198.19.0.11', 8443, '198.18.0.2', 40000), early])]);
+      const h4 = Buffer.from('0d0a0d0a000d0a515549540a2111000cc6120002c613000b9c4020fb', 'hex');
+      assert.equal(v4.got.subarray(0, h4.length).toString('hex'), h4.toString('hex'), 'the header comes first');
+      assert.equal(sha(v4.got.subarray(h4.length)), sha(Buffer.concat([early, body])), 'then the client bytes, exactly');
+      const v6 = await serverGot([Buffer.concat([withSource('2001:db8:100::b', 443, '2001:db8::2', 40000), early])]);
+      const d6 = decodeProxyV2(v6.got);
+      assert.equal(d6.status, 'done');
+      if (d6.status !== 'done') return;
+      assert.deepEqual(d6.header.addresses, { source: { address: '2001:db8::2', port: 40000 }, destination: { address: '2001:db8:100::b', port: 443 } });
+      assert.equal(sha(d6.rest), sha(Buffer.concat([early, body])));
+      // No source IE (MP_CONVERT without it, RFC 8803): the CPE's own address and port.
+      for (const signalling of [dest('198.19.0.11', 8443), encodeConvertMessage({ tlvs: [{ type: 'connect', address: '198.19.0.11', port: 8443, options: Buffer.alloc(0) }] })]) {
+        const r = await serverGot([Buffer.concat([signalling, early])]);
+        const d = decodeProxyV2(r.got);
+        assert.equal(d.status, 'done');
+        if (d.status !== 'done') return;
+        assert.deepEqual(d.header.addresses, { source: { address: '127.0.0.1', port: r.clientPort }, destination: { address: '198.19.0.11', port: 8443 } });
+        assert.equal(sha(d.rest), sha(Buffer.concat([early, body])));
+      }
+      // Not listed: another port of the listed host, another host. The server gets the client bytes only.
+      for (const [d, p] of [['198.19.0.11', 8080], ['198.19.0.12', 8443]] as const) {
+        const r = await serverGot([Buffer.concat([withSource(d, p, '198.18.0.2', 40000), early])]);
+        assert.equal(sha(r.got), sha(Buffer.concat([early, body])), `${d}:${p} gets no header`);
+      }
+      // A reload without the setting: the next connection to the same destination gets none.
+      await c.reload(concentratorConfigSchema.parse({ ...c.config, server: { ...c.config.server, proxyProtocol: [] } }));
+      const off = await serverGot([Buffer.concat([withSource('198.19.0.11', 8443, '198.18.0.2', 40000), early])]);
+      assert.equal(sha(off.got), sha(Buffer.concat([early, body])), 'no header after the reload');
     } finally {
       await c.stop(0);
     }

@@ -41,3 +41,19 @@ test('flags override the file', async () => {
 test('an unreadable file is a clear error', async () => {
   await assert.rejects(resolveConcentratorConfig({ config: join(dir, 'missing.yaml') }), /Cannot read config file/);
 });
+
+test('server.proxyProtocol: none by default; prefixes and ports checked, every bad key named', async () => {
+  const base = { listen: ['198.18.200.1:5000'], allow: ['198.18.0.0/16'] };
+  assert.deepEqual((await resolveConcentratorConfig(base)).server.proxyProtocol, []);
+  const f = join(dir, 'proxy.yaml');
+  writeFileSync(f, 'listen: ["198.18.200.1:5000"]\nallow: ["198.18.0.0/16"]\nserver:\n  proxyProtocol:\n    - { prefix: "198.19.0.11/32", ports: [8443] }\n    - { prefix: "2001:db8:100::/64" }\n');
+  assert.deepEqual((await resolveConcentratorConfig({ config: f })).server.proxyProtocol, [{ prefix: '198.19.0.11/32', ports: [8443] }, { prefix: '2001:db8:100::/64' }]);
+  writeFileSync(f, 'listen: ["198.18.200.1:5000"]\nallow: ["198.18.0.0/16"]\nserver:\n  proxyProtocol:\n    - { prefix: "198.19.0.11/33", ports: [0] }\n    - { prefix: "198.19.0.0/24", ports: [] }\n    - { prefix: "198.19.0.0/24", port: 80 }\n');
+  await assert.rejects(resolveConcentratorConfig({ config: f }), (err: Error) => {
+    assert.match(err.message, /server\.proxyProtocol\.0\.prefix: must be an IP prefix/);
+    assert.match(err.message, /server\.proxyProtocol\.0\.ports\.0/);
+    assert.match(err.message, /server\.proxyProtocol\.1\.ports: list at least one port/);
+    assert.match(err.message, /server\.proxyProtocol\.2: Unrecognized key: "port"/);
+    return true;
+  });
+});

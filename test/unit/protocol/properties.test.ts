@@ -12,8 +12,11 @@ import {
   ProtocolError,
   SignallingDecoder,
   UdpFrameDecoder,
+  PROXY_V2_SIGNATURE,
   canonicalAddress,
   decodeConvertMessage,
+  decodeProxyV2,
+  encodeProxyV2,
   encodeConvertMessage,
   encodeMpConvert,
   encodeTcpOptions,
@@ -276,5 +279,28 @@ test('the UDP frame decoder holds at most one incomplete frame', () => {
       }
     }),
     { numRuns: 100 },
+  );
+});
+
+test('PROXY v2: decode(encode(pair)) = pair (a mixed pair as IPv6 with the IPv4 side mapped); any bytes after the signature: only ProtocolError', () => {
+  const anyPort = fc.integer({ min: 0, max: 65535 });
+  fc.assert(
+    fc.property(address, anyPort, address, anyPort, bytes(40), (sa, sp, da, dp, app) => {
+      const r = decodeProxyV2(Buffer.concat([encodeProxyV2({ source: { address: sa, port: sp }, destination: { address: da, port: dp } }), app]));
+      assert.equal(r.status, 'done');
+      if (r.status !== 'done') return;
+      const mixed = sa.includes(':') !== da.includes(':');
+      const as = (a: string) => (mixed && !a.includes(':') ? canonicalAddress(`::ffff:${a}`) : a);
+      assert.deepEqual(r.header.addresses, { source: { address: as(sa), port: sp }, destination: { address: as(da), port: dp } });
+      assert.ok(r.rest.equals(app));
+    }),
+    RUNS,
+  );
+  fc.assert(
+    fc.property(bytes(300), (b) => {
+      onlyProtocolErrors(() => decodeProxyV2(Buffer.concat([PROXY_V2_SIGNATURE, b])));
+      onlyProtocolErrors(() => decodeProxyV2(b));
+    }),
+    { numRuns: 1500 },
   );
 });
