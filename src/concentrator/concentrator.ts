@@ -16,7 +16,7 @@ import type { KernelConfig, Sockets, SpliceEngine } from '../platform/types.js';
 import { ConnectionLimits } from '../policy/limits.js';
 import { convertErrorCodeForRefusal, destinationGate } from '../policy/destination.js';
 import { cidrContains } from '../policy/cidr.js';
-import { createRelay, type RelayHandle, type RelayStats } from '../relay/index.js';
+import { RESET_ON_CLOSE, createRelay, type RelayHandle, type RelayStats } from '../relay/index.js';
 import { SourcePool } from './source-pool.js';
 import { ServerDialer, type ServerTransport } from './server-dialer.js';
 import { readSignalling, confirmation, refusal, type Refusal, type ReadSignalling } from './signalling.js';
@@ -158,6 +158,8 @@ export class Concentrator {
       fastOpenQueue: 4096,
       fastOpenNoCookie: true,
       reuseAddr: true,
+      // Inherited by every accepted connection: if this process dies, the CPEs see MP_FASTCLOSE, not DATA_FIN.
+      linger: RESET_ON_CLOSE,
     });
     server.allowHalfOpen = true;
     server.on('connection', (socket: Socket) => this.#onConnection(socket, ep));
@@ -186,7 +188,7 @@ export class Concentrator {
     this.#deps.metrics.refused.inc({ reason });
     this.#deps.logger.debug({ session: session.id, cpe: session.cpe, reason, ...detail }, 'connection refused');
     this.#sessionLog({ event: 'refused', session: session.id, cpe: session.cpe, reason, ...detail });
-    refusal(session.socket, r);
+    refusal(session.socket, r, this.#deps.sockets);
   }
 
   #sessionLog(line: Record<string, unknown>): void {
@@ -310,7 +312,7 @@ export class Concentrator {
       ...(read.source ? { source: read.source.address } : {}),
     });
     this.#deps.metrics.active.inc();
-    const relay = createRelay(socket, server, { idleTimeoutMs: cfg.idleTimeoutS * 1000 }, cfg.relayEngine === 'splice' ? this.#deps.splice : undefined);
+    const relay = createRelay(socket, server, { idleTimeoutMs: cfg.idleTimeoutS * 1000, sockets: this.#deps.sockets }, cfg.relayEngine === 'splice' ? this.#deps.splice : undefined);
     session.relay = relay;
     relay.once('close', (stats: RelayStats) => {
       this.#sessions.delete(session);
