@@ -26,7 +26,7 @@ if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${m
 const MB = 1024 * 1024;
 const CONC4 = '198.18.200.1';
 const CONC6 = '2001:db8:200::1';
-const ENGINES = ["streams", "splice"] as const;
+const ENGINES = ['streams', 'splice'] as const;
 type Engine = (typeof ENGINES)[number];
 
 /** Sum of a Prometheus counter's samples whose labels contain every `labels` pair. */
