@@ -60,6 +60,18 @@ describe('buildInterceptionRuleset', () => {
     assert.equal(rules.length, 10);
   });
 
+  it('fails open: every intercept rule diverts (tproxy) before it marks, in both families and mark modes', () => {
+    // Without a listener (daemon killed) tproxy gives NFT_BREAK: a mark set before it would stay and route the
+    // SYN to the local table, where nobody answers it but an RST.
+    for (const dscpToMark of [true, false]) {
+      const rules = prerouting(buildInterceptionRuleset({ ...base, dscpToMark })).filter((r) => r.includes(RULE_COMMENTS.intercept));
+      assert.equal(rules.length, 2);
+      for (const r of rules) {
+        assert.ok(r.indexOf('tproxy ') >= 0 && r.indexOf('tproxy ') < r.indexOf('meta mark set'), r.slice(0, 120));
+      }
+    }
+  });
+
   it('maps all 64 DSCP values to dscp << 8 | mark', () => {
     const rule = prerouting(buildInterceptionRuleset({ ...base, mark: 0x4, markMask: 0xff }))[8] ?? '';
     const pairs = [...rule.matchAll(/(\d+) : (0x[0-9a-f]{8})/g)].map((m) => [Number(m[1]), Number(m[2])]);
