@@ -83,11 +83,13 @@ export function applySocketOptions(fd: number, spec: SocketSpec): void {
   if (spec.linger) setLingerFd(fd, spec.linger.onoff ? spec.linger.seconds : null);
 }
 
+/** struct linger { l_onoff, l_linger }: off, and on with 0 s (close() resets), the two the daemons use. */
 const LINGER_OFF = Buffer.alloc(8);
+const LINGER_RESET = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 function setLingerFd(fd: number, seconds: number | null): void {
-  if (seconds === null) {
-    ffi.setsockoptBuf(fd, ffi.SOL_SOCKET, ffi.SO.LINGER, LINGER_OFF, 'SO_LINGER');
+  if (seconds === null || seconds === 0) {
+    ffi.setsockoptBuf(fd, ffi.SOL_SOCKET, ffi.SO.LINGER, seconds === null ? LINGER_OFF : LINGER_RESET, 'SO_LINGER');
     return;
   }
   const l = Buffer.alloc(8);
