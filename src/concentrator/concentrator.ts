@@ -22,6 +22,7 @@ import { compileProxyProtocolTargets, type ProxyProtocolTargets } from '../polic
 import { refuse, refusalLabel, refusalReaction, type Refusal } from '../policy/refusals.js';
 import { unmapAddress } from '../protocol/address.js';
 import { MpconvertError } from '../errors.js';
+import { RESET_ON_CLOSE } from '../relay/index.js';
 import { ServerDialer } from './server-dialer.js';
 import { readSignalling, refusal as sendRefusal, SignallingEmptyError } from './signalling.js';
 import { ConfigError } from '../control/config-file.js';
@@ -282,6 +283,8 @@ export class Concentrator {
         fastOpenQueue: 4096,
         fastOpenNoCookie: true,
         reuseAddr: true,
+        // Inherited by every accepted connection: if this process dies, the CPEs see MP_FASTCLOSE, not DATA_FIN.
+        linger: RESET_ON_CLOSE,
       });
     } catch (err) {
       throw listenError(text, err);
@@ -352,7 +355,7 @@ export class Concentrator {
       ctx.socket.destroy();
       return;
     }
-    sendRefusal(ctx.socket, refusalReaction(r, ctx.format));
+    sendRefusal(ctx.socket, refusalReaction(r, ctx.format), this.#deps.sockets);
   }
 
   #sessionLog(line: Record<string, unknown>): void {

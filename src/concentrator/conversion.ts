@@ -98,7 +98,7 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       ...(header ? { proxyProtocol: 'v2' } : {}),
     });
     deps.metrics.active.inc();
-    const relay = createRelay(socket, server, { idleTimeoutMs: settings.idleTimeoutS * 1000 }, settings.relayEngine === 'splice' ? deps.splice : undefined);
+    const relay = createRelay(socket, server, { idleTimeoutMs: settings.idleTimeoutS * 1000, sockets: deps.sockets }, settings.relayEngine === 'splice' ? deps.splice : undefined);
     ctx.relay = relay;
     relay.once('close', (stats: RelayStats) => {
       const up = stats.aToB + upPre;

@@ -7,6 +7,7 @@
 import type { Socket } from 'node:net';
 import type { Sockets } from '../platform/types.js';
 import type { Logger } from '../log.js';
+import { RESET_ON_CLOSE } from '../relay/index.js';
 
 export type ServerTransport = 'mptcp' | 'tcp-fallback' | 'tcp-cached' | 'tcp';
 
@@ -101,6 +102,8 @@ export class ServerDialer {
       host: req.host,
       port: req.port,
       timeoutMs: this.#o.connectTimeoutMs,
+      // If this process dies the server sees a reset, never a clean end of an upload cut short.
+      linger: RESET_ON_CLOSE,
       ...(req.localAddress !== undefined ? { localAddress: req.localAddress, bindAddressNoPort: true } : {}),
       ...(req.tos !== undefined ? { tos: req.tos } : {}),
       ...(req.signal !== undefined ? { signal: req.signal } : {}),

@@ -3,6 +3,7 @@
  * time and size, split across reads or not), then confirm or refuse it on the wire.
  */
 import type { Socket } from 'node:net';
+import type { Sockets } from '../platform/types.js';
 import { MpconvertError } from '../errors.js';
 import { SignallingDecoder, encodeConvertErrorReply, encodeConvertMessage, type SignallingResult } from '../protocol/index.js';
 
@@ -98,9 +99,15 @@ export function confirmation(read: ReadSignalling): Buffer {
 }
 
 /** Silent abort (RST / MP_FASTCLOSE), or an RFC 8803 Error TLV followed by a close. */
-export function refusal(socket: Socket, r: Refusal): void {
+export function refusal(socket: Socket, r: Refusal, sockets?: Pick<Sockets, 'setLinger'>): void {
   if (socket.destroyed) return;
   if (r.kind === 'convert-error' && r.errorCode !== undefined) {
+    // The listener's SO_LINGER 0 would turn this close into a reset and could drop the Error TLV.
+    try {
+      sockets?.setLinger(socket, null);
+    } catch {
+      /* closed meanwhile */
+    }
     // With the decoder's `extra` (e.g. the offending message echoed in a Malformed Message error).
     const msg = encodeConvertErrorReply({ errorCode: r.errorCode, ...(r.value !== undefined ? { value: r.value } : {}), ...(r.extra ? { extra: r.extra } : {}) });
     socket.end(msg);

@@ -6,7 +6,7 @@ import type { Server, Socket } from 'node:net';
 import type { KernelConfig, Sockets, SpliceEngine } from '../platform/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
-import type { RelayHandle } from '../relay/index.js';
+import { RESET_ON_CLOSE, type RelayHandle } from '../relay/index.js';
 import { parseEndpoint } from '../control/address.js';
 import type { CpeConfig } from './config.js';
 import { ConcentratorSelector } from './concentrators.js';
@@ -70,7 +70,7 @@ export class Cpe {
         [4, '127.0.0.1'],
         [6, '::1'],
       ] as const) {
-        const server = await this.#deps.sockets.listen({ family, protocol: 'tcp', host, port: cfg.tproxyPort, transparent: true, reuseAddr: true, backlog: 4096 });
+        const server = await this.#deps.sockets.listen({ family, protocol: 'tcp', host, port: cfg.tproxyPort, transparent: true, reuseAddr: true, backlog: 4096, linger: RESET_ON_CLOSE });
         server.allowHalfOpen = true;
         server.on('connection', (s: Socket) => this.#onConnection(s));
         server.on('error', (err) => logger.error({ err }, 'transparent listener error'));

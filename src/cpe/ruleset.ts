@@ -9,8 +9,10 @@
  *   4. native MPTCP (seed 000 "encourage end-to-end MPTCP"): every MPTCP SYN when 'passthrough'; MP_JOIN
  *      SYNs always (a join belongs to a connection the client already runs end to end);
  *   5. excluded destinations (exclude wins over include): accept untouched;
- *   6. included destinations: mark (the client's DSCP above the mark bit) and TPROXY to the transparent
- *      listener on 127.0.0.1 / [::1], which sees the original destination as its local address.
+ *   6. included destinations: TPROXY to the transparent listener on 127.0.0.1 / [::1] (which sees the
+ *      original destination as its local address), then mark (the client's DSCP above the mark bit). In that
+ *      order so that the router fails open: without a listener (daemon killed) tproxy does not match, nothing
+ *      is marked and the SYN is forwarded untouched.
  * Forward (priority mangle), optional: MSS clamp of the SYNs of flows forwarded untouched.
  *
  * Every decisive rule carries a counter and a comment naming it, so tests and operators can read which rule
@@ -192,7 +194,10 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
     if (!x) continue;
     const setMark = o.dscpToMark ? `meta mark set ${x.family === 4 ? 'ip' : 'ip6'} dscp map ${dscpMap}` : `meta mark set ${mark}`;
     const to = x.family === 4 ? `tproxy ip to 127.0.0.1:${o.tproxyPort}` : `tproxy ip6 to [::1]:${o.tproxyPort}`;
-    pre.push(`${x.text} meta l4proto tcp ${setMark} ${to} ${c('intercept')}`);
+    // tproxy first: with no transparent listener (the daemon was killed) it gives NFT_BREAK (net/netfilter/
+    // nft_tproxy.c), the rule stops before the mark is set, and the SYN is forwarded as if we were not here.
+    // Marked first, it would be routed to the `local` table and answered with an RST by nobody's port.
+    pre.push(`${x.text} meta l4proto tcp ${to} ${setMark} ${c('intercept')}`);
   }
   lines.push('  chain prerouting {', '    type filter hook prerouting priority mangle; policy accept;', ...pre.map((r) => `    ${r}`), '  }');
 

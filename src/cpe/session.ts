@@ -10,7 +10,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import { encodeMpConvert, encodeConvertMessage, type AddressIe } from '../protocol/index.js';
 import { unmapAddress } from '../protocol/address.js';
-import { createRelay, type RelayHandle, type RelayStats } from '../relay/index.js';
+import { RESET_ON_CLOSE, createRelay, type RelayHandle, type RelayStats } from '../relay/index.js';
 import { parseEndpoint } from '../control/address.js';
 import type { ConcentratorSelector } from './concentrators.js';
 import type { ConcentratorTarget, CpeConfig } from './config.js';
@@ -169,6 +169,7 @@ export async function handleClient(client: Socket, ctx: SessionContext): Promise
       host: dst.address,
       port: dst.port,
       timeoutMs: cfg.connectTimeoutMs,
+      linger: RESET_ON_CLOSE,
       ...(tos ? { tos } : {}),
     });
   } catch (err) {
@@ -213,6 +214,8 @@ async function tryConcentrator(
       data: Buffer.concat([signalling, inSyn]),
       timeoutMs: cfg.connectTimeoutMs,
       signal: abort.signal,
+      // If this process dies, the concentrator (and through it the server) sees MP_FASTCLOSE, not DATA_FIN.
+      linger: RESET_ON_CLOSE,
       ...(tos ? { tos } : {}),
       ...(cfg.mss ? { maxSeg: cfg.mss } : {}),
     });
@@ -254,7 +257,7 @@ async function tryConcentrator(
 
 function startRelay(client: Socket, upstream: Socket, kept: Kept, ctx: SessionContext, cfg: CpeConfig, log: Logger, via: string, sentAlready: number): void {
   const engine = cfg.relayEngine === 'splice' ? ctx.splice : undefined;
-  const relay = createRelay(client, upstream, { idleTimeoutMs: cfg.idleTimeoutS * 1000, aEnded: kept.ended }, engine);
+  const relay = createRelay(client, upstream, { idleTimeoutMs: cfg.idleTimeoutS * 1000, aEnded: kept.ended, sockets: ctx.sockets }, engine);
   ctx.metrics.active.inc();
   ctx.track(relay);
   relay.once('close', (stats: RelayStats) => {

@@ -15,6 +15,18 @@ for (const name of PREFERRED) {
 }
 for (const [name, value] of Object.entries(constants.errno)) if (!ERRNO_NAMES.has(value)) ERRNO_NAMES.set(value, name);
 
+/**
+ * The errors that mean the peer reset or aborted the connection, as names (Node's `err.code`) or numbers
+ * (errno from a system call). One classification for every relay engine: such an error on one leg is
+ * answered with a reset of the other leg, never with a FIN.
+ */
+const RESET_NAMES: ReadonlySet<string> = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED']);
+
+export function isResetError(code: string | number | undefined): boolean {
+  if (code === undefined) return false;
+  return RESET_NAMES.has(typeof code === 'number' ? errnoName(code) : code);
+}
+
 /** errno number -> name ('EADDRINUSE'); unknown numbers become 'ERRNO_<n>'. */
 export function errnoName(errno: number): string {
   return ERRNO_NAMES.get(Math.abs(errno)) ?? `ERRNO_${Math.abs(errno)}`;

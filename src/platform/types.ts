@@ -161,6 +161,14 @@ export interface Sockets {
   getMark(socket: net.Socket): number;
   /** tcp_info of a TCP socket (or of an MPTCP socket that fell back); null when unavailable. */
   tcpInfo(socket: net.Socket): TcpInfo | null;
+  /**
+   * SO_LINGER. `0`: close() resets the connection (RST; MP_FASTCLOSE on MPTCP), also when the kernel closes it
+   * because the process died; `null`: off (close() sends FIN after whatever is still queued). No-op on a
+   * socket that is already closed.
+   */
+  setLinger(socket: net.Socket, seconds: number | null): void;
+  /** The socket's pending error (SO_ERROR, which clears it) as an errno name ('ECONNRESET'); null: none, or closed. */
+  takeError(socket: net.Socket): string | null;
 }
 
 export type NftFamily = 'ip' | 'ip6' | 'inet' | 'arp' | 'bridge' | 'netdev';

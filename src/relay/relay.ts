@@ -5,7 +5,14 @@
  * - Backpressure: a side is paused while the other side's send buffer is over its high-water mark.
  * - Half-close: FIN on one side becomes end() (FIN, or DATA_FIN on an MPTCP socket) on the other; the pair
  *   lives on until both directions are finished.
- * - Abort: a reset or error on one side resets the other (RST; MP_FASTCLOSE on an MPTCP socket).
+ * - Abort: a reset or error on one side resets the other (RST; MP_FASTCLOSE on an MPTCP socket), never a FIN:
+ *   a peer whose protocol has no framing of its own would take a truncated transfer for a complete one.
+ *   libuv reports EOF for a reset that arrived behind bytes still queued (the POLLHUP short cut in
+ *   uv__stream_io), so with the platform's `sockets` every 'end' is checked against the socket's pending
+ *   error (SO_ERROR) before it becomes a FIN on the other side.
+ * - Crash: the daemons give relayed sockets SO_LINGER 0 (`RESET_ON_CLOSE`), so that if the process dies the
+ *   kernel resets both legs instead of closing them with FIN; a graceful end clears it first (with linger 0
+ *   close() would discard what the kernel still has to send).
  * - One idle lifetime for the pair: no byte in either direction for `idleTimeoutMs` aborts both.
  * - Both legs always end together, and `close` is emitted exactly once with the byte counts.
  * - No Nagle on either leg (TCP_NODELAY, on by default): the relay writes what it has read, so holding a small
@@ -13,6 +20,17 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
+import { isResetError } from '../platform/errors.js';
+import type { Sockets } from '../platform/types.js';
+
+/**
+ * SO_LINGER for sockets a daemon relays, set when they are made (on the listener, inherited at accept, or in
+ * the dial): a process that dies resets its connections (RST / MP_FASTCLOSE) instead of ending them cleanly.
+ */
+export const RESET_ON_CLOSE = { onoff: true, seconds: 0 } as const;
+
+/** The platform calls the relay needs for teardown (see the header). */
+export type RelaySockets = Pick<Sockets, 'setLinger' | 'takeError'>;
 
 export type RelayOutcome = 'done' | 'idle-timeout' | 'reset-a' | 'reset-b' | 'error-a' | 'error-b' | 'aborted' | 'close-timeout';
 
@@ -42,6 +60,8 @@ export interface RelayOptions {
    * are still open: both sockets are left paused with whatever Node holds (see ./splice-relay.ts).
    */
   handOverAfterBytes?: number;
+  /** Check each FIN against the socket's pending error and clear SO_LINGER before a graceful close. */
+  sockets?: RelaySockets | undefined;
 }
 
 /** Bytes the stream relay moved before it handed the pair over. */
@@ -57,15 +77,39 @@ interface Side {
   finished: boolean; // our FIN sent and flushed
 }
 
-function isReset(err: Error): boolean {
-  const code = (err as NodeJS.ErrnoException).code;
-  return code === 'ECONNRESET' || code === 'EPIPE' || code === 'ECONNABORTED';
+/** Outcome name of a side's reset (err undefined: the socket closed under us) or other error. */
+export function failureOutcome(side: 'a' | 'b', err: Error | undefined): RelayOutcome {
+  return err === undefined || isResetError((err as NodeJS.ErrnoException).code) ? `reset-${side}` : `error-${side}`;
+}
+
+/** The socket's pending error as an Error with its code, or undefined (no platform calls, or none pending). */
+export function pendingError(sockets: RelaySockets | undefined, s: Socket): Error | undefined {
+  let code: string | null = null;
+  try {
+    code = sockets?.takeError(s) ?? null;
+  } catch {
+    return undefined;
+  }
+  return code === null ? undefined : Object.assign(new Error(`${code} (read)`), { code });
+}
+
+/** Before a graceful close: SO_LINGER off, so close() keeps what the kernel still has to send. */
+export function lingerOff(sockets: RelaySockets | undefined, ...list: Socket[]): void {
+  if (!sockets) return;
+  for (const s of list) {
+    try {
+      sockets.setLinger(s, null);
+    } catch {
+      /* closed meanwhile: nothing left to keep */
+    }
+  }
 }
 
 export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOver] }> {
   readonly #a: Side;
   readonly #b: Side;
-  readonly #opts: Required<Omit<RelayOptions, 'now' | 'aEnded' | 'noDelay' | 'handOverAfterBytes'>>;
+  readonly #opts: Required<Omit<RelayOptions, 'now' | 'aEnded' | 'noDelay' | 'handOverAfterBytes' | 'sockets'>>;
+  readonly #sockets: RelaySockets | undefined;
   readonly #handOverAt: number;
   #handingOver = false;
   readonly #now: () => number;
@@ -88,6 +132,7 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
     this.#started = this.#now();
     this.#lastActivity = this.#started;
     this.#handOverAt = options.handOverAfterBytes ?? Infinity;
+    this.#sockets = options.sockets;
     if (options.noDelay ?? true) {
       a.setNoDelay(true);
       b.setNoDelay(true);
@@ -144,6 +189,12 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
     };
     const onEnd = (): void => {
       if (from.ended) return;
+      // A reset that came in behind queued bytes looks like EOF to libuv: it must stay a reset.
+      const reset = pendingError(this.#sockets, src);
+      if (reset) {
+        this.#abort(from, reset);
+        return;
+      }
       from.ended = true;
       this.#lastActivity = this.#now();
       // Propagate the half-close once everything read so far is queued on the other side.
@@ -195,6 +246,7 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
     if (this.#closed) return;
     if (this.#a.ended && this.#b.ended && this.#a.finished && this.#b.finished) {
       this.#finish('done', undefined);
+      lingerOff(this.#sockets, this.#a.socket, this.#b.socket);
       this.#a.socket.destroy();
       this.#b.socket.destroy();
     }
@@ -222,8 +274,7 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
 
   #abort(from: Side, err: Error | undefined): void {
     if (this.#closed) return;
-    const outcome: RelayOutcome = err === undefined || isReset(err) ? (from.name === 'a' ? 'reset-a' : 'reset-b') : from.name === 'a' ? 'error-a' : 'error-b';
-    this.#finish(outcome, err);
+    this.#finish(failureOutcome(from.name, err), err);
     const other = from === this.#a ? this.#b : this.#a;
     other.socket.resetAndDestroy();
     from.socket.destroy();

@@ -15,7 +15,7 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import type { SpliceEngine, SplicePair, SpliceResult } from '../platform/types.js';
-import { Relay, type RelayOptions, type RelayOutcome, type RelayStats } from './relay.js';
+import { Relay, failureOutcome, lingerOff, type RelayOptions, type RelayOutcome, type RelayStats } from './relay.js';
 
 /** What the daemons hold of a relay, whichever engine moves its bytes. */
 export interface RelayHandle {
@@ -265,9 +265,7 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
 
   #abortBeforeEngine(side: 'a' | 'b', err: Error): void {
     if (this.#closed || this.#pair || this.#streams) return;
-    const code = (err as NodeJS.ErrnoException).code;
-    const reset = code === 'ECONNRESET' || code === 'EPIPE' || code === 'ECONNABORTED';
-    this.#finish(reset ? `reset-${side}` : `error-${side}`, err);
+    this.#finish(failureOutcome(side, err), err);
     (side === 'a' ? this.#b : this.#a).resetAndDestroy();
     (side === 'a' ? this.#a : this.#b).destroy();
   }
@@ -279,6 +277,7 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
     const b = this.#b;
     switch (r.outcome) {
       case 'done':
+        lingerOff(this.#opts.sockets, a, b);
         a.destroy();
         b.destroy();
         break;

@@ -49,6 +49,8 @@ export function fakeSockets(opts: FakeOptions = {}): Sockets & { dials: DialSpec
     getTos: (s: net.Socket) => toses.get(s) ?? 0,
     setMark: (s: net.Socket, mark: number) => void marks.set(s, mark),
     getMark: (s: net.Socket) => marks.get(s) ?? 0,
+    setLinger: () => {},
+    takeError: () => null,
   };
   return impl as unknown as Sockets & { dials: DialSpec[] };
 }

@@ -12,7 +12,7 @@
  */
 import net from 'node:net';
 import { once } from 'node:events';
-import { PlatformError } from '../errors.js';
+import { PlatformError, errnoName } from '../errors.js';
 import {
   SUBFLOW_ADDRS_SIZE,
   TCP_INFO_SIZE,
@@ -80,12 +80,22 @@ export function applySocketOptions(fd: number, spec: SocketSpec): void {
     }
   }
   if (spec.maxSeg !== undefined && spec.maxSeg > 0) ffi.setsockoptInt(fd, ffi.SOL_TCP, ffi.TCP.MAXSEG, spec.maxSeg, 'TCP_MAXSEG');
-  if (spec.linger) {
-    const l = Buffer.alloc(8);
-    l.writeInt32LE(spec.linger.onoff ? 1 : 0, 0);
-    l.writeInt32LE(spec.linger.seconds, 4);
-    ffi.setsockoptBuf(fd, ffi.SOL_SOCKET, ffi.SO.LINGER, l, 'SO_LINGER');
+  if (spec.linger) setLingerFd(fd, spec.linger.onoff ? spec.linger.seconds : null);
+}
+
+/** struct linger { l_onoff, l_linger }: off, and on with 0 s (close() resets), the two the daemons use. */
+const LINGER_OFF = Buffer.alloc(8);
+const LINGER_RESET = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+
+function setLingerFd(fd: number, seconds: number | null): void {
+  if (seconds === null || seconds === 0) {
+    ffi.setsockoptBuf(fd, ffi.SOL_SOCKET, ffi.SO.LINGER, seconds === null ? LINGER_OFF : LINGER_RESET, 'SO_LINGER');
+    return;
   }
+  const l = Buffer.alloc(8);
+  l.writeInt32LE(1, 0);
+  l.writeInt32LE(seconds, 4);
+  ffi.setsockoptBuf(fd, ffi.SOL_SOCKET, ffi.SO.LINGER, l, 'SO_LINGER');
 }
 
 function setTosFd(fd: number, family: Family, tos: number): void {
@@ -265,6 +275,18 @@ export class LinuxSockets implements Sockets {
 
   getMark(socket: net.Socket): number {
     return ffi.getsockoptInt(requireFd(socket, 'getsockopt(SO_MARK)'), ffi.SOL_SOCKET, ffi.SO.MARK, 'SO_MARK') >>> 0;
+  }
+
+  setLinger(socket: net.Socket, seconds: number | null): void {
+    const fd = fdOf(socket);
+    if (fd >= 0) setLingerFd(fd, seconds);
+  }
+
+  takeError(socket: net.Socket): string | null {
+    const fd = fdOf(socket);
+    if (fd < 0) return null;
+    const e = ffi.getsockoptInt(fd, ffi.SOL_SOCKET, ffi.SO.ERROR, 'SO_ERROR');
+    return e === 0 ? null : errnoName(e);
   }
 }
 

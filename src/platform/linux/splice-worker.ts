@@ -17,6 +17,7 @@
  */
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import koffi from 'koffi';
+import { isResetError } from '../errors.js';
 
 export interface SpliceWorkerData {
   port: MessagePort;
@@ -53,9 +54,6 @@ const SHUT_WR = 1;
 const EINTR = 4;
 const EBADF = 9;
 const EAGAIN = 11;
-const EPIPE = 32;
-const ECONNABORTED = 103;
-const ECONNRESET = 104;
 const ENOTCONN = 107;
 
 // struct epoll_event is packed on x86-64 (12 bytes), naturally aligned elsewhere (16 bytes).
@@ -160,7 +158,7 @@ function releasePipe(d: Direction): void {
 }
 
 function outcomeFor(side: 'a' | 'b', e: number): string {
-  return e === ECONNRESET || e === EPIPE || e === ECONNABORTED ? `reset-${side}` : `error-${side}`;
+  return isResetError(e) ? `reset-${side}` : `error-${side}`;
 }
 
 function end(pair: Pair, outcome: string, e?: number): void {
@@ -231,8 +229,11 @@ function pump(pair: Pair, d: Direction): boolean {
     if (d.eof && d.queued === 0 && !d.shut) {
       d.shut = true;
       if (sys.shutdown(d.dst, SHUT_WR) < 0) {
-        const e = errno();
-        if (e !== ENOTCONN) {
+        let e = errno();
+        // ENOTCONN: dst is closed already. After a FIN exchange (MPTCP) that is fine; after a reset whose
+        // EPOLLERR is still ahead of us in this batch it is the reset, which must not end the pair as 'done'.
+        if (e === ENOTCONN) e = socketError(d.dst);
+        if (e !== 0) {
           end(pair, outcomeFor(d.dstSide, e), e);
           return false;
         }

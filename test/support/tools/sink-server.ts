@@ -35,6 +35,7 @@ server.on('connection', (sock: net.Socket) => {
     try {
       if (args.mode === 'first') {
         const recv = receiveAll(sock);
+        recv.catch(() => undefined); // awaited below; a reset while sending must not end the whole server
         const sent = await sendRandom(sock, args.reply ?? 0);
         sock.end();
         report(await recv, sent);

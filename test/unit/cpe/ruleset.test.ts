@@ -55,9 +55,21 @@ describe('buildInterceptionRuleset', () => {
     assert.equal(rules[5], `fib daddr oifname "lan0" counter accept comment "${RULE_COMMENTS.lan}"`);
     assert.equal(rules[6], `tcp option mptcp exists counter accept comment "${RULE_COMMENTS.nativeMptcp}"`);
     assert.equal(rules[7], `ip daddr 198.18.200.1/32 counter accept comment "${RULE_COMMENTS.exclude}"`);
-    assert.match(rules[8] ?? '', /^meta nfproto ipv4 meta l4proto tcp meta mark set ip dscp map \{ 0 : 0x00000001, 1 : 0x00000101, .* 63 : 0x00003f01 \} tproxy ip to 127\.0\.0\.1:15001 counter accept comment "mpconvert: intercepted"$/);
-    assert.match(rules[9] ?? '', /^meta nfproto ipv6 meta l4proto tcp meta mark set ip6 dscp map \{ 0 : 0x00000001, .* \} tproxy ip6 to \[::1\]:15001 counter accept comment "mpconvert: intercepted"$/);
+    assert.match(rules[8] ?? '', /^meta nfproto ipv4 meta l4proto tcp tproxy ip to 127\.0\.0\.1:15001 meta mark set ip dscp map \{ 0 : 0x00000001, 1 : 0x00000101, .* 63 : 0x00003f01 \} counter accept comment "mpconvert: intercepted"$/);
+    assert.match(rules[9] ?? '', /^meta nfproto ipv6 meta l4proto tcp tproxy ip6 to \[::1\]:15001 meta mark set ip6 dscp map \{ 0 : 0x00000001, .* \} counter accept comment "mpconvert: intercepted"$/);
     assert.equal(rules.length, 10);
+  });
+
+  it('fails open: every intercept rule diverts (tproxy) before it marks, in both families and mark modes', () => {
+    // Without a listener (daemon killed) tproxy gives NFT_BREAK: a mark set before it would stay and route the
+    // SYN to the local table, where nobody answers it but an RST.
+    for (const dscpToMark of [true, false]) {
+      const rules = prerouting(buildInterceptionRuleset({ ...base, dscpToMark })).filter((r) => r.includes(RULE_COMMENTS.intercept));
+      assert.equal(rules.length, 2);
+      for (const r of rules) {
+        assert.ok(r.indexOf('tproxy ') >= 0 && r.indexOf('tproxy ') < r.indexOf('meta mark set'), r.slice(0, 120));
+      }
+    }
   });
 
   it('maps all 64 DSCP values to dscp << 8 | mark', () => {
@@ -79,7 +91,7 @@ describe('buildInterceptionRuleset', () => {
 
   it('without dscpToMark sets the mark bit alone', () => {
     const rules = prerouting(buildInterceptionRuleset({ ...base, dscpToMark: false, mark: 0x10 }));
-    assert.ok(rules[8]?.includes('meta mark set 0x00000010 tproxy ip to 127.0.0.1:15001'));
+    assert.ok(rules[8]?.includes('tproxy ip to 127.0.0.1:15001 meta mark set 0x00000010'));
     assert.ok(!rules.some((r) => r.includes('dscp')));
   });
 
@@ -102,8 +114,8 @@ describe('buildInterceptionRuleset', () => {
     assert.equal(rules[5], `fib daddr oifname { "lan0", "wlan0" } counter accept comment "${RULE_COMMENTS.lan}"`);
     assert.equal(rules[7], `ip daddr 198.19.7.0/24 tcp dport 22 counter accept comment "${RULE_COMMENTS.exclude}"`);
     assert.equal(rules[8], `ip6 daddr 2001:db8:100::11/128 counter accept comment "${RULE_COMMENTS.exclude}"`);
-    assert.match(rules[9] ?? '', /^ip daddr 198\.19\.0\.0\/16 tcp dport \{ 80, 8000-8080, 443 \} meta l4proto tcp meta mark set ip dscp map/);
-    assert.match(rules[10] ?? '', /^ip6 daddr 2001:db8:100::\/48 tcp dport 443 meta l4proto tcp meta mark set ip6 dscp map .* tproxy ip6 to \[::1\]:15001 /);
+    assert.match(rules[9] ?? '', /^ip daddr 198\.19\.0\.0\/16 tcp dport \{ 80, 8000-8080, 443 \} meta l4proto tcp tproxy ip to 127\.0\.0\.1:15001 meta mark set ip dscp map/);
+    assert.match(rules[10] ?? '', /^ip6 daddr 2001:db8:100::\/48 tcp dport 443 meta l4proto tcp tproxy ip6 to \[::1\]:15001 meta mark set ip6 dscp map .* /);
   });
 
   it('leaves out the families not asked for', () => {

@@ -3,8 +3,10 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { once } from 'node:events';
-import { createRelay, type RelayStats } from '../../../src/relay/index.js';
+import { RESET_ON_CLOSE, createRelay, type RelayStats } from '../../../src/relay/index.js';
+import type { SpliceRelayOptions } from '../../../src/relay/splice-relay.js';
 import { LinuxSpliceEngine } from '../../../src/platform/linux/splice.js';
+import { LinuxSockets } from '../../../src/platform/linux/sockets.js';
 import type { SpliceEngine } from '../../../src/platform/types.js';
 
 // Every behaviour below holds for both relays: the stream relay (bytes through Node) and the zero-copy one
@@ -19,7 +21,11 @@ let spliceAfterBytes = 0;
  * Builds client <-> [relay: a | b] <-> server on loopback. `a` is the relay's accepted socket from the
  * client, `b` its connection to the server.
  */
-async function pair(idleTimeoutMs = 10_000, beforeRelay?: (a: net.Socket, b: net.Socket, client: net.Socket, s: net.Socket) => Promise<void>) {
+async function pair(
+  idleTimeoutMs = 10_000,
+  beforeRelay?: (a: net.Socket, b: net.Socket, client: net.Socket, s: net.Socket) => Promise<void>,
+  extra: Partial<SpliceRelayOptions> = {},
+) {
   const server = net.createServer({ allowHalfOpen: true });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -34,7 +40,7 @@ async function pair(idleTimeoutMs = 10_000, beforeRelay?: (a: net.Socket, b: net
   const [s] = await serverConn;
   await once(b, 'connect');
   await beforeRelay?.(a, b, client, s);
-  const relay = createRelay(a, b, { idleTimeoutMs, spliceAfterBytes }, engine);
+  const relay = createRelay(a, b, { idleTimeoutMs, spliceAfterBytes, ...extra }, engine);
   const closed = new Promise<[RelayStats]>((resolve) => relay.once('close', (stats) => resolve([stats])));
   /** The outer ends go; the relay sees them go and ends; only then its own sockets (a relay owns them). */
   const cleanup = async () => {
@@ -58,6 +64,21 @@ function collect(sock: net.Socket): Promise<Buffer> {
 }
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/** The real platform calls (no root needed): SO_LINGER, SO_ERROR. */
+const sockets = new LinuxSockets();
+
+/**
+ * How the peer's side ended: 'end' (FIN) or the error code. A Node peer's 'end' may hide a reset (libuv reports
+ * EOF when the RST came in behind queued bytes), so an 'end' is checked against the socket's pending error, as
+ * a read(2) loop would see it.
+ */
+function ending(sock: net.Socket): Promise<string> {
+  return new Promise((resolve) => {
+    sock.once('end', () => resolve(sockets.takeError(sock) ?? 'end'));
+    sock.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+}
 
 for (const name of ['streams', 'splice'] as const) {
 describe(`relay (${name})`, () => {
@@ -97,6 +118,74 @@ describe(`relay (${name})`, () => {
       const [stats] = await closed;
       assert.equal(stats.outcome, 'reset-a');
       assert.equal(stats.aToB, 5);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  for (const side of ['client', 'server'] as const) {
+    test(`a reset by the ${side} reaches the other end as a reset, never a FIN, whatever is in flight`, async () => {
+      const { client, s, closed, cleanup } = await pair(10_000, undefined, { sockets });
+      try {
+        const [resetter, peer] = side === 'client' ? [client, s] : [s, client];
+        const atPeer = ending(peer);
+        // Bytes flowing both ways when the reset comes.
+        client.write(randomBytes(512 * 1024));
+        s.write(randomBytes(512 * 1024));
+        await once(peer, 'data');
+        resetter.resetAndDestroy();
+        peer.resume();
+        assert.equal(await atPeer, 'ECONNRESET');
+        const [stats] = await closed;
+        assert.equal(stats.outcome, side === 'client' ? 'reset-a' : 'reset-b');
+      } finally {
+        await cleanup();
+      }
+    });
+  }
+
+  test('a reset that arrives behind queued bytes stays a reset (libuv reports it as EOF)', async () => {
+    const { client, s, closed, cleanup } = await pair(10_000, undefined, { sockets });
+    try {
+      // The client does not read: the relay stops reading the server leg, whose receive queue fills up.
+      client.pause();
+      const atClient = ending(client);
+      const chunk = Buffer.alloc(256 * 1024, 1);
+      for (let i = 0; i < 64 && s.write(chunk); i++);
+      await new Promise((r) => setTimeout(r, 300));
+      s.resetAndDestroy();
+      await new Promise((r) => setTimeout(r, 100));
+      client.resume();
+      assert.equal(await atClient, 'ECONNRESET', 'the client sees the server\'s reset, not a clean end of a cut stream');
+      const [stats] = await closed;
+      assert.equal(stats.outcome, 'reset-b');
+    } finally {
+      await cleanup();
+    }
+  });
+
+  test('a graceful end with SO_LINGER 0 armed (as the daemons arm it) still delivers every byte, then FIN', async () => {
+    const { client, s, closed, cleanup } = await pair(
+      10_000,
+      async (a, b) => {
+        sockets.setLinger(a, RESET_ON_CLOSE.seconds);
+        sockets.setLinger(b, RESET_ON_CLOSE.seconds);
+      },
+      { sockets },
+    );
+    try {
+      const down = randomBytes(192 * 1024 + 1);
+      // The client reads only once the relay has closed: the kernel still holds bytes for it at that moment,
+      // which close() with linger 0 would throw away (and reset).
+      client.pause();
+      const atClient = collect(client);
+      client.end();
+      s.end(down);
+      await collect(s);
+      const [stats] = await closed;
+      assert.equal(stats.outcome, 'done');
+      client.resume();
+      assert.equal(sha(await atClient), sha(down));
     } finally {
       await cleanup();
     }
