@@ -12,7 +12,7 @@ export const concentratorConfigSchema = z.strictObject({
   deny: z.array(cidr).default([]),
   /**
    * Addresses announced to every CPE with ADD_ADDR (kernel `signal` endpoints), typically the listener address
-   * of the other family: a CPE connected over IPv6 then adds IPv4 subflows too (seed 002 5.5, "IPv6 & IPv4"
+   * of the other family: a CPE connected over IPv6 then adds IPv4 subflows too (draft-nam-mptcp-deployment-considerations section 5.5, "IPv6 & IPv4"
    * MPTCP legs). Added at start, removed at stop; a change needs a restart.
    */
   announce: z.array(ip).default([]),
@@ -32,7 +32,7 @@ export const concentratorConfigSchema = z.strictObject({
       /** Dial servers with MPTCP (servers that speak it get end-to-end MPTCP). */
       mptcp: z.boolean().default(true),
       connectTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
-      /** Lifetime of an entry in the cache of servers that broke or delayed MPTCP (seed 002 5.6.1). */
+      /** Lifetime of an entry in the cache of servers that broke or delayed MPTCP (draft-nam-mptcp-deployment-considerations section 5.6.1). */
       fallbackCacheTtlS: z.number().int().min(1).default(86_400),
       fallbackCacheSize: z.number().int().min(1).default(100_000),
       /** A connection that fell back after at least this long is taken as an MPTCP SYN that was dropped. */
@@ -79,7 +79,7 @@ export const concentratorConfigSchema = z.strictObject({
   /** Set net.ipv4.tcp_fastopen bits 0x2 (server) if missing; otherwise only check and refuse to start. */
   manageSysctls: z.boolean().default(true),
   /**
-   * Use the DSCP of the CPE's SYN towards the server (seed 002 5.6.5): needs net.ipv4.tcp_reflect_tos=1 so
+   * Use the DSCP of the CPE's SYN towards the server (draft-nam-mptcp-deployment-considerations section 5.6.5): needs net.ipv4.tcp_reflect_tos=1 so
    * the accepted socket takes the SYN's DSCP (set when manageSysctls is on).
    */
   preserveDscp: z.boolean().default(true),

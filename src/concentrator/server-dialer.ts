@@ -2,7 +2,7 @@
  * Dials servers for the concentrator. MPTCP first, so that a server that speaks MPTCP gets it end to end and
  * MP_CAPABLE is never stripped; the kernel falls back to TCP by itself for servers that do not. Servers whose
  * MPTCP SYNs were dropped (the connection came up only after the kernel retried without MP_CAPABLE, or not
- * at all) go into a cache, and later connections to them use plain TCP at once (seed 002 section 5.6.1).
+ * at all) go into a cache, and later connections to them use plain TCP at once (draft-nam-mptcp-deployment-considerations section 5.6.1).
  */
 import type { Socket } from 'node:net';
 import type { Sockets } from '../platform/types.js';

@@ -1,5 +1,5 @@
 /**
- * Non-transparent source addresses (seed 002 section 5.4.2): connections towards servers leave from a pool
+ * Non-transparent source addresses (draft-nam-mptcp-deployment-considerations section 5.4.2): connections towards servers leave from a pool
  * of external addresses. Paired pooling: a CPE keeps the same external address for as long as it has
  * connections. `shared` (N:1, default) lets several CPEs use one address, spreading CPEs over the least
  * used; `dedicated` (1:1) gives each CPE an address of its own and refuses when none is free.

@@ -51,7 +51,7 @@ export const cpeConfigSchema = z.strictObject({
     .strictObject({
       include: z.array(flowMatch).default([{ prefix: '0.0.0.0/0' }, { prefix: '::/0' }]),
       exclude: z.array(flowMatch).default([]),
-      /** LAN SYNs that already carry MP_CAPABLE: passthrough keeps end-to-end MPTCP (seed 000). */
+      /** LAN SYNs that already carry MP_CAPABLE: passthrough keeps end-to-end MPTCP (the Network-Assisted MPTCP design: encourage end-to-end MPTCP). */
       nativeMptcp: z.enum(['passthrough', 'intercept']).default('passthrough'),
     })
     .default({ include: [{ prefix: '0.0.0.0/0' }, { prefix: '::/0' }], exclude: [], nativeMptcp: 'passthrough' }),
@@ -67,7 +67,7 @@ export const cpeConfigSchema = z.strictObject({
   capabilityCacheTtlS: z.number().int().min(1).default(3_600),
   /** How long an unreachable concentrator is skipped. */
   unreachableHoldS: z.number().int().min(0).default(30),
-  /** Use the client's DSCP on the MPTCP subflows (seed 002 5.6.5). */
+  /** Use the client's DSCP on the MPTCP subflows (draft-nam-mptcp-deployment-considerations section 5.6.5). */
   preserveDscp: z.boolean().default(true),
   /** TCP MSS of the converted connections' subflows; 0 = the kernel's choice. */
   mss: z.number().int().min(0).max(65_535).default(0),

@@ -6,7 +6,7 @@
  *   1. packets of connections the daemon already owns (`socket transparent 1`): mark, accept (local delivery);
  *   2. anything but a new connection's SYN: accept (forwarded flows started before we ran stay untouched);
  *   3. destinations that are the CPE itself, broadcast/multicast, or routed back into a LAN: accept;
- *   4. native MPTCP (seed 000 "encourage end-to-end MPTCP"): every MPTCP SYN when 'passthrough'; MP_JOIN
+ *   4. native MPTCP (the Network-Assisted MPTCP design: "encourage end-to-end MPTCP"): every MPTCP SYN when 'passthrough'; MP_JOIN
  *      SYNs always (a join belongs to a connection the client already runs end to end);
  *   5. excluded destinations (exclude wins over include): accept untouched;
  *   6. included destinations: TPROXY to the transparent listener on 127.0.0.1 / [::1] (which sees the

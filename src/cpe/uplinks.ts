@@ -1,6 +1,6 @@
 /**
  * The CPE's uplinks: one MPTCP endpoint per uplink and address family (`subflow`, or `backup` for the
- * primary/backup scheme of seed 002 section 5.6.2), and the policy routing that makes each subflow leave
+ * primary/backup scheme of draft-nam-mptcp-deployment-considerations section 5.6.2), and the policy routing that makes each subflow leave
  * through its own uplink: routing table `tableBase + index` with `default via GW dev IF`, and
  * `from ADDR lookup TABLE priority rulePriorityBase + index`. The gateway is configured or taken from the main
  * table's default route on that interface (lowest metric: what DHCP/RA clients install).

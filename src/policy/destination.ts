@@ -1,5 +1,5 @@
 /**
- * destinationGate: may the concentrator connect to this address? (PROTOCOL.md section 2; seed 002 section 7.)
+ * destinationGate: may the concentrator connect to this address? (docs/protocol.md; draft-nam-mptcp-deployment-considerations section 7)
  * Pure. Called by the concentrator after the signalling is read and before any byte goes to a server; the
  * operator's lists are compiled once per configuration (compileDestinationPolicy, AddressSet.from), so a
  * connection's cost does not grow with them.

@@ -1,5 +1,5 @@
 /**
- * Admission limits of seed 002 section 7.2, as a pure gate: concurrent connections in total and per CPE,
+ * Admission limits of draft-nam-mptcp-deployment-considerations section 7.2, as a pure gate: concurrent connections in total and per CPE,
  * and new connections per second per CPE (a token bucket). Memory is bounded by the number of CPEs that
  * currently hold connections or tokens below the bucket's size.
  */

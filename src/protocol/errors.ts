@@ -1,6 +1,6 @@
 /**
  * Protocol errors: one class, a stable code per violation, and the wire reaction the receiver applies
- * (PROTOCOL.md: silent abort for MP_CONVERT and UDP frames; an RFC 8803 Error TLV for Convert messages).
+ * (docs/protocol.md: silent abort for MP_CONVERT and UDP frames; an RFC 8803 Error TLV for Convert messages).
  * docs/protocol.md lists every code.
  */
 import { MpconvertError } from '../errors.js';

@@ -1,5 +1,5 @@
 /**
- * MP_CONVERT Information Elements (PROTOCOL.md section 2, after draft-boucadair-mptcp-plain-mode-10).
+ * MP_CONVERT Information Elements (docs/protocol.md section 2, after draft-boucadair-mptcp-plain-mode-10).
  *
  *  0                   1                   2                   3
  *  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
