@@ -419,9 +419,15 @@ export class Concentrator {
     this.#deps.logger.info({ listen: next.listen }, 'configuration reloaded');
   }
 
-  /** Stop accepting; let relayed connections drain for `drainMs`, then abort what is left. Idempotent. */
-  async stop(drainMs = this.#config.shutdownDrainS * 1000): Promise<void> {
-    if (this.#stopping) return;
+  #stopped: Promise<void> | undefined;
+
+  /** Stop accepting; let relayed connections drain for `drainMs`, then abort what is left. A second call waits for the first. */
+  stop(drainMs = this.#config.shutdownDrainS * 1000): Promise<void> {
+    this.#stopped ??= this.#stop(drainMs);
+    return this.#stopped;
+  }
+
+  async #stop(drainMs: number): Promise<void> {
     this.#stopping = true;
     if (this.#sweeper) clearInterval(this.#sweeper);
     // close() stops accepting at once; its callback would wait for every connection, which the drain handles.

@@ -170,8 +170,15 @@ export class Cpe {
   }
 
   /** Stop intercepting, drain relayed connections for `drainMs`, then abort them; remove every kernel change. */
-  async stop(drainMs = this.#config.shutdownDrainS * 1000): Promise<void> {
-    if (this.#stopping) return;
+  stop(drainMs = this.#config.shutdownDrainS * 1000): Promise<void> {
+    // A second call waits for the first.
+    this.#stopped ??= this.#stop(drainMs);
+    return this.#stopped;
+  }
+
+  #stopped: Promise<void> | undefined;
+
+  async #stop(drainMs: number): Promise<void> {
     this.#stopping = true;
     const errors: unknown[] = [];
     const step = async (f: () => Promise<void> | undefined) => {

@@ -37,3 +37,18 @@ test('the concentrator is ready while it listens, not once it stops', async () =
   await c.stop(0);
   assert.deepEqual(c.readiness(), { ready: false, reason: 'stopping' });
 });
+
+test('a second stop() waits for the first (the same promise), it does not return at once', async () => {
+  const c = new Concentrator(concentratorConfigSchema.parse({ listen: ['127.0.0.1:0'], allow: ['127.0.0.0/8'] }), {
+    sockets: fakeSockets(),
+    kernel: fakeKernel(),
+    logger: silentLogger(),
+    metrics: createMetrics('concentrator'),
+  });
+  await c.start();
+  const first = c.stop(0);
+  const second = c.stop(0);
+  assert.equal(second, first);
+  await second;
+  assert.deepEqual(c.readiness(), { ready: false, reason: 'stopping' });
+});
