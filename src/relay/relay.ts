@@ -197,6 +197,12 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
       }
       from.ended = true;
       this.#lastActivity = this.#now();
+      // Our FIN on dst ends that direction gracefully: from here on, everything towards dst is in its
+      // kernel buffer. Clear SO_LINGER now, not at the end: Node closes a socket by itself once both of its
+      // halves are done (its peer's FIN may come later, while our bytes are still unacknowledged), and a
+      // close with linger 0 (MP_FASTCLOSE on MPTCP) would drop them. If the process dies now, the other
+      // direction still ends in a reset: src keeps its linger 0 until its own FIN.
+      lingerOff(this.#sockets, dst);
       // Propagate the half-close once everything read so far is queued on the other side.
       dst.end(() => {
         to.finished = true;
@@ -206,12 +212,12 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
     };
     const onError = (err: Error): void => this.#abort(from, err);
     const onClose = (hadError: boolean): void => {
-      if (this.#closed) return;
-      // A socket closed without both directions finished: the conversation cannot go on.
-      if (!(from.ended && to.ended && from.finished && to.finished) && !hadError) {
-        if (!from.ended || !to.finished) this.#abort(from, undefined);
-        else this.#maybeDone();
-      }
+      if (this.#closed || hadError) return; // an error is handled by onError
+      // A socket that closes with both of its halves done (its peer's FIN read, ours flushed) is simply
+      // finished (Node closes such a socket by itself), even while our FIN on the other socket is still
+      // being flushed. Closed any earlier, it cut the conversation.
+      if (from.ended && from.finished) this.#maybeDone();
+      else this.#abort(from, undefined);
     };
     src.on('data', onData);
     dst.on('drain', onDrain);
