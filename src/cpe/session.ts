@@ -118,9 +118,39 @@ function awaitEcho(sock: Socket, verifier: EchoVerifier, timeoutMs: number): Pro
   });
 }
 
+/** One intercepted LAN connection as the CPE's pipeline steps see it (set step by step). */
+export interface ClientConversion {
+  readonly client: Socket;
+  readonly cfg: CpeConfig;
+  /** classify: the original destination, the LAN client, its DSCP (as a TOS byte), a logger naming both. */
+  dst: { address: string; port: number };
+  src: { address: string; port: number };
+  tos: number;
+  log: Logger;
+  /** first-data: what the client sent before the conversion, split into what rides in the SYN and the rest. */
+  kept: Kept;
+  inSyn: Buffer;
+  afterEcho: Buffer;
+}
+
+type StepResult = 'continue' | 'done';
+
+/**
+ * The CPE's conversion pipeline: classify -> first-data -> concentrators (each candidate, best first) ->
+ * fallback (direct TCP or refuse). Each step either finishes the connection (relayed, reset, refused) or
+ * hands it to the next.
+ */
 export async function handleClient(client: Socket, ctx: SessionContext): Promise<void> {
-  const cfg = ctx.config();
   client.on('error', () => {});
+  const conv = classify(client, ctx);
+  if ((await firstDataStep(conv)) === 'done') return;
+  if ((await concentratorsStep(conv, ctx)) === 'done') return;
+  await fallbackStep(conv, ctx);
+}
+
+/** classify: where the client was going, who it is, its DSCP. */
+function classify(client: Socket, ctx: SessionContext): ClientConversion {
+  const cfg = ctx.config();
   const dst = ctx.originalDestination?.(client) ?? { address: unmapAddress(client.localAddress ?? ''), port: client.localPort ?? 0 };
   const src = { address: unmapAddress(client.remoteAddress ?? ''), port: client.remotePort ?? 0 };
   const log = ctx.logger.child({ client: `${src.address}:${src.port}`, destination: `${dst.address}:${dst.port}` });
@@ -130,37 +160,53 @@ export async function handleClient(client: Socket, ctx: SessionContext): Promise
     const mark = ctx.sockets.getMark(client);
     tos = ((mark >> 8) & 0x3f) << 2;
   }
-  const kept = await firstData(client, cfg.firstDataWaitMs);
-  if (client.destroyed) return;
-  const inSyn = kept.bytes.subarray(0, cfg.synDataMax);
-  const afterEcho = kept.bytes.subarray(inSyn.length);
+  const none = Buffer.alloc(0);
+  return { client, cfg, dst, src, tos, log, kept: { bytes: none, ended: false }, inSyn: none, afterEcho: none };
+}
 
+/** first-data: the client's first bytes (bounded wait), so they can ride in the SYN. */
+async function firstDataStep(conv: ClientConversion): Promise<StepResult> {
+  conv.kept = await firstData(conv.client, conv.cfg.firstDataWaitMs);
+  if (conv.client.destroyed) return 'done';
+  conv.inSyn = conv.kept.bytes.subarray(0, conv.cfg.synDataMax);
+  conv.afterEcho = conv.kept.bytes.subarray(conv.inSyn.length);
+  return 'continue';
+}
+
+/** concentrators: each usable one in turn, until one converts or refuses this connection. */
+async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): Promise<StepResult> {
+  const { client, log } = conv;
   for (const target of ctx.selector.candidates()) {
-    const attempt = await tryConcentrator(target, client, ctx, cfg, dst, src, inSyn, tos, log);
+    const attempt = await tryConcentrator(target, conv, ctx);
     if (client.destroyed) {
       if (attempt.kind === 'relay') attempt.socket.resetAndDestroy();
-      return;
+      return 'done';
     }
     if (attempt.kind === 'refused') {
       ctx.metrics.refused.inc({ reason: 'concentrator-refused' });
       log.debug({ why: attempt.why, concentrator: target.address }, 'the concentrator refused this connection: resetting the client');
       client.resetAndDestroy();
-      return;
+      return 'done';
     }
     if (attempt.kind === 'relay') {
       ctx.metrics.capability.inc({ result: 'ok' });
       if (attempt.leftover.length > 0) client.write(attempt.leftover);
-      if (afterEcho.length > 0) attempt.socket.write(afterEcho);
-      startRelay(client, attempt.socket, kept, ctx, cfg, log, `concentrator ${target.address}`, kept.bytes.length);
-      return;
+      if (conv.afterEcho.length > 0) attempt.socket.write(conv.afterEcho);
+      startRelay(client, attempt.socket, conv.kept, ctx, conv.cfg, log, `concentrator ${target.address}`, conv.kept.bytes.length);
+      return 'done';
     }
   }
+  return 'continue';
+}
+
+/** fallback: no concentrator converted it: refuse, or plain TCP from the CPE itself, replaying every kept byte. */
+async function fallbackStep(conv: ClientConversion, ctx: SessionContext): Promise<void> {
+  const { client, cfg, dst, tos, log, kept } = conv;
   if (cfg.fallback === 'refuse') {
     ctx.metrics.fallback.inc({ to: 'refused' });
     client.resetAndDestroy();
     return;
   }
-  // Direct: plain TCP from the CPE itself, replaying everything the client sent so far.
   let direct: Socket;
   try {
     direct = await ctx.sockets.dial({
@@ -187,17 +233,8 @@ export async function handleClient(client: Socket, ctx: SessionContext): Promise
   startRelay(client, direct, kept, ctx, cfg, log, 'direct', kept.bytes.length);
 }
 
-async function tryConcentrator(
-  target: ConcentratorTarget,
-  client: Socket,
-  ctx: SessionContext,
-  cfg: CpeConfig,
-  dst: { address: string; port: number },
-  src: { address: string; port: number },
-  inSyn: Buffer,
-  tos: number,
-  log: Logger,
-): Promise<Attempt> {
+async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversion, ctx: SessionContext): Promise<Attempt> {
+  const { client, cfg, dst, src, inSyn, tos, log } = conv;
   const ep = parseEndpoint(target.address);
   const signalling = signallingFor(target, dst, src);
   const abort = new AbortController();
