@@ -21,6 +21,7 @@ import { SourcePool } from './source-pool.js';
 import { ServerDialer, type ServerTransport } from './server-dialer.js';
 import { readSignalling, confirmation, refusal, type Refusal, type ReadSignalling } from './signalling.js';
 import { ConfigError } from '../control/config-file.js';
+import { ListenerRules } from './listener-rules.js';
 
 export interface ConcentratorDeps {
   sockets: Sockets;
@@ -56,10 +57,12 @@ export class Concentrator {
   #nextId = 1;
   #stopping = false;
   #sweeper: NodeJS.Timeout | undefined;
+  readonly #rules: ListenerRules;
 
   constructor(config: ConcentratorConfig, deps: ConcentratorDeps) {
     this.#config = config;
     this.#deps = deps;
+    this.#rules = new ListenerRules({ kernel: deps.kernel, logger: deps.logger });
     const now = deps.now ?? Date.now;
     this.#limits = new ConnectionLimits(config.limits, now);
     this.#pool = new SourcePool(config.sourcePool.addresses, config.sourcePool.mode);
@@ -94,6 +97,8 @@ export class Concentrator {
   async start(): Promise<void> {
     await this.#prepareKernel();
     for (const text of this.#config.listen) await this.#openListener(text);
+    // After the listeners are bound: the rules name their actual ports (port 0 resolved).
+    await this.#rules.apply(this.#config, this.addresses);
     this.#sweeper = setInterval(() => this.#limits.sweep(), 10_000);
     this.#sweeper.unref();
     this.#deps.logger.info({ listen: this.#config.listen, allow: this.#config.allow }, 'concentrator started');
@@ -374,6 +379,7 @@ export class Concentrator {
       }
     }
     for (const text of next.listen) if (!this.#listeners.has(text)) await this.#openListener(text);
+    await this.#rules.apply(next, this.addresses);
     this.#deps.logger.info({ listen: next.listen }, 'configuration reloaded');
   }
 
@@ -394,6 +400,7 @@ export class Concentrator {
       else s.socket.resetAndDestroy();
     }
     this.#sessions.clear();
+    await this.#rules.remove().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the nft table of the listeners'));
     for (const id of this.#announced.splice(0)) {
       await this.#deps.kernel.mptcp.deleteEndpoint(id).catch((err: unknown) => this.#deps.logger.warn({ err, id }, 'could not remove an announce endpoint'));
     }
