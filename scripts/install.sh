@@ -6,6 +6,6 @@ export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" -ne 0 ]; then echo "install.sh: run as root (it installs Debian packages)" >&2; exit 1; fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-  iproute2 nftables iperf3 mptcpize tcpdump curl socat shadowsocks-libev procps kmod ca-certificates >/dev/null
+  iproute2 nftables iperf3 mptcpize tcpdump curl socat shadowsocks-libev procps kmod ca-certificates hping3 >/dev/null
 npm ci --no-audit --no-fund
 npm run build

@@ -14,6 +14,7 @@ import { parseEndpoint } from '../control/address.js';
 import type { ConcentratorSelector } from './concentrators.js';
 import type { ConcentratorTarget, CpeConfig } from './config.js';
 import { EchoVerifier, type EchoResult } from './echo.js';
+import { TCPI_OPT } from '../platform/structs.js';
 
 export interface SessionContext {
   sockets: Sockets;
@@ -213,6 +214,15 @@ async function tryConcentrator(
   }
   sock.on('error', () => {});
   ctx.selector.markWorking(target);
+  if (target.zeroRtt && !zeroRttLanded(ctx.sockets, sock)) {
+    // A SYN-cookie answer (the concentrator's SYN queue is full: a SYN flood) does not take the SYN data, and the
+    // concentrator then sees TCP, not MPTCP, and refuses: once, at once, without data in the SYN.
+    client.off('close', onClientGone);
+    sock.resetAndDestroy();
+    ctx.metrics.capability.inc({ result: 'zero-rtt-retry' });
+    log.debug({ concentrator: target.address }, '0-RTT did not land (SYN data not accepted, or no MPTCP): retrying without data in the SYN');
+    return tryConcentrator({ ...target, zeroRtt: false }, client, ctx, cfg, dst, src, inSyn, tos, log);
+  }
   if (!ctx.sockets.isMptcp(sock)) {
     // The path stripped MPTCP: no conversion is possible through it (and the concentrator would refuse).
     client.off('close', onClientGone);
@@ -232,6 +242,14 @@ async function tryConcentrator(
   ctx.metrics.capability.inc({ result: r.status });
   log.warn({ concentrator: target.address, result: r.status }, 'no valid echo from the concentrator: cached as not capable, falling back');
   return { kind: 'next' };
+}
+
+/** The dial came up as MPTCP with its SYN data acknowledged in the SYN/ACK (tcpi_options SYN_DATA). */
+function zeroRttLanded(sockets: Sockets, sock: Socket): boolean {
+  if (!sockets.isMptcp(sock)) return false;
+  const info = sockets.tcpInfo(sock);
+  // No tcp_info (not expected on Linux): nothing says it failed.
+  return info === null || (info.options & TCPI_OPT.SYN_DATA) !== 0;
 }
 
 function startRelay(client: Socket, upstream: Socket, kept: Kept, ctx: SessionContext, cfg: CpeConfig, log: Logger, via: string, sentAlready: number): void {
