@@ -207,6 +207,8 @@ async function tryConcentrator(
   } catch (err) {
     client.off('close', onClientGone);
     if (client.destroyed) return { kind: 'next' };
+    // Reset after the SYN/ACK (a refusal would be ECONNREFUSED): what a SYN-cookie answer to data in the SYN gets.
+    if (target.zeroRtt && (err as { code?: string }).code === 'ECONNRESET') return retryWithoutSynData(target, client, ctx, cfg, dst, src, inSyn, tos, log);
     ctx.selector.markUnreachable(target);
     ctx.metrics.capability.inc({ result: 'unreachable' });
     log.warn({ concentrator: target.address, err: (err as Error).message }, 'concentrator unreachable, trying the next');
@@ -215,13 +217,9 @@ async function tryConcentrator(
   sock.on('error', () => {});
   ctx.selector.markWorking(target);
   if (target.zeroRtt && !zeroRttLanded(ctx.sockets, sock)) {
-    // A SYN-cookie answer (the concentrator's SYN queue is full: a SYN flood) does not take the SYN data, and the
-    // concentrator then sees TCP, not MPTCP, and refuses: once, at once, without data in the SYN.
     client.off('close', onClientGone);
     sock.resetAndDestroy();
-    ctx.metrics.capability.inc({ result: 'zero-rtt-retry' });
-    log.debug({ concentrator: target.address }, '0-RTT did not land (SYN data not accepted, or no MPTCP): retrying without data in the SYN');
-    return tryConcentrator({ ...target, zeroRtt: false }, client, ctx, cfg, dst, src, inSyn, tos, log);
+    return retryWithoutSynData(target, client, ctx, cfg, dst, src, inSyn, tos, log);
   }
   if (!ctx.sockets.isMptcp(sock)) {
     // The path stripped MPTCP: no conversion is possible through it (and the concentrator would refuse).
@@ -242,6 +240,26 @@ async function tryConcentrator(
   ctx.metrics.capability.inc({ result: r.status });
   log.warn({ concentrator: target.address, result: r.status }, 'no valid echo from the concentrator: cached as not capable, falling back');
   return { kind: 'next' };
+}
+
+/**
+ * A SYN-cookie answer (the concentrator's SYN queue is full: a SYN flood) does not take the SYN data; the
+ * connection is then reset or comes up as TCP, which the concentrator refuses. Once, at once, without SYN data.
+ */
+function retryWithoutSynData(
+  target: ConcentratorTarget,
+  client: Socket,
+  ctx: SessionContext,
+  cfg: CpeConfig,
+  dst: { address: string; port: number },
+  src: { address: string; port: number },
+  inSyn: Buffer,
+  tos: number,
+  log: Logger,
+): Promise<Attempt> {
+  ctx.metrics.capability.inc({ result: 'zero-rtt-retry' });
+  log.debug({ concentrator: target.address }, '0-RTT did not land (reset, SYN data not taken, or no MPTCP): retrying without data in the SYN');
+  return tryConcentrator({ ...target, zeroRtt: false }, client, ctx, cfg, dst, src, inSyn, tos, log);
 }
 
 /** The dial came up as MPTCP with its SYN data acknowledged in the SYN/ACK (tcpi_options SYN_DATA). */
