@@ -188,6 +188,34 @@ describe('CPE conversion (loopback)', () => {
     }
   });
 
+  test('a 0-RTT dial reset after the SYN/ACK (SYN cookies) is retried at once without SYN data; a plain dial reset is not', async () => {
+    const reset = () => Object.assign(new Error('connect ECONNRESET'), { code: 'ECONNRESET' });
+    const { front, port, sockets, metrics, selector } = await cpeFront(
+      { concentrators: [{ address: `127.0.0.1:${concPort}` }] },
+      { address: '198.19.0.11', port: 8080 },
+      { route: (spec) => (spec.fastOpen === 'no-cookie' ? reset() : spec.host === '198.19.0.11' ? { host: '127.0.0.1', port: upstreamPort } : { host: spec.host, port: spec.port }) },
+    );
+    try {
+      const r = await clientExchange(port, Buffer.from('hello'));
+      assert.equal(sha(r.received), sha(reply));
+      assert.deepEqual(sockets.dials.map((d) => d.fastOpen), ['no-cookie', 'off']);
+      assert.match(await metrics.registry.metrics(), /result="zero-rtt-retry"[^}]*\} 1/);
+      assert.equal(selector.candidates().length, 1, 'not held as unreachable');
+    } finally {
+      front.close();
+    }
+    const plain = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}`, zeroRtt: false }] }, { address: '198.19.0.11', port: 8080 }, {
+      route: (spec) => (spec.host === '127.0.0.1' ? reset() : { host: '127.0.0.1', port: upstreamPort }),
+    });
+    try {
+      await clientExchange(plain.port, Buffer.from('hello'));
+      assert.equal(plain.sockets.dials.filter((d) => d.host === '127.0.0.1').length, 1, 'no retry without 0-RTT');
+      assert.doesNotMatch(await plain.metrics.registry.metrics(), /zero-rtt-retry/);
+    } finally {
+      plain.front.close();
+    }
+  });
+
   test('no concentrator reachable: direct connection with the kept bytes; refuse mode resets', async () => {
     const closed = net.createServer();
     closed.listen(0, '127.0.0.1');
