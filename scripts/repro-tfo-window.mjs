@@ -4,7 +4,7 @@
 // client with two subflows that puts 16 bytes in its SYN, uploads 1 MiB, then downloads 50 MiB. With data in the
 // SYN the download crawls or stalls (MPTcpExtNoDSSInWindow at the client, MPTcpExtMPTCPRetrans at the listener);
 // with --no-syn-data it runs at full speed. --clamp installs the concentrator's own mitigation (its nft table,
-// built by src/concentrator/ruleset.ts: `tcp window set 1` on SYNs to the listener, at the listener's ingress);
+// built by src/concentrator/ruleset.ts: the SYN window lowered to 16384 >> wscale at the listener's ingress);
 // --clamp-egress the CPE's (src/cpe/ruleset.ts: `tcp window set 62` on the client's SYNs, output hook).
 // Needs root, kernel MPTCP and a built tree (npm run build).
 //   node scripts/repro-tfo-window.mjs [--runs N] [--no-syn-data] [--clamp | --clamp-egress]
@@ -83,7 +83,7 @@ try {
   if (clamp !== 'none') {
     const h = clamp === 'ingress' ? lab.hosts.concentrator : lab.hosts.cpe;
     const rules = (await h.exec('nft', ['list', 'table', 'inet', clamp === 'ingress' ? 'mpconvert_conc_repro' : 'mpconvert_cpe_repro'])).stdout;
-    console.log(`clamp rule: ${rules.split('\n').find((l) => l.includes('window set'))?.trim()}`);
+    console.log(`clamp rules that matched: ${rules.split('\n').filter((l) => l.includes('window set') && !/packets 0 /.test(l)).map((l) => l.trim()).join(' | ')}`);
   }
   for (const h of [lab.hosts.cpe, lab.hosts.concentrator]) {
     const nstat = (await h.exec('nstat', ['-az'])).stdout.split('\n').filter((l) => /NoDSSInWindow|MPTCPRetrans/.test(l)).map((l) => l.replace(/\s+/g, ' ').trim());

@@ -19,7 +19,8 @@ export const concentratorConfigSchema = z.strictObject({
    */
   announce: z.array(ip).default([]),
   /**
-   * `tcp window set 1` on SYNs to the listeners (nft, the concentrator's own table): works around the Linux
+   * The window of SYNs to the listeners lowered to 16384 >> their window scale (nft, the concentrator's own
+   * table): works around the Linux
    * MPTCP passive-TFO window bug for every client, third-party ones included (docs/kernel-tfo-window.md).
    */
   synWindowClamp: z.boolean().default(true),

@@ -7,12 +7,14 @@
  *   1. optional SYN-flood guards before the kernel's SYN queue: drop SYNs whose source is no customer prefix
  *      (a spoofed flood from outside `allow` then never fills the queue nor triggers SYN cookies), and an
  *      optional global rate limit;
- *   2. the SYN window clamp (`tcp window set 1`): works around the Linux MPTCP passive-TFO bug in which the
- *      listener's MPTCP-level send window is taken from the SYN's window shifted by the peer's window scale
- *      (docs/kernel-tfo-window.md). A SYN window is never scaled, so 1 stays below any real window whatever the
- *      client's scale; TCP corrects its own copy at the handshake's ACK. It protects every client, third-party
- *      RFC 8803 clients included. It costs nothing to connections without SYN data (their child socket is built
- *      from the ACK); with SYN data the first response waits for the client's ACK.
+ *   2. the SYN window clamp: works around the Linux MPTCP passive-TFO bug in which the listener's MPTCP-level
+ *      send window is taken from the SYN's window shifted by the peer's window scale (docs/kernel-tfo-window.md).
+ *      Per window scale w (1-14) the SYN's window is lowered to SYN_CLAMP_EDGE >> w, so the MPTCP edge starts at
+ *      16 KiB whatever the scale: below any real initial window, and no lower than the initial congestion window
+ *      (that edge only moves at the client's first DATA_ACK, not at the handshake's ACK, so a smaller one, e.g.
+ *      window 1 = 1 KiB at scale 10, held the first response back by round trips). Only lowered, never raised;
+ *      without window scaling there is no bug and nothing to do. It protects every client, third-party RFC 8803
+ *      clients included, and costs nothing to connections without SYN data (built from the ACK).
  *
  * Every rule carries a counter and a comment so operators and tests can read what matched (`nft list table`).
  */
@@ -31,7 +33,7 @@ export interface ConcentratorRulesetOptions {
   /** Names the table: `mpconvert_conc_<instance>`. */
   instance: string;
   listeners: readonly ConcentratorListener[];
-  /** `tcp window set 1` on SYNs to the listeners. */
+  /** Lower the window of SYNs to the listeners (per window scale, see SYN_CLAMP_EDGE). */
   synWindowClamp: boolean;
   /** Customer prefixes; with `dropNonCustomers`, SYNs from elsewhere are dropped before the SYN queue. */
   allow: readonly string[];
@@ -39,6 +41,9 @@ export interface ConcentratorRulesetOptions {
   /** SYNs per second to the listeners accepted in total (burst: the same number); 0 = no limit. */
   synRateLimit: number;
 }
+
+/** The MPTCP send window edge a clamped SYN leaves the listener with, in bytes (SYN window << scale). */
+export const SYN_CLAMP_EDGE = 16_384;
 
 export const CONC_RULE_COMMENTS = {
   nonCustomer: 'mpconvert: SYN from a non-customer dropped',
@@ -102,7 +107,12 @@ export function buildConcentratorRuleset(o: ConcentratorRulesetOptions): string 
   if (o.synRateLimit > 0) {
     syn.push(`limit rate over ${o.synRateLimit}/second burst ${o.synRateLimit} packets counter drop comment ${q(CONC_RULE_COMMENTS.rateLimit)}`);
   }
-  if (o.synWindowClamp) syn.push(`tcp window set 1 counter comment ${q(CONC_RULE_COMMENTS.windowClamp)}`);
+  if (o.synWindowClamp) {
+    for (let w = 1; w <= 14; w++) {
+      const win = SYN_CLAMP_EDGE >> w;
+      syn.push(`tcp option window count ${w} tcp window > ${win} tcp window set ${win} counter comment ${q(CONC_RULE_COMMENTS.windowClamp)}`);
+    }
+  }
   lines.push('  chain listener_syn {', ...syn.map((r) => `    ${r}`), '  }');
   lines.push('}');
   return `${lines.join('\n')}\n`;

@@ -213,7 +213,7 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
       await second.waitLine((l) => l.startsWith('ready'));
       let text = await table();
       assert.match(text, /ip daddr 198\.18\.200\.1 tcp dport 5100 goto listener_syn/, text);
-      assert.match(text, /tcp window set 1 counter packets \d+ bytes \d+ comment "mpconvert: SYN window clamp/, text);
+      assert.match(text, /tcp option window count 10 tcp window > 16 tcp window set 16 counter packets \d+ bytes \d+ comment "mpconvert: SYN window clamp/, text);
       assert.doesNotMatch(text, /left over|5999/, 'the leftover is gone');
       assert.match((await h.exec('nft', ['list', 'table', 'inet', 'mpconvert_conc_default'])).stdout, /dport 5000 goto listener_syn/, "the other instance's table is untouched");
       // A 0-RTT connection through it: the clamp counts its SYN, the bytes arrive.
@@ -221,7 +221,7 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
       const out = await runTool<ClientOut>(lab.hosts.cpe, 'mpc-client', { host: CONC, port: 5100, fastOpen: 'no-cookie', signallingHex: ie(SRV2, 8080), appHex: app.toString('hex'), send: 1000, head: ie(SRV2, 8080).length / 2 });
       assert.equal(out.error, undefined, JSON.stringify(out));
       assert.equal(out.received, 1000);
-      assert.match(await table(), /tcp window set 1 counter packets [1-9]/);
+      assert.match(await table(), /window count 10 tcp window > 16 tcp window set 16 counter packets [1-9]/, 'the client (window scale 10) was clamped');
       writeFileSync(file, cfg([`${CONC}:5100`, `${CONC}:5101`]));
       second.child.kill('SIGHUP');
       await second.waitFor(/configuration reloaded/, 10_000);

@@ -11,6 +11,7 @@ import {
   concentratorRulesetWanted,
   concentratorTableName,
   CONC_RULE_COMMENTS,
+  SYN_CLAMP_EDGE,
   type ConcentratorRulesetOptions,
 } from '../../../src/concentrator/ruleset.js';
 import { Concentrator } from '../../../src/concentrator/concentrator.js';
@@ -52,7 +53,17 @@ describe('buildConcentratorRuleset', () => {
       'ip daddr 198.18.200.1 tcp dport 5000 goto listener_syn',
       'ip6 daddr 2001:db8:200::1 tcp dport 5000 goto listener_syn',
     ]);
-    assert.deepEqual(chain(text, 'listener_syn'), [`tcp window set 1 counter comment "${CONC_RULE_COMMENTS.windowClamp}"`]);
+    const clamp = chain(text, 'listener_syn');
+    assert.equal(clamp.length, 14, 'one rule per window scale 1-14');
+    assert.equal(clamp[0], `tcp option window count 1 tcp window > 8192 tcp window set 8192 counter comment "${CONC_RULE_COMMENTS.windowClamp}"`);
+    assert.equal(clamp[9], `tcp option window count 10 tcp window > 16 tcp window set 16 counter comment "${CONC_RULE_COMMENTS.windowClamp}"`);
+    assert.equal(clamp[13], `tcp option window count 14 tcp window > 1 tcp window set 1 counter comment "${CONC_RULE_COMMENTS.windowClamp}"`);
+    for (const [i, rule] of clamp.entries()) {
+      const [, w, gt, set] = /^tcp option window count (\d+) tcp window > (\d+) tcp window set (\d+) /.exec(rule) ?? [];
+      assert.equal(Number(w), i + 1);
+      assert.equal(Number(gt), Number(set), 'only ever lowered');
+      assert.equal(Number(set) << Number(w), SYN_CLAMP_EDGE, 'the MPTCP edge is 16 KiB at every scale');
+    }
     assert.ok(text.endsWith('}\n'));
   });
 
@@ -68,13 +79,12 @@ describe('buildConcentratorRuleset', () => {
     assert.deepEqual(chain(text, 'prerouting').slice(2), ['tcp dport 5000 goto listener_syn', 'meta nfproto ipv4 tcp dport 6000 goto listener_syn']);
   });
 
-  it('SYN-flood guards come before the clamp: non-customers dropped per family, then the rate limit', () => {
+  it('SYN-flood guards come before the clamp: non-customers dropped per family, then the rate limit, then the clamp', () => {
     const text = buildConcentratorRuleset({ ...base, dropNonCustomers: true, synRateLimit: 300, allow: ['198.18.0.0/15', '10.0.0.0/8'] });
-    assert.deepEqual(chain(text, 'listener_syn'), [
+    assert.deepEqual(chain(text, 'listener_syn').slice(0, 3), [
       `meta nfproto ipv4 ip saddr != { 198.18.0.0/15, 10.0.0.0/8 } counter drop comment "${CONC_RULE_COMMENTS.nonCustomer}"`,
       `meta nfproto ipv6 counter drop comment "${CONC_RULE_COMMENTS.nonCustomer}"`,
       `limit rate over 300/second burst 300 packets counter drop comment "${CONC_RULE_COMMENTS.rateLimit}"`,
-      `tcp window set 1 counter comment "${CONC_RULE_COMMENTS.windowClamp}"`,
     ]);
     const noClamp = buildConcentratorRuleset({ ...base, synWindowClamp: false, dropNonCustomers: true });
     assert.doesNotMatch(noClamp, /window set/);
@@ -116,7 +126,7 @@ describe('the Concentrator owns its nft table', () => {
     const [name, text] = JSON.parse(applied[0]!.slice('nft.applyTable '.length)).slice(1) as [string, string];
     assert.equal(name, 'mpconvert_conc_default');
     assert.match(text, new RegExp(`ip daddr 127\\.0\\.0\\.1 tcp dport ${port} goto listener_syn`), 'the actual port, not 0');
-    assert.match(text, /tcp window set 1/, 'synWindowClamp is on by default');
+    assert.match(text, /tcp option window count 10 tcp window > 16 tcp window set 16 /, 'synWindowClamp is on by default');
 
     kernel.calls.length = 0;
     await c.reload(config);
