@@ -258,13 +258,15 @@ function retryWithoutSynData(
   log: Logger,
 ): Promise<Attempt> {
   ctx.metrics.capability.inc({ result: 'zero-rtt-retry' });
-  log.debug({ concentrator: target.address }, '0-RTT did not land (reset, SYN data not taken, or no MPTCP): retrying without data in the SYN');
+  log.debug({ concentrator: target.address }, '0-RTT did not land (reset after the SYN/ACK, or SYN data not taken): retrying without data in the SYN');
   return tryConcentrator({ ...target, zeroRtt: false }, client, ctx, cfg, dst, src, inSyn, tos, log);
 }
 
-/** The dial came up as MPTCP with its SYN data acknowledged in the SYN/ACK (tcpi_options SYN_DATA). */
+/**
+ * The SYN/ACK acknowledged the SYN's data (tcpi_options SYN_DATA). A SYN-cookie answer never does; MPTCP stripped
+ * on the path with the data taken is left to the MPTCP check that follows (a retry would not help it).
+ */
 function zeroRttLanded(sockets: Sockets, sock: Socket): boolean {
-  if (!sockets.isMptcp(sock)) return false;
   const info = sockets.tcpInfo(sock);
   // No tcp_info (not expected on Linux): nothing says it failed.
   return info === null || (info.options & TCPI_OPT.SYN_DATA) !== 0;
