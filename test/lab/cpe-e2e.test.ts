@@ -144,6 +144,7 @@ describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false },
     const syn = segs.find((s) => s.flags.syn && !s.flags.ack && s.dport === 5000);
     assert.ok(syn, `the SYN to the concentrator was captured; got ${JSON.stringify(segs.map((x) => ({ src: x.src, dst: x.dst, dport: x.dport, flags: x.flags, len: x.payload.length })))}, tcpdump: ${td.stderr}`);
     assert.ok(syn.options.includes(30), 'the SYN carries MP_CAPABLE');
+    assert.ok(syn.window > 62, `the CPE leaves its SYN window alone by default (${syn.window}): the concentrator clamps it`);
     assert.equal(syn.payload.subarray(0, 4).toString('hex'), 'faa8faa8', 'the SYN payload starts with an MP_CONVERT IE');
     assert.ok(syn.payload.includes(Buffer.from('GET /bytes/1000?seed=syn HTTP/1.1')), 'the client request follows the IE in the SYN');
     const synAck = segs.find((s) => s.flags.syn && s.flags.ack && s.sport === 5000 && s.dport === syn.sport);
@@ -154,6 +155,29 @@ describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false },
     assert.match(m, /mpconvert_concentrator_capability_total\{result="ok"[^}]*\} 1/, 'the echo was verified: still MPTCP, converted');
     assert.doesNotMatch(m, /result="zero-rtt-retry"/, 'no retry without SYN data');
     assert.ok((await clampCount()) > clampBefore, 'the concentrator clamped the SYN window (its own nft table)');
+  });
+
+  labTest('synWindowClamp towards a concentrator: the CPE\'s SYNs to it leave with window 62 (its output rule), converted with 0-RTT', async () => {
+    await startCpe('', [`${CONC4}:5000`], '    synWindowClamp: true\n');
+    try {
+      const pcap = join(dir, 'syn-clamp.pcap');
+      const td = new Proc(lab.hosts.cpe.spawn('tcpdump', ['-i', 'any', '--immediate-mode', '-U', '-n', '-w', pcap, 'tcp dst port 5000 and tcp[13] & 2 != 0']));
+      for (const deadline = Date.now() + 10_000; !td.stderr.includes('listening') && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(td.stderr.includes('listening'), `tcpdump did not start: ${td.stderr}`);
+      const r = await download(url(srv4, 100_000, 'egress'));
+      assert.equal(r.sha256, deterministicSha256('egress', 100_000));
+      await new Promise((res) => setTimeout(res, 300));
+      await td.stop('SIGINT');
+      const syn = readTcpSegments(pcap).find((s) => s.flags.syn && !s.flags.ack && s.dport === 5000 && s.payload.length > 0);
+      assert.ok(syn, 'the 0-RTT SYN was captured');
+      assert.equal(syn.window, 62, 'the SYN window as it left the CPE');
+      const table = (await lab.hosts.cpe.exec('nft', ['list', 'table', 'inet', 'mpconvert_cpe_default'])).stdout;
+      assert.match(table, /chain output \{[^}]*ip daddr 198\.18\.200\.1 tcp dport 5000 tcp flags syn \/ syn,ack tcp window set 62 counter packets [1-9]/);
+      const m = (await lab.hosts.cpe.exec('curl', ['-s', 'http://127.0.0.1:9091/metrics'])).stdout;
+      assert.match(m, /mpconvert_concentrator_capability_total\{result="ok"[^}]*\} 1/);
+    } finally {
+      await startCpe();
+    }
   });
 
   labTest('HTTP download of 200 MB with 0-RTT (the default): hash equal, at least 1.8x one uplink', async () => {
