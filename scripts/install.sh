@@ -6,7 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" -ne 0 ]; then echo "install.sh: run as root (it installs Debian packages)" >&2; exit 1; fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-  iproute2 nftables iperf3 mptcpize tcpdump curl socat shadowsocks-libev haproxy procps kmod ca-certificates \
+  iproute2 nftables iperf3 mptcpize tcpdump curl socat shadowsocks-libev haproxy hping3 procps kmod ca-certificates \
   iputils-ping util-linux >/dev/null
 npm ci --no-audit --no-fund
 npm run build

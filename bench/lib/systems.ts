@@ -137,7 +137,7 @@ async function deployMpconvert({ lab, uplinks, cpuProfileDir }: DeployOptions): 
       target: (port) => ({ address: server.v4, port }),
       relayRoots: [cpe.pid, conc.pid],
       concentratorRoot: conc.pid,
-      note: 'transparent: the LAN client dials the server; TPROXY on the CPE, signalling and first bytes right after the handshake (zeroRtt off, the default)',
+      note: 'transparent: the LAN client dials the server; TPROXY on the CPE, signalling and first bytes in the SYN (zeroRtt, the default; the concentrator clamps SYN windows)',
       stop,
     };
   } catch (err) {

@@ -26,6 +26,7 @@ import { RESET_ON_CLOSE } from '../relay/index.js';
 import { ServerDialer } from './server-dialer.js';
 import { readSignalling, refusal as sendRefusal, SignallingEmptyError } from './signalling.js';
 import { ConfigError } from '../control/config-file.js';
+import { ListenerRules } from './listener-rules.js';
 import type { ConnectionContext } from './context.js';
 import { runPipeline, step, type Step } from './pipeline.js';
 import { sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
@@ -74,6 +75,8 @@ export class Concentrator {
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
   readonly #steps: readonly Step[];
+  /** The nft table of the listeners (SYN window clamp, SYN-flood guards). */
+  readonly #rules: ListenerRules;
   readonly #listeners = new Map<string, ListeningServer>();
   readonly #sessions = new Set<Session>();
   readonly #sessionOf = new WeakMap<ConnectionContext, Session>();
@@ -88,6 +91,7 @@ export class Concentrator {
     this.#config = config;
     this.#deps = deps;
     this.#now = deps.now ?? Date.now;
+    this.#rules = new ListenerRules({ kernel: deps.kernel, logger: deps.logger });
     this.#limits = new ConnectionLimits(config.limits, this.#now);
     this.#pending = new SignallingAdmission(config.signalling);
     this.#allow = PrefixSet.from(config.allow);
@@ -213,6 +217,8 @@ export class Concentrator {
   async start(): Promise<void> {
     await this.#prepareKernel();
     for (const text of this.#config.listen) await this.#openListener(text);
+    // After the listeners are bound: the rules name their actual ports (port 0 resolved).
+    await this.#rules.apply(this.#config, this.addresses);
     this.#sampleDescriptors();
     this.#sweeper = setInterval(() => {
       this.#limits.sweep();
@@ -416,6 +422,7 @@ export class Concentrator {
       }
     }
     for (const text of next.listen) if (!this.#listeners.has(text)) await this.#openListener(text);
+    await this.#rules.apply(next, this.addresses);
     this.#deps.logger.info({ listen: next.listen }, 'configuration reloaded');
   }
 
@@ -442,6 +449,7 @@ export class Concentrator {
       else s.ctx.socket.resetAndDestroy();
       s.end();
     }
+    await this.#rules.remove().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the nft table of the listeners'));
     for (const id of this.#announced.splice(0)) {
       await this.#deps.kernel.mptcp.deleteEndpoint(id).catch((err: unknown) => this.#deps.logger.warn({ err, id }, 'could not remove an announce endpoint'));
     }

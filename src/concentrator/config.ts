@@ -4,6 +4,8 @@ import { loadYaml, validateConfig } from '../control/config-file.js';
 import { endpoint, listenEndpoint, cidr, ip } from '../control/schema.js';
 
 export const concentratorConfigSchema = z.strictObject({
+  /** Instance name: names the nft table `inet mpconvert_conc_<instance>`, so two concentrators never collide. */
+  instance: z.string().regex(/^[a-z0-9_]{1,16}$/, 'lowercase letters, digits and _ (at most 16)').default('default'),
   /** Customer-facing MPTCP listeners. Both signalling formats are served on each. */
   listen: z.array(listenEndpoint).min(1, 'at least one listener is needed'),
   /** Customer prefixes allowed to use the concentrator (source address of the MPTCP connection). */
@@ -16,6 +18,21 @@ export const concentratorConfigSchema = z.strictObject({
    * MPTCP legs). Added at start, removed at stop; a change needs a restart.
    */
   announce: z.array(ip).default([]),
+  /**
+   * The window of SYNs to the listeners lowered to 16384 >> their window scale (nft, the concentrator's own
+   * table): works around the Linux
+   * MPTCP passive-TFO window bug for every client, third-party ones included (docs/kernel-tfo-window.md).
+   */
+  synWindowClamp: z.boolean().default(true),
+  /** Guards in front of the listeners' SYN queue (nft), against SYN floods (docs/concentrator.md). */
+  synFlood: z
+    .strictObject({
+      /** Drop SYNs from outside `allow` before they reach the SYN queue (they would be refused anyway). */
+      dropNonCustomers: z.boolean().default(false),
+      /** SYNs per second to the listeners, in total; beyond, dropped. 0 = no limit. */
+      synRateLimit: z.number().int().min(0).default(0),
+    })
+    .default({ dropNonCustomers: false, synRateLimit: 0 }),
   /** Accept signalling on a connection that fell back to plain TCP (the seeds say ignore it). */
   acceptFallback: z.boolean().default(false),
   signalling: z

@@ -36,13 +36,17 @@ export const cpeConfigSchema = z.strictObject({
         /** Also send the client's source address (an IE with D = 1), for transparent concentrators. */
         sourceIe: z.boolean().default(false),
         /**
-         * Signalling and the client's first bytes in the SYN (TCP Fast Open): the 0-RTT conversion. Off (the
-         * default for now): they go first thing after the handshake, one round trip more per connection. Off by
-         * default because of a Linux MPTCP bug seen on 6.18: on a connection whose SYN data the listener accepted,
-         * with two or more subflows, the listener side overruns the peer's MPTCP receive window and downloads
-         * crawl (docs/cpe.md, "0-RTT and the kernel").
+         * Signalling and the client's first bytes in the SYN (TCP Fast Open): the 0-RTT conversion. Off: they go
+         * first thing after the handshake, one round trip more per connection. On a SYN-cookie answer (the
+         * concentrator under a SYN flood) the connection is retried at once without data in the SYN.
          */
-        zeroRtt: z.boolean().default(false),
+        zeroRtt: z.boolean().default(true),
+        /**
+         * Clamp the window of the CPE's SYNs to this concentrator (nft, output): the workaround for the Linux
+         * MPTCP passive-TFO window bug when the concentrator does not clamp it itself (a third-party one, or an
+         * mpconvert concentrator with synWindowClamp off). See docs/kernel-tfo-window.md.
+         */
+        synWindowClamp: z.boolean().default(false),
       }),
     )
     .min(1, 'at least one concentrator is needed'),
@@ -126,7 +130,7 @@ export async function resolveCpeConfig(flags: CpeFlags): Promise<CpeConfig> {
   if (flags.concentrator?.length) raw['concentrators'] = flags.concentrator.map((address) => ({
       address,
       ...(flags.format ? { format: flags.format } : {}),
-      ...(flags.zeroRtt ? { zeroRtt: true } : {}),
+      ...(flags.zeroRtt !== undefined ? { zeroRtt: flags.zeroRtt } : {}),
     }));
   if (flags.fallback) raw['fallback'] = flags.fallback;
   if (flags.admin) raw['admin'] = flags.admin;

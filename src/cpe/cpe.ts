@@ -114,6 +114,10 @@ export class Cpe {
           nativeMptcp: cfg.policy.nativeMptcp,
           dscpToMark: cfg.preserveDscp,
           ...(cfg.mssClamp === 'off' ? {} : { mssClamp: cfg.mssClamp }),
+          synWindowClamp: cfg.concentrators.filter((c) => c.synWindowClamp).map((c) => {
+            const ep = parseEndpoint(c.address);
+            return { address: ep.host, port: ep.port };
+          }),
         },
       );
       await this.#interception.start();

@@ -14,10 +14,15 @@
  *      order so that the router fails open: without a listener (daemon killed) tproxy does not match, nothing
  *      is marked and the SYN is forwarded untouched.
  * Forward (priority mangle), optional: MSS clamp of the SYNs of flows forwarded untouched.
+ * Output (priority mangle), optional: the SYN window clamp (`tcp window set 62`) on the CPE's own SYNs to the
+ * concentrators that ask for it, for concentrators whose kernel the operator cannot fix or clamp itself
+ * (docs/kernel-tfo-window.md). 62 << the CPE's window scale (10 on Linux with default buffers) = 63488 stays
+ * below the real 64240; the SYN window itself is never scaled.
  *
  * Every decisive rule carries a counter and a comment naming it, so tests and operators can read which rule
  * took a flow (`nft -j list table`).
  */
+import { isIP } from 'node:net';
 import { parseCidr } from '../policy/cidr.js';
 import { MpconvertError } from '../errors.js';
 
@@ -49,7 +54,12 @@ export interface InterceptionRulesetOptions {
   mssClamp?: number | 'pmtu' | undefined;
   /** Address families to intercept; default both. */
   families?: ReadonlyArray<4 | 6> | undefined;
+  /** Concentrators whose SYNs leave with the window clamped (egress, output hook). */
+  synWindowClamp?: ReadonlyArray<{ address: string; port: number }> | undefined;
 }
+
+/** The SYN window the CPE puts on its SYNs to a concentrator with synWindowClamp. */
+export const CPE_SYN_WINDOW_CLAMP = 62;
 
 /** Names given to the rules (nft comments), stable for tests and tools. */
 export const RULE_COMMENTS = {
@@ -61,6 +71,7 @@ export const RULE_COMMENTS = {
   exclude: 'mpconvert: excluded',
   intercept: 'mpconvert: intercepted',
   mssClamp: 'mpconvert: MSS clamp',
+  synWindowClamp: 'mpconvert: SYN window clamp (MPTCP passive TFO)',
 } as const;
 
 /** The DSCP bits of a mark produced by the ruleset. */
@@ -154,6 +165,10 @@ export function validateRulesetOptions(o: InterceptionRulesetOptions): void {
   if (o.mssClamp !== undefined && o.mssClamp !== 'pmtu' && (!Number.isInteger(o.mssClamp) || o.mssClamp < 536 || o.mssClamp > 65535)) {
     throw new RulesetError(`mssClamp ${o.mssClamp} must be 'pmtu' or 536-65535`);
   }
+  for (const t of o.synWindowClamp ?? []) {
+    if (isIP(t.address) === 0) throw new RulesetError(`synWindowClamp target '${t.address}' is not an IP address`);
+    checkPort(t.port, 'synWindowClamp port');
+  }
   const fams = o.families ?? [4, 6];
   if (fams.length === 0 || fams.some((f) => f !== 4 && f !== 6)) throw new RulesetError('families must be a non-empty subset of [4, 6]');
 }
@@ -209,6 +224,13 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
       `oifname ${lans} tcp flags & (syn | rst) == syn tcp option maxseg size set ${size} ${c('mssClamp', '')}`,
     ];
     lines.push('  chain forward {', '    type filter hook forward priority mangle; policy accept;', ...fwd.map((r) => `    ${r}`), '  }');
+  }
+  const clamp = o.synWindowClamp ?? [];
+  if (clamp.length > 0) {
+    const out = clamp.map(
+      (t) => `${isIP(t.address) === 4 ? 'ip' : 'ip6'} daddr ${t.address} tcp dport ${t.port} tcp flags & (syn | ack) == syn tcp window set ${CPE_SYN_WINDOW_CLAMP} ${c('synWindowClamp', '')}`,
+    );
+    lines.push('  chain output {', '    type filter hook output priority mangle; policy accept;', ...out.map((r) => `    ${r}`), '  }');
   }
   lines.push('}');
   return `${lines.join('\n')}\n`;

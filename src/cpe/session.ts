@@ -15,6 +15,7 @@ import { parseEndpoint } from '../control/address.js';
 import type { ConcentratorSelector } from './concentrators.js';
 import type { ConcentratorTarget, CpeConfig } from './config.js';
 import { EchoVerifier, type EchoResult } from './echo.js';
+import { TCPI_OPT } from '../platform/structs.js';
 
 export interface SessionContext {
   sockets: Sockets;
@@ -260,6 +261,9 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
     client.off('close', onClientGone);
     if (client.destroyed) return { kind: 'next' };
     const errno = (err as { code?: string }).code;
+    // Reset after the SYN/ACK (a refusal of the SYN would be ECONNREFUSED): what a SYN-cookie answer to data
+    // in the SYN gets (a SYN flood). Once, without SYN data, before taking it as the concentrator's refusal.
+    if (target.zeroRtt && errno === 'ECONNRESET') return retryWithoutSynData(target, conv, ctx);
     if (dialFailure(errno) === 'refused') {
       ctx.selector.markWorking(target);
       return { kind: 'refused', why: `reset after the handshake (${errno})` };
@@ -271,6 +275,11 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
   }
   sock.on('error', () => {});
   ctx.selector.markWorking(target);
+  if (target.zeroRtt && !zeroRttLanded(ctx.sockets, sock)) {
+    client.off('close', onClientGone);
+    sock.resetAndDestroy();
+    return retryWithoutSynData(target, conv, ctx);
+  }
   if (!ctx.sockets.isMptcp(sock)) {
     // The path stripped MPTCP: no conversion is possible through it (and the concentrator would refuse).
     client.off('close', onClientGone);
@@ -290,6 +299,26 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
   ctx.metrics.capability.inc({ result: r.status });
   log.warn({ concentrator: target.address, result: r.status }, 'no valid echo from the concentrator: cached as not capable, falling back');
   return { kind: 'next' };
+}
+
+/**
+ * A SYN-cookie answer (the concentrator's SYN queue is full: a SYN flood) does not take the SYN data; the
+ * connection is then reset or comes up as TCP, which the concentrator refuses. Once, at once, without SYN data.
+ */
+function retryWithoutSynData(target: ConcentratorTarget, conv: ClientConversion, ctx: SessionContext): Promise<Attempt> {
+  ctx.metrics.capability.inc({ result: 'zero-rtt-retry' });
+  conv.log.debug({ concentrator: target.address }, '0-RTT did not land (reset after the SYN/ACK, or SYN data not taken): retrying without data in the SYN');
+  return tryConcentrator({ ...target, zeroRtt: false }, conv, ctx);
+}
+
+/**
+ * The SYN/ACK acknowledged the SYN's data (tcpi_options SYN_DATA). A SYN-cookie answer never does; MPTCP stripped
+ * on the path with the data taken is left to the MPTCP check that follows (a retry would not help it).
+ */
+function zeroRttLanded(sockets: Sockets, sock: Socket): boolean {
+  const info = sockets.tcpInfo(sock);
+  // No tcp_info (not expected on Linux): nothing says it failed.
+  return info === null || (info.options & TCPI_OPT.SYN_DATA) !== 0;
 }
 
 function startRelay(client: Socket, upstream: Socket, kept: Kept, ctx: SessionContext, cfg: CpeConfig, log: Logger, via: string, sentAlready: number): void {

@@ -12,6 +12,8 @@ export interface TcpSegment {
   seq: number;
   ack: number;
   flags: { syn: boolean; ack: boolean; fin: boolean; rst: boolean };
+  /** The window field as sent (unscaled). */
+  window: number;
   /** TCP option kinds present (30 = MPTCP). */
   options: number[];
   /** The captured payload (cut short by the capture's snap length). */
@@ -86,6 +88,7 @@ export function readTcpSegments(file: string): TcpSegment[] {
       seq: pkt.readUInt32BE(l4 + 4),
       ack: pkt.readUInt32BE(l4 + 8),
       flags: { fin: (fl & 1) !== 0, syn: (fl & 2) !== 0, rst: (fl & 4) !== 0, ack: (fl & 16) !== 0 },
+      window: pkt.readUInt16BE(l4 + 14),
       options,
       payload: Buffer.from(pkt.subarray(l4 + doff, end)),
       length: end - l4 - doff,

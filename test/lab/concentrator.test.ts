@@ -60,8 +60,8 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
     const line = text.split('\n').find((l) => l.startsWith(name) && l.includes(labels));
     return line ? Number(line.split(' ').pop()) : 0;
   };
-  /** The signalling goes first thing after the handshake unless a test asks for it in the SYN (fastOpen), as
-   * the CPE does by default (zeroRtt off: see docs/cpe.md, "0-RTT and the kernel"). */
+  /** The signalling goes first thing after the handshake unless a test asks for it in the SYN (fastOpen; the
+   * CPE's default, zeroRtt on): both ways are served on the same port. */
   const client = (args: Record<string, unknown>) => runTool<ClientOut>(lab.hosts.cpe, 'mpc-client', { host: CONC, port: 5000, fastOpen: 'off', ...args });
 
   before(async () => {
@@ -198,6 +198,39 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
     await holder.stop('SIGKILL');
     writeFileSync(configFile, baseConfig());
     conc.child.kill('SIGHUP');
+  });
+
+  labTest('its nft table: a leftover of a killed instance is replaced at start, follows a SIGHUP listen change, is removed at stop', async () => {
+    const h = lab.hosts.concentrator;
+    const table = async () => (await h.exec('nft', ['list', 'table', 'inet', 'mpconvert_conc_second'], { allowFailure: true })).stdout;
+    // What a killed instance might have left: an older clamp for a port no longer served.
+    await h.exec('nft', ['-f', '-'], { input: 'table inet mpconvert_conc_second {\n  chain prerouting {\n    type filter hook prerouting priority mangle; policy accept;\n    tcp dport 5999 tcp window set 1 comment "left over"\n  }\n}\n' });
+    const file = join(dir, 'second.yaml');
+    const cfg = (listen: string[]) => `instance: second\nlisten: [${listen.map((l) => `"${l}"`).join(', ')}]\nallow: ["198.18.0.0/16"]\nshutdownDrainS: 0\n`;
+    writeFileSync(file, cfg([`${CONC}:5100`]));
+    const second = start(h, [CLI, 'concentrator', '--config', file]);
+    try {
+      await second.waitLine((l) => l.startsWith('ready'));
+      let text = await table();
+      assert.match(text, /ip daddr 198\.18\.200\.1 tcp dport 5100 goto listener_syn/, text);
+      assert.match(text, /tcp option window count 10 tcp window > 16 tcp window set 16 counter packets \d+ bytes \d+ comment "mpconvert: SYN window clamp/, text);
+      assert.doesNotMatch(text, /left over|5999/, 'the leftover is gone');
+      assert.match((await h.exec('nft', ['list', 'table', 'inet', 'mpconvert_conc_default'])).stdout, /dport 5000 goto listener_syn/, "the other instance's table is untouched");
+      // A 0-RTT connection through it: the clamp counts its SYN, the bytes arrive.
+      const app = randomBytes(100);
+      const out = await runTool<ClientOut>(lab.hosts.cpe, 'mpc-client', { host: CONC, port: 5100, fastOpen: 'no-cookie', signallingHex: ie(SRV2, 8080), appHex: app.toString('hex'), send: 1000, head: ie(SRV2, 8080).length / 2 });
+      assert.equal(out.error, undefined, JSON.stringify(out));
+      assert.equal(out.received, 1000);
+      assert.match(await table(), /window count 10 tcp window > 16 tcp window set 16 counter packets [1-9]/, 'the client (window scale 10) was clamped');
+      writeFileSync(file, cfg([`${CONC}:5100`, `${CONC}:5101`]));
+      second.child.kill('SIGHUP');
+      await second.waitFor(/configuration reloaded/, 10_000);
+      text = await table();
+      assert.match(text, /tcp dport 5101 goto listener_syn/, text);
+    } finally {
+      assert.equal(await second.stop(), 0, second.stderr.slice(-2000));
+    }
+    assert.equal(await table(), '', 'removed at stop');
   });
 
   labTest('fuzz: 10,000 malformed signalling payloads: no crash, nothing dialled, memory bounded', async () => {

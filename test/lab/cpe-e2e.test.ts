@@ -120,44 +120,76 @@ describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false },
     rmSync(dir, { recursive: true, force: true });
   });
 
-  labTest('0-RTT on the wire: signalling and the client request ride in the SYN, the SYN/ACK acknowledges them', async () => {
-    await startCpe('', [`${CONC4}:5000`], '    zeroRtt: true\n');
+  /** TcpExtTCPFastOpenPassive in the concentrator's namespace: connections whose SYN data the listener took. */
+  const passiveTfo = async () => Number(/TcpExtTCPFastOpenPassive\s+(\d+)/.exec((await lab.hosts.concentrator.exec('nstat', ['-az', 'TcpExtTCPFastOpenPassive'])).stdout)?.[1] ?? 0);
+  /** Packets counted by the concentrator's SYN window clamp rule. */
+  const clampCount = async () => {
+    const text = (await lab.hosts.concentrator.exec('nft', ['list', 'table', 'inet', 'mpconvert_conc_default'])).stdout;
+    const counts = [...text.matchAll(/tcp window set \d+ counter packets (\d+)/g)].map((m) => Number(m[1]));
+    return counts.length === 14 ? counts.reduce((a, b) => a + b, 0) : NaN;
+  };
+
+  labTest('0-RTT on the wire with the default configuration: signalling and the client request ride in the SYN, the SYN/ACK acknowledges them', async () => {
+    const pcap = join(dir, 'syn.pcap');
+    // Every interface: the initial subflow leaves through whichever uplink routing picks.
+    const td = new Proc(lab.hosts.cpe.spawn('tcpdump', ['-i', 'any', '--immediate-mode', '-U', '-n', '-w', pcap, 'tcp port 5000 and tcp[13] & 2 != 0']));
+    for (const deadline = Date.now() + 10_000; !td.stderr.includes('listening') && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(td.stderr.includes('listening'), `tcpdump did not start: ${td.stderr}`);
+    const clampBefore = await clampCount();
+    const r = await download(url(srv4, 1000, 'syn'));
+    assert.equal(r.sha256, deterministicSha256('syn', 1000));
+    await new Promise((res) => setTimeout(res, 300));
+    await td.stop('SIGINT');
+    const segs = readTcpSegments(pcap);
+    const syn = segs.find((s) => s.flags.syn && !s.flags.ack && s.dport === 5000);
+    assert.ok(syn, `the SYN to the concentrator was captured; got ${JSON.stringify(segs.map((x) => ({ src: x.src, dst: x.dst, dport: x.dport, flags: x.flags, len: x.payload.length })))}, tcpdump: ${td.stderr}`);
+    assert.ok(syn.options.includes(30), 'the SYN carries MP_CAPABLE');
+    assert.ok(syn.window > 62, `the CPE leaves its SYN window alone by default (${syn.window}): the concentrator clamps it`);
+    assert.equal(syn.payload.subarray(0, 4).toString('hex'), 'faa8faa8', 'the SYN payload starts with an MP_CONVERT IE');
+    assert.ok(syn.payload.includes(Buffer.from('GET /bytes/1000?seed=syn HTTP/1.1')), 'the client request follows the IE in the SYN');
+    const synAck = segs.find((s) => s.flags.syn && s.flags.ack && s.sport === 5000 && s.dport === syn.sport);
+    assert.ok(synAck, 'the SYN/ACK was captured');
+    assert.equal(synAck.ack, (syn.seq + 1 + syn.payload.length) >>> 0, 'the SYN/ACK acknowledges the SYN data: accepted in the SYN');
+    assert.ok(synAck.options.includes(30), 'the concentrator answered with MPTCP: no fallback');
+    const m = (await lab.hosts.cpe.exec('curl', ['-s', 'http://127.0.0.1:9091/metrics'])).stdout;
+    assert.match(m, /mpconvert_concentrator_capability_total\{result="ok"[^}]*\} 1/, 'the echo was verified: still MPTCP, converted');
+    assert.doesNotMatch(m, /result="zero-rtt-retry"/, 'no retry without SYN data');
+    assert.ok((await clampCount()) > clampBefore, 'the concentrator clamped the SYN window (its own nft table)');
+  });
+
+  labTest('synWindowClamp towards a concentrator: the CPE\'s SYNs to it leave with window 62 (its output rule), converted with 0-RTT', async () => {
+    await startCpe('', [`${CONC4}:5000`], '    synWindowClamp: true\n');
     try {
-      const pcap = join(dir, 'syn.pcap');
-      // Every interface: the initial subflow leaves through whichever uplink routing picks.
-      const td = new Proc(lab.hosts.cpe.spawn('tcpdump', ['-i', 'any', '--immediate-mode', '-U', '-n', '-w', pcap, 'tcp port 5000 and tcp[13] & 2 != 0']));
+      const pcap = join(dir, 'syn-clamp.pcap');
+      const td = new Proc(lab.hosts.cpe.spawn('tcpdump', ['-i', 'any', '--immediate-mode', '-U', '-n', '-w', pcap, 'tcp dst port 5000 and tcp[13] & 2 != 0']));
       for (const deadline = Date.now() + 10_000; !td.stderr.includes('listening') && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 50));
       assert.ok(td.stderr.includes('listening'), `tcpdump did not start: ${td.stderr}`);
-      const r = await download(url(srv4, 1000, 'syn'));
-      assert.equal(r.sha256, deterministicSha256('syn', 1000));
+      const r = await download(url(srv4, 100_000, 'egress'));
+      assert.equal(r.sha256, deterministicSha256('egress', 100_000));
       await new Promise((res) => setTimeout(res, 300));
       await td.stop('SIGINT');
-      const segs = readTcpSegments(pcap);
-      const syn = segs.find((s) => s.flags.syn && !s.flags.ack && s.dport === 5000);
-      assert.ok(syn, `the SYN to the concentrator was captured; got ${JSON.stringify(segs.map((x) => ({ src: x.src, dst: x.dst, dport: x.dport, flags: x.flags, len: x.payload.length })))}, tcpdump: ${td.stderr}`);
-      assert.ok(syn.options.includes(30), 'the SYN carries MP_CAPABLE');
-      assert.equal(syn.payload.subarray(0, 4).toString('hex'), 'faa8faa8', 'the SYN payload starts with an MP_CONVERT IE');
-      assert.ok(syn.payload.includes(Buffer.from('GET /bytes/1000?seed=syn HTTP/1.1')), 'the client request follows the IE in the SYN');
-      const synAck = segs.find((s) => s.flags.syn && s.flags.ack && s.sport === 5000 && s.dport === syn.sport);
-      assert.ok(synAck, 'the SYN/ACK was captured');
-      assert.equal(synAck.ack, (syn.seq + 1 + syn.payload.length) >>> 0, 'the SYN/ACK acknowledges the SYN data: accepted in the SYN');
-      assert.ok(synAck.options.includes(30), 'the concentrator answered with MPTCP: no fallback');
+      const syn = readTcpSegments(pcap).find((s) => s.flags.syn && !s.flags.ack && s.dport === 5000 && s.payload.length > 0);
+      assert.ok(syn, 'the 0-RTT SYN was captured');
+      assert.equal(syn.window, 62, 'the SYN window as it left the CPE');
+      const table = (await lab.hosts.cpe.exec('nft', ['list', 'table', 'inet', 'mpconvert_cpe_default'])).stdout;
+      assert.match(table, /chain output \{[^}]*ip daddr 198\.18\.200\.1 tcp dport 5000 tcp flags syn \/ syn,ack tcp window set 62 counter packets [1-9]/);
       const m = (await lab.hosts.cpe.exec('curl', ['-s', 'http://127.0.0.1:9091/metrics'])).stdout;
-      assert.match(m, /mpconvert_concentrator_capability_total\{result="ok"[^}]*\} 1/, 'the echo was verified: still MPTCP, converted');
+      assert.match(m, /mpconvert_concentrator_capability_total\{result="ok"[^}]*\} 1/);
     } finally {
-      // The other tests run with the default (zeroRtt off), whatever happened here.
       await startCpe();
     }
   });
 
-  labTest('HTTP download of 200 MB: hash equal, at least 1.8x one uplink', async () => {
+  labTest('HTTP download of 200 MB with 0-RTT (the default): hash equal, at least 1.8x one uplink', async () => {
     const single = await lab.hosts.cpe.exec('curl', ['-sS', '--fail', '-o', '/dev/null', '--interface', '198.18.1.2', '-w', '%{speed_download}', url(srv4, 40 * MB, 'one')], { timeoutMs: 120_000 });
     const one = Number(single.stdout);
     // Every transfer must be exact; the speed is the better of at most two (a 2-core machine running curl, the
     // HTTP server and both daemons has slow moments that are not the relay's).
     let best = 0;
     for (let attempt = 1; attempt <= 2 && best / one < 1.8; attempt++) {
+      const tfoBefore = await passiveTfo();
       const r = await download(url(srv4, 200 * MB, `dl${attempt}`));
+      assert.ok((await passiveTfo()) > tfoBefore, 'the download was converted with 0-RTT (SYN data taken by the concentrator)');
       assert.equal(r.sha256, deterministicSha256(`dl${attempt}`, 200 * MB));
       best = Math.max(best, r.speed);
       // Counted when the relay closes, a moment after curl has its last byte.

@@ -12,12 +12,15 @@ export interface FakeOptions {
   mptcp?: boolean | ((socket: net.Socket) => boolean);
   /** Rewrite dial targets (e.g. map a lab address to a loopback port). */
   route?: (spec: DialSpec) => { host: string; port: number } | Error;
+  /** Whether a TFO dial's SYN data counts as acknowledged in the SYN/ACK (tcp_info SYN_DATA); default yes. */
+  synDataAccepted?: (spec: DialSpec, nth: number) => boolean;
 }
 
 export function fakeSockets(opts: FakeOptions = {}): Sockets & { dials: DialSpec[] } {
   const dials: DialSpec[] = [];
   const marks = new WeakMap<net.Socket, number>();
   const toses = new WeakMap<net.Socket, number>();
+  const synData = new WeakMap<net.Socket, boolean>();
   const impl = {
     dials,
     async listen(spec: ListenSpec): Promise<net.Server> {
@@ -38,12 +41,16 @@ export function fakeSockets(opts: FakeOptions = {}): Sockets & { dials: DialSpec
       });
       if (spec.data && spec.data.length > 0) sock.write(spec.data);
       if (spec.tos !== undefined) toses.set(sock, spec.tos);
+      const tfo = spec.fastOpen !== undefined && spec.fastOpen !== 'off' && (spec.data?.length ?? 0) > 0;
+      synData.set(sock, tfo && (opts.synDataAccepted?.(spec, dials.length - 1) ?? true));
       return sock;
     },
     isMptcp(socket: net.Socket): boolean {
       return typeof opts.mptcp === 'function' ? opts.mptcp(socket) : (opts.mptcp ?? true);
     },
     mptcpInfo: () => null,
+    // Only what the roles read: tcpi_options' SYN_DATA bit (32).
+    tcpInfo: (s: net.Socket) => ({ options: synData.get(s) ? 32 : 0 }),
     subflows: () => [],
     setTos: (s: net.Socket, tos: number) => void toses.set(s, tos),
     getTos: (s: net.Socket) => toses.get(s) ?? 0,

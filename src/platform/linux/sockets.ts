@@ -137,7 +137,9 @@ export class LinuxSockets implements Sockets {
     }
     const server = net.createServer({ allowHalfOpen: spec.allowHalfOpen ?? false }) as ListeningServer;
     // From here Node owns the descriptor: Server#listen({ fd }) opens a TCP handle on it and close() closes it.
-    server.listen({ fd, backlog });
+    // It listen()s again with its own backlog, which for an fd comes only from the positional argument
+    // (`options.backlog` is ignored there, and 511 is used): pass it positionally or the listen above is undone.
+    server.listen({ fd }, backlog);
     try {
       await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => Promise.reject(e))]);
     } catch (err) {

@@ -3,6 +3,7 @@
  * line with what it observed, so the test asserts from the outside.
  */
 import net from 'node:net';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createLinuxPlatform, fdOf } from '../../../src/platform/linux/index.js';
 import { twoCallSubflows } from '../../../src/platform/linux/sockets.js';
@@ -179,7 +180,26 @@ async function bulk(): Promise<void> {
   out({ scenario: 'bulk', sent: createHash('sha256').update(payload).digest('hex'), received: h.digest('hex'), bytes: n });
 }
 
+async function backlog(): Promise<void> {
+  // Listeners asked for 4096 (MPTCP and TCP) and one with the default: `ss -ltn` reads their backlog (Send-Q).
+  const mptcp = await sockets.listen({ family: 4, protocol: 'mptcp', host: '127.0.0.1', port: 0, backlog: 4096, fastOpenQueue: 16, fastOpenNoCookie: true });
+  const tcp = await sockets.listen({ family: 4, protocol: 'tcp', host: '127.0.0.1', port: 0, backlog: 4096 });
+  const dflt = await sockets.listen({ family: 4, protocol: 'tcp', host: '127.0.0.1', port: 0 });
+  const port = (s: net.Server) => (s.address() as net.AddressInfo).port;
+  // ss -ltn: for a listener, Send-Q is its backlog (sk_max_ack_backlog), Recv-Q its accept queue.
+  const ss = execFileSync('ss', ['-Hltn'], { encoding: 'utf8' });
+  const sendQ = (p: number) => {
+    const line = ss.split('\n').find((l) => l.trim().split(/\s+/)[3] === `127.0.0.1:${p}`);
+    return line === undefined ? null : Number(line.trim().split(/\s+/)[2]);
+  };
+  out({ scenario: 'backlog', mptcp: sendQ(port(mptcp)), tcp: sendQ(port(tcp)), dflt: sendQ(port(dflt)), somaxconn: Number((await kernel.sysctl.get('net.core.somaxconn')).trim()), ss });
+  for (const s of [mptcp, tcp, dflt]) s.close();
+}
+
 switch (scenario) {
+  case 'backlog':
+    await backlog();
+    break;
   case 'tfo':
     await tfo('mptcp', 4);
     await tfo('mptcp', 6);

@@ -99,6 +99,17 @@ describe('platform sockets in a namespace', () => {
     assert.equal(info['localAddrUsed'], 1);
   });
 
+  it('gives a listener the backlog it was asked for (4096), MPTCP and TCP, read back with ss -ltn', async (t) => {
+    if (!requireLab(t) || !ns) return;
+    const [l] = await ns.node(child, ['backlog']);
+    assert.ok(l);
+    // The kernel caps a backlog at net.core.somaxconn (per namespace; 4096 by default since 5.4).
+    assert.ok(Number(l['somaxconn']) >= 4096, `somaxconn ${String(l['somaxconn'])} in the namespace`);
+    assert.equal(l['mptcp'], 4096, `MPTCP listener's backlog; ss:\n${String(l['ss'])}`);
+    assert.equal(l['tcp'], 4096, `TCP listener's backlog; ss:\n${String(l['ss'])}`);
+    assert.equal(l['dflt'], 511, 'the default stays 511');
+  });
+
   it('turns failures into typed errors naming the call and errno', async (t) => {
     if (!requireLab(t) || !ns) return;
     const [l] = await ns.node(child, ['errors']);

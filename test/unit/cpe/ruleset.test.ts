@@ -131,8 +131,23 @@ describe('buildInterceptionRuleset', () => {
     assert.equal(fixed.match(/maxseg size set 1360 counter/g)?.length, 2);
   });
 
+  it('clamps the window of its own SYNs to the concentrators that ask for it (output hook), and only then', () => {
+    assert.doesNotMatch(buildInterceptionRuleset(base), /chain output/, 'no egress clamp unless asked');
+    assert.doesNotMatch(buildInterceptionRuleset({ ...base, synWindowClamp: [] }), /chain output/);
+    const text = buildInterceptionRuleset({ ...base, synWindowClamp: [{ address: '198.18.200.1', port: 5000 }, { address: '2001:db8:200::1', port: 5001 }] });
+    const start = text.indexOf('chain output {');
+    const rules = text.slice(start, text.indexOf('\n  }', start)).split('\n').slice(1).map((l) => l.trim());
+    assert.deepEqual(rules, [
+      'type filter hook output priority mangle; policy accept;',
+      `ip daddr 198.18.200.1 tcp dport 5000 tcp flags & (syn | ack) == syn tcp window set 62 counter comment "${RULE_COMMENTS.synWindowClamp}"`,
+      `ip6 daddr 2001:db8:200::1 tcp dport 5001 tcp flags & (syn | ack) == syn tcp window set 62 counter comment "${RULE_COMMENTS.synWindowClamp}"`,
+    ]);
+  });
+
   it('refuses unsafe or meaningless options', () => {
     const bad: Array<[Partial<InterceptionRulesetOptions>, RegExp]> = [
+      [{ synWindowClamp: [{ address: 'concentrator.example', port: 5000 }] }, /synWindowClamp target/],
+      [{ synWindowClamp: [{ address: '198.18.200.1', port: 0 }] }, /synWindowClamp port/],
       [{ instance: 'Home-1' }, /instance/],
       [{ instance: '' }, /instance/],
       [{ lanInterfaces: [] }, /no LAN interface/],

@@ -15,7 +15,7 @@ import { ConcentratorSelector } from '../../../src/cpe/concentrators.js';
 import { handleClient } from '../../../src/cpe/session.js';
 import { createMetrics } from '../../../src/control/metrics.js';
 import { createLogger, silentLogger } from '../../../src/log.js';
-import { fakeKernel, fakeSockets } from '../../support/fake-platform.js';
+import { fakeKernel, fakeSockets, type FakeOptions } from '../../support/fake-platform.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -69,11 +69,12 @@ describe('CPE conversion (loopback)', () => {
   });
 
   /** A CPE front on loopback: each accepted client is converted as if TPROXY had sent it to `dst`. */
-  async function cpeFront(cfg: Partial<CpeConfigInput>, dst: { address: string; port: number }) {
+  async function cpeFront(cfg: Partial<CpeConfigInput>, dst: { address: string; port: number }, fake: FakeOptions = {}) {
     const config = cpeConfigSchema.parse({ lan: ['lan0'], uplinks: [{ interface: 'up1' }], echoTimeoutMs: 300, ...cfg });
     const sockets = fakeSockets({
+      ...fake,
       // Direct connections (the fallback) to 198.19.0.11 land on the upstream too.
-      route: (spec) => (spec.host === '198.19.0.11' ? { host: '127.0.0.1', port: upstreamPort } : { host: spec.host, port: spec.port }),
+      route: fake.route ?? ((spec) => (spec.host === '198.19.0.11' ? { host: '127.0.0.1', port: upstreamPort } : { host: spec.host, port: spec.port })),
     });
     const selector = new ConcentratorSelector(config.concentrators, { capabilityTtlMs: 60_000, unreachableHoldMs: 60_000 });
     const metrics = createMetrics('cpe');
@@ -120,8 +121,17 @@ describe('CPE conversion (loopback)', () => {
     }
   });
 
-  test('RFC 8803 concentrator; by default the signalling goes right after the handshake (zeroRtt off)', async () => {
-    const { front, port, sockets } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}`, format: 'rfc8803' }] }, { address: '198.19.0.11', port: 8080 });
+  test('RFC 8803 concentrator; by default the signalling rides in the SYN (zeroRtt on), with zeroRtt off right after the handshake', async () => {
+    const on = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}`, format: 'rfc8803' }] }, { address: '198.19.0.11', port: 8080 });
+    try {
+      const r = await clientExchange(on.port, Buffer.from('hello'));
+      assert.equal(sha(r.received), sha(reply));
+      assert.equal(on.sockets.dials.length, 1);
+      assert.equal(on.sockets.dials[0]!.fastOpen, 'no-cookie');
+    } finally {
+      on.front.close();
+    }
+    const { front, port, sockets } = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}`, format: 'rfc8803', zeroRtt: false }] }, { address: '198.19.0.11', port: 8080 });
     try {
       const r = await clientExchange(port, Buffer.from('hello'));
       assert.equal(sha(r.received), sha(reply));
@@ -146,6 +156,63 @@ describe('CPE conversion (loopback)', () => {
       assert.deepEqual(selector.candidates().map((t) => t.address), [`127.0.0.1:${concPort}`]);
     } finally {
       front.close();
+    }
+  });
+
+  test('a 0-RTT dial whose SYN data was not taken (a SYN-cookie answer) is retried at once without data in the SYN: converted, counted, still capable', async () => {
+    const { front, port, sockets, metrics, selector } = await cpeFront(
+      { concentrators: [{ address: `127.0.0.1:${concPort}` }], firstDataWaitMs: 1000 },
+      { address: '198.19.0.11', port: 8080 },
+      {
+        synDataAccepted: (_spec, nth) => nth > 0,
+        // The first connection goes nowhere useful, as under SYN cookies (the concentrator refuses it as TCP).
+        route: (spec) => (spec.fastOpen === 'no-cookie' ? { host: '127.0.0.1', port: silentPort } : { host: spec.host, port: spec.port }),
+      },
+    );
+    try {
+      const request = randomBytes(2000);
+      const n = upstreamGot.length;
+      const r = await clientExchange(port, request);
+      assert.equal(r.how, 'end');
+      assert.equal(sha(r.received), sha(reply));
+      assert.equal(sha(upstreamGot[n]!), sha(request), 'nothing lost, nothing duplicated');
+      assert.deepEqual(sockets.dials.map((d) => [d.port, d.fastOpen]), [[concPort, 'no-cookie'], [concPort, 'off']], 'the same concentrator, at once, without SYN data');
+      assert.equal(upstreamGot.length, n + 1, 'one server connection');
+      assert.equal(sockets.dials[1]!.data!.subarray(0, 4).toString('hex'), 'faa8faa8', 'the signalling leads the first bytes again');
+      const m = await metrics.registry.metrics();
+      assert.match(m, /mpconvert_concentrator_capability_total\{result="zero-rtt-retry"[^}]*\} 1/);
+      assert.match(m, /mpconvert_concentrator_capability_total\{result="ok"[^}]*\} 1/);
+      assert.equal(selector.candidates().length, 1, 'not cached as not capable');
+    } finally {
+      front.close();
+    }
+  });
+
+  test('a 0-RTT dial reset after the SYN/ACK (SYN cookies) is retried at once without SYN data; a plain dial reset is not', async () => {
+    const reset = () => Object.assign(new Error('connect ECONNRESET'), { code: 'ECONNRESET' });
+    const { front, port, sockets, metrics, selector } = await cpeFront(
+      { concentrators: [{ address: `127.0.0.1:${concPort}` }] },
+      { address: '198.19.0.11', port: 8080 },
+      { route: (spec) => (spec.fastOpen === 'no-cookie' ? reset() : spec.host === '198.19.0.11' ? { host: '127.0.0.1', port: upstreamPort } : { host: spec.host, port: spec.port }) },
+    );
+    try {
+      const r = await clientExchange(port, Buffer.from('hello'));
+      assert.equal(sha(r.received), sha(reply));
+      assert.deepEqual(sockets.dials.map((d) => d.fastOpen), ['no-cookie', 'off']);
+      assert.match(await metrics.registry.metrics(), /result="zero-rtt-retry"[^}]*\} 1/);
+      assert.equal(selector.candidates().length, 1, 'not held as unreachable');
+    } finally {
+      front.close();
+    }
+    const plain = await cpeFront({ concentrators: [{ address: `127.0.0.1:${concPort}`, zeroRtt: false }] }, { address: '198.19.0.11', port: 8080 }, {
+      route: (spec) => (spec.host === '127.0.0.1' ? reset() : { host: '127.0.0.1', port: upstreamPort }),
+    });
+    try {
+      await clientExchange(plain.port, Buffer.from('hello'));
+      assert.equal(plain.sockets.dials.filter((d) => d.host === '127.0.0.1').length, 1, 'no retry without 0-RTT');
+      assert.doesNotMatch(await plain.metrics.registry.metrics(), /zero-rtt-retry/);
+    } finally {
+      plain.front.close();
     }
   });
 
