@@ -14,6 +14,7 @@ export const ERROR_CODES = {
   MPC_ERR_COMMAND: 'a kernel tool (ip, nft, sysctl, tc) failed; the message carries its stderr',
   MPC_ERR_STRUCT: 'a kernel structure (tcp_info, MPTCP_INFO, sockaddr) has an unexpected size or layout',
   MPC_ERR_CPE_RULESET: 'the CPE interception ruleset cannot be built from the options (interface, mark, port, prefix)',
+  MPC_ERR_CONC_RULESET: "the concentrator's listener ruleset (SYN window clamp, SYN-flood guards) cannot be built from the options",
   MPC_ERR_CPE_UPLINK: 'an uplink cannot be set up (interface, addresses, routes, endpoints)',
   MPC_ERR_SIGNALLING: 'the concentrator could not read the signalling for a reason without its own code',
   MPC_ERR_SIGNALLING_TIMEOUT: 'the concentrator got no complete signalling within signalling.timeoutMs',
