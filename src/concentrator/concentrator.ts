@@ -26,7 +26,8 @@ import { readSignalling, refusal as sendRefusal, SignallingEmptyError } from './
 import { ConfigError } from '../control/config-file.js';
 import type { ConnectionContext } from './context.js';
 import { runPipeline, step, type Step } from './pipeline.js';
-import { sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
+import { needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
+import { ReturnPath } from './return-path.js';
 import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
 
 export { dialErrorCode } from './conversion.js';
@@ -71,6 +72,8 @@ export class Concentrator {
   readonly #announced: number[] = [];
   #allow: PrefixMatcher;
   #sourceAddress: SourceAddressStrategy;
+  /** Installed while a transparent or NPTv6 source-address mode is configured. */
+  #returnPath: ReturnPath | undefined;
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
   readonly #steps: readonly Step[];
@@ -91,7 +94,7 @@ export class Concentrator {
     this.#limits = new ConnectionLimits(config.limits, this.#now);
     this.#pending = new SignallingAdmission(config.signalling);
     this.#allow = prefixMatcher(config.allow);
-    this.#sourceAddress = sourceAddressStrategy(config.sourcePool);
+    this.#sourceAddress = sourceAddressStrategy(config);
     this.#dialer = new ServerDialer({
       sockets: deps.sockets,
       logger: deps.logger,
@@ -247,6 +250,21 @@ export class Concentrator {
       await kernel.mptcp.setLimits({ subflows: this.#config.limits.maxSubflows, addAddrAccepted: this.#config.limits.maxAddAddrAccepted });
     }
     await this.#announce();
+    await this.#syncReturnPath();
+  }
+
+  /** Installs the return path when the source-address mode needs it, removes it when not (start, reload). */
+  async #syncReturnPath(): Promise<void> {
+    const needed = needsReturnPath(this.#config);
+    if (needed && !this.#returnPath) {
+      const sa = this.#config.sourceAddress;
+      const rp = new ReturnPath(this.#deps, { mark: sa?.returnMark ?? 0x6d70, table: sa?.returnTable ?? 4_242, rulePriority: sa?.returnRulePriority ?? 9_100 });
+      await rp.start();
+      this.#returnPath = rp;
+    } else if (!needed && this.#returnPath) {
+      await this.#returnPath.stop();
+      this.#returnPath = undefined;
+    }
   }
 
   /** One `signal` endpoint per announced address; only the ones added here are removed at stop. */
@@ -391,7 +409,11 @@ export class Concentrator {
     this.#pending.reconfigure(next.signalling);
     this.#dialer.setMptcp(next.server.mptcp);
     // Connections already open release their address into the strategy they took it from.
-    if (JSON.stringify(old.sourcePool) !== JSON.stringify(next.sourcePool)) this.#sourceAddress = sourceAddressStrategy(next.sourcePool);
+    if (JSON.stringify([old.sourcePool, old.sourceAddress]) !== JSON.stringify([next.sourcePool, next.sourceAddress])) {
+      this.#sourceAddress = sourceAddressStrategy(next);
+      // The return path's mark and table are taken at install: a change of those needs a restart.
+      await this.#syncReturnPath();
+    }
     for (const [text, server] of this.#listeners) {
       if (!next.listen.includes(text)) {
         server.close();
@@ -419,6 +441,8 @@ export class Concentrator {
       else s.ctx.socket.resetAndDestroy();
       s.end();
     }
+    await this.#returnPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the return path'));
+    this.#returnPath = undefined;
     for (const id of this.#announced.splice(0)) {
       await this.#deps.kernel.mptcp.deleteEndpoint(id).catch((err: unknown) => this.#deps.logger.warn({ err, id }, 'could not remove an announce endpoint'));
     }

@@ -31,6 +31,8 @@ export interface ServerDialRequest {
   port: number;
   family: 4 | 6;
   localAddress?: string | undefined;
+  /** The local address is not this host's (transparent source): IP_TRANSPARENT / IPV6_TRANSPARENT before bind. */
+  transparent?: boolean | undefined;
   tos?: number | undefined;
   signal?: AbortSignal | undefined;
 }
@@ -102,6 +104,7 @@ export class ServerDialer {
       port: req.port,
       timeoutMs: this.#o.connectTimeoutMs,
       ...(req.localAddress !== undefined ? { localAddress: req.localAddress, bindAddressNoPort: true } : {}),
+      ...(req.transparent ? { transparent: true } : {}),
       ...(req.tos !== undefined ? { tos: req.tos } : {}),
       ...(req.signal !== undefined ? { signal: req.signal } : {}),
     };

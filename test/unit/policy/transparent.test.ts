@@ -1,0 +1,82 @@
+/** Transparent and NPTv6 source addresses, pure: who owns what, the spoof gate, the address each mode picks. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  CustomerPrefixes,
+  claimedSourceGate,
+  nptv6Mappings,
+  nptv6Source,
+  transparentSource,
+  type SourceChoiceInput,
+  type TransparentOptions,
+} from '../../../src/policy/transparent.js';
+import { nptv6Mapping, translate } from '../../../src/concentrator/nptv6.js';
+import type { Refusal } from '../../../src/policy/refusals.js';
+
+const customers = new CustomerPrefixes([
+  { cpe: '198.18.1.0/24', prefixes: ['198.18.0.0/24', '2001:db8::/64', '2001:db8:1::2/128'] },
+  { cpe: '2001:db8:5::/64', prefixes: ['2001:db8:50::/48', '198.18.5.2/32'] },
+]);
+const CPE = '198.18.1.2';
+const code = (r: string | Refusal) => (typeof r === 'string' ? r : r.code);
+
+const input = (over: Partial<SourceChoiceInput>): SourceChoiceInput => ({ cpe: CPE, claimed: undefined, family: 4, owned: customers.owned(over.cpe ?? CPE), ...over });
+
+test('owned prefixes: the first entry containing the CPE plus its own address; no entry = its own address only', () => {
+  assert.deepEqual(customers.owned(CPE).map((p) => p.text), ['198.18.0.0/24', '2001:db8::/64', '2001:db8:1::2/128', '198.18.1.2/32']);
+  assert.deepEqual(customers.owned('198.18.9.2').map((p) => p.text), ['198.18.9.2/32']);
+  assert.deepEqual(customers.owned('::ffff:198.18.9.2').map((p) => p.text), ['198.18.9.2/32'], 'IPv4-mapped is the IPv4 address');
+});
+
+test('source-spoofed: a claimed address outside the owned prefixes is refused; inside, or none, passes', () => {
+  const owned = customers.owned(CPE);
+  assert.equal(claimedSourceGate(undefined, owned), undefined);
+  assert.equal(claimedSourceGate('198.18.0.2', owned), undefined);
+  assert.equal(claimedSourceGate('2001:db8::abcd', owned), undefined);
+  assert.equal(claimedSourceGate(CPE, owned), undefined, 'its own address');
+  assert.equal(claimedSourceGate('198.18.7.7', owned)?.code, 'source-spoofed');
+  assert.equal(claimedSourceGate('2001:db8:1::3', owned)?.code, 'source-spoofed', 'next to a host prefix');
+  assert.equal(claimedSourceGate('198.18.0.2', customers.owned('198.18.9.2'))?.code, 'source-spoofed', 'no entry: only its own address');
+});
+
+const opts = (over: Partial<TransparentOptions> = {}): TransparentOptions => ({ ipv4: 'cpe', ipv6: 'host', prefixHost: '::100:0:0:1', ...over });
+
+test('IPv4 preservation (5.4.1.1): cpe = the WAN address the connection came from; host = the source IE', () => {
+  assert.equal(transparentSource(input({ claimed: '198.18.0.2' }), opts()), CPE);
+  assert.equal(transparentSource(input({ claimed: '198.18.0.2' }), opts({ ipv4: 'host' })), '198.18.0.2');
+  assert.equal(transparentSource(input({}), opts({ ipv4: 'host' })), CPE, 'no source IE: the CPE is the host');
+  // Connected over IPv6: the configured /32 is its IPv4 WAN address; without one there is nothing to preserve.
+  assert.equal(transparentSource(input({ cpe: '2001:db8:5::2' }), opts()), '198.18.5.2');
+  assert.equal(code(transparentSource(input({ cpe: '2001:db8:7::2' }), opts())), 'no-source-address');
+});
+
+test('IPv6: host (5.4.1.3) = the source IE; prefix (5.4.1.2) = prefixHost in the host\'s prefix; cpe = its own', () => {
+  const v6 = (over: Partial<SourceChoiceInput>) => input({ family: 6, ...over });
+  assert.equal(transparentSource(v6({ claimed: '2001:db8::2' }), opts()), '2001:db8::2');
+  assert.equal(transparentSource(v6({ claimed: '2001:db8::2' }), opts({ ipv6: 'prefix' })), '2001:db8::100:0:0:1');
+  assert.equal(transparentSource(v6({ claimed: '2001:db8::2' }), opts({ ipv6: 'prefix', prefixHost: '::ffff:ffff:ffff:ffff:ffff' })), '2001:db8::ffff:ffff:ffff:ffff');
+  assert.equal(transparentSource(v6({}), opts({ ipv6: 'prefix' })), '2001:db8:1::2', 'no IE: the CPE is the host, its /128 is its prefix');
+  const noV6Host = [customers.owned(CPE)[0]!, customers.owned(CPE)[1]!];
+  assert.equal(transparentSource(v6({ owned: noV6Host }), opts({ ipv6: 'prefix' })), '2001:db8::100:0:0:1', 'no IE, no IPv6 of its own: its first IPv6 prefix');
+  assert.equal(transparentSource(v6({ claimed: '2001:db8::2' }), opts({ ipv6: 'cpe' })), '2001:db8:1::2', 'the configured /128');
+  assert.equal(transparentSource(v6({ claimed: '198.18.0.2' }), opts()), '2001:db8:1::2', 'an IPv4 source IE: the CPE address of the family');
+  assert.equal(code(transparentSource(v6({ cpe: '198.18.9.2', owned: customers.owned('198.18.9.2') }), opts())), 'no-source-address');
+  assert.equal(transparentSource(v6({ cpe: '2001:db8:5::2', owned: customers.owned('2001:db8:5::2'), claimed: '2001:db8:50:7::9' }), opts({ ipv6: 'prefix' })), '2001:db8:50:0:100::1', 'a /48: the subnet bits come from prefixHost too');
+});
+
+test('NPTv6 mappings: each customer IPv6 prefix takes the next external prefix of its length, in configuration order', () => {
+  const m = nptv6Mappings(customers, ['2001:db8:300::/64', '2001:db8:400::/48']);
+  assert.deepEqual(m.map((x) => `${x.internal.text}>${x.external.text}`), ['2001:db8::/64>2001:db8:300::/64', '2001:db8:50::/48>2001:db8:400::/48']);
+  assert.throws(() => nptv6Mappings(customers, ['2001:db8:300::/64']), /no external \/48 left .*2001:db8:50::\/48/);
+  assert.deepEqual(nptv6Mappings(new CustomerPrefixes([{ cpe: '198.18.1.0/24', prefixes: ['2001:db8:1::2/128'] }]), ['2001:db8:300::/64']), [], 'a host prefix is not mapped');
+  assert.throws(() => nptv6Mappings(customers, ['2001:db8:300::/80']), /\/1\.\.\/64/);
+});
+
+test('NPTv6 source: the host address translated; the CPE address when there is no IE; unmappable refused', () => {
+  const maps = [nptv6Mapping('2001:db8::/64', '2001:db8:300::/64')];
+  const v6 = (over: Partial<SourceChoiceInput>) => input({ family: 6, ...over });
+  assert.equal(nptv6Source(v6({ claimed: '2001:db8::2' }), maps), translate(maps[0]!, '2001:db8::2'));
+  assert.notEqual(translate(maps[0]!, '2001:db8::2'), '2001:db8:300::2', 'checksum-neutral, not a plain prefix swap');
+  assert.equal(code(nptv6Source(v6({}), maps)), 'no-source-address', 'the CPE (IPv4) has no IPv6 address in a mapped prefix');
+  assert.equal(code(nptv6Source(v6({ claimed: '2001:db8::ffff:ffff:ffff:ffff' }), maps)), 'no-source-address', 'all-ones IID cannot be mapped');
+});
