@@ -25,6 +25,7 @@ export interface CustomerEntry {
 /** Customer prefixes compiled once per configuration. */
 export class CustomerPrefixes {
   readonly #entries: CustomerEntry[];
+  readonly #owned = new Map<string, readonly Cidr[]>();
 
   constructor(entries: ReadonlyArray<{ cpe: string; prefixes: readonly string[] }>) {
     this.#entries = entries.map((e) => ({ cpe: parseCidr(e.cpe), prefixes: e.prefixes.map((p) => parseCidr(p)) }));
@@ -35,12 +36,18 @@ export class CustomerPrefixes {
   }
 
   /** The prefixes `cpe` owns: its entry's, plus its own address as a host prefix. */
-  owned(cpe: string): Cidr[] {
+  owned(cpe: string): readonly Cidr[] {
+    // Per connection: the entry search is linear, so remember it per CPE (bounded; CPEs come back often).
+    const known = this.#owned.get(cpe);
+    if (known) return known;
     const a = addressBytes(cpe);
     if (!a) return [];
     const own = parseCidr(cpe);
     const entry = this.#entries.find((e) => bytesInCidr(a.family, a.bytes, e.cpe));
-    return entry ? [...entry.prefixes, own] : [own];
+    const list = entry ? [...entry.prefixes, own] : [own];
+    if (this.#owned.size >= 65_536) this.#owned.clear();
+    this.#owned.set(cpe, list);
+    return list;
   }
 }
 

@@ -126,3 +126,22 @@ test('kernel and pool modes install no return path and never dial transparently'
   assert.notEqual(r.dials[0]!.transparent, true);
   assert.ok(!r.installed.some((l) => l.includes('mpconvert_conc_return')));
 });
+
+test('reload: to a transparent mode installs the return path, back to kernel removes it', async () => {
+  const kernel = fakeKernel();
+  const c = new Concentrator(concentratorConfigSchema.parse(base), { sockets: fakeSockets(), kernel, logger: silentLogger(), metrics: createMetrics('concentrator') });
+  await c.start();
+  try {
+    const applied = () => kernel.calls.filter((l) => l.startsWith('nft.applyTable ["inet","mpconvert_conc_return"')).length;
+    const deleted = () => kernel.calls.filter((l) => l.startsWith('nft.deleteTable ["inet","mpconvert_conc_return"')).length;
+    assert.equal(applied(), 0);
+    await c.reload(concentratorConfigSchema.parse({ ...base, sourceAddress: { mode: 'transparent', customers } }));
+    assert.equal(applied(), 1);
+    await c.reload(concentratorConfigSchema.parse({ ...base, sourceAddress: { mode: 'transparent', ipv4: 'host', customers } }));
+    assert.equal(applied(), 1, 'another transparent setting keeps the installed return path');
+    await c.reload(concentratorConfigSchema.parse(base));
+    assert.equal(deleted(), 1);
+  } finally {
+    await c.stop(0);
+  }
+});
