@@ -395,6 +395,8 @@ export class Concentrator {
       signallingPending: this.#pending.size,
       connections: this.#limits.total,
       fallbackCache: this.fallbackCache,
+      sourceAddress: this.#sourceAddress.name,
+      returnPath: this.#returnPath?.installed ?? false,
       stopping: this.#stopping,
     };
   }

@@ -152,8 +152,17 @@ describe('transparent and NPTv6 source addresses (lab)', { skip: missing ?? fals
 
   labTest('transparent, IPv4 CPE address preservation: the server sees the CPE WAN address; spoofed source refused', async () => {
     await startConcentrator(`  mode: transparent\n  ipv4: cpe\n${CUSTOMERS}`);
+    const status = JSON.parse((await lab.hosts.concentrator.exec('curl', ['-s', 'http://127.0.0.1:9090/status'])).stdout) as { sourceAddress?: string; returnPath?: boolean };
+    assert.equal(status.sourceAddress, 'transparent');
+    assert.equal(status.returnPath, true);
     await check(srv4, CPE_WAN, 'tcpe4');
     await spoof(srv4, '198.18.7.7');
+    // The return path takes only the packets of the concentrator's own transparent sockets: the CPE's own
+    // connection from the same WAN address is still forwarded to it (the concentrator relays nothing for it).
+    const relayedBefore = relayed(await metrics());
+    const direct = await lab.hosts.cpe.exec('bash', ['-o', 'pipefail', '-c', `curl -sS --fail --interface ${CPE_WAN[0]} 'http://${srv4}:8080/bytes/${MB}?seed=direct' | sha256sum`], { timeoutMs: 60_000 });
+    assert.equal(direct.stdout.split(' ')[0], deterministicSha256('direct', MB), 'a forwarded connection to a customer address still works');
+    assert.equal(relayed(await metrics()), relayedBefore, 'and was not relayed by the concentrator');
   });
 
   labTest('transparent, host address preservation: the server sees the LAN host (IPv4 and IPv6); spoofed sources refused', async () => {
