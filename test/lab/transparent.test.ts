@@ -28,6 +28,7 @@ if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${m
 
 const MB = 1024 * 1024;
 const CONC4 = '198.18.200.1';
+const CONC6 = '2001:db8:200::1';
 const CPE_WAN = ['198.18.1.2', '198.18.2.2'];
 const CLIENT4 = '198.18.0.2';
 const CLIENT6 = '2001:db8::2';
@@ -38,7 +39,7 @@ describe('transparent and NPTv6 source addresses (lab)', { skip: missing ?? fals
   let lab: Lab;
   let conc: Proc | undefined;
   let http: Proc;
-  let cpe: Proc;
+  let cpe: Proc | undefined;
   const dir = mkdtempSync(join(tmpdir(), 'mpc-transparent-'));
   let srv4: string;
   let srv6: string;
@@ -55,7 +56,7 @@ describe('transparent and NPTv6 source addresses (lab)', { skip: missing ?? fals
     const file = join(dir, `conc-${Date.now()}.yaml`);
     writeFileSync(
       file,
-      `listen: ["${CONC4}:5000"]\nallow: ["198.18.0.0/15", "2001:db8::/32"]\nadmin: "127.0.0.1:9090"\nsourceAddress:\n${sourceAddress}`,
+      `listen: ["${CONC4}:5000", "[${CONC6}]:5000"]\nallow: ["198.18.0.0/15", "2001:db8::/32"]\nadmin: "127.0.0.1:9090"\nsourceAddress:\n${sourceAddress}`,
     );
     conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--config', file]);
     await conc.waitLine((l) => l.startsWith('ready'), 30_000);
@@ -132,15 +133,20 @@ describe('transparent and NPTv6 source addresses (lab)', { skip: missing ?? fals
     await http.waitLine((l) => l.includes('ready'));
     // The CPE needs a concentrator to start against; each test restarts it in its mode.
     await startConcentrator(`  mode: kernel\n`);
-    const file = join(dir, 'cpe.yaml');
+    await startCpe(`${CONC4}:5000`);
+  });
+
+  async function startCpe(concentrator: string): Promise<void> {
+    if (cpe) assert.equal(await cpe.stop(), 0, 'the CPE stopped cleanly');
+    const file = join(dir, `cpe-${Date.now()}.yaml`);
     // fallback: refuse, so a failed conversion can never reach the server directly (with the client's address).
     writeFileSync(
       file,
-      `lan: [lan0]\nuplinks: [{interface: up1}, {interface: up2}]\nadmin: "127.0.0.1:9091"\nfallback: refuse\nconcentrators:\n  - address: "${CONC4}:5000"\n    sourceIe: true\n`,
+      `lan: [lan0]\nuplinks: [{interface: up1}, {interface: up2}]\nadmin: "127.0.0.1:9091"\nfallback: refuse\nconcentrators:\n  - address: "${concentrator}"\n    sourceIe: true\n`,
     );
     cpe = start(lab.hosts.cpe, [CLI, 'cpe', '--config', file]);
     await cpe.waitLine((l) => l.startsWith('ready'), 30_000);
-  });
+  }
 
   after(async () => {
     await cpe?.stop();
@@ -177,6 +183,19 @@ describe('transparent and NPTv6 source addresses (lab)', { skip: missing ?? fals
     await startConcentrator(`  mode: transparent\n  ipv6: prefix\n  prefixHost: "::100:0:0:1"\n${CUSTOMERS}`);
     await check(srv6, '2001:db8::100:0:0:1', 'tprefix6');
     await spoof(srv6, '2001:db8:77::7');
+  });
+
+  labTest('transparent, CPE address preservation over IPv6: IPv6 sees the CPE\'s IPv6 WAN address, IPv4 its configured /32', async () => {
+    await startConcentrator(
+      `  mode: transparent\n  ipv4: cpe\n  ipv6: cpe\n  customers:\n    - cpe: "2001:db8::/46"\n      prefixes: ["198.18.0.0/24", "2001:db8::/64", "${CPE_WAN[0]}/32"]\n`,
+    );
+    await startCpe(`[${CONC6}]:5000`);
+    try {
+      await check(srv6, ['2001:db8:1::2', '2001:db8:2::2'], 'tcpe6');
+      await check(srv4, CPE_WAN[0]!, 'tcpe6to4');
+    } finally {
+      await startCpe(`${CONC4}:5000`);
+    }
   });
 
   labTest('nptv6: the server sees the LAN host translated into the external prefix (RFC 6296); IPv4 keeps the kernel source', async () => {
