@@ -10,7 +10,7 @@
 import { networkInterfaces } from 'node:os';
 import { isIP, type Socket } from 'node:net';
 import { parseEndpoint, type Endpoint } from '../control/address.js';
-import type { ConcentratorConfig } from './config.js';
+import { sourceAddressMode, type ConcentratorConfig } from './config.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import type { KernelConfig, ListeningServer, ProcessResources, Sockets, SpliceEngine } from '../platform/types.js';
@@ -71,6 +71,8 @@ export class Concentrator {
   /** Endpoint ids of the announce addresses this instance added (removed at stop). */
   readonly #announced: number[] = [];
   #allow: PrefixMatcher;
+  /** `deny` plus the NPTv6 external prefixes: they are this concentrator's, never a server. */
+  #deny: string[];
   #sourceAddress: SourceAddressStrategy;
   /** Installed while a transparent or NPTv6 source-address mode is configured. */
   #returnPath: ReturnPath | undefined;
@@ -94,6 +96,7 @@ export class Concentrator {
     this.#limits = new ConnectionLimits(config.limits, this.#now);
     this.#pending = new SignallingAdmission(config.signalling);
     this.#allow = prefixMatcher(config.allow);
+    this.#deny = denyPrefixes(config);
     this.#sourceAddress = sourceAddressStrategy(config);
     this.#dialer = new ServerDialer({
       sockets: deps.sockets,
@@ -132,7 +135,7 @@ export class Concentrator {
       step('destination', (ctx) => {
         const dest = ctx.signalling?.destination;
         const address = dest ? unmapAddress(dest.address) : undefined;
-        const refused = destinationRefusal(address, { deny: this.#config.deny, own: this.#ownAddresses() });
+        const refused = destinationRefusal(address, { deny: this.#deny, own: this.#ownAddresses() });
         if (!refused && dest && address) ctx.destination = { address, port: dest.port ?? ctx.listener.port, family: isIP(address) as 4 | 6 };
         return refused;
       }),
@@ -407,6 +410,7 @@ export class Concentrator {
     this.#config = next;
     this.#ownCache = undefined;
     this.#allow = prefixMatcher(next.allow);
+    this.#deny = denyPrefixes(next);
     this.#limits.reconfigure(next.limits);
     this.#pending.reconfigure(next.signalling);
     this.#dialer.setMptcp(next.server.mptcp);
@@ -450,6 +454,10 @@ export class Concentrator {
     }
     this.#deps.logger.info('concentrator stopped');
   }
+}
+
+function denyPrefixes(c: ConcentratorConfig): string[] {
+  return sourceAddressMode(c) === 'nptv6' ? [...c.deny, ...(c.sourceAddress?.nptv6?.prefixes ?? [])] : [...c.deny];
 }
 
 /** A listener that cannot be opened is a configuration problem: one line that says which and why. */

@@ -145,3 +145,10 @@ test('reload: to a transparent mode installs the return path, back to kernel rem
     await c.stop(0);
   }
 });
+
+test('nptv6: a destination inside the external prefixes is the concentrator\'s own, refused like a denied prefix', async () => {
+  const r = await run({ mode: 'nptv6', customers, nptv6: { prefixes: ['2001:db8:300::/64'] } }, ie('2001:db8:300::5', '2001:db8::2'));
+  assert.equal(r.outcome, 'reset');
+  assert.equal(r.dials.length, 0);
+  assert.match(r.metrics, /mpconvert_refused_total\{reason="destination"[^}]*\} 1/);
+});
