@@ -1,6 +1,7 @@
 /** Transparent and NPTv6 source addresses, pure: who owns what, the spoof gate, the address each mode picks. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import {
   CustomerPrefixes,
   claimedSourceGate,
@@ -10,8 +11,10 @@ import {
   type SourceChoiceInput,
   type TransparentOptions,
 } from '../../../src/policy/transparent.js';
-import { nptv6Mapping, translate } from '../../../src/concentrator/nptv6.js';
+import { nptv6Mapping, translate, untranslate } from '../../../src/concentrator/nptv6.js';
 import type { Refusal } from '../../../src/policy/refusals.js';
+import { cidrContains } from '../../../src/policy/cidr.js';
+import { bytesToIpv6 } from '../../../src/protocol/address.js';
 
 const customers = new CustomerPrefixes([
   { cpe: '198.18.1.0/24', prefixes: ['198.18.0.0/24', '2001:db8::/64', '2001:db8:1::2/128'] },
@@ -79,4 +82,37 @@ test('NPTv6 source: the host address translated; the CPE address when there is n
   assert.notEqual(translate(maps[0]!, '2001:db8::2'), '2001:db8:300::2', 'checksum-neutral, not a plain prefix swap');
   assert.equal(code(nptv6Source(v6({}), maps)), 'no-source-address', 'the CPE (IPv4) has no IPv6 address in a mapped prefix');
   assert.equal(code(nptv6Source(v6({ claimed: '2001:db8::ffff:ffff:ffff:ffff' }), maps)), 'no-source-address', 'all-ones IID cannot be mapped');
+});
+
+const bytes16 = fc.uint8Array({ minLength: 16, maxLength: 16 }).map((b) => Buffer.from(b));
+
+test('property: a transparent source is always of the destination family and inside what the CPE owns; otherwise no-source-address', () => {
+  const v4 = fc.tuple(fc.constant('198.18'), fc.integer({ min: 0, max: 3 }), fc.integer({ min: 1, max: 254 })).map(([p, a, b]) => `${p}.${a}.${b}`);
+  const v6 = fc.tuple(fc.integer({ min: 0, max: 3 }), fc.integer({ min: 0, max: 0xffff })).map(([a, b]) => `2001:db8:${a.toString(16)}::${b.toString(16)}`);
+  const addr = fc.oneof(v4, v6);
+  const table = new CustomerPrefixes([
+    { cpe: '198.18.1.0/24', prefixes: ['198.18.0.0/24', '2001:db8::/64'] },
+    { cpe: '2001:db8:2::/64', prefixes: ['198.18.2.2/32', '2001:db8:3::/64'] },
+  ]);
+  const maps = nptv6Mappings(table, ['2001:db8:300::/64', '2001:db8:301::/64']);
+  fc.assert(
+    fc.property(addr, fc.option(addr, { nil: undefined }), fc.constantFrom(4 as const, 6 as const), fc.constantFrom('cpe' as const, 'host' as const), fc.constantFrom('host' as const, 'prefix' as const, 'cpe' as const), bytes16, (cpe, claimed, family, ipv4, ipv6, host) => {
+      const owned = table.owned(cpe);
+      if (claimedSourceGate(claimed, owned)) return; // refused before any choice
+      const input = { cpe, claimed, family, owned };
+      const t = transparentSource(input, opts({ ipv4, ipv6, prefixHost: bytesToIpv6(host) }));
+      if (typeof t === 'string') {
+        assert.equal(t.includes(':') ? 6 : 4, family, `${t} is IPv${family}`);
+        assert.equal(claimedSourceGate(t, owned), undefined, `${t} is owned by ${cpe}`);
+      } else assert.equal(t.code, 'no-source-address');
+      const n = nptv6Source({ ...input, family: 6 }, maps);
+      if (typeof n === 'string') {
+        const m = maps.find((x) => cidrContains(x.external, n));
+        assert.ok(m, `${n} is in an external prefix`);
+        const internal = untranslate(m, n);
+        assert.ok(internal !== null && claimedSourceGate(internal, owned) === undefined, `the address it maps from (${internal}) is owned by ${cpe}`);
+      } else assert.equal(n.code, 'no-source-address');
+    }),
+    { numRuns: 3000 },
+  );
 });
