@@ -253,21 +253,20 @@ export class Concentrator {
       await kernel.mptcp.setLimits({ subflows: this.#config.limits.maxSubflows, addAddrAccepted: this.#config.limits.maxAddAddrAccepted });
     }
     await this.#announce();
-    await this.#syncReturnPath();
+    await this.#ensureReturnPath(this.#config);
   }
 
-  /** Installs the return path when the source-address mode needs it, removes it when not (start, reload). */
-  async #syncReturnPath(): Promise<void> {
-    const needed = needsReturnPath(this.#config);
-    if (needed && !this.#returnPath) {
-      const sa = this.#config.sourceAddress;
-      const rp = new ReturnPath(this.#deps, { mark: sa?.returnMark ?? 0x6d70, table: sa?.returnTable ?? 4_242, rulePriority: sa?.returnRulePriority ?? 9_100 });
-      await rp.start();
-      this.#returnPath = rp;
-    } else if (!needed && this.#returnPath) {
-      await this.#returnPath.stop();
-      this.#returnPath = undefined;
-    }
+  /**
+   * Installs the return path when the source-address mode needs it (start, reload). Once installed it stays
+   * until stop: relayed connections of a transparent mode outlive a reload to another mode and still need it,
+   * and it touches nothing but the packets of transparent sockets.
+   */
+  async #ensureReturnPath(config: ConcentratorConfig): Promise<void> {
+    if (!needsReturnPath(config) || this.#returnPath) return;
+    const sa = config.sourceAddress;
+    const rp = new ReturnPath(this.#deps, { mark: sa?.returnMark ?? 0x6d70, table: sa?.returnTable ?? 4_242, rulePriority: sa?.returnRulePriority ?? 9_100 });
+    await rp.start();
+    this.#returnPath = rp;
   }
 
   /** One `signal` endpoint per announced address; only the ones added here are removed at stop. */
@@ -406,6 +405,9 @@ export class Concentrator {
 
   /** SIGHUP: apply a new configuration; established connections are kept. */
   async reload(next: ConcentratorConfig): Promise<void> {
+    // First, before anything changes: a return path that cannot be installed leaves the running configuration.
+    // Its mark and table are taken at install: a change of those needs a restart.
+    await this.#ensureReturnPath(next);
     const old = this.#config;
     this.#config = next;
     this.#ownCache = undefined;
@@ -417,8 +419,6 @@ export class Concentrator {
     // Connections already open release their address into the strategy they took it from.
     if (JSON.stringify([old.sourcePool, old.sourceAddress]) !== JSON.stringify([next.sourcePool, next.sourceAddress])) {
       this.#sourceAddress = sourceAddressStrategy(next);
-      // The return path's mark and table are taken at install: a change of those needs a restart.
-      await this.#syncReturnPath();
     }
     for (const [text, server] of this.#listeners) {
       if (!next.listen.includes(text)) {

@@ -127,7 +127,7 @@ test('kernel and pool modes install no return path and never dial transparently'
   assert.ok(!r.installed.some((l) => l.includes('mpconvert_conc_return')));
 });
 
-test('reload: to a transparent mode installs the return path, back to kernel removes it', async () => {
+test('reload: to a transparent mode installs the return path; back to kernel keeps it (relayed connections need it) until stop', async () => {
   const kernel = fakeKernel();
   const c = new Concentrator(concentratorConfigSchema.parse(base), { sockets: fakeSockets(), kernel, logger: silentLogger(), metrics: createMetrics('concentrator') });
   await c.start();
@@ -140,7 +140,10 @@ test('reload: to a transparent mode installs the return path, back to kernel rem
     await c.reload(concentratorConfigSchema.parse({ ...base, sourceAddress: { mode: 'transparent', ipv4: 'host', customers } }));
     assert.equal(applied(), 1, 'another transparent setting keeps the installed return path');
     await c.reload(concentratorConfigSchema.parse(base));
-    assert.equal(deleted(), 1);
+    assert.equal(deleted(), 0);
+    assert.equal(c.status().returnPath, true);
+    await c.stop(0);
+    assert.equal(deleted(), 1, 'removed at stop');
   } finally {
     await c.stop(0);
   }
@@ -151,4 +154,19 @@ test('nptv6: a destination inside the external prefixes is the concentrator\'s o
   assert.equal(r.outcome, 'reset');
   assert.equal(r.dials.length, 0);
   assert.match(r.metrics, /mpconvert_refused_total\{reason="destination"[^}]*\} 1/);
+});
+
+test('reload: a return path that cannot be installed leaves the running configuration (strategy and all)', async () => {
+  const kernel = fakeKernel();
+  const failing = { ...kernel, nft: { ...kernel.nft, applyTable: async () => Promise.reject(new Error('nft: no socket expression')), deleteTable: async () => {} } };
+  const c = new Concentrator(concentratorConfigSchema.parse(base), { sockets: fakeSockets(), kernel: failing as typeof kernel, logger: silentLogger(), metrics: createMetrics('concentrator') });
+  await c.start();
+  try {
+    await assert.rejects(c.reload(concentratorConfigSchema.parse({ ...base, deny: ['198.19.255.0/24'], sourceAddress: { mode: 'transparent', customers } })), /socket expression/);
+    assert.equal(c.status().sourceAddress, 'kernel');
+    assert.equal(c.status().returnPath, false);
+    assert.deepEqual(c.config.deny, [], 'nothing of the new configuration applied');
+  } finally {
+    await c.stop(0);
+  }
 });
