@@ -74,7 +74,7 @@ export class Concentrator {
   /** `deny` plus the NPTv6 external prefixes: they are this concentrator's, never a server. */
   #deny: string[];
   #sourceAddress: SourceAddressStrategy;
-  /** Installed while a transparent or NPTv6 source-address mode is configured. */
+  /** Installed once a transparent or NPTv6 source-address mode is configured; removed at stop. */
   #returnPath: ReturnPath | undefined;
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
