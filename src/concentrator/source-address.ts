@@ -20,7 +20,7 @@ import {
   type SourceChoiceInput,
   type TransparentOptions,
 } from '../policy/transparent.js';
-import type { Nptv6Mapping } from './nptv6.js';
+import type { Nptv6Mapping } from '../policy/nptv6.js';
 import { sourceAddressMode, type ConcentratorConfig } from './config.js';
 
 export interface SourceAddressStrategy {

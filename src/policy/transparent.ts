@@ -12,7 +12,7 @@ import { isIPv4 } from 'node:net';
 import { addressBytes, bytesInCidr, parseCidr, type Cidr } from './cidr.js';
 import { refuse, type Refusal } from './refusals.js';
 import { bytesToIpv6, ipv6ToBytes } from '../protocol/address.js';
-import { nptv6Mapping, translate, type Nptv6Mapping } from '../concentrator/nptv6.js';
+import { nptv6Mapping, translate, type Nptv6Mapping } from './nptv6.js';
 
 export type Ipv4Preservation = 'cpe' | 'host';
 export type Ipv6Preservation = 'host' | 'prefix' | 'cpe';

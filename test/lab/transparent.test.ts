@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Lab } from '../../src/lab/index.js';
 import { encodeMpConvert } from '../../src/protocol/index.js';
-import { nptv6Mapping, translate } from '../../src/concentrator/nptv6.js';
+import { nptv6Mapping, translate } from '../../src/policy/nptv6.js';
 import { RETURN_PATH_TABLE_NAME } from '../../src/concentrator/return-path.js';
 import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
 import { CLI, Proc, TOOL, runTool, start } from '../support/lab-procs.js';

@@ -9,7 +9,7 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { Concentrator } from '../../../src/concentrator/concentrator.js';
 import { concentratorConfigSchema, sourceAddressMode, type ConcentratorConfigInput } from '../../../src/concentrator/config.js';
-import { nptv6Mapping, translate } from '../../../src/concentrator/nptv6.js';
+import { nptv6Mapping, translate } from '../../../src/policy/nptv6.js';
 import { returnPathRuleset } from '../../../src/concentrator/return-path.js';
 import { createMetrics } from '../../../src/control/metrics.js';
 import { silentLogger } from '../../../src/log.js';

@@ -11,7 +11,7 @@ import {
   type SourceChoiceInput,
   type TransparentOptions,
 } from '../../../src/policy/transparent.js';
-import { nptv6Mapping, translate, untranslate } from '../../../src/concentrator/nptv6.js';
+import { nptv6Mapping, translate, untranslate } from '../../../src/policy/nptv6.js';
 import type { Refusal } from '../../../src/policy/refusals.js';
 import { cidrContains } from '../../../src/policy/cidr.js';
 import { bytesToIpv6 } from '../../../src/protocol/address.js';

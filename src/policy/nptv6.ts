@@ -11,7 +11,7 @@
  * (the /48 case) or whose four low words are all 0xFFFF cannot be mapped: `translate` returns null.
  */
 import { bytesToIpv6, ipFamily, ipv6ToBytes } from '../protocol/address.js';
-import { bytesInCidr, parseCidr, type Cidr } from '../policy/cidr.js';
+import { bytesInCidr, parseCidr, type Cidr } from './cidr.js';
 
 /** One's complement 16-bit addition (end-around carry). */
 function add(a: number, b: number): number {

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { addressSum, nptv6Mapping, translate, untranslate } from '../../../src/concentrator/nptv6.js';
+import { addressSum, nptv6Mapping, translate, untranslate } from '../../../src/policy/nptv6.js';
 import { bytesToIpv6, ipv6ToBytes } from '../../../src/protocol/address.js';
 import { cidrContains } from '../../../src/policy/cidr.js';
 
