@@ -10,7 +10,7 @@
 import { networkInterfaces } from 'node:os';
 import { isIP, type Socket } from 'node:net';
 import { parseEndpoint, type Endpoint } from '../control/address.js';
-import type { ConcentratorConfig } from './config.js';
+import { sourceAddressMode, type ConcentratorConfig } from './config.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import type { KernelConfig, ListeningServer, ProcessResources, Sockets, SpliceEngine } from '../platform/types.js';
@@ -29,7 +29,8 @@ import { ConfigError } from '../control/config-file.js';
 import { ListenerRules } from './listener-rules.js';
 import type { ConnectionContext } from './context.js';
 import { runPipeline, step, type Step } from './pipeline.js';
-import { sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
+import { needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
+import { ReturnPath } from './return-path.js';
 import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
 
 export { dialErrorCode } from './conversion.js';
@@ -69,9 +70,12 @@ export class Concentrator {
   readonly #announced: number[] = [];
   /** The configuration's prefix lists, compiled once (constructor, reload), never per connection. */
   #allow: PrefixSet;
+  /** `deny` plus, in NPTv6 mode, the external prefixes: they are this concentrator's, never a server. */
   #destinations: DestinationPolicy;
   #sourceAddress: SourceAddressStrategy;
   #proxyProtocol: ProxyProtocolTargets;
+  /** Installed once a transparent or NPTv6 source-address mode is configured; removed at stop. */
+  #returnPath: ReturnPath | undefined;
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
   readonly #steps: readonly Step[];
@@ -95,8 +99,8 @@ export class Concentrator {
     this.#limits = new ConnectionLimits(config.limits, this.#now);
     this.#pending = new SignallingAdmission(config.signalling);
     this.#allow = PrefixSet.from(config.allow);
-    this.#destinations = compileDestinationPolicy({ deny: config.deny });
-    this.#sourceAddress = sourceAddressStrategy(config.sourcePool);
+    this.#destinations = compileDestinationPolicy({ deny: denyPrefixes(config) });
+    this.#sourceAddress = sourceAddressStrategy(config);
     this.#proxyProtocol = compileProxyProtocolTargets(config.server.proxyProtocol);
     this.#dialer = new ServerDialer({
       sockets: deps.sockets,
@@ -256,6 +260,20 @@ export class Concentrator {
       await kernel.mptcp.setLimits({ subflows: this.#config.limits.maxSubflows, addAddrAccepted: this.#config.limits.maxAddAddrAccepted });
     }
     await this.#announce();
+    await this.#ensureReturnPath(this.#config);
+  }
+
+  /**
+   * Installs the return path when the source-address mode needs it (start, reload). Once installed it stays
+   * until stop: relayed connections of a transparent mode outlive a reload to another mode and still need it,
+   * and it touches nothing but the packets of transparent sockets.
+   */
+  async #ensureReturnPath(config: ConcentratorConfig): Promise<void> {
+    if (!needsReturnPath(config) || this.#returnPath) return;
+    const sa = config.sourceAddress;
+    const rp = new ReturnPath(this.#deps, { mark: sa?.returnMark ?? 0x6d70, table: sa?.returnTable ?? 4_242, rulePriority: sa?.returnRulePriority ?? 9_100 });
+    await rp.start();
+    this.#returnPath = rp;
   }
 
   /** One `signal` endpoint per announced address; only the ones added here are removed at stop. */
@@ -395,16 +413,21 @@ export class Concentrator {
       signallingPending: this.#pending.size,
       connections: this.#limits.total,
       fallbackCache: this.fallbackCache,
+      sourceAddress: this.#sourceAddress.name,
+      returnPath: this.#returnPath?.installed ?? false,
       stopping: this.#stopping,
     };
   }
 
   /** SIGHUP: apply a new configuration; established connections are kept. */
   async reload(next: ConcentratorConfig): Promise<void> {
+    // First, before anything changes: a return path that cannot be installed leaves the running configuration.
+    // Its mark and table are taken at install: a change of those needs a restart.
+    await this.#ensureReturnPath(next);
     const old = this.#config;
     // Compiled before anything changes: a list that does not compile leaves the running configuration.
     const allow = PrefixSet.from(next.allow);
-    const destinations = compileDestinationPolicy({ deny: next.deny });
+    const destinations = compileDestinationPolicy({ deny: denyPrefixes(next) });
     this.#config = next;
     this.#ownCache = undefined;
     this.#allow = allow;
@@ -414,7 +437,9 @@ export class Concentrator {
     this.#dialer.setMptcp(next.server.mptcp);
     this.#proxyProtocol = compileProxyProtocolTargets(next.server.proxyProtocol);
     // Connections already open release their address into the strategy they took it from.
-    if (JSON.stringify(old.sourcePool) !== JSON.stringify(next.sourcePool)) this.#sourceAddress = sourceAddressStrategy(next.sourcePool);
+    if (JSON.stringify([old.sourcePool, old.sourceAddress]) !== JSON.stringify([next.sourcePool, next.sourceAddress])) {
+      this.#sourceAddress = sourceAddressStrategy(next);
+    }
     for (const [text, server] of this.#listeners) {
       if (!next.listen.includes(text)) {
         server.close();
@@ -450,11 +475,17 @@ export class Concentrator {
       s.end();
     }
     await this.#rules.remove().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the nft table of the listeners'));
+    await this.#returnPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the return path'));
+    this.#returnPath = undefined;
     for (const id of this.#announced.splice(0)) {
       await this.#deps.kernel.mptcp.deleteEndpoint(id).catch((err: unknown) => this.#deps.logger.warn({ err, id }, 'could not remove an announce endpoint'));
     }
     this.#deps.logger.info('concentrator stopped');
   }
+}
+
+function denyPrefixes(c: ConcentratorConfig): string[] {
+  return sourceAddressMode(c) === 'nptv6' ? [...c.deny, ...(c.sourceAddress?.nptv6?.prefixes ?? [])] : [...c.deny];
 }
 
 /** A listener that cannot be opened is a configuration problem: one line that says which and why. */

@@ -1,7 +1,9 @@
 /** The concentrator's settings: schema, defaults, and the merge of file and command-line flags. */
+import { isIPv6 } from 'node:net';
 import { z } from 'zod';
 import { loadYaml, validateConfig } from '../control/config-file.js';
 import { endpoint, listenEndpoint, cidr, ip } from '../control/schema.js';
+import { CustomerPrefixes, nptv6Mappings } from '../policy/transparent.js';
 
 export const concentratorConfigSchema = z.strictObject({
   /** Instance name: names the nft table `inet mpconvert_conc_<instance>`, so two concentrators never collide. */
@@ -76,6 +78,30 @@ export const concentratorConfigSchema = z.strictObject({
       mode: z.enum(['shared', 'dedicated']).default('shared'),
     })
     .default({ addresses: [], mode: 'shared' }),
+  /**
+   * How the server leg's source address is chosen (draft-nam-mptcp-deployment-considerations section 5.4):
+   * kernel, pool (`sourcePool`), transparent (the end host's or the CPE's own address), nptv6 (RFC 6296).
+   * Absent: pool when `sourcePool.addresses` has any, else kernel (the behaviour before this section existed).
+   */
+  sourceAddress: z
+    .strictObject({
+      mode: z.enum(['kernel', 'pool', 'transparent', 'nptv6']).optional(),
+      /** transparent, IPv4 destinations: the CPE's WAN address (5.4.1.1, wired) or the host's own (mobile). */
+      ipv4: z.enum(['cpe', 'host']).default('cpe'),
+      /** transparent, IPv6 destinations: the host's address (5.4.1.3), an address in its prefix (5.4.1.2), the CPE's. */
+      ipv6: z.enum(['host', 'prefix', 'cpe']).default('host'),
+      /** ipv6: prefix: the interface part of the address (the bits past the customer prefix). */
+      prefixHost: z.string().refine((a) => isIPv6(a), 'must be an IPv6 address').default('::100:0:0:1'),
+      /** Per-CPE customer prefixes: what a CPE may claim in its source IE (first entry whose `cpe` contains it). */
+      customers: z.array(z.strictObject({ cpe: cidr, prefixes: z.array(cidr).min(1) })).default([]),
+      /** nptv6: the external prefixes; each customer IPv6 prefix takes the next free one of the same length. */
+      nptv6: z.strictObject({ prefixes: z.array(cidr).min(1) }).optional(),
+      /** Return path of transparent sockets (nft `socket transparent 1` mark, `ip rule fwmark`, local table). */
+      returnMark: z.number().int().min(1).max(0xffffffff).default(0x6d70),
+      returnTable: z.number().int().min(1).max(0xfffffffe).default(4_242),
+      returnRulePriority: z.number().int().min(1).max(32_765).default(9_100),
+    })
+    .optional(),
   limits: z
     .strictObject({
       maxConnections: z.number().int().min(1).default(100_000),
@@ -104,7 +130,27 @@ export const concentratorConfigSchema = z.strictObject({
   /** Admin endpoint (metrics, health, status) ADDR:PORT; keep it on a management address. */
   admin: endpoint.optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+}).superRefine((c, issue) => {
+  const mode = c.sourceAddress?.mode;
+  if (mode === 'pool' && c.sourcePool.addresses.length === 0) {
+    issue.addIssue({ code: 'custom', path: ['sourceAddress', 'mode'], message: 'mode pool needs addresses in sourcePool.addresses' });
+  }
+  if (mode === 'nptv6' && !c.sourceAddress?.nptv6) {
+    issue.addIssue({ code: 'custom', path: ['sourceAddress', 'nptv6'], message: 'mode nptv6 needs nptv6.prefixes (the external prefixes)' });
+  }
+  if (mode === 'nptv6' && c.sourceAddress?.nptv6) {
+    try {
+      nptv6Mappings(new CustomerPrefixes(c.sourceAddress.customers), c.sourceAddress.nptv6.prefixes);
+    } catch (err) {
+      issue.addIssue({ code: 'custom', path: ['sourceAddress', 'nptv6', 'prefixes'], message: (err as Error).message });
+    }
+  }
 });
+
+/** The effective source-address mode (an absent `sourceAddress.mode` keeps the `sourcePool` behaviour). */
+export function sourceAddressMode(c: Pick<ConcentratorConfig, 'sourceAddress' | 'sourcePool'>): 'kernel' | 'pool' | 'transparent' | 'nptv6' {
+  return c.sourceAddress?.mode ?? (c.sourcePool.addresses.length > 0 ? 'pool' : 'kernel');
+}
 
 export type ConcentratorConfig = z.output<typeof concentratorConfigSchema>;
 export type ConcentratorConfigInput = z.input<typeof concentratorConfigSchema>;

@@ -32,6 +32,8 @@ export interface ConnectionContext {
   destination?: Destination;
   /** Set by the source-address step: the local address of the server leg; undefined = the kernel picks. */
   external?: string | undefined;
+  /** Set with `external` when it is not an address of this host (transparent, NPTv6): bind with IP_TRANSPARENT. */
+  externalTransparent?: boolean;
   /** Set by the conversion once the pair is relayed; from then on the relay owns both sockets. */
   relay?: RelayHandle;
   /** Registers a release; run once when the connection ends. */

@@ -60,6 +60,7 @@ export class ExplicitTcpConversion implements ConversionStrategy {
         port: dest.port,
         family: dest.family,
         localAddress: ctx.external,
+        transparent: ctx.externalTransparent,
         tos: tos > 0 ? tos : undefined,
         signal: abort.signal,
       }));

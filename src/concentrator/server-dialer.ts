@@ -32,6 +32,8 @@ export interface ServerDialRequest {
   port: number;
   family: 4 | 6;
   localAddress?: string | undefined;
+  /** The local address is not this host's (transparent source): IP_TRANSPARENT / IPV6_TRANSPARENT before bind. */
+  transparent?: boolean | undefined;
   tos?: number | undefined;
   signal?: AbortSignal | undefined;
 }
@@ -105,6 +107,7 @@ export class ServerDialer {
       // If this process dies the server sees a reset, never a clean end of an upload cut short.
       linger: RESET_ON_CLOSE,
       ...(req.localAddress !== undefined ? { localAddress: req.localAddress, bindAddressNoPort: true } : {}),
+      ...(req.transparent ? { transparent: true } : {}),
       ...(req.tos !== undefined ? { tos: req.tos } : {}),
       ...(req.signal !== undefined ? { signal: req.signal } : {}),
     };

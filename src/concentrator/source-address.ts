@@ -1,12 +1,27 @@
 /**
- * Source-address strategies: which local address the server leg of a connection uses (seed: "the behavior to
- * adopt with regards to the processing of source addresses", draft-nam-mptcp-deployment-considerations
- * section 5.4). Today: the kernel's choice (no pool), or the CPE's paired address from the source pool (N:1
- * shared or 1:1 dedicated). Transparent modes, port blocks and NPTv6 plug in here.
+ * Source-address strategies: which local address the server leg of a connection uses ("the behavior to adopt
+ * with regards to the processing of source addresses", draft-nam-mptcp-deployment-considerations section
+ * 5.4): the kernel's choice (no pool); the CPE's paired address from the source pool (N:1 shared or 1:1
+ * dedicated, 5.4.2.1 / 5.4.2.2); transparent (5.4.1: the CPE's WAN address, the end host's address, or an
+ * address in its IPv6 prefix); NPTv6 (5.4.2.3, RFC 6296). Transparent and NPTv6 addresses are not the
+ * concentrator's own: they are bound with IP_TRANSPARENT, and their return traffic is taken by the return
+ * path (./return-path.ts). Both refuse a source IE outside the CPE's prefixes (`source-spoofed`).
  */
 import type { ConnectionContext } from './context.js';
 import { refuse, type Refusal } from '../policy/refusals.js';
 import { SourcePool, type PoolMode } from './source-pool.js';
+import { unmapAddress } from '../protocol/address.js';
+import {
+  CustomerPrefixes,
+  claimedSourceGate,
+  nptv6Mappings,
+  nptv6Source,
+  transparentSource,
+  type SourceChoiceInput,
+  type TransparentOptions,
+} from '../policy/transparent.js';
+import type { Nptv6Mapping } from '../policy/nptv6.js';
+import { sourceAddressMode, type ConcentratorConfig } from './config.js';
 
 export interface SourceAddressStrategy {
   readonly name: string;
@@ -41,6 +56,90 @@ export class PoolSourceAddress implements SourceAddressStrategy {
   }
 }
 
-export function sourceAddressStrategy(pool: { addresses: readonly string[]; mode: PoolMode }): SourceAddressStrategy {
+/** The anti-spoofing gate, then the choice input: what both non-local strategies start from. */
+function claim(ctx: ConnectionContext, customers: CustomerPrefixes): SourceChoiceInput | Refusal {
+  const owned = customers.owned(ctx.cpe);
+  const src = ctx.signalling?.source;
+  const claimed = src ? unmapAddress(src.address) : undefined;
+  const spoofed = claimedSourceGate(claimed, owned);
+  if (spoofed) return spoofed;
+  return { cpe: ctx.cpe, claimed, family: ctx.destination?.family ?? 4, owned };
+}
+
+const isRefusal = (x: unknown): x is Refusal => typeof x === 'object' && x !== null && 'code' in x;
+
+/** Transparent MCP (5.4.1): the server sees the CPE's or the end host's own address, or one in its prefix. */
+export class TransparentSourceAddress implements SourceAddressStrategy {
+  readonly name = 'transparent';
+  constructor(
+    private readonly customers: CustomerPrefixes,
+    private readonly options: TransparentOptions,
+  ) {}
+
+  acquire(ctx: ConnectionContext): Refusal | undefined {
+    const input = claim(ctx, this.customers);
+    if (isRefusal(input)) return input;
+    const address = transparentSource(input, this.options);
+    if (isRefusal(address)) return address;
+    ctx.external = address;
+    ctx.externalTransparent = true;
+    return undefined;
+  }
+}
+
+/** NPTv6 (5.4.2.3): IPv6 sources translated to the CPE prefix's external prefix; IPv4 goes to `ipv4`. */
+export class Nptv6SourceAddress implements SourceAddressStrategy {
+  readonly name = 'nptv6';
+  readonly #mappings: readonly Nptv6Mapping[];
+  constructor(
+    private readonly customers: CustomerPrefixes,
+    externalPrefixes: readonly string[],
+    private readonly ipv4: SourceAddressStrategy,
+  ) {
+    this.#mappings = nptv6Mappings(customers, externalPrefixes);
+  }
+
+  get mappings(): readonly Nptv6Mapping[] {
+    return this.#mappings;
+  }
+
+  acquire(ctx: ConnectionContext): Refusal | undefined {
+    const input = claim(ctx, this.customers);
+    if (isRefusal(input)) return input;
+    if (input.family === 4) return this.ipv4.acquire(ctx);
+    const address = nptv6Source(input, this.#mappings);
+    if (isRefusal(address)) return address;
+    ctx.external = address;
+    ctx.externalTransparent = true;
+    return undefined;
+  }
+}
+
+function poolOrKernel(pool: { addresses: readonly string[]; mode: PoolMode }): SourceAddressStrategy {
   return pool.addresses.length === 0 ? kernelSourceAddress : new PoolSourceAddress(pool.addresses, pool.mode);
+}
+
+/** The strategy of a configuration (an absent `sourceAddress` keeps the `sourcePool` behaviour). */
+export function sourceAddressStrategy(config: Pick<ConcentratorConfig, 'sourceAddress' | 'sourcePool'>): SourceAddressStrategy {
+  const sa = config.sourceAddress;
+  switch (sourceAddressMode(config)) {
+    case 'kernel':
+      return kernelSourceAddress;
+    case 'pool':
+      return poolOrKernel(config.sourcePool);
+    case 'transparent':
+      return new TransparentSourceAddress(new CustomerPrefixes(sa?.customers ?? []), {
+        ipv4: sa?.ipv4 ?? 'cpe',
+        ipv6: sa?.ipv6 ?? 'host',
+        prefixHost: sa?.prefixHost ?? '::100:0:0:1',
+      });
+    case 'nptv6':
+      return new Nptv6SourceAddress(new CustomerPrefixes(sa?.customers ?? []), sa?.nptv6?.prefixes ?? [], poolOrKernel(config.sourcePool));
+  }
+}
+
+/** Whether the strategy sources server legs from addresses that are not local (the return path is needed). */
+export function needsReturnPath(config: Pick<ConcentratorConfig, 'sourceAddress' | 'sourcePool'>): boolean {
+  const mode = sourceAddressMode(config);
+  return mode === 'transparent' || mode === 'nptv6';
 }

@@ -36,6 +36,14 @@ export const REFUSALS = {
     convertError: ConvertErrorCode.NotAuthorized,
   },
   source: { meaning: 'the source IE carries an address that is never a host', convertError: ConvertErrorCode.MalformedMessage },
+  'source-spoofed': {
+    meaning: 'transparent and nptv6 modes: the source IE names an address outside the prefixes of this CPE (`sourceAddress.customers`; without an entry, the CPE\'s own address)',
+    convertError: ConvertErrorCode.NotAuthorized,
+  },
+  'no-source-address': {
+    meaning: 'transparent and nptv6 modes: no address of the destination\'s family to source the server leg from (no source IE or CPE address of that family, no customer prefix, an NPTv6 address that cannot be mapped)',
+    convertError: ConvertErrorCode.NetworkFailure,
+  },
   'pool-exhausted': { meaning: 'no source pool address free for this CPE (1:1 pool)', convertError: ConvertErrorCode.ResourceExceeded },
   dial: { meaning: 'the server connection failed; the label carries the errno (`dial:ECONNREFUSED`), the Error TLV code follows it', convertError: ConvertErrorCode.NetworkFailure },
   'client-gone': { meaning: 'the CPE closed the connection while the server was being dialled: nothing to answer' },

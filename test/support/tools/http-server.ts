@@ -1,6 +1,7 @@
 /**
  * A small real HTTP server for lab tests: GET /bytes/N?seed=S streams N deterministic bytes;
  * PUT or POST /upload answers {"bytes":N,"sha256":"..."} of the body. `{"host":..,"port":..}` on argv.
+ * Every answer carries `x-peer`: the client address the server saw (IPv4-mapped folded), for source-address tests.
  */
 import http from 'node:http';
 import { createHash } from 'node:crypto';
@@ -9,6 +10,8 @@ import { deterministicChunks } from './stream-util.js';
 const args = JSON.parse(process.argv[2] ?? '{}') as { host: string; port: number };
 const server = http.createServer((req, res) => {
   const url = new URL(req.url ?? '/', 'http://x');
+  const peer = (req.socket.remoteAddress ?? '').replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, '$1');
+  res.setHeader('x-peer', peer);
   const m = /^\/bytes\/(\d+)$/.exec(url.pathname);
   if (req.method === 'GET' && m) {
     const total = Number(m[1]);
@@ -39,7 +42,7 @@ const server = http.createServer((req, res) => {
     });
     req.on('end', () => {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ bytes, sha256: h.digest('hex') }));
+      res.end(JSON.stringify({ bytes, sha256: h.digest('hex'), peer }));
     });
     return;
   }
