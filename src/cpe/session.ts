@@ -92,7 +92,7 @@ export function dialFailure(errno: string | undefined): 'unreachable' | 'refused
 }
 
 /** Reads until the confirmation is settled; leaves the socket paused. */
-function awaitEcho(sock: Socket, verifier: EchoVerifier, timeoutMs: number): Promise<EchoResult | { status: 'timeout' | 'closed' | 'reset' }> {
+function awaitEcho(sock: Socket, verifier: EchoVerifier, timeoutMs: number, sockets: Pick<Sockets, 'takeError'>): Promise<EchoResult | { status: 'timeout' | 'closed' | 'reset' }> {
   return new Promise((resolve) => {
     let got = 0;
     const finish = (r: EchoResult | { status: 'timeout' | 'closed' | 'reset' }) => {
@@ -108,7 +108,16 @@ function awaitEcho(sock: Socket, verifier: EchoVerifier, timeoutMs: number): Pro
       const r = verifier.push(d);
       if (r.status !== 'need-more') finish(r);
     };
-    const onEnd = () => finish({ status: 'closed' });
+    // libuv reports a reset that arrives behind queued bytes as EOF: a pending socket error says which it was.
+    const onEnd = () => {
+      let reset = false;
+      try {
+        reset = sockets.takeError(sock) !== null;
+      } catch {
+        /* closed meanwhile: nothing to learn */
+      }
+      finish({ status: reset && got === 0 ? 'reset' : 'closed' });
+    };
     // A reset before any byte is the concentrator's abort: it could not reach the destination.
     const onError = () => finish({ status: got === 0 ? 'reset' : 'closed' });
     const timer = setTimeout(() => finish({ status: 'timeout' }), timeoutMs);
@@ -289,7 +298,7 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
     log.warn({ concentrator: target.address }, 'MPTCP was not negotiated with the concentrator: cached as not capable');
     return { kind: 'next' };
   }
-  const r = await awaitEcho(sock, new EchoVerifier(target.format, signalling), cfg.echoTimeoutMs);
+  const r = await awaitEcho(sock, new EchoVerifier(target.format, signalling), cfg.echoTimeoutMs, ctx.sockets);
   client.off('close', onClientGone);
   if (r.status === 'confirmed') return { kind: 'relay', socket: sock, leftover: r.leftover };
   sock.resetAndDestroy();

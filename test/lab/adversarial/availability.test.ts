@@ -105,7 +105,7 @@ describe('adversarial: availability (lab)', { skip: missing ?? false, concurrenc
       if (await fetch(1000, 'after')) converted = sum(delta(before, byLabel(await concMetrics(), 'mpconvert_server_leg_total', 'transport'))) === 1;
       else await new Promise((r) => setTimeout(r, 100));
     }
-    assert.ok(converted, 'a connection after the burst was converted by the concentrator');
+    assert.ok(converted, `a connection after the burst was converted by the concentrator; CPE capability ${JSON.stringify(delta(byLabel(p0, 'mpconvert_concentrator_capability_total', 'result'), byLabel(await cpeMetrics(), 'mpconvert_concentrator_capability_total', 'result')))}, fallback ${JSON.stringify(delta(byLabel(p0, 'mpconvert_fallback_total', 'to'), byLabel(await cpeMetrics(), 'mpconvert_fallback_total', 'to')))}`);
     const p1 = await cpeMetrics();
     const direct = delta(byLabel(p0, 'mpconvert_fallback_total', 'to'), byLabel(p1, 'mpconvert_fallback_total', 'to'));
     assert.deepEqual(direct, {}, 'no connection went direct (or was refused by the CPE) because of the refusals');
