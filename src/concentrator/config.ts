@@ -59,6 +59,23 @@ export const concentratorConfigSchema = z.strictObject({
       mode: z.enum(['shared', 'dedicated']).default('shared'),
     })
     .default({ addresses: [], mode: 'shared' }),
+  /**
+   * CPE authentication (docs/concentrator.md, "Authentication"): an authenticator in the signalling,
+   * HMAC-SHA256 with a per-CPE key from `keysFile` (re-read on SIGHUP), checked before any dial. With it,
+   * limits and the source pool go by the CPE's key, not its source address. Required when `allow` admits
+   * the whole internet.
+   */
+  auth: z
+    .strictObject({
+      keysFile: z.string().min(1),
+      /** Accepted distance between the authenticator's timestamp and this host's clock, either way. */
+      clockSkewS: z.number().int().min(1).max(3_600).default(30),
+      /** false: connections without an authenticator still pass, by source address (migration only). */
+      required: z.boolean().default(true),
+      /** Nonces remembered for the clock window; when full, new connections are refused (fail closed). */
+      replayCacheSize: z.number().int().min(1).default(1_000_000),
+    })
+    .optional(),
   limits: z
     .strictObject({
       maxConnections: z.number().int().min(1).default(100_000),
