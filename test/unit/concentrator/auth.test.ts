@@ -66,7 +66,7 @@ describe('CPE authentication (loopback, fake platform)', () => {
   let upstream: net.Server;
   let upstreamPort: number;
   let upstreamConnections = 0;
-  let clock = Date.now();
+  const clock = Date.now();
   const reply = Buffer.from('server says hello');
 
   before(async () => {
