@@ -202,6 +202,20 @@ describe('CPE authentication (loopback, fake platform)', () => {
     }
   });
 
+  test('a full replay cache refuses new CPE connections (fail closed) instead of forgetting nonces', async () => {
+    const { c, sockets, metrics, port } = await start({ auth: { keysFile, replayCacheSize: 2 } });
+    try {
+      for (let i = 0; i < 2; i++) assert.equal((await converse(port, sign('cpe-a'))).how, 'end');
+      const dials = sockets.dials.length;
+      const before = await counter(metrics, 'auth-replay-full');
+      assert.equal((await converse(port, sign('cpe-b'))).how, 'reset', 'a valid authenticator, but no room to remember its nonce');
+      assert.equal(await counter(metrics, 'auth-replay-full'), before + 1);
+      assert.equal(sockets.dials.length, dials);
+    } finally {
+      await c.stop(0);
+    }
+  });
+
   test('limits go by the key: two CPEs behind one address are limited apart; one CPE on two addresses (and its rotation keys) shares its limit', async () => {
     const { c, metrics, port } = await start({ limits: { maxConnectionsPerCpe: 1 } });
     const held: net.Socket[] = [];

@@ -72,7 +72,8 @@ describe('CPE authentication (loopback)', () => {
     const selector = new ConcentratorSelector(config.concentrators, { capabilityTtlMs: 60_000, unreachableHoldMs: 60_000 });
     const metrics = createMetrics('cpe');
     const front = net.createServer({ allowHalfOpen: true }, (client) => {
-      void handleClient(client, {
+      // As the daemon does (src/cpe/cpe.ts): an unexpected error resets the client.
+      handleClient(client, {
         sockets,
         logger: silentLogger(),
         metrics,
@@ -81,7 +82,7 @@ describe('CPE authentication (loopback)', () => {
         track: () => {},
         originalDestination: () => ({ address: '198.19.0.11', port: 8080 }),
         credentials: (t) => credentials.get(t.address),
-      });
+      }).catch(() => client.resetAndDestroy());
     });
     front.listen(0, '127.0.0.1');
     await once(front, 'listening');
@@ -93,6 +94,7 @@ describe('CPE authentication (loopback)', () => {
       const how = new Promise<'end' | 'reset'>((r) => {
         s.once('end', () => r('end'));
         s.once('error', () => r('reset'));
+        s.once('close', () => r('reset'));
       });
       s.end(request);
       const result = { how: await how, received: Buffer.concat(parts), dial: sockets.dials[0], metrics };
