@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import { loadYaml, validateConfig } from '../control/config-file.js';
 import { endpoint, listenEndpoint, cidr, ip } from '../control/schema.js';
+import { openAllowProblem } from '../policy/auth.js';
 
 export const concentratorConfigSchema = z.strictObject({
   /** Customer-facing MPTCP listeners. Both signalling formats are served on each. */
@@ -104,6 +105,10 @@ export const concentratorConfigSchema = z.strictObject({
   /** Admin endpoint (metrics, health, status) ADDR:PORT; keep it on a management address. */
   admin: endpoint.optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+}).superRefine((c, ctx) => {
+  // Checked here so a start and a SIGHUP reload both refuse it with the other configuration problems.
+  const open = openAllowProblem(c.allow, c.auth);
+  if (open) ctx.addIssue({ code: 'custom', path: ['allow'], message: open });
 });
 
 export type ConcentratorConfig = z.output<typeof concentratorConfigSchema>;

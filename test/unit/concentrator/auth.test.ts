@@ -283,8 +283,13 @@ describe('CPE authentication (loopback, fake platform)', () => {
   });
 
   test('allow open to the whole internet without auth (or with required: false) refuses to start, naming the fix', () => {
-    for (const extra of [{ auth: undefined }, { auth: { keysFile, required: false } }]) {
-      const config = concentratorConfigSchema.parse({ listen: ['127.0.0.1:0'], allow: ['0.0.0.0/0', '::/0'], ...extra });
+    for (const extra of [{}, { auth: { keysFile, required: false } }]) {
+      const raw = { listen: ['127.0.0.1:0'], allow: ['0.0.0.0/0', '::/0'], ...extra };
+      // The configuration is refused when loaded (start and SIGHUP reload) ...
+      const checked = concentratorConfigSchema.safeParse(raw);
+      assert.ok(!checked.success && /whole internet/.test(checked.error.issues[0]!.message) && checked.error.issues[0]!.path[0] === 'allow');
+      // ... and by the concentrator itself, for a configuration built without the schema.
+      const config = { ...concentratorConfigSchema.parse({ ...raw, allow: ['198.18.0.0/15'] }), allow: raw.allow };
       assert.throws(
         () => new Concentrator(config, { sockets: fakeSockets(), kernel: fakeKernel(), logger: silentLogger(), metrics: createMetrics('concentrator') }),
         (err: Error & { code?: string }) => err.code === 'MPC_ERR_CONFIG' && /whole internet/.test(err.message) && /keysFile/.test(err.message),
