@@ -427,6 +427,7 @@ export class Concentrator {
       signallingPending: this.#pending.size,
       connections: this.#limits.total,
       fallbackCache: this.fallbackCache,
+      ...(this.#keys ? { auth: { keys: this.#keys.size, replayCache: this.#replay.size } } : {}),
       stopping: this.#stopping,
     };
   }
