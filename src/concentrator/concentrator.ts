@@ -2,7 +2,7 @@
  * The concentrator (downstream MCP): terminates MPTCP connections from CPEs (and from MPTCP hosts that speak
  * the signalling themselves), reads the signalling from the first bytes (in the SYN, through TFO), dials the
  * server, confirms, and relays. Each accepted connection runs the pipeline (src/concentrator/pipeline.ts):
- *   customer -> mptcp -> signalling-admission -> signalling -> limits -> destination -> source ->
+ *   customer -> mptcp -> signalling-admission -> signalling -> authenticate -> limits -> destination -> source ->
  *   source-address (strategy) -> convert (strategy: dial, confirm, relay).
  * A refusal at any step is counted, logged and answered on the wire through one table (src/policy/refusals.ts).
  * Anything refused before the confirmation never causes a byte to be sent to any server.
@@ -20,6 +20,8 @@ import { customerGate, destinationRefusal, limitsGate, mptcpGate, sourceGate } f
 import { SignallingAdmission } from '../policy/pending.js';
 import { compileProxyProtocolTargets, type ProxyProtocolTargets } from '../policy/proxy-protocol.js';
 import { refuse, refusalLabel, refusalReaction, type Refusal } from '../policy/refusals.js';
+import { ReplayCache, authenticateGate, openAllowProblem, type KeyRing } from '../policy/auth.js';
+import { loadKeysFile } from './keys.js';
 import { unmapAddress } from '../protocol/address.js';
 import { MpconvertError } from '../errors.js';
 import { RESET_ON_CLOSE } from '../relay/index.js';
@@ -76,6 +78,9 @@ export class Concentrator {
   #proxyProtocol: ProxyProtocolTargets;
   /** Installed once a transparent or NPTv6 source-address mode is configured; removed at stop. */
   #returnPath: ReturnPath | undefined;
+  /** The keys file's keys (start, reload); undefined while authentication is off. */
+  #keys: KeyRing | undefined;
+  readonly #replay = new ReplayCache(1);
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
   readonly #steps: readonly Step[];
@@ -95,6 +100,8 @@ export class Concentrator {
     this.#config = config;
     this.#deps = deps;
     this.#now = deps.now ?? Date.now;
+    const open = openAllowProblem(config.allow, config.auth);
+    if (open) throw new ConfigError(open);
     this.#rules = new ListenerRules({ kernel: deps.kernel, logger: deps.logger });
     this.#limits = new ConnectionLimits(config.limits, this.#now);
     this.#pending = new SignallingAdmission(config.signalling);
@@ -132,9 +139,11 @@ export class Concentrator {
       step('customer', (ctx) => customerGate(ctx.cpe, this.#allow)),
       step('mptcp', (ctx) => mptcpGate(this.#deps.sockets.isMptcp(ctx.socket), this.#config.acceptFallback)),
       step('signalling', (ctx) => this.#readSignalling(ctx)),
+      step('authenticate', (ctx) => this.#authenticate(ctx)),
       step('limits', (ctx) => {
-        const refused = limitsGate(this.#limits.admit(ctx.cpe));
-        if (!refused) ctx.own(() => this.#limits.release(ctx.cpe));
+        const who = ctx.identity;
+        const refused = limitsGate(this.#limits.admit(who));
+        if (!refused) ctx.own(() => this.#limits.release(who));
         return refused;
       }),
       step('destination', (ctx) => {
@@ -178,6 +187,21 @@ export class Concentrator {
     }
   }
 
+  /** authenticate: the authenticator in the signalling, checked before any dial; sets the CPE identity. */
+  #authenticate(ctx: ConnectionContext): Refusal | undefined {
+    const auth = this.#config.auth;
+    if (!auth || !this.#keys || !ctx.signalling || !ctx.format) return undefined;
+    const v = authenticateGate(
+      { format: ctx.format, raw: ctx.signalling.raw, source: ctx.cpe },
+      { keys: this.#keys, clockSkewS: auth.clockSkewS, required: auth.required, replay: this.#replay },
+      this.#now(),
+    );
+    if (!v.ok) return v.refusal;
+    ctx.identity = v.identity;
+    ctx.keyId = v.keyId;
+    return undefined;
+  }
+
   #session(ctx: ConnectionContext): Session {
     const s = this.#sessionOf.get(ctx);
     if (!s) throw new Error('session of a context that is not tracked');
@@ -219,6 +243,7 @@ export class Concentrator {
   }
 
   async start(): Promise<void> {
+    await this.#loadKeys(this.#config);
     await this.#prepareKernel();
     for (const text of this.#config.listen) await this.#openListener(text);
     // After the listeners are bound: the rules name their actual ports (port 0 resolved).
@@ -226,10 +251,24 @@ export class Concentrator {
     this.#sampleDescriptors();
     this.#sweeper = setInterval(() => {
       this.#limits.sweep();
+      this.#replay.sweep(Math.floor(this.#now() / 1000));
       this.#sampleDescriptors();
     }, 10_000);
     this.#sweeper.unref();
     this.#deps.logger.info({ listen: this.#config.listen, allow: this.#config.allow }, 'concentrator started');
+  }
+
+  /** Reads the keys file (start, SIGHUP) before anything changes: a file that does not load keeps the running keys. */
+  async #loadKeys(config: ConcentratorConfig): Promise<void> {
+    if (!config.auth) {
+      this.#keys = undefined;
+      return;
+    }
+    const keys = await loadKeysFile(config.auth.keysFile);
+    if (keys.size === 0) this.#deps.logger.warn({ keysFile: config.auth.keysFile }, 'the keys file has no key: every authenticated connection is refused');
+    this.#keys = keys;
+    this.#replay.resize(config.auth.replayCacheSize);
+    this.#deps.logger.info({ keysFile: config.auth.keysFile, keys: keys.size, required: config.auth.required }, 'CPE keys loaded');
   }
 
   async #prepareKernel(): Promise<void> {
@@ -322,10 +361,12 @@ export class Concentrator {
   #onConnection(socket: Socket, listener: Endpoint): void {
     socket.on('error', () => {}); // every path below destroys the socket; errors are accounted there
     const releases: Array<() => void> = [];
+    const cpe = unmapAddress(socket.remoteAddress ?? '');
     const ctx: ConnectionContext = {
       id: this.#nextId++,
       socket,
-      cpe: unmapAddress(socket.remoteAddress ?? ''),
+      cpe,
+      identity: cpe,
       listener,
       started: this.#now(),
       own: (release) => releases.push(release),
@@ -415,6 +456,7 @@ export class Concentrator {
       fallbackCache: this.fallbackCache,
       sourceAddress: this.#sourceAddress.name,
       returnPath: this.#returnPath?.installed ?? false,
+      ...(this.#keys ? { auth: { keys: this.#keys.size, replayCache: this.#replay.size } } : {}),
       stopping: this.#stopping,
     };
   }
@@ -426,9 +468,14 @@ export class Concentrator {
     await this.#ensureReturnPath(next);
     const old = this.#config;
     // Compiled before anything changes: a list that does not compile leaves the running configuration.
+    const open = openAllowProblem(next.allow, next.auth);
+    if (open) throw new ConfigError(open);
     const allow = PrefixSet.from(next.allow);
     const destinations = compileDestinationPolicy({ deny: denyPrefixes(next) });
+    const keys = next.auth ? await loadKeysFile(next.auth.keysFile) : undefined;
     this.#config = next;
+    this.#keys = keys;
+    if (next.auth) this.#replay.resize(next.auth.replayCacheSize);
     this.#ownCache = undefined;
     this.#allow = allow;
     this.#destinations = destinations;

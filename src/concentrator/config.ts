@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { loadYaml, validateConfig } from '../control/config-file.js';
 import { endpoint, listenEndpoint, cidr, ip } from '../control/schema.js';
 import { CustomerPrefixes, nptv6Mappings } from '../policy/transparent.js';
+import { openAllowProblem } from '../policy/auth.js';
 
 export const concentratorConfigSchema = z.strictObject({
   /** Instance name: names the nft table `inet mpconvert_conc_<instance>`, so two concentrators never collide. */
@@ -102,6 +103,23 @@ export const concentratorConfigSchema = z.strictObject({
       returnRulePriority: z.number().int().min(1).max(32_765).default(9_100),
     })
     .optional(),
+  /**
+   * CPE authentication (docs/concentrator.md, "Authentication"): an authenticator in the signalling,
+   * HMAC-SHA256 with a per-CPE key from `keysFile` (re-read on SIGHUP), checked before any dial. With it,
+   * limits and the source pool go by the CPE's key, not its source address. Required when `allow` admits
+   * the whole internet.
+   */
+  auth: z
+    .strictObject({
+      keysFile: z.string().min(1),
+      /** Accepted distance between the authenticator's timestamp and this host's clock, either way. */
+      clockSkewS: z.number().int().min(1).max(3_600).default(30),
+      /** false: connections without an authenticator still pass, by source address (migration only). */
+      required: z.boolean().default(true),
+      /** Nonces remembered for the clock window; when full, new connections are refused (fail closed). */
+      replayCacheSize: z.number().int().min(1).default(1_000_000),
+    })
+    .optional(),
   limits: z
     .strictObject({
       maxConnections: z.number().int().min(1).default(100_000),
@@ -145,6 +163,9 @@ export const concentratorConfigSchema = z.strictObject({
       issue.addIssue({ code: 'custom', path: ['sourceAddress', 'nptv6', 'prefixes'], message: (err as Error).message });
     }
   }
+  // Checked here so a start and a SIGHUP reload both refuse it with the other configuration problems.
+  const open = openAllowProblem(c.allow, c.auth);
+  if (open) issue.addIssue({ code: 'custom', path: ['allow'], message: open });
 });
 
 /** The effective source-address mode (an absent `sourceAddress.mode` keeps the `sourcePool` behaviour). */

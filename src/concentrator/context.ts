@@ -20,8 +20,15 @@ export interface ConnectionContext {
   readonly id: number;
   /** The MPTCP connection from the CPE. */
   readonly socket: Socket;
-  /** Who the CPE is: the source address of its connection. */
+  /** The source address of the CPE's connection (customer gate, signalling admission, logs). */
   readonly cpe: string;
+  /**
+   * Who the CPE is for limits and the source pool: its source address, until the authenticate step sets
+   * `key:<cpe>` from its verified key (then CPEs behind one address, and one CPE on several, are told apart).
+   */
+  identity: string;
+  /** Set by the authenticate step: the key id that verified. */
+  keyId?: string | undefined;
   readonly listener: Endpoint;
   /** When it was accepted (the deps' clock). */
   readonly started: number;

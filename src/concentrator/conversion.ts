@@ -91,6 +91,7 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       event: 'open',
       session: ctx.id,
       cpe: ctx.cpe,
+      ...(ctx.keyId ? { keyId: ctx.keyId } : {}),
       external,
       destination,
       format: read.format,

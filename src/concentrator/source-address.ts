@@ -46,11 +46,11 @@ export class PoolSourceAddress implements SourceAddressStrategy {
 
   acquire(ctx: ConnectionContext): Refusal | undefined {
     const family = ctx.destination?.family ?? 4;
-    const external = this.#pool.acquire(ctx.cpe, family);
+    const external = this.#pool.acquire(ctx.identity, family);
     if (external === null) return refuse('pool-exhausted');
     if (external !== undefined) {
       ctx.external = external;
-      ctx.own(() => this.#pool.release(ctx.cpe, family));
+      ctx.own(() => this.#pool.release(ctx.identity, family));
     }
     return undefined;
   }

@@ -3,6 +3,9 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { loadYaml, validateConfig } from '../control/config-file.js';
 import { endpoint, cidr } from '../control/schema.js';
+import { ConfigError } from '../control/config-file.js';
+import { parseSecret, readSecretFile } from '../control/secret-file.js';
+import { isValidKeyId } from '../protocol/auth.js';
 
 const portRange = z.union([
   z.number().int().min(1).max(65535),
@@ -47,7 +50,13 @@ export const cpeConfigSchema = z.strictObject({
          * mpconvert concentrator with synWindowClamp off). See docs/kernel-tfo-window.md.
          */
         synWindowClamp: z.boolean().default(false),
-      }),
+              /**
+         * Authentication towards this concentrator (docs/cpe.md, "Authentication"): the key id, and the file
+         * that holds its secret (`hex:...` or `base64:...`, mode 600); never the secret itself in this file.
+         */
+        keyId: z.string().refine(isValidKeyId, 'a key id is 1-32 of A-Z a-z 0-9 . _ : -').optional(),
+        secretFile: z.string().min(1).optional(),
+      }).refine((c) => (c.keyId === undefined) === (c.secretFile === undefined), 'keyId and secretFile go together (both, or neither)'),
     )
     .min(1, 'at least one concentrator is needed'),
   /** Which flows are converted; the rest is forwarded untouched. Exclude wins over include. */
@@ -137,4 +146,21 @@ export async function resolveCpeConfig(flags: CpeFlags): Promise<CpeConfig> {
   if (flags.logLevel) raw['logLevel'] = flags.logLevel;
   if (flags.instance) raw['instance'] = flags.instance;
   return validateConfig(cpeConfigSchema, raw, flags.config ?? 'command-line flags');
+}
+
+export interface Credentials {
+  keyId: string;
+  secret: Buffer;
+}
+
+/** Reads the secret file of every concentrator that has one (at start): by concentrator address. */
+export async function loadCredentials(concentrators: readonly ConcentratorTarget[]): Promise<Map<string, Credentials>> {
+  const out = new Map<string, Credentials>();
+  for (const c of concentrators) {
+    if (c.keyId === undefined || c.secretFile === undefined) continue;
+    const s = parseSecret(await readSecretFile(c.secretFile, 'secret file'));
+    if (!s.ok) throw new ConfigError(`secret file ${c.secretFile} (concentrator ${c.address}): ${s.why}`);
+    out.set(c.address, { keyId: c.keyId, secret: s.secret });
+  }
+  return out;
 }

@@ -8,7 +8,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import { RESET_ON_CLOSE, type RelayHandle } from '../relay/index.js';
 import { parseEndpoint } from '../control/address.js';
-import type { CpeConfig } from './config.js';
+import { loadCredentials, type CpeConfig, type Credentials } from './config.js';
 import { ConcentratorSelector } from './concentrators.js';
 import { ConcentratorProbe } from './probe.js';
 import { handleClient } from './session.js';
@@ -40,6 +40,8 @@ export class Cpe {
   #interception: Interception | undefined;
   #uplinks: UplinkManager | undefined;
   #stopping = false;
+  /** Per concentrator address: its key id and secret, read from the secret files at start. */
+  #credentials = new Map<string, Credentials>();
 
   constructor(config: CpeConfig, deps: CpeDeps) {
     this.#config = config;
@@ -65,6 +67,8 @@ export class Cpe {
   async start(): Promise<void> {
     const cfg = this.#config;
     const { logger, kernel } = this.#deps;
+    // Before anything is changed on the host: a secret file that cannot be used stops the start cleanly.
+    this.#credentials = await loadCredentials(cfg.concentrators);
     try {
       for (const [family, host] of [
         [4, '127.0.0.1'],
@@ -142,6 +146,7 @@ export class Cpe {
       selector: this.#selector,
       splice: this.#deps.splice,
       config: () => this.#config,
+      credentials: (t) => this.#credentials.get(t.address),
       track: (relay) => {
         this.#pending.delete(client);
         this.#relays.add(relay);

@@ -8,12 +8,14 @@ import { isIP, type Socket } from 'node:net';
 import type { Sockets, SpliceEngine } from '../platform/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
-import { encodeMpConvert, encodeConvertMessage, type AddressIe } from '../protocol/index.js';
+import { randomBytes } from 'node:crypto';
+import { encodeMpConvert, encodeConvertMessage, type Ie, type ConvertTlv } from '../protocol/index.js';
+import { IE_TYPE_AUTHENTICATOR, encodeAuthenticator, signAuthenticator } from '../protocol/auth.js';
 import { unmapAddress } from '../protocol/address.js';
 import { RESET_ON_CLOSE, createRelay, type RelayHandle, type RelayStats } from '../relay/index.js';
 import { parseEndpoint } from '../control/address.js';
 import type { ConcentratorSelector } from './concentrators.js';
-import type { ConcentratorTarget, CpeConfig } from './config.js';
+import type { ConcentratorTarget, CpeConfig, Credentials } from './config.js';
 import { EchoVerifier, type EchoResult } from './echo.js';
 import { TCPI_OPT } from '../platform/structs.js';
 
@@ -29,6 +31,10 @@ export interface SessionContext {
   splice?: SpliceEngine | undefined;
   /** The client's original destination; default: the transparent socket's local address (TPROXY). */
   originalDestination?: (client: Socket) => { address: string; port: number };
+  /** The credentials towards a concentrator (read from its secret file at start); undefined = none. */
+  credentials?: (target: ConcentratorTarget) => Credentials | undefined;
+  /** Clock for the authenticator's timestamp (ms); default Date.now. */
+  now?: () => number;
 }
 
 
@@ -67,13 +73,29 @@ export function firstData(client: Socket, waitMs: number): Promise<Kept> {
   });
 }
 
-export function signallingFor(target: ConcentratorTarget, dst: { address: string; port: number }, src?: { address: string; port: number }): Buffer {
+/** What the authenticator of one connection is made of: the key, the time (seconds) and a fresh nonce. */
+export interface SigningInput extends Credentials {
+  timestamp: number;
+  nonce: Buffer;
+}
+
+/**
+ * The signalling for one connection; with `auth`, the authenticator goes last (the last MP_CONVERT IE, or a
+ * Cookie TLV after the Connect TLV) and its MAC covers all of it (docs/protocol.md, "Authenticator").
+ */
+export function signallingFor(target: Pick<ConcentratorTarget, 'format' | 'sourceIe'>, dst: { address: string; port: number }, src?: { address: string; port: number }, auth?: SigningInput): Buffer {
+  const authenticator = auth ? encodeAuthenticator({ keyId: auth.keyId, timestamp: auth.timestamp, nonce: auth.nonce }) : undefined;
   if (target.format === 'rfc8803') {
-    return encodeConvertMessage({ tlvs: [{ type: 'connect', address: dst.address, port: dst.port, options: Buffer.alloc(0) }] });
+    const tlvs: ConvertTlv[] = [{ type: 'connect', address: dst.address, port: dst.port, options: Buffer.alloc(0) }];
+    if (authenticator) tlvs.push({ type: 'cookie', cookie: authenticator });
+    const msg = encodeConvertMessage({ tlvs });
+    return auth ? signAuthenticator('rfc8803', msg, auth.secret) : msg;
   }
-  const ies: AddressIe[] = [{ type: 0, direction: 'destination', address: dst.address, port: dst.port }];
+  const ies: Ie[] = [{ type: 0, direction: 'destination', address: dst.address, port: dst.port }];
   if (target.sourceIe && src) ies.push({ type: 0, direction: 'source', address: src.address, port: src.port });
-  return encodeMpConvert(ies);
+  if (authenticator) ies.push({ type: IE_TYPE_AUTHENTICATOR, direction: 'destination', body: authenticator });
+  const encoded = encodeMpConvert(ies);
+  return auth ? signAuthenticator('mp-convert', encoded, auth.secret) : encoded;
 }
 
 /**
@@ -246,7 +268,13 @@ async function fallbackStep(conv: ClientConversion, ctx: SessionContext): Promis
 async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversion, ctx: SessionContext): Promise<Attempt> {
   const { client, cfg, dst, src, inSyn, tos, log } = conv;
   const ep = parseEndpoint(target.address);
-  const signalling = signallingFor(target, dst, src);
+  const creds = ctx.credentials?.(target);
+  const signalling = signallingFor(
+    target,
+    dst,
+    src,
+    creds ? { ...creds, timestamp: Math.floor((ctx.now ?? Date.now)() / 1000), nonce: randomBytes(16) } : undefined,
+  );
   const abort = new AbortController();
   const onClientGone = () => abort.abort();
   client.once('close', onClientGone);

@@ -27,6 +27,14 @@ export const REFUSALS = {
   'shed-fd-limit': { meaning: 'near the descriptor limit: the oldest connection still in signalling was dropped for a new one' },
   'signalling-empty': { meaning: 'closed before sending any byte (a health probe, or a CPE that gave up)' },
   signalling: { meaning: 'signalling malformed, truncated, too slow or over the limits; the label carries the protocol code (`signalling:MPC_ERR_...`)' },
+  'auth-missing': { meaning: 'authentication is required and the signalling carries no authenticator (RFC 8803: with the Cookie TLV to send)', convertError: ConvertErrorCode.MissingCookie },
+  'auth-malformed': { meaning: 'the authenticator is truncated, of an unknown version, has a bad key id, trailing bytes, or appears twice', convertError: ConvertErrorCode.NotAuthorized },
+  'auth-unknown-key': { meaning: 'the authenticator names a key id that is not in the keys file', convertError: ConvertErrorCode.NotAuthorized },
+  'auth-source': { meaning: 'the key may only be used from its `from` prefixes, and the source address is in none', convertError: ConvertErrorCode.NotAuthorized },
+  'auth-mac': { meaning: 'the authenticator MAC is wrong (a forgery, a wrong secret, or signalling changed on the way)', convertError: ConvertErrorCode.NotAuthorized },
+  'auth-clock': { meaning: 'the authenticator timestamp is outside `auth.clockSkewS` of the concentrator clock (expired, or a CPE clock off)', convertError: ConvertErrorCode.NotAuthorized },
+  'auth-replay': { meaning: 'the authenticator nonce was already used within the clock window (a replay)', convertError: ConvertErrorCode.NotAuthorized },
+  'auth-replay-full': { meaning: 'the replay cache holds `auth.replayCacheSize` nonces: new connections are refused until entries expire (fail closed)', convertError: ConvertErrorCode.NotAuthorized },
   'max-connections': { meaning: '`limits.maxConnections` reached', convertError: ConvertErrorCode.ResourceExceeded },
   'max-connections-per-cpe': { meaning: '`limits.maxConnectionsPerCpe` reached for this CPE', convertError: ConvertErrorCode.ResourceExceeded },
   'rate-per-cpe': { meaning: 'over `limits.newConnectionsPerSecondPerCpe` for this CPE', convertError: ConvertErrorCode.ResourceExceeded },
@@ -78,5 +86,8 @@ export function refusalReaction(r: Refusal, format: SignallingFormat | undefined
   if (format !== 'rfc8803') return { kind: 'abort' };
   const spec: RefusalSpec = REFUSALS[r.code];
   const errorCode = r.convertError ?? spec.convertError;
-  return errorCode === undefined ? { kind: 'abort' } : { kind: 'convert-error', errorCode };
+  if (errorCode === undefined) return { kind: 'abort' };
+  // Missing Cookie must carry the Cookie TLV to send (the authenticate gate supplies it as its reaction).
+  if (errorCode === ConvertErrorCode.MissingCookie) return { kind: 'convert-error', errorCode: ConvertErrorCode.NotAuthorized };
+  return { kind: 'convert-error', errorCode };
 }
