@@ -76,6 +76,17 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       return refuse(socket.destroyed ? 'client-gone' : 'stopping');
     }
     deps.metrics.serverLeg.inc({ transport });
+    // A connection accepted from a TFO SYN is readable (and was dialled for) before the CPE's handshake ACK
+    // has arrived; Linux 6.18 MPTCP loses data sent in that state (the CPE never sees the echo), so the first
+    // byte waits for the handshake to complete. The server dial has still started one round trip earlier.
+    if (!(await established(deps.sockets, socket, deps.now))) {
+      server.resetAndDestroy();
+      return refuse(socket.destroyed ? 'client-gone' : 'handshake-timeout');
+    }
+    if (socket.destroyed || deps.stopping()) {
+      server.resetAndDestroy();
+      return refuse(socket.destroyed ? 'client-gone' : 'stopping');
+    }
     // Confirm (echo the IEs byte for byte / Convert reply), then what the client sent after its signalling,
     // behind the PROXY header if this destination wants one (header and early bytes in one write: the spec
     // asks for the header at once).
@@ -123,6 +134,32 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       });
     });
     return undefined;
+  }
+}
+
+/** TCP_SYN_RECV in tcp_info's state: the handshake's last ACK has not arrived yet. */
+const TCP_SYN_RECV = 3;
+/** How long the first byte may wait for the CPE's handshake ACK (it is one round trip behind the SYN). */
+const HANDSHAKE_WAIT_MS = 5_000;
+
+/**
+ * Resolves true once the MPTCP connection's initial subflow is past SYN_RECV (at once for a connection that
+ * was accepted after its handshake, the usual case without 0-RTT), false when the socket closed or the wait
+ * ran out. Polls each millisecond: it waits at most about one round trip.
+ */
+async function established(sockets: Sockets, socket: Socket, now: () => number): Promise<boolean> {
+  const deadline = now() + HANDSHAKE_WAIT_MS;
+  for (;;) {
+    if (socket.destroyed) return false;
+    let state: number | undefined;
+    try {
+      state = sockets.subflows(socket)[0]?.tcp?.state;
+    } catch {
+      return !socket.destroyed; // no subflow information (TCP fallback): nothing to wait for
+    }
+    if (state !== TCP_SYN_RECV) return true;
+    if (now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 1));
   }
 }
 

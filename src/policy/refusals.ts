@@ -54,6 +54,7 @@ export const REFUSALS = {
   },
   'pool-exhausted': { meaning: 'no source pool address free for this CPE (1:1 pool)', convertError: ConvertErrorCode.ResourceExceeded },
   dial: { meaning: 'the server connection failed; the label carries the errno (`dial:ECONNREFUSED`), the Error TLV code follows it', convertError: ConvertErrorCode.NetworkFailure },
+  'handshake-timeout': { meaning: "the CPE's handshake ACK did not arrive within 5 s of its 0-RTT SYN", convertError: ConvertErrorCode.NetworkFailure },
   'client-gone': { meaning: 'the CPE closed the connection while the server was being dialled: nothing to answer' },
   stopping: { meaning: 'the concentrator is stopping' },
 } as const satisfies Record<string, RefusalSpec>;
