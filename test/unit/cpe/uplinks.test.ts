@@ -3,7 +3,7 @@
  * ids, rules, routes, limits): what it installs per uplink and family, how it follows address, link and
  * gateway changes, that it never touches what it did not add, and that stop leaves the kernel as it found it.
  */
-import { describe, it } from 'node:test';
+import { afterEach, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { UplinkManager, defaultGateway, observeLink, type EndpointLedger, type OwnedEndpoint, type UplinkChange, type UplinkManagerOptions } from '../../../src/cpe/uplinks.js';
@@ -180,6 +180,14 @@ describe('observeLink / defaultGateway', () => {
 });
 
 describe('UplinkManager', () => {
+  // The manager's own timers are unref'd (they must not keep a daemon alive by themselves); a test that awaits
+  // one of them needs something that holds the event loop open, or node:test ends it as "still pending".
+  let keepAlive: NodeJS.Timeout | undefined;
+  beforeEach(() => {
+    keepAlive = setInterval(() => {}, 1_000);
+  });
+  afterEach(() => clearInterval(keepAlive));
+
   it('installs, per uplink and family: table with the default route, source rule, endpoint; sets limits', async () => {
     const k = labHost();
     const { mgr, changes } = manager(k);
