@@ -5,6 +5,8 @@ import { createLogger } from '../log.js';
 import { createMetrics } from '../control/metrics.js';
 import { startAdmin, type AdminServer } from '../control/admin.js';
 import { runDaemon } from '../control/daemon.js';
+import { checkConcentrator, hostFacts, reportCheck } from '../control/check.js';
+import { ConfigError } from '../control/config-file.js';
 import { parseEndpoint } from '../control/address.js';
 import { resolveConcentratorConfig, type ConcentratorFlags } from './config.js';
 import { Concentrator } from './concentrator.js';
@@ -23,7 +25,8 @@ export function concentratorCommand(): Command {
     .option('--no-server-mptcp', 'dial servers with plain TCP only')
     .option('--admin <addr:port>', 'admin endpoint: /metrics, /healthz, /status')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
-    .action(async (opts: ConcentratorFlags & { serverMptcp?: boolean }) => {
+    .option('--check', 'check the configuration and this host (interfaces, addresses, kernel MPTCP), print every problem, and exit: 0 = fine, 2 = problems')
+    .action(async (opts: ConcentratorFlags & { serverMptcp?: boolean; check?: boolean }) => {
       const flags: ConcentratorFlags = { ...opts };
       if (opts.serverMptcp === false) flags.noServerMptcp = true;
       let config;
@@ -32,6 +35,11 @@ export function concentratorCommand(): Command {
       } catch (err) {
         process.stderr.write(`mpconvert concentrator: ${(err as Error).message}\n`);
         process.exitCode = 2;
+        return;
+      }
+      const problems = checkConcentrator(config, hostFacts());
+      if (opts.check) {
+        process.exitCode = reportCheck('concentrator', problems);
         return;
       }
       const logger = createLogger({ level: config.logLevel, name: 'concentrator' });
@@ -50,6 +58,8 @@ export function concentratorCommand(): Command {
       await runDaemon(
         {
           start: async () => {
+            // The same checks as --check, before anything is changed on the host.
+            if (problems.length > 0) throw new ConfigError(problems.join('; '));
             await concentrator.start();
             if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => concentrator.status(), () => concentrator.readiness());
             return { listen: concentrator.addresses, admin: admin?.port };

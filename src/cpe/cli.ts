@@ -5,6 +5,8 @@ import { createLogger } from '../log.js';
 import { createMetrics } from '../control/metrics.js';
 import { startAdmin, type AdminServer } from '../control/admin.js';
 import { runDaemon } from '../control/daemon.js';
+import { checkCpe, hostFacts, reportCheck } from '../control/check.js';
+import { ConfigError } from '../control/config-file.js';
 import { parseEndpoint } from '../control/address.js';
 import { resolveCpeConfig, type CpeFlags } from './config.js';
 import { Cpe } from './cpe.js';
@@ -26,13 +28,19 @@ export function cpeCommand(): Command {
     .option('--instance <name>', 'instance name (nft table, routing tables)')
     .option('--admin <addr:port>', 'admin endpoint: /metrics, /healthz, /status')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
-    .action(async (flags: CpeFlags) => {
+    .option('--check', 'check the configuration and this host (interfaces, addresses, kernel MPTCP), print every problem, and exit: 0 = fine, 2 = problems')
+    .action(async (flags: CpeFlags & { check?: boolean }) => {
       let config;
       try {
         config = await resolveCpeConfig(flags);
       } catch (err) {
         process.stderr.write(`mpconvert cpe: ${(err as Error).message}\n`);
         process.exitCode = 2;
+        return;
+      }
+      const problems = checkCpe(config, hostFacts());
+      if (flags.check) {
+        process.exitCode = reportCheck('cpe', problems);
         return;
       }
       const logger = createLogger({ level: config.logLevel, name: 'cpe' });
@@ -44,6 +52,8 @@ export function cpeCommand(): Command {
       await runDaemon(
         {
           start: async () => {
+            // The same checks as --check, before anything is changed on the host.
+            if (problems.length > 0) throw new ConfigError(problems.join('; '));
             await cpe.start();
             if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => cpe.status(), () => cpe.readiness());
             return { tproxyPort: config.tproxyPort, admin: admin?.port };

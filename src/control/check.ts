@@ -1,0 +1,84 @@
+/**
+ * `--check`: what a configuration asks of this host, checked before anything is changed. Pure functions over
+ * the host's facts (gathered once by `hostFacts`), so each problem is named in one line and tests need no
+ * host. The daemons run the same checks at start; `mpconvert cpe|concentrator --check` runs only them.
+ */
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
+import type { CpeConfig } from '../cpe/config.js';
+import type { ConcentratorConfig } from '../concentrator/config.js';
+import { parseEndpoint } from './address.js';
+
+export interface HostFacts {
+  /** Interface names (with or without addresses). */
+  interfaces: ReadonlySet<string>;
+  /** Addresses configured on this host (any interface). */
+  addresses: ReadonlySet<string>;
+  /** net.mptcp.enabled is 1. */
+  mptcp: boolean;
+}
+
+export function hostFacts(): HostFacts {
+  // Netlink (ip link) answers for this process's network namespace, whatever /sys shows.
+  let names: string[] = Object.keys(networkInterfaces());
+  try {
+    const links = JSON.parse(execFileSync('ip', ['-j', 'link', 'show'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })) as Array<{ ifname?: string }>;
+    names = [...names, ...links.flatMap((l) => (l.ifname ? [l.ifname] : []))];
+  } catch {
+    try {
+      names = [...names, ...readdirSync('/sys/class/net')];
+    } catch {
+      /* only the interfaces with addresses are known */
+    }
+  }
+  const addresses = new Set(Object.values(networkInterfaces()).flatMap((l) => (l ?? []).map((i) => i.address.split('%')[0] as string)));
+  let mptcp = false;
+  try {
+    mptcp = readFileSync('/proc/sys/net/mptcp/enabled', 'utf8').trim() === '1';
+  } catch {
+    mptcp = false;
+  }
+  return { interfaces: new Set(names), addresses, mptcp };
+}
+
+const MPTCP_OFF = "kernel MPTCP is off or missing (net.mptcp.enabled is not 1): try 'sysctl -w net.mptcp.enabled=1'";
+
+const duplicates = (list: readonly string[]): string[] => [...new Set(list.filter((x, i) => list.indexOf(x) !== i))];
+
+/** The CPE's configuration against the host: one line per problem, [] when none. */
+export function checkCpe(c: CpeConfig, host: HostFacts): string[] {
+  const problems: string[] = [];
+  for (const i of c.lan) if (!host.interfaces.has(i)) problems.push(`lan: interface ${i} does not exist on this host`);
+  const uplinks = c.uplinks.map((u) => u.interface);
+  for (const i of uplinks) if (!host.interfaces.has(i)) problems.push(`uplinks: interface ${i} does not exist on this host`);
+  for (const i of c.lan.filter((l) => uplinks.includes(l))) problems.push(`interface ${i} is both a LAN interface and an uplink`);
+  for (const i of duplicates(uplinks)) problems.push(`uplinks: interface ${i} is listed more than once`);
+  for (const i of duplicates([...c.lan])) problems.push(`lan: interface ${i} is listed more than once`);
+  for (const a of duplicates(c.concentrators.map((x) => x.address))) problems.push(`concentrators: ${a} is listed more than once`);
+  if (!host.mptcp) problems.push(MPTCP_OFF);
+  return problems;
+}
+
+/** The concentrator's configuration against the host: one line per problem, [] when none. */
+export function checkConcentrator(c: ConcentratorConfig, host: HostFacts): string[] {
+  const problems: string[] = [];
+  for (const text of duplicates(c.listen)) problems.push(`listen: ${text} is listed more than once`);
+  for (const text of new Set(c.listen)) {
+    const ep = parseEndpoint(text, { allowPortZero: true });
+    const any = ep.host === '0.0.0.0' || ep.host === '::';
+    if (!any && !host.addresses.has(ep.host)) problems.push(`listen ${text}: the address is not an address of this host (listen addresses must be local)`);
+  }
+  if (!host.mptcp) problems.push(MPTCP_OFF);
+  return problems;
+}
+
+/** `--check`'s report: every problem on its own line (stderr, exit code 2), or one line saying all is well. */
+export function reportCheck(role: string, problems: readonly string[], io: { out: (s: string) => void; err: (s: string) => void } = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) }): number {
+  if (problems.length === 0) {
+    io.out(`mpconvert ${role}: configuration and host OK\n`);
+    return 0;
+  }
+  for (const p of problems) io.err(`mpconvert ${role}: ${p}\n`);
+  return 2;
+}

@@ -1,0 +1,45 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { checkConcentrator, checkCpe, reportCheck, type HostFacts } from '../../../src/control/check.js';
+import { cpeConfigSchema } from '../../../src/cpe/config.js';
+import { concentratorConfigSchema } from '../../../src/concentrator/config.js';
+
+const host: HostFacts = { interfaces: new Set(['lo', 'lan0', 'up1', 'up2']), addresses: new Set(['127.0.0.1', '198.18.200.1']), mptcp: true };
+
+test('CPE check: missing interfaces, an interface both LAN and uplink, duplicates, MPTCP off; each named', () => {
+  const good = cpeConfigSchema.parse({ lan: ['lan0'], uplinks: [{ interface: 'up1' }, { interface: 'up2' }], concentrators: [{ address: '198.18.200.1:5000' }] });
+  assert.deepEqual(checkCpe(good, host), []);
+  const bad = cpeConfigSchema.parse({
+    lan: ['lan0', 'eth9'],
+    uplinks: [{ interface: 'up1' }, { interface: 'up1' }, { interface: 'lan0' }, { interface: 'wwan0' }],
+    concentrators: [{ address: '198.18.200.1:5000' }, { address: '198.18.200.1:5000' }],
+  });
+  assert.deepEqual(checkCpe(bad, { ...host, mptcp: false }), [
+    'lan: interface eth9 does not exist on this host',
+    'uplinks: interface wwan0 does not exist on this host',
+    'interface lan0 is both a LAN interface and an uplink',
+    'uplinks: interface up1 is listed more than once',
+    'concentrators: 198.18.200.1:5000 is listed more than once',
+    "kernel MPTCP is off or missing (net.mptcp.enabled is not 1): try 'sysctl -w net.mptcp.enabled=1'",
+  ]);
+});
+
+test('concentrator check: listen addresses must be local (or a wildcard), no duplicate listener', () => {
+  const good = concentratorConfigSchema.parse({ listen: ['198.18.200.1:5000', '0.0.0.0:5001', '[::]:5002'], allow: ['198.18.0.0/15'] });
+  assert.deepEqual(checkConcentrator(good, host), []);
+  const bad = concentratorConfigSchema.parse({ listen: ['198.18.250.1:5000', '198.18.200.1:5000', '198.18.200.1:5000'], allow: ['198.18.0.0/15'] });
+  assert.deepEqual(checkConcentrator(bad, host), [
+    'listen: 198.18.200.1:5000 is listed more than once',
+    'listen 198.18.250.1:5000: the address is not an address of this host (listen addresses must be local)',
+  ]);
+});
+
+test('--check report: problems on stderr, one a line, exit code 2; none: one OK line, 0', () => {
+  const out: string[] = [];
+  const err: string[] = [];
+  const io = { out: (s: string) => void out.push(s), err: (s: string) => void err.push(s) };
+  assert.equal(reportCheck('cpe', ['a', 'b'], io), 2);
+  assert.deepEqual(err, ['mpconvert cpe: a\n', 'mpconvert cpe: b\n']);
+  assert.equal(reportCheck('cpe', [], io), 0);
+  assert.deepEqual(out, ['mpconvert cpe: configuration and host OK\n']);
+});
