@@ -6,6 +6,7 @@ import { doctorCommand } from '../control/doctor.js';
 import { labCommand } from '../lab/cli.js';
 import { cpeCommand } from '../cpe/cli.js';
 import { demoCommand } from './demo.js';
+import { statusCommand } from '../control/status.js';
 
 const program = new Command('mpconvert')
   .description('Network-Assisted MPTCP conversion points (CPE and concentrator) over Linux kernel MPTCP')
@@ -16,5 +17,6 @@ program.addCommand(labCommand());
 program.addCommand(concentratorCommand());
 program.addCommand(cpeCommand());
 program.addCommand(demoCommand());
+program.addCommand(statusCommand());
 
 await program.parseAsync(process.argv);

@@ -52,3 +52,24 @@ test('a second stop() waits for the first (the same promise), it does not return
   await second;
   assert.deepEqual(c.readiness(), { ready: false, reason: 'stopping' });
 });
+
+test('mpconvert status: readiness and the status as text, from the admin endpoint', async () => {
+  const { readStatus, statusText } = await import('../../../src/control/status.js');
+  assert.deepEqual(statusText({ relays: 2, concentrators: [{ address: '198.18.200.1:5000', format: 'mp-convert' }], uplinks: [] }), [
+    'relays: 2',
+    'concentrators:',
+    '  0:',
+    '    address: 198.18.200.1:5000',
+    '    format: mp-convert',
+    'uplinks: []',
+  ]);
+  let r: Readiness = { ready: true };
+  const admin = await startAdmin({ host: '127.0.0.1', port: 0, family: 4 }, new Registry(), () => ({ relays: 1 }), () => r);
+  try {
+    assert.deepEqual(await readStatus({ host: '127.0.0.1', port: admin.port, family: 4 }), { ready: true, text: 'readiness: ok\nrelays: 1\n' });
+    r = { ready: false, reason: 'stopping' };
+    assert.deepEqual(await readStatus({ host: '127.0.0.1', port: admin.port, family: 4 }), { ready: false, text: 'readiness: not ready: stopping\nrelays: 1\n' });
+  } finally {
+    await admin.close();
+  }
+});
