@@ -9,7 +9,7 @@
  * Usage: node delay-line.js '{"a":"c","b":"a","delayMs":20}'. Prints `ready` on stdout, and a JSON line of
  * counters on stderr on SIGTERM/SIGINT before it exits.
  */
-import { VNET_HDR_LEN, closeFd, openPacketSocket, pollReadable, recvFrame, sendFrame } from '../platform/linux/packet.js';
+import { VNET_HDR_LEN, closeFd, openPacketSocket, pollReadable, recvFrame, sendFrame } from '../platform/linux/ffi.js';
 
 interface Args {
   a: string;

@@ -13,25 +13,10 @@ import { join } from 'node:path';
 import { Lab } from '../../src/lab/index.js';
 import { signallingFor } from '../../src/cpe/session.js';
 import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
-import { CLI, Proc, TOOL, runTool, start } from '../support/lab-procs.js';
+import { CLI, Proc, TOOL, runTool, start, type ClientOut, type ServerOut } from '../support/lab-procs.js';
 
 const missing = labCapabilityMissing();
 if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);
-
-interface ClientOut {
-  head?: string;
-  received?: number;
-  receivedSha256?: string;
-  sentSha256?: string;
-  mptcp?: boolean;
-  subflows?: number;
-  error?: string;
-}
-interface ServerOut {
-  received?: number;
-  receivedSha256?: string;
-  sentSha256?: string;
-}
 
 const SRV = '198.19.0.11';
 const CONC = '198.18.200.1';

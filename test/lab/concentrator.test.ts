@@ -11,30 +11,13 @@ import { join } from 'node:path';
 import { Lab } from '../../src/lab/index.js';
 import { encodeMpConvert, encodeConvertMessage, SignallingDecoder, ProtocolError } from '../../src/protocol/index.js';
 import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
-import { CLI, Proc, TOOL, runTool, start } from '../support/lab-procs.js';
+import { CLI, Proc, TOOL, runTool, start, type ClientOut, type ServerOut } from '../support/lab-procs.js';
 
 /** Lab tests run real transfers: a generous per-test limit, so a regression fails one test, not the run. */
 const labTest = (name: string, fn: () => Promise<void>) => test(name, { timeout: 150_000 }, fn);
 
 const missing = labCapabilityMissing();
 if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);
-
-interface ClientOut {
-  head?: string;
-  received?: number;
-  receivedSha256?: string;
-  sentSha256?: string;
-  mptcp?: boolean;
-  subflows?: number;
-  error?: string;
-}
-interface ServerOut {
-  remote?: string;
-  received?: number;
-  receivedSha256?: string;
-  sentSha256?: string;
-  mptcp?: boolean;
-}
 
 const SRV1 = '198.19.0.11';
 const SRV2 = '198.19.0.12';

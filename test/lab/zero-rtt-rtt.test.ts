@@ -13,15 +13,10 @@ import { Lab } from '../../src/lab/index.js';
 import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
 import { CLI, Proc, TOOL, start } from '../support/lab-procs.js';
 import { deterministicSha256 } from '../support/tools/stream-util.js';
+import { metric } from '../support/metrics.js';
 
 const missing = labCapabilityMissing();
 if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);
-
-const counter = (text: string, name: string, label: string): number =>
-  text
-    .split('\n')
-    .filter((l) => l.startsWith(name) && l.includes(label))
-    .reduce((a, l) => a + Number(l.split(' ').pop()), 0);
 
 describe('0-RTT over uplinks with real RTTs (lab)', { skip: missing ?? false, concurrency: false }, () => {
   let lab: Lab;
@@ -54,7 +49,7 @@ describe('0-RTT over uplinks with real RTTs (lab)', { skip: missing ?? false, co
       assert.equal(r.stdout.split(' ')[0], deterministicSha256(seed, 1_000_000), `download ${i}`);
     }
     const after = (await lab.hosts.cpe.exec('curl', ['-s', 'http://127.0.0.1:9091/metrics'])).stdout;
-    const d = (name: string, label: string) => counter(after, name, label) - counter(before, name, label);
+    const d = (name: string, label: string) => metric(after, name, label) - metric(before, name, label);
     assert.equal(d('mpconvert_concentrator_capability_total', 'result="ok"'), 5, 'every connection confirmed by its echo');
     assert.equal(d('mpconvert_concentrator_capability_total', 'result="timeout"'), 0, 'no echo timed out');
     assert.equal(d('mpconvert_fallback_total', 'to="direct"'), 0, 'nothing went direct');

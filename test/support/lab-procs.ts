@@ -32,3 +32,23 @@ export async function runTool<T = Record<string, unknown>>(host: LabHost, name: 
   if (out.length === 0) throw new Error(`${name} printed nothing; stderr:\n${p.stderr}`);
   return out[out.length - 1] as T;
 }
+
+/** The JSON line of test/support/tools/mpc-client.ts. */
+export interface ClientOut {
+  head?: string;
+  received?: number;
+  receivedSha256?: string;
+  sentSha256?: string;
+  mptcp?: boolean;
+  subflows?: number;
+  error?: string;
+}
+
+/** The JSON line of test/support/tools/sink-server.ts, per connection. */
+export interface ServerOut {
+  remote?: string;
+  received?: number;
+  receivedSha256?: string;
+  sentSha256?: string;
+  mptcp?: boolean;
+}

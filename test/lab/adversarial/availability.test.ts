@@ -14,29 +14,13 @@ import { encodeMpConvert } from '../../../src/protocol/index.js';
 import { labCapabilityMissing, IN_CI } from '../../support/capabilities.js';
 import { CLI, Proc, TOOL, runTool, start } from '../../support/lab-procs.js';
 import { deterministicSha256 } from '../../support/tools/stream-util.js';
+import { byLabel, delta, sum } from '../../support/metrics.js';
 
 const labTest = (name: string, fn: () => Promise<void>) => test(name, { timeout: 150_000 }, fn);
 const missing = labCapabilityMissing();
 if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);
 
 const CONC = '198.18.200.1';
-
-/** Sums of a metric family by label value, from a Prometheus text page. */
-function byLabel(text: string, name: string, label: string): Record<string, number> {
-  const out: Record<string, number> = {};
-  const re = new RegExp(`^${name}\\{[^}]*${label}="([^"]+)"[^}]*\\} (\\S+)$`);
-  for (const line of text.split('\n')) {
-    const m = re.exec(line);
-    if (m) out[m[1]!] = (out[m[1]!] ?? 0) + Number(m[2]);
-  }
-  return out;
-}
-const sum = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a + b, 0);
-const delta = (a: Record<string, number>, b: Record<string, number>) => {
-  const out: Record<string, number> = {};
-  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) if ((b[k] ?? 0) !== (a[k] ?? 0)) out[k] = (b[k] ?? 0) - (a[k] ?? 0);
-  return out;
-};
 
 describe('adversarial: availability (lab)', { skip: missing ?? false, concurrency: false }, () => {
   let lab: Lab;

@@ -21,6 +21,7 @@ import { silentLogger } from '../../../src/log.js';
 import { decodeMpConvert } from '../../../src/protocol/index.js';
 import { IE_TYPE_AUTHENTICATOR } from '../../../src/protocol/auth.js';
 import { fakeKernel, fakeSockets } from '../../support/fake-platform.js';
+import { exchange } from '../../support/loopback.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -87,19 +88,8 @@ describe('CPE authentication (loopback)', () => {
     front.listen(0, '127.0.0.1');
     await once(front, 'listening');
     try {
-      const s = net.connect({ port: (front.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
-      await once(s, 'connect');
-      const parts: Buffer[] = [];
-      s.on('data', (d: Buffer) => parts.push(d));
-      const how = new Promise<'end' | 'reset'>((r) => {
-        s.once('end', () => r('end'));
-        s.once('error', () => r('reset'));
-        s.once('close', () => r('reset'));
-      });
-      s.end(request);
-      const result = { how: await how, received: Buffer.concat(parts), dial: sockets.dials[0], metrics };
-      s.destroy();
-      return result;
+      const r = await exchange((front.address() as net.AddressInfo).port, request);
+      return { ...r, dial: sockets.dials[0], metrics };
     } finally {
       front.close();
     }

@@ -18,12 +18,11 @@ import { createMetrics } from '../../../src/control/metrics.js';
 import { silentLogger } from '../../../src/log.js';
 import type { DialSpec } from '../../../src/platform/types.js';
 import { fakeKernel, fakeSockets } from '../../support/fake-platform.js';
+import { exchange as exchangeWith } from '../../support/loopback.js';
+import { metric } from '../../support/metrics.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-const counter = async (m: ReturnType<typeof createMetrics>, name: string, label: string) => {
-  const line = (await m.registry.metrics()).split('\n').find((l) => l.startsWith(name) && l.includes(label));
-  return line ? Number(line.split(' ').pop()) : 0;
-};
+const counter = async (m: ReturnType<typeof createMetrics>, name: string, label: string) => metric(await m.registry.metrics(), name, label);
 
 test('dial failures: only a reset after the handshake is a refusal; everything else is unreachable', () => {
   assert.equal(dialFailure('ECONNRESET'), 'refused');
@@ -73,20 +72,7 @@ describe('CPE availability (loopback)', () => {
     });
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
-    const exchange = async () => {
-      const s = net.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
-      await once(s, 'connect');
-      const parts: Buffer[] = [];
-      s.on('data', (d: Buffer) => parts.push(d));
-      const how = new Promise<'end' | 'reset'>((r) => {
-        s.once('end', () => r('end'));
-        s.once('error', () => r('reset'));
-      });
-      s.end(randomBytes(100));
-      const result = { how: await how, received: Buffer.concat(parts) };
-      s.destroy();
-      return result;
-    };
+    const exchange = () => exchangeWith((server.address() as net.AddressInfo).port, randomBytes(100));
     return { server, selector, metrics, sockets, exchange };
   }
 

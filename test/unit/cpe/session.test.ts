@@ -16,6 +16,7 @@ import { handleClient } from '../../../src/cpe/session.js';
 import { createMetrics } from '../../../src/control/metrics.js';
 import { createLogger, silentLogger } from '../../../src/log.js';
 import { fakeKernel, fakeSockets, type FakeOptions } from '../../support/fake-platform.js';
+import { exchange } from '../../support/loopback.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -86,20 +87,7 @@ describe('CPE conversion (loopback)', () => {
     return { front, port: (front.address() as net.AddressInfo).port, selector, metrics, sockets };
   }
 
-  async function clientExchange(port: number, request: Buffer) {
-    const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
-    await once(s, 'connect');
-    const parts: Buffer[] = [];
-    s.on('data', (d: Buffer) => parts.push(d));
-    const done = new Promise<'end' | 'reset'>((r) => {
-      s.once('end', () => r('end'));
-      s.once('error', () => r('reset'));
-    });
-    s.end(request);
-    const how = await done;
-    s.destroy();
-    return { how, received: Buffer.concat(parts) };
-  }
+  const clientExchange = (port: number, request: Buffer) => exchange(port, request);
 
   test('converted through the concentrator: the client gets exactly the server bytes, the server exactly the client bytes', async () => {
     // A long first-data wait (it ends at the first chunk) so a loaded machine cannot make the bytes miss the SYN.
