@@ -318,8 +318,14 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
     return retryWithoutSynData(target, conv, ctx);
   }
   if (!ctx.sockets.isMptcp(sock)) {
-    // The path stripped MPTCP: no conversion is possible through it (and the concentrator would refuse).
     client.off('close', onClientGone);
+    // A connection the concentrator already reset (a refusal: rate limit, policy) no longer reports MPTCP
+    // either; that is this connection refused, not a path that strips MPTCP.
+    if (wasReset(ctx.sockets, sock)) {
+      sock.resetAndDestroy();
+      return { kind: 'refused', why: 'reset right after the handshake' };
+    }
+    // The path stripped MPTCP: no conversion is possible through it (and the concentrator would refuse).
     sock.resetAndDestroy();
     ctx.selector.markNotCapable(target);
     ctx.metrics.capability.inc({ result: 'tcp-fallback' });
@@ -352,6 +358,16 @@ function retryWithoutSynData(target: ConcentratorTarget, conv: ClientConversion,
  * The SYN/ACK acknowledged the SYN's data (tcpi_options SYN_DATA). A SYN-cookie answer never does; MPTCP stripped
  * on the path with the data taken is left to the MPTCP check that follows (a retry would not help it).
  */
+/** The socket was reset by its peer (or is gone): its pending error, read once. */
+function wasReset(sockets: Pick<Sockets, 'takeError'>, sock: Socket): boolean {
+  if (sock.destroyed) return true;
+  try {
+    return sockets.takeError(sock) !== null;
+  } catch {
+    return true; // no descriptor any more: closed under us
+  }
+}
+
 function zeroRttLanded(sockets: Sockets, sock: Socket): boolean {
   const info = sockets.tcpInfo(sock);
   // No tcp_info (not expected on Linux): nothing says it failed.
