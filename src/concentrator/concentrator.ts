@@ -26,7 +26,8 @@ import { unmapAddress } from '../protocol/address.js';
 import { MpconvertError } from '../errors.js';
 import { RESET_ON_CLOSE } from '../relay/index.js';
 import { ServerDialer } from './server-dialer.js';
-import { readSignalling, refusal as sendRefusal, SignallingEmptyError } from './signalling.js';
+import { readSignalling, refusal as sendRefusal, SignallingEmptyError, WarmRefusedError, WarmUnusedError } from './signalling.js';
+import { CountPerKey } from '../policy/count-per-key.js';
 import { ConfigError } from '../control/config-file.js';
 import { ListenerRules } from './listener-rules.js';
 import type { ConnectionContext } from './context.js';
@@ -68,6 +69,8 @@ export class Concentrator {
   readonly #now: () => number;
   readonly #limits: ConnectionLimits;
   readonly #pending: SignallingAdmission<Session>;
+  /** Warm connections (CPE pool entries) waiting for their use, per CPE. */
+  readonly #warm = new CountPerKey();
   /** Endpoint ids of the announce addresses this instance added (removed at stop). */
   readonly #announced: number[] = [];
   /** The configuration's prefix lists, compiled once (constructor, reload), never per connection. */
@@ -172,13 +175,21 @@ export class Concentrator {
       this.#refuse(decision.shed.ctx, refuse('shed-fd-limit'), 'signalling-admission');
     }
     try {
-      const read = await readSignalling(ctx.socket, this.#config.signalling.timeoutMs);
+      const sig = this.#config.signalling;
+      const read = await readSignalling(ctx.socket, sig.timeoutMs, {
+        idleMs: sig.warmIdleS * 1000,
+        // A warm connection leaves the signalling admission (its bound is for signalling in flight) for its own.
+        admit: () => this.#warm.admit(ctx.cpe, sig.warmMaxPerCpe, sig.warmMax) && (this.#pending.release(session), true),
+        release: () => this.#warm.release(ctx.cpe),
+      });
       ctx.signalling = read;
       ctx.format = read.format;
       return undefined;
     } catch (err) {
       if (ctx.socket.destroyed && !(err instanceof MpconvertError)) return refuse('client-gone');
       if (err instanceof SignallingEmptyError) return refuse('signalling-empty');
+      if (err instanceof WarmUnusedError) return refuse('warm-unused');
+      if (err instanceof WarmRefusedError) return refuse(err.why === 'idle' ? 'warm-idle' : 'warm-limit');
       const code = err instanceof MpconvertError ? err.code : 'MPC_ERR_SIGNALLING';
       const reaction = (err as { reaction?: Refusal['reaction'] }).reaction;
       return refuse('signalling', { qualifier: code, reaction, detail: { error: (err as Error).message } });
@@ -452,6 +463,7 @@ export class Concentrator {
       listeners: [...this.#listeners.keys()],
       activeSessions: this.#sessions.size,
       signallingPending: this.#pending.size,
+      warm: this.#warm.total,
       connections: this.#limits.total,
       fallbackCache: this.fallbackCache,
       sourceAddress: this.#sourceAddress.name,

@@ -45,8 +45,14 @@ export const concentratorConfigSchema = z.strictObject({
       maxPendingPerCpe: z.number().int().min(1).default(256),
       /** The same, all CPEs together. */
       maxPending: z.number().int().min(1).default(4_096),
+      /** How long a warm connection (a CPE's pool entry, docs/protocol.md section 1.5) may wait for its use. */
+      warmIdleS: z.number().int().min(1).max(3_600).default(120),
+      /** Warm connections one CPE may keep waiting at once; 0 = none accepted. */
+      warmMaxPerCpe: z.number().int().min(0).default(16),
+      /** The same, all CPEs together (beyond it, CPEs dial afresh: slower first bytes, nothing refused). */
+      warmMax: z.number().int().min(0).default(4_096),
     })
-    .default({ timeoutMs: 3_000, maxPendingPerCpe: 256, maxPending: 4_096 }),
+    .default({ timeoutMs: 3_000, maxPendingPerCpe: 256, maxPending: 4_096, warmIdleS: 120, warmMaxPerCpe: 16, warmMax: 4_096 }),
   server: z
     .strictObject({
       /** Dial servers with MPTCP (servers that speak it get end-to-end MPTCP). */

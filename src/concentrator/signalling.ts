@@ -46,6 +46,34 @@ export class SignallingClosedError extends MpconvertError {
   }
 }
 
+/** A warm connection (opened by a CPE's pool) closed by the CPE before a LAN connection used it. */
+export class WarmUnusedError extends MpconvertError {
+  readonly reaction = { kind: 'abort' } as const;
+  constructor() {
+    super('MPC_ERR_WARM_UNUSED', 'Warm connection closed by the CPE before it was used');
+  }
+}
+
+/** A warm connection idle past the warm idle time, or one the warm admission refused. */
+export class WarmRefusedError extends MpconvertError {
+  readonly reaction = { kind: 'abort' } as const;
+  readonly why: 'idle' | 'per-cpe';
+  constructor(why: 'idle' | 'per-cpe', detail: string) {
+    super(why === 'idle' ? 'MPC_ERR_WARM_IDLE' : 'MPC_ERR_WARM_LIMIT', detail);
+    this.why = why;
+  }
+}
+
+/**
+ * Warm connections (docs/protocol.md section 1.5): once the signalling so far is a warm IE, `admit` is asked
+ * once (false: refused) and the wait for the rest becomes `idleMs`; `release` is called once when it ends.
+ */
+export interface WarmWait {
+  idleMs: number;
+  admit: () => boolean;
+  release: () => void;
+}
+
 function fromDone(done: Extract<SignallingResult, { status: 'done' }>): ReadSignalling {
   const s = done.signalling;
   if (s.format === 'mp-convert') {
@@ -60,11 +88,14 @@ function fromDone(done: Extract<SignallingResult, { status: 'done' }>): ReadSign
 }
 
 /** Reads the signalling; leaves the socket paused with nothing consumed beyond it (the rest is returned). */
-export function readSignalling(socket: Socket, timeoutMs: number): Promise<ReadSignalling> {
+export function readSignalling(socket: Socket, timeoutMs: number, warm?: WarmWait): Promise<ReadSignalling> {
   const decoder = new SignallingDecoder();
+  let waitingWarm = false;
   return new Promise<ReadSignalling>((resolve, reject) => {
     const done = (err: Error | undefined, value?: ReadSignalling) => {
       clearTimeout(timer);
+      if (waitingWarm) warm?.release();
+      waitingWarm = false;
       socket.off('data', onData);
       socket.off('end', onEnd);
       socket.off('close', onEnd);
@@ -83,9 +114,19 @@ export function readSignalling(socket: Socket, timeoutMs: number): Promise<ReadS
         return;
       }
       if (r.status === 'done') done(undefined, fromDone(r));
+      else if (!waitingWarm && decoder.warm) startWarm();
     };
-    const onEnd = () => done(got === 0 ? new SignallingEmptyError() : new SignallingClosedError());
-    const timer = setTimeout(() => done(new SignallingTimeoutError(timeoutMs)), timeoutMs);
+    const startWarm = () => {
+      if (!warm || !warm.admit()) {
+        done(new WarmRefusedError('per-cpe', 'Warm connection refused: this CPE, or all CPEs together, keep as many warm connections as they may'));
+        return;
+      }
+      waitingWarm = true;
+      clearTimeout(timer);
+      timer = setTimeout(() => done(new WarmRefusedError('idle', `Warm connection closed: not used within ${warm.idleMs} ms`)), warm.idleMs);
+    };
+    const onEnd = () => done(got === 0 ? new SignallingEmptyError() : waitingWarm ? new WarmUnusedError() : new SignallingClosedError());
+    let timer = setTimeout(() => done(new SignallingTimeoutError(timeoutMs)), timeoutMs);
     socket.on('data', onData);
     socket.once('end', onEnd);
     socket.once('close', onEnd);

@@ -56,7 +56,13 @@ export function createMetrics(role: 'cpe' | 'concentrator') {
     labelNames: ['to'] as const,
     registers: [registry],
   });
-  return { registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback };
+  const warm = new Counter({
+    name: 'mpconvert_warm_connections_total',
+    help: 'CPE: warm pool connections, by event (opened, used, retired, died, failed, flushed)',
+    labelNames: ['event'] as const,
+    registers: [registry],
+  });
+  return { registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback, warm };
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

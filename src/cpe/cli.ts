@@ -24,6 +24,7 @@ export function cpeCommand(): Command {
     .option('--format <format>', 'signalling format for --concentrator: mp-convert|rfc8803')
     .option('--zero-rtt', 'signalling and first bytes in the SYN (TFO) for --concentrator: the default (see docs/cpe.md)')
     .option('--no-zero-rtt', 'signalling after the handshake for --concentrator (one round trip more)')
+    .option('--warm-pool <n>', 'warm connections kept open to each --concentrator (0 = none; see docs/cpe.md, "Warm pool")', (v: string) => Number(v))
     .option('--fallback <mode>', 'when no concentrator works: direct|refuse')
     .option('--instance <name>', 'instance name (nft table, routing tables)')
     .option('--admin <addr:port>', 'admin endpoint: /metrics, /healthz, /status')

@@ -13,6 +13,8 @@ const portRange = z.union([
 ]);
 
 const flowMatch = z.strictObject({ prefix: cidr, ports: z.array(portRange).optional() });
+/** Warm connections kept per concentrator by default (docs/performance.md, "Warm pool"). */
+export const WARM_POOL_DEFAULT = 0;
 
 export const cpeConfigSchema = z.strictObject({
   /** Instance name: names the nft table and routing tables, so two CPE daemons never collide. */
@@ -50,13 +52,22 @@ export const cpeConfigSchema = z.strictObject({
          * mpconvert concentrator with synWindowClamp off). See docs/kernel-tfo-window.md.
          */
         synWindowClamp: z.boolean().default(false),
-              /**
+        /**
+         * Warm pool (docs/cpe.md, "Warm pool"): connections kept open to this concentrator, subflows joined,
+         * so a new LAN connection sends its signalling and first bytes at once. 0 = none. MP_CONVERT only.
+         */
+        warmPool: z.number().int().min(0).max(64).default(WARM_POOL_DEFAULT),
+        /** A warm connection unused for this long is closed and replaced (below the concentrator's signalling.warmIdleS). */
+        warmIdleS: z.number().int().min(1).max(3_000).default(60),
+        /**
          * Authentication towards this concentrator (docs/cpe.md, "Authentication"): the key id, and the file
          * that holds its secret (`hex:...` or `base64:...`, mode 600); never the secret itself in this file.
          */
         keyId: z.string().refine(isValidKeyId, 'a key id is 1-32 of A-Z a-z 0-9 . _ : -').optional(),
         secretFile: z.string().min(1).optional(),
-      }).refine((c) => (c.keyId === undefined) === (c.secretFile === undefined), 'keyId and secretFile go together (both, or neither)'),
+      })
+        .refine((c) => (c.keyId === undefined) === (c.secretFile === undefined), 'keyId and secretFile go together (both, or neither)')
+        .refine((c) => c.format === 'mp-convert' || c.warmPool === 0, { message: 'warmPool needs format mp-convert (RFC 8803 has no warm connection)', path: ['warmPool'] }),
     )
     .min(1, 'at least one concentrator is needed'),
   /** Which flows are converted; the rest is forwarded untouched. Exclude wins over include. */
@@ -119,6 +130,7 @@ export interface CpeFlags {
   concentrator?: string[];
   format?: 'mp-convert' | 'rfc8803';
   zeroRtt?: boolean;
+  warmPool?: number;
   fallback?: 'direct' | 'refuse';
   admin?: string;
   logLevel?: string;
@@ -140,6 +152,7 @@ export async function resolveCpeConfig(flags: CpeFlags): Promise<CpeConfig> {
       address,
       ...(flags.format ? { format: flags.format } : {}),
       ...(flags.zeroRtt !== undefined ? { zeroRtt: flags.zeroRtt } : {}),
+      ...(flags.warmPool !== undefined ? { warmPool: flags.warmPool } : {}),
     }));
   if (flags.fallback) raw['fallback'] = flags.fallback;
   if (flags.admin) raw['admin'] = flags.admin;

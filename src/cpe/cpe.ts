@@ -14,6 +14,7 @@ import { ConcentratorProbe } from './probe.js';
 import { handleClient } from './session.js';
 import { Interception } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
+import { WarmPool } from './warm-pool.js';
 
 export interface CpeDeps {
   sockets: Sockets;
@@ -34,6 +35,7 @@ export class Cpe {
   readonly #deps: CpeDeps;
   readonly #selector: ConcentratorSelector;
   readonly #probe: ConcentratorProbe;
+  readonly #warm: WarmPool;
   readonly #listeners: Server[] = [];
   readonly #relays = new Set<RelayHandle>();
   readonly #pending = new Set<Socket>();
@@ -57,6 +59,15 @@ export class Cpe {
       selector: this.#selector,
       intervalMs: PROBE_INTERVAL_MS,
       timeoutMs: () => this.#config.connectTimeoutMs,
+    });
+    this.#warm = new WarmPool({
+      sockets: deps.sockets,
+      logger: deps.logger,
+      selector: this.#selector,
+      connectTimeoutMs: () => this.#config.connectTimeoutMs,
+      maxSeg: () => this.#config.mss,
+      expectedSubflows: () => Math.max(0, (this.#uplinks?.snapshot().filter((u) => u.up && u.mode === 'subflow' && (u.ipv4 ?? u.ipv6) !== null).length ?? 1) - 1),
+      count: (event) => deps.metrics.warm.inc({ event }),
     });
   }
 
@@ -91,8 +102,9 @@ export class Cpe {
         },
       );
       this.#uplinks.on('change', () => {
-        logger.info('uplink change: flushing the concentrator capability cache');
+        logger.info('uplink change: flushing the concentrator capability cache and the warm pool');
         this.#selector.flush();
+        this.#warm.flush();
       });
       await this.#uplinks.start();
       this.#interception = new Interception(
@@ -125,6 +137,7 @@ export class Cpe {
         },
       );
       await this.#interception.start();
+      this.#warm.configure(cfg.concentrators);
     } catch (err) {
       await this.stop(0);
       throw err;
@@ -147,6 +160,7 @@ export class Cpe {
       splice: this.#deps.splice,
       config: () => this.#config,
       credentials: (t) => this.#credentials.get(t.address),
+      warm: this.#warm,
       track: (relay) => {
         this.#pending.delete(client);
         this.#relays.add(relay);
@@ -174,6 +188,7 @@ export class Cpe {
       relays: this.#relays.size,
       pending: this.#pending.size,
       concentrators: this.#selector.snapshot(),
+      warmPool: this.#warm.snapshot(),
       uplinks: this.#uplinks?.snapshot() ?? [],
     };
   }
@@ -198,6 +213,7 @@ export class Cpe {
       }
     };
     this.#probe.stop();
+    this.#warm.stop();
     await step(() => this.#interception?.stop());
     for (const s of this.#listeners) s.close();
     for (const s of this.#pending) s.resetAndDestroy();

@@ -18,6 +18,8 @@ import type { ConcentratorSelector } from './concentrators.js';
 import type { ConcentratorTarget, CpeConfig, Credentials } from './config.js';
 import { EchoVerifier, type EchoResult } from './echo.js';
 import { TCPI_OPT } from '../platform/structs.js';
+import { WARM_IE } from '../protocol/mp-convert.js';
+import type { WarmPool } from './warm-pool.js';
 
 export interface SessionContext {
   sockets: Sockets;
@@ -35,6 +37,8 @@ export interface SessionContext {
   credentials?: (target: ConcentratorTarget) => Credentials | undefined;
   /** Clock for the authenticator's timestamp (ms); default Date.now. */
   now?: () => number;
+  /** Warm connections to take instead of dialling (src/cpe/warm-pool.ts); absent: always dial. */
+  warm?: Pick<WarmPool, 'take'> | undefined;
 }
 
 
@@ -83,7 +87,13 @@ export interface SigningInput extends Credentials {
  * The signalling for one connection; with `auth`, the authenticator goes last (the last MP_CONVERT IE, or a
  * Cookie TLV after the Connect TLV) and its MAC covers all of it (docs/protocol.md, "Authenticator").
  */
-export function signallingFor(target: Pick<ConcentratorTarget, 'format' | 'sourceIe'>, dst: { address: string; port: number }, src?: { address: string; port: number }, auth?: SigningInput): Buffer {
+export function signallingFor(
+  target: Pick<ConcentratorTarget, 'format' | 'sourceIe'>,
+  dst: { address: string; port: number },
+  src?: { address: string; port: number },
+  auth?: SigningInput,
+  warm = false,
+): Buffer {
   const authenticator = auth ? encodeAuthenticator({ keyId: auth.keyId, timestamp: auth.timestamp, nonce: auth.nonce }) : undefined;
   if (target.format === 'rfc8803') {
     const tlvs: ConvertTlv[] = [{ type: 'connect', address: dst.address, port: dst.port, options: Buffer.alloc(0) }];
@@ -91,7 +101,8 @@ export function signallingFor(target: Pick<ConcentratorTarget, 'format' | 'sourc
     const msg = encodeConvertMessage({ tlvs });
     return auth ? signAuthenticator('rfc8803', msg, auth.secret) : msg;
   }
-  const ies: Ie[] = [{ type: 0, direction: 'destination', address: dst.address, port: dst.port }];
+  const ies: Ie[] = warm ? [{ type: 0x82 }] : [];
+  ies.push({ type: 0, direction: 'destination', address: dst.address, port: dst.port });
   if (target.sourceIe && src) ies.push({ type: 0, direction: 'source', address: src.address, port: src.port });
   if (authenticator) ies.push({ type: IE_TYPE_AUTHENTICATOR, direction: 'destination', body: authenticator });
   const encoded = encodeMpConvert(ies);
@@ -209,7 +220,10 @@ async function firstDataStep(conv: ClientConversion): Promise<StepResult> {
 async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): Promise<StepResult> {
   const { client, log } = conv;
   for (const target of ctx.selector.candidates()) {
-    const attempt = await tryConcentrator(target, conv, ctx);
+    const warm = ctx.warm?.take(target);
+    let attempt = warm ? await tryWarm(target, warm, conv, ctx) : await tryConcentrator(target, conv, ctx);
+    // A warm connection that did not confirm may have died idle: the client's bytes are kept, dial afresh.
+    if (warm && attempt.kind !== 'relay' && !client.destroyed) attempt = await tryConcentrator(target, conv, ctx);
     if (client.destroyed) {
       if (attempt.kind === 'relay') attempt.socket.resetAndDestroy();
       return 'done';
@@ -341,6 +355,28 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
   ctx.selector.markNotCapable(target);
   ctx.metrics.capability.inc({ result: r.status });
   log.warn({ concentrator: target.address, result: r.status }, 'no valid echo from the concentrator: cached as not capable, falling back');
+  return { kind: 'next' };
+}
+
+/**
+ * A warm connection (src/cpe/warm-pool.ts) is already up, its subflows joined, its warm IE sent: the rest of
+ * the signalling and the client's first bytes go at once, and the echo is checked as after a dial.
+ */
+async function tryWarm(target: ConcentratorTarget, sock: Socket, conv: ClientConversion, ctx: SessionContext): Promise<Attempt> {
+  const { cfg, dst, src, inSyn, tos } = conv;
+  const creds = ctx.credentials?.(target);
+  const signalling = signallingFor(target, dst, src, creds ? { ...creds, timestamp: Math.floor((ctx.now ?? Date.now)() / 1000), nonce: randomBytes(16) } : undefined, true);
+  try {
+    if (tos) ctx.sockets.setTos(sock, tos);
+  } catch {
+    /* closed meanwhile: the echo wait sees it */
+  }
+  sock.write(Buffer.concat([signalling.subarray(WARM_IE.length), inSyn]));
+  const r = await awaitEcho(sock, new EchoVerifier(target.format, signalling), cfg.echoTimeoutMs, ctx.sockets);
+  if (r.status === 'confirmed') return { kind: 'relay', socket: sock, leftover: r.leftover };
+  sock.resetAndDestroy();
+  ctx.metrics.capability.inc({ result: 'warm-stale' });
+  conv.log.debug({ concentrator: target.address, result: r.status }, 'warm connection did not confirm: dialling afresh');
   return { kind: 'next' };
 }
 

@@ -31,12 +31,17 @@ export const IE_TYPE_ADDRESS = 0;
 /** mpconvert private IE: the transport protocol of a channel connection (UDP channel: 17). */
 export const IE_TYPE_TRANSPORT = 0x80;
 export const IPPROTO_UDP = 17;
+/** mpconvert private IE: the connection was opened ahead of use (the CPE's warm pool). */
+export const IE_TYPE_WARM = 0x82;
 const FLAG_M = 0x1;
 const FLAG_D = 0x2;
 const MAGIC_BYTES = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8]);
 /** Valid Length values of a Type 0 IE: [address octets, port present]. */
 const ADDRESS_LENGTHS: Readonly<Record<number, readonly [4 | 16, boolean]>> = { 8: [4, false], 10: [4, true], 20: [16, false], 22: [16, true] };
 const TRANSPORT_LENGTH = 5;
+const WARM_LENGTH = 4;
+/** The warm IE on the wire (8 bytes): what a warm connection sends first, alone. */
+export const WARM_IE = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8, IE_TYPE_WARM, WARM_LENGTH, 0, 0]);
 
 export type IeDirection = 'destination' | 'source';
 
@@ -64,7 +69,12 @@ export interface UnknownIe {
   body: Buffer;
 }
 
-export type Ie = AddressIe | TransportIe | UnknownIe;
+/** mpconvert private IE (Type 0x82): the first IE of a warm connection (opened ahead of use). */
+export interface WarmIe {
+  type: 0x82;
+}
+
+export type Ie = AddressIe | TransportIe | WarmIe | UnknownIe;
 
 export interface SignalledAddress {
   address: string;
@@ -78,10 +88,13 @@ export interface MpConvertSignalling {
   source?: SignalledAddress;
   /** From a Type 0x80 IE: the connection is a channel of this IANA protocol (17 = UDP). */
   protocol?: number;
+  /** From a Type 0x82 IE: a warm connection (opened by the CPE's pool before it was used). */
+  warm?: true;
 }
 
 export const isAddressIe = (ie: Ie): ie is AddressIe => ie.type === IE_TYPE_ADDRESS && 'address' in ie;
 export const isTransportIe = (ie: Ie): ie is TransportIe => ie.type === IE_TYPE_TRANSPORT && 'protocol' in ie;
+export const isWarmIe = (ie: Ie): ie is WarmIe => ie.type === IE_TYPE_WARM;
 
 /** Bytes one IE takes on the wire for a given Length: magic + Length, padded to 32 bits. */
 export const ieWireSize = (length: number): number => 4 + Math.ceil(length / 4) * 4;
@@ -101,6 +114,7 @@ function ieBody(ie: Ie): { body: Buffer; direction: IeDirection } {
     if (!Number.isInteger(ie.protocol) || ie.protocol < 0 || ie.protocol > 255) throw new TypeError(`Cannot encode MP_CONVERT: protocol ${ie.protocol}`);
     return { body: Buffer.from([ie.protocol]), direction: 'destination' };
   }
+  if (isWarmIe(ie)) return { body: Buffer.alloc(0), direction: 'destination' };
   const u = ie as UnknownIe;
   if (!Number.isInteger(u.type) || u.type < 0 || u.type > 255) throw new TypeError(`Cannot encode MP_CONVERT: Type ${u.type}`);
   if (u.type === IE_TYPE_ADDRESS || u.type === IE_TYPE_TRANSPORT) throw new TypeError(`Cannot encode MP_CONVERT: Type ${u.type} needs its own fields`);
@@ -111,6 +125,7 @@ function ieBody(ie: Ie): { body: Buffer; direction: IeDirection } {
 export function encodeMpConvert(ies: readonly Ie[]): Buffer {
   if (ies.length === 0) throw new TypeError('Cannot encode MP_CONVERT: at least one IE is needed');
   if (ies.length > MP_CONVERT_LIMITS.maxIes) throw new TypeError(`Cannot encode MP_CONVERT: ${ies.length} IEs, the limit is ${MP_CONVERT_LIMITS.maxIes}`);
+  if (ies.some((ie, i) => isWarmIe(ie) && (i > 0 || ies.length === 1))) throw new TypeError('Cannot encode MP_CONVERT: a warm IE goes first and is never the last IE');
   const parts = ies.map((ie, i) => {
     const { body, direction } = ieBody(ie);
     const length = 4 + body.length;
@@ -159,6 +174,9 @@ export function parseMpConvert(buf: Buffer): MpConvertParse {
       if (!addr) throw fail(ProtocolErrorCode.BadLength, `Length ${length} is not valid for an address IE (8, 10, 20 or 22)`);
     } else if (type === IE_TYPE_TRANSPORT) {
       if (length !== TRANSPORT_LENGTH) throw fail(ProtocolErrorCode.BadLength, `Length ${length} is not valid for a transport IE (5)`);
+    } else if (type === IE_TYPE_WARM) {
+      if (length !== WARM_LENGTH) throw fail(ProtocolErrorCode.BadLength, `Length ${length} is not valid for a warm IE (4)`);
+      if (off !== 0) throw fail(ProtocolErrorCode.MisplacedWarm, `a warm IE at byte ${off}: it may only be the first IE`);
     } else if (length < 4) {
       throw fail(ProtocolErrorCode.BadLength, `Length ${length} of Type ${type} is shorter than the IE header (4)`);
     }
@@ -189,6 +207,10 @@ export function parseMpConvert(buf: Buffer): MpConvertParse {
       if (result.destination) throw fail(ProtocolErrorCode.TransportWithDestination, `a transport IE at byte ${off} after a destination address IE`);
       result.protocol = body[0] as number;
       ies.push({ type: IE_TYPE_TRANSPORT, protocol: result.protocol });
+    } else if (type === IE_TYPE_WARM) {
+      if (flags & FLAG_M) throw fail(ProtocolErrorCode.MisplacedWarm, 'a warm IE with M = 1: no destination follows');
+      result.warm = true;
+      ies.push({ type: IE_TYPE_WARM });
     } else {
       ies.push({ type, direction, body: Buffer.from(body) });
     }

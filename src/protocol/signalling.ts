@@ -15,7 +15,7 @@ import {
   type ConnectTlv,
   type DecodedConvertMessage,
 } from './convert.js';
-import { MP_CONVERT_LIMITS, parseMpConvert, type MpConvertSignalling, type SignalledAddress } from './mp-convert.js';
+import { MP_CONVERT_LIMITS, WARM_IE, parseMpConvert, type MpConvertSignalling, type SignalledAddress } from './mp-convert.js';
 import { ProtocolError, ProtocolErrorCode, abortError } from './errors.js';
 
 export interface ConvertSignalling {
@@ -57,6 +57,14 @@ export class SignallingDecoder {
   /** Signalling bytes held between pushes (always below the format's limit). */
   get buffered(): number {
     return this.#buf.length;
+  }
+
+  /**
+   * The signalling so far opens with a warm IE (docs/protocol.md section 1.5): the connection was opened ahead
+   * of use and the rest may take its time.
+   */
+  get warm(): boolean {
+    return this.#buf.length >= WARM_IE.length && this.#buf.subarray(0, WARM_IE.length).equals(WARM_IE);
   }
 
   /** Feed the next bytes. Throws ProtocolError on a violation; the decoder is then unusable. */

@@ -11,7 +11,7 @@ import { Concentrator } from '../../../src/concentrator/concentrator.js';
 import { concentratorConfigSchema, type ConcentratorConfigInput } from '../../../src/concentrator/config.js';
 import { createMetrics } from '../../../src/control/metrics.js';
 import { silentLogger } from '../../../src/log.js';
-import { encodeMpConvert } from '../../../src/protocol/index.js';
+import { WARM_IE, encodeMpConvert } from '../../../src/protocol/index.js';
 import type { ProcessResources } from '../../../src/platform/types.js';
 import { fakeKernel, fakeSockets } from '../../support/fake-platform.js';
 
@@ -142,6 +142,65 @@ describe('signalling phase bounds (loopback)', () => {
       for (let i = 0; i < 10; i++) assert.ok(flood.resets.which.has(i), `connection ${i} (old) was shed`);
       assert.ok(!flood.resets.which.has(29), 'the newest connection was not shed');
       for (const s of flood.socks) s.destroy();
+    } finally {
+      await c.stop(0);
+    }
+  });
+
+  /** Opens a warm connection (the CPE pool's): the warm IE alone, then nothing. */
+  async function warm(port: number, localAddress: string) {
+    const s = net.connect({ port, host: '127.0.0.1', localAddress, allowHalfOpen: true });
+    const state = { reset: false, closed: false };
+    s.on('error', () => (state.reset = true));
+    s.on('close', () => (state.closed = true));
+    await once(s, 'connect');
+    s.write(WARM_IE);
+    return { s, state };
+  }
+
+  test('a warm connection waits past the signalling timeout, then converts what it is given, echoing the warm IE too', async () => {
+    const { c, metrics, port } = await start({ signalling: { timeoutMs: 200, warmIdleS: 30 } });
+    try {
+      const { s, state } = await warm(port, '127.0.0.5');
+      // Longer than signalling.timeoutMs: a connection that sent a partial signalling would be refused by now.
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(state.closed, false, 'still open after the signalling timeout');
+      assert.equal(c.status().warm, 1);
+      const rest = encodeMpConvert([{ type: 0x82 }, { type: 0, direction: 'destination', address: '198.19.0.11', port: 8080 }]);
+      const parts: Buffer[] = [];
+      s.on('data', (d: Buffer) => parts.push(d));
+      s.end(Buffer.concat([rest.subarray(WARM_IE.length), randomBytes(10)]));
+      await once(s, 'close');
+      const got = Buffer.concat(parts);
+      assert.equal(got.subarray(0, rest.length).toString('hex'), rest.toString('hex'), 'the echo is the whole signalling, warm IE included');
+      assert.equal(got.subarray(rest.length).toString(), 'pong');
+      assert.equal(total(await refusedByReason(metrics)), 0);
+      assert.equal(c.status().warm, 0);
+    } finally {
+      await c.stop(0);
+    }
+  });
+
+  test('warm connections: over warmMaxPerCpe reset at once (and out of the signalling admission), closed unused counted as warm-unused, idle past warmIdleS closed as warm-idle', async () => {
+    const { c, metrics, port } = await start({ signalling: { timeoutMs: 200, warmIdleS: 1, warmMaxPerCpe: 2 } });
+    try {
+      const a = await warm(port, '127.0.0.6');
+      const b = await warm(port, '127.0.0.6');
+      const over = await warm(port, '127.0.0.6');
+      for (const t0 = Date.now(); !over.state.closed && Date.now() - t0 < 5_000; ) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(over.state.reset, 'the third warm connection of one CPE is reset');
+      assert.equal(c.status().warm, 2);
+      assert.equal(c.status().signallingPending, 0, 'warm connections are out of the signalling admission');
+      const other = await warm(port, '127.0.0.7');
+      a.s.end();
+      for (const t0 = Date.now(); !a.state.closed && Date.now() - t0 < 5_000; ) await new Promise((r) => setTimeout(r, 10));
+      // b and the other CPE's are closed by the concentrator after warmIdleS.
+      for (const t0 = Date.now(); !(b.state.closed && other.state.closed) && Date.now() - t0 < 5_000; ) await new Promise((r) => setTimeout(r, 20));
+      assert.ok(b.state.closed && other.state.closed, 'idle warm connections are closed after warmIdleS');
+      await settle(c);
+      const r = await refusedByReason(metrics);
+      assert.deepEqual(r, { 'warm-limit': 1, 'warm-unused': 1, 'warm-idle': 2 });
+      assert.equal(c.status().warm, 0);
     } finally {
       await c.stop(0);
     }

@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { ConcentratorSelector } from '../../../src/cpe/concentrators.js';
 
 const targets = [
-  { address: '198.18.200.1:5000', format: 'mp-convert' as const, sourceIe: false, zeroRtt: false, synWindowClamp: false },
-  { address: '198.18.201.1:5000', format: 'rfc8803' as const, sourceIe: false, zeroRtt: false, synWindowClamp: false },
+  { address: '198.18.200.1:5000', format: 'mp-convert' as const, sourceIe: false, zeroRtt: false, synWindowClamp: false, warmPool: 0, warmIdleS: 60 },
+  { address: '198.18.201.1:5000', format: 'rfc8803' as const, sourceIe: false, zeroRtt: false, synWindowClamp: false, warmPool: 0, warmIdleS: 60 },
 ];
 
 test('order is kept; not-capable and unreachable ones are skipped until they expire or a flush', () => {

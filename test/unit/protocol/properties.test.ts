@@ -45,14 +45,16 @@ const addressIe = fc.record({ type: fc.constant(0 as const), direction, address,
   return out;
 });
 const unknownIe = fc.record({
-  type: fc.integer({ min: 1, max: 255 }).filter((t) => t !== 0x80),
+  type: fc.integer({ min: 1, max: 255 }).filter((t) => t !== 0x80 && t !== 0x82),
   direction,
   body: bytes(40),
 });
 const transportIe = fc.record({ type: fc.constant(0x80 as const), protocol: fc.integer({ min: 0, max: 255 }) });
 
 const ieList = fc
-  .array(fc.oneof(addressIe, unknownIe, transportIe), { minLength: 1, maxLength: MP_CONVERT_LIMITS.maxIes })
+  .tuple(fc.boolean(), fc.array(fc.oneof(addressIe, unknownIe, transportIe), { minLength: 1, maxLength: MP_CONVERT_LIMITS.maxIes - 1 }))
+  // A warm IE (Type 0x82) only ever goes first, before at least one other IE.
+  .map(([warm, ies]): Ie[] => (warm ? [{ type: 0x82 }, ...ies] : ies))
   .filter((ies) => {
     const dirs = ies.filter((i) => 'address' in i).map((i) => (i as { direction: string }).direction);
     const transports = ies.filter((i) => 'protocol' in i).length;
