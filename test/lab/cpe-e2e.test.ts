@@ -98,7 +98,13 @@ describe('CPE end to end (lab)', { skip: missing ?? false, concurrency: false },
    */
   async function download(u: string, extra: string[] = []): Promise<{ sha256: string; size: number; speed: number; ms: number }> {
     const t0 = Date.now();
-    const r = await lab.hosts.client.exec('bash', ['-o', 'pipefail', '-c', `curl -sS --fail ${extra.join(' ')} -w '%{stderr}%{size_download} %{speed_download}' '${u}' | sha256sum`], { timeoutMs: 100_000 });
+    const r = await lab.hosts.client
+      .exec('bash', ['-o', 'pipefail', '-c', `curl -sS --fail ${extra.join(' ')} -w '%{stderr}%{size_download} %{speed_download}' '${u}' | sha256sum`], { timeoutMs: 100_000 })
+      .catch((err: unknown) => {
+        // A transfer cut short: what each daemon said is what tells why.
+        const logs = `\nthe CPE's log:\n${cpe?.stderr.slice(-4000) ?? '(not running)'}\nthe concentrator's log:\n${conc?.stderr.slice(-4000) ?? '(not running)'}\nthe HTTP server's log:\n${http.stderr.slice(-2000)}`;
+        throw Object.assign(err instanceof Error ? err : new Error(String(err)), { message: `${err instanceof Error ? err.message : String(err)}${logs}` });
+      });
     const [size, speed] = r.stderr.trim().split(/\s+/).slice(-2).map(Number);
     return { sha256: r.stdout.split(' ')[0] ?? '', size: size ?? NaN, speed: speed ?? NaN, ms: Date.now() - t0 };
   }
