@@ -146,7 +146,7 @@ test('npm pack: the tarball installs with npm install -g (no registry) into a pr
   const help = spawnSync(bin, ['--help'], { encoding: 'utf8' });
   assert.equal(help.status, 0, help.stderr);
   assert.match(help.stdout, /^Usage: mpconvert /);
-  assert.match(help.stdout, /^  concentrator\b/m);
+  assert.match(help.stdout, /^ {2}concentrator\b/m);
   assert.equal(spawnSync(bin, ['--version'], { encoding: 'utf8' }).stdout.trim(), version);
   assert.ok(readdirSync(join(prefix, 'lib/node_modules/mpconvert/node_modules')).includes('koffi'));
 });
