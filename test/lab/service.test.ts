@@ -180,7 +180,7 @@ describe('the daemons as systemd services (lab)', { skip: missing ?? false, conc
     // Port 443: a port below 1024 needs CAP_NET_BIND_SERVICE.
     const concYaml = (listen: string[]) => `listen: [${listen.map((l) => `"${l}"`).join(', ')}]\nallow: ["198.18.0.0/15", "2001:db8::/32"]\nadmin: "127.0.0.1:9090"\nshutdownDrainS: 2\n`;
     writeConfig('concentrator.yaml', concYaml([`${CONC4}:443`, `${CONC4}:5000`]));
-    const cpeYaml = (port: number) => `lan: [lan0]\nuplinks: [{interface: up1}, {interface: up2}]\nconcentrators: [{address: "${CONC4}:${port}"}]\nadmin: "127.0.0.1:9091"\nstateDir: ${stateDir}\nshutdownDrainS: 2\n`;
+    const cpeYaml = (port: number, uplinks = ['up1', 'up2']) => `lan: [lan0]\nuplinks: [${uplinks.map((u) => `{interface: ${u}}`).join(', ')}]\nconcentrators: [{address: "${CONC4}:${port}"}]\nadmin: "127.0.0.1:9091"\nstateDir: ${stateDir}\nshutdownDrainS: 2\n`;
     writeConfig('cpe.yaml', cpeYaml(443));
 
     // What only the privileged pre-start step can do: without it the daemons' sysctls are not there.
@@ -244,6 +244,16 @@ describe('the daemons as systemd services (lab)', { skip: missing ?? false, conc
     assert.equal(await download(16 * MB, 'svc2'), deterministicSha256('svc2', 16 * MB));
     const afterSecond = await scrape(lab.hosts.concentrator, 9090);
     assert.equal(metric(afterSecond, 'mpconvert_connections_total') - metric(afterFirst, 'mpconvert_connections_total'), 1);
+
+    // Reload the CPE with one uplink fewer: its endpoints, tables and the interception follow.
+    const endpointDevs = async () => ((JSON.parse((await lab.hosts.cpe.exec('ip', ['-j', 'mptcp', 'endpoint', 'show'])).stdout || '[]') as Array<{ dev?: string }>).map((e) => e.dev)).sort();
+    assert.deepEqual([...new Set(await endpointDevs())], ['up1', 'up2']);
+    writeConfig('cpe.yaml', cpeYaml(5001, ['up1']));
+    await reload(cpe);
+    assert.deepEqual([...new Set(await endpointDevs())], ['up1']);
+    assert.equal(await download(8 * MB, 'svc3'), deterministicSha256('svc3', 8 * MB));
+    const afterThird = await scrape(lab.hosts.concentrator, 9090);
+    assert.equal(metric(afterThird, 'mpconvert_connections_total') - metric(afterSecond, 'mpconvert_connections_total'), 1, 'converted after the uplink change');
 
     // Stop both; nothing of theirs stays in the kernel.
     await stopService(cpe);
