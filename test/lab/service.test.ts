@@ -9,7 +9,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Lab, type LabHost } from '../../src/lab/index.js';
@@ -248,9 +248,12 @@ describe('the daemons as systemd services (lab)', { skip: missing ?? false, conc
     // Reload the CPE with one uplink fewer: its endpoints, tables and the interception follow.
     const endpointDevs = async () => ((JSON.parse((await lab.hosts.cpe.exec('ip', ['-j', 'mptcp', 'endpoint', 'show'])).stdout || '[]') as Array<{ dev?: string }>).map((e) => e.dev)).sort();
     assert.deepEqual([...new Set(await endpointDevs())], ['up1', 'up2']);
-    writeConfig('cpe.yaml', cpeYaml(5001, ['up1']));
+    const table = async () => (await lab.hosts.cpe.exec('nft', ['list', 'table', 'inet', 'mpconvert_cpe_default'])).stdout;
+    assert.doesNotMatch(await table(), /198\.19\.77\.0\/24/);
+    writeConfig('cpe.yaml', `${cpeYaml(5001, ['up1'])}policy:\n  exclude: [{prefix: 198.19.77.0/24}]\n`);
     await reload(cpe);
     assert.deepEqual([...new Set(await endpointDevs())], ['up1']);
+    assert.match(await table(), /198\.19\.77\.0\/24/, 'the reloaded policy is in the interception ruleset');
     assert.equal(await download(8 * MB, 'svc3'), deterministicSha256('svc3', 8 * MB));
     const afterThird = await scrape(lab.hosts.concentrator, 9090);
     assert.equal(metric(afterThird, 'mpconvert_connections_total') - metric(afterSecond, 'mpconvert_connections_total'), 1, 'converted after the uplink change');
@@ -260,5 +263,33 @@ describe('the daemons as systemd services (lab)', { skip: missing ?? false, conc
     await stopService(conc);
     assert.equal((await lab.hosts.cpe.exec('ip', ['-j', 'mptcp', 'endpoint', 'show'])).stdout.trim() || '[]', '[]');
     for (const h of [lab.hosts.cpe, lab.hosts.concentrator]) assert.doesNotMatch((await h.exec('nft', ['list', 'tables'])).stdout, /mpconvert_/);
+  });
+  test('postinst creates the system user mpconvert and the permissions of /etc/mpconvert (in a private copy of /etc)', { timeout: 120_000 }, () => {
+    // The real maintainer script, run as dpkg runs it (configure, first install), in a mount namespace whose
+    // /etc is a copy: the host's users are not touched. /etc/mpconvert comes from the extracted package (its
+    // check of /usr/bin/mpconvert's Node.js only warns where the host has none).
+    const ctrl = join(work, 'ctrl');
+    execFileSync('dpkg-deb', ['-e', join(work, 'out', readdirSync(join(work, 'out')).find((f) => f.endsWith('.deb'))!), ctrl]);
+    const etc = join(work, 'etc-copy');
+    execFileSync('cp', ['-a', '/etc', etc]);
+    rmSync(join(etc, 'mpconvert'), { recursive: true, force: true });
+    execFileSync('cp', ['-a', join(root, 'etc/mpconvert'), join(etc, 'mpconvert')]);
+    const script = [
+      `mount --bind '${etc}' /etc`,
+      `'${join(ctrl, 'postinst')}' configure`,
+      'getent passwd mpconvert',
+      'getent group mpconvert',
+      "stat -c '%U:%G %a' /etc/mpconvert /etc/mpconvert/cpe.yaml",
+    ].join(' && ');
+    const out = execFileSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], { encoding: 'utf8' });
+    const [passwd, group, dirMode, fileMode] = out.trim().split('\n').slice(-4);
+    const [, , uid, gid, , home, shell] = passwd!.split(':');
+    assert.ok(Number(uid) > 0 && Number(uid) < 1000, `a system uid: ${passwd}`);
+    assert.equal(group!.split(':')[2], gid);
+    assert.equal(home, '/nonexistent');
+    assert.equal(shell, '/usr/sbin/nologin');
+    assert.equal(dirMode, 'root:mpconvert 750');
+    assert.equal(fileMode, 'root:mpconvert 640');
+    assert.throws(() => execFileSync('getent', ['passwd', 'mpconvert'], { stdio: 'ignore' }), 'the host has no user mpconvert afterwards');
   });
 });
