@@ -220,12 +220,15 @@ describe('the daemons as systemd services (lab)', { skip: missing ?? false, conc
     assert.equal(metric(afterFirst, 'mpconvert_connections_total') - metric(before, 'mpconvert_connections_total'), 1, 'the download went through the concentrator');
 
     // Reload the concentrator (ExecReload: kill -HUP $MAINPID): a new listener on port 5001.
-    const reload = async (s: typeof conc) => {
+    const reload = async (s: typeof conc, outcome = 'configuration reloaded') => {
       const readies = s.notify.count(/READY=1/);
+      const from = s.notify.text.length;
       const [kill, ...args] = execLine(value(s.unit, 'Service', 'ExecReload')!).argv;
       execFileSync(kill!, args.map((a) => (a === '$MAINPID' ? String(mainPid(s.notify)) : a)));
       await s.notify.waitFor('RELOADING=1 then READY=1', () => s.notify.count(/READY=1/) > readies, s.daemon);
-      assert.match(s.notify.text, /RELOADING=1\nMONOTONIC_USEC=\d+\nSTATUS=reloading the configuration\nREADY=1\nSTATUS=running; configuration reloaded\n/);
+      const told = s.notify.text.slice(from);
+      assert.ok(told.startsWith('RELOADING=1\nMONOTONIC_USEC='), told);
+      assert.ok(told.includes(`STATUS=reloading the configuration\nREADY=1\nSTATUS=running; ${outcome}`), told);
     };
     writeConfig('concentrator.yaml', concYaml([`${CONC4}:443`, `${CONC4}:5000`, `${CONC4}:5001`]));
     await reload(conc);
@@ -257,6 +260,14 @@ describe('the daemons as systemd services (lab)', { skip: missing ?? false, conc
     assert.equal(await download(8 * MB, 'svc3'), deterministicSha256('svc3', 8 * MB));
     const afterThird = await scrape(lab.hosts.concentrator, 9090);
     assert.equal(metric(afterThird, 'mpconvert_connections_total') - metric(afterSecond, 'mpconvert_connections_total'), 1, 'converted after the uplink change');
+
+    // A file that does not load: the reload is refused, READY=1 says why, the running configuration serves on.
+    writeConfig('cpe.yaml', 'lan: [lan0]\nuplinks: [{interface: wan9}]\nconcentrators: [{address: "198.18.200.1:5001"}]\n');
+    await reload(cpe, 'reload failed, the previous configuration stays: uplinks: interface wan9 does not exist on this host');
+    assert.match(cpe.daemon.stderr, /"level":50.*SIGHUP: reload failed, keeping the running configuration: uplinks: interface wan9 does not exist/);
+    assert.doesNotMatch(cpe.daemon.stderr, /"stack"/, 'a configuration mistake is logged without a stack trace');
+    assert.equal(await download(2 * MB, 'svc4'), deterministicSha256('svc4', 2 * MB));
+    assert.deepEqual([...new Set(await endpointDevs())], ['up1']);
 
     // Stop both; nothing of theirs stays in the kernel.
     await stopService(cpe);
