@@ -83,7 +83,6 @@ Depends: nodejs (>= 20), nftables, iproute2, procps, adduser
 Recommends: systemd
 Section: net
 Priority: optional
-Homepage: https://www.rfc-editor.org/rfc/rfc8803
 Description: Network-Assisted MPTCP conversion points (CPE and concentrator)
  mpconvert converts a LAN's TCP connections into Multipath TCP connections
  that use every uplink of a router (the CPE), and converts them back to TCP
