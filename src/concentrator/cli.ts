@@ -1,10 +1,11 @@
 /** `mpconvert concentrator`: the composition root of the concentrator role (picks the Linux platform). */
 import { Command } from 'commander';
 import { createLinuxPlatform } from '../platform/linux/index.js';
-import { createLogger } from '../log.js';
+import { createLogger, LOG_FORMATS, type LogFormat } from '../log.js';
+import { applySysctls, concentratorSysctls } from '../control/prepare.js';
 import { createMetrics } from '../control/metrics.js';
 import { startAdmin, type AdminServer } from '../control/admin.js';
-import { runDaemon } from '../control/daemon.js';
+import { runDaemon, runPrepare, STOP_CLEANUP_S } from '../control/daemon.js';
 import { checkConcentrator, hostFacts, reportCheck } from '../control/check.js';
 import { ConfigError } from '../control/config-file.js';
 import { parseEndpoint } from '../control/address.js';
@@ -25,10 +26,18 @@ export function concentratorCommand(): Command {
     .option('--no-server-mptcp', 'dial servers with plain TCP only')
     .option('--admin <addr:port>', 'admin endpoint: /metrics, /healthz, /status')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
+    .option('--log-format <format>', `log lines: ${LOG_FORMATS.join('|')} (auto: journald when stderr is the journal, else json)`)
+    .option('--prepare', 'as root, before the daemon starts (the unit\'s ExecStartPre): set the sysctls this configuration needs, print them, and exit')
     .option('--check', 'check the configuration and this host (interfaces, addresses, kernel MPTCP), print every problem, and exit: 0 = fine, 2 = problems')
-    .action(async (opts: ConcentratorFlags & { serverMptcp?: boolean; check?: boolean }) => {
-      const flags: ConcentratorFlags = { ...opts };
-      if (opts.serverMptcp === false) flags.noServerMptcp = true;
+    .action(async (opts: ConcentratorFlags & { serverMptcp?: boolean; check?: boolean; prepare?: boolean; logFormat?: string }) => {
+      const { check, prepare, logFormat, serverMptcp, ...rest } = opts;
+      const flags: ConcentratorFlags = { ...rest };
+      if (serverMptcp === false) flags.noServerMptcp = true;
+      if (logFormat !== undefined && !LOG_FORMATS.includes(logFormat as LogFormat)) {
+        process.stderr.write(`mpconvert concentrator: --log-format ${logFormat}: one of ${LOG_FORMATS.join(', ')}\n`);
+        process.exitCode = 2;
+        return;
+      }
       let config;
       try {
         config = await resolveConcentratorConfig(flags);
@@ -37,12 +46,17 @@ export function concentratorCommand(): Command {
         process.exitCode = 2;
         return;
       }
+      if (prepare) {
+        process.exitCode = await runPrepare('concentrator', () => applySysctls(concentratorSysctls(config), createLinuxPlatform().kernel.sysctl));
+        return;
+      }
       const problems = checkConcentrator(config, hostFacts());
-      if (opts.check) {
+      if (check) {
         process.exitCode = reportCheck('concentrator', problems);
         return;
       }
-      const logger = createLogger({ level: config.logLevel, name: 'concentrator' });
+      const logger = createLogger({ level: config.logLevel, name: 'concentrator', ...(logFormat ? { format: logFormat as LogFormat } : {}) });
+      let running = config;
       const platform = createLinuxPlatform();
       const metrics = createMetrics('concentrator');
       const concentrator = new Concentrator(config, {
@@ -75,15 +89,12 @@ export function concentratorCommand(): Command {
               logger.warn('SIGHUP: no config file to reload');
               return;
             }
-            let next;
-            try {
-              next = await resolveConcentratorConfig(flags);
-            } catch (err) {
-              logger.error({ err: (err as Error).message }, 'SIGHUP: configuration not reloaded, keeping the running one');
-              return;
-            }
+            // A file that does not load keeps the running configuration (the daemon logs why).
+            const next = await resolveConcentratorConfig(flags);
             await concentrator.reload(next);
+            running = next;
           },
+          stopBudgetMs: () => (running.shutdownDrainS + STOP_CLEANUP_S) * 1000,
         },
         logger,
       );

@@ -7,10 +7,15 @@
  *   finish, then stops (never the default action, which would leave nftables rules and MPTCP endpoints).
  *   Another one while stopping is logged and otherwise ignored: the cleanup has to finish.
  * - SIGHUP: `reload()` when the role has one; else logged (never the default action, which terminates).
+ *   One SIGHUP during a reload runs one more reload after it (the file may have changed again).
  * - Start failure: logged, what was set up is removed (`stop()`), exit code 1.
+ *
+ * Under systemd (Type=notify) the service manager is told READY=1 with the ready line, RELOADING=1 then READY=1
+ * around each reload, and STOPPING=1 with the stop's time budget (./notify.ts).
  */
 import type { Logger } from '../log.js';
 import { MpconvertError } from '../errors.js';
+import { systemdNotifier, type ServiceNotifier } from './notify.js';
 
 export interface DaemonRole {
   /** Starts the role; resolves with what the `ready` line carries (JSON). */
@@ -19,6 +24,8 @@ export interface DaemonRole {
   stop(reason: string): Promise<void>;
   /** SIGHUP; absent: the role has nothing to reload. */
   reload?(): Promise<void>;
+  /** How long a stop may take (drain and cleanup): told to the service manager at STOPPING=1. */
+  stopBudgetMs?(): number;
 }
 
 export interface DaemonIo {
@@ -29,6 +36,8 @@ export interface DaemonIo {
   /** Signal subscription (process.on / process.off). */
   on(signal: NodeJS.Signals, handler: () => void): void;
   off(signal: NodeJS.Signals, handler: () => void): void;
+  /** The service manager's notifications; absent: systemd's from $NOTIFY_SOCKET (a no-op without it). */
+  notifier?: ServiceNotifier;
 }
 
 const processIo: DaemonIo = {
@@ -44,10 +53,16 @@ export async function runDaemon(role: DaemonRole, logger: Logger, io: DaemonIo =
   let stopRequested: string | undefined;
   let finished!: () => void;
   const done = new Promise<void>((resolve) => (finished = resolve));
+  const notifier = io.notifier ?? systemdNotifier(process.env, logger);
 
+  let reloading: Promise<void> | undefined;
+  let reloadAgain = false;
   const stop = async (reason: string): Promise<void> => {
     phase = 'stopping';
     logger.info({ signal: reason }, 'shutting down');
+    notifier.stopping(role.stopBudgetMs?.());
+    // A reload under way finishes first (it may be adding a listener the stop must close).
+    await reloading;
     let code = 0;
     try {
       await role.stop(reason);
@@ -56,6 +71,7 @@ export async function runDaemon(role: DaemonRole, logger: Logger, io: DaemonIo =
       code = 1;
     }
     for (const [s, h] of handlers) io.off(s, h);
+    notifier.close();
     finished();
     io.exit(code);
   };
@@ -71,6 +87,24 @@ export async function runDaemon(role: DaemonRole, logger: Logger, io: DaemonIo =
     }
     void stop(signal);
   };
+  const reload = async (): Promise<void> => {
+    do {
+      reloadAgain = false;
+      notifier.reloading();
+      let outcome = 'running; configuration reloaded';
+      try {
+        await role.reload!();
+      } catch (err) {
+        // A configuration mistake is one line naming it; only a program error carries its stack.
+        if (err instanceof MpconvertError) logger.error({ code: err.code }, `SIGHUP: reload failed, keeping the running configuration: ${err.message}`);
+        else logger.error({ err }, 'SIGHUP: reload failed, keeping the running configuration');
+        outcome = `running; reload failed, the previous configuration stays: ${err instanceof Error ? err.message : String(err)}`;
+      }
+      // READY=1 ends the reload for the manager, whether it applied or not (the daemon still serves).
+      if (phase === 'running') notifier.ready(outcome);
+    } while (reloadAgain && phase === 'running');
+    reloading = undefined;
+  };
   const onHup = () => {
     if (phase !== 'running') {
       logger.warn({ signal: 'SIGHUP' }, `SIGHUP while ${phase}: ignored`);
@@ -80,7 +114,11 @@ export async function runDaemon(role: DaemonRole, logger: Logger, io: DaemonIo =
       logger.warn({ signal: 'SIGHUP' }, 'SIGHUP: nothing to reload (restart to apply a new configuration)');
       return;
     }
-    role.reload().catch((err: unknown) => logger.error({ err }, 'SIGHUP: reload failed, keeping the running configuration'));
+    if (reloading) {
+      reloadAgain = true;
+      return;
+    }
+    reloading = reload();
   };
   const handlers: Array<[NodeJS.Signals, () => void]> = [
     ['SIGTERM', onStopSignal('SIGTERM')],
@@ -100,6 +138,7 @@ export async function runDaemon(role: DaemonRole, logger: Logger, io: DaemonIo =
     phase = 'stopping';
     await role.stop('start failed').catch((stopErr: unknown) => logger.error({ err: stopErr }, 'could not remove everything after the failed start'));
     for (const [s, h] of handlers) io.off(s, h);
+    notifier.close();
     finished();
     io.exit(1);
     return done;
@@ -111,5 +150,21 @@ export async function runDaemon(role: DaemonRole, logger: Logger, io: DaemonIo =
   phase = 'running';
   // Tell a supervisor (and the tests) that everything is up.
   io.write(`ready ${JSON.stringify(ready)}\n`);
+  notifier.ready(`running ${JSON.stringify(ready)}`);
   return done;
+}
+
+/** Seconds a stop may take beyond the drain: closing listeners, removing nft tables, rules, routes, endpoints. */
+export const STOP_CLEANUP_S = 15;
+
+/** `--prepare`: runs `apply` (the sysctls), prints its lines; exit code 0, or 1 naming what failed. */
+export async function runPrepare(role: string, apply: () => Promise<string[]>, io: { out: (s: string) => void; err: (s: string) => void } = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) }): Promise<number> {
+  try {
+    for (const line of await apply()) io.out(`mpconvert ${role} --prepare: ${line}\n`);
+    return 0;
+  } catch (err) {
+    const why = err instanceof Error ? err.message : String(err);
+    io.err(`mpconvert ${role} --prepare: ${why}${/EACCES|EPERM|permission denied|Read-only/i.test(why) ? ' (run it as root: the unit runs it with the + prefix)' : ''}\n`);
+    return 1;
+  }
 }

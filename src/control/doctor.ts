@@ -72,7 +72,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorCheck[]
       'privileges',
       caps.admin,
       caps.admin ? `uid ${caps.uid}, CAP_NET_ADMIN${caps.raw ? ' and CAP_NET_RAW' : ''}` : `uid ${caps.uid} without CAP_NET_ADMIN`,
-      "Run as root, or grant the capabilities: 'setcap cap_net_admin,cap_net_raw+ep $(command -v node)' (or AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW in the systemd unit)",
+      "Run as root, or with CAP_NET_ADMIN: the packaged units (mpconvert-cpe.service, mpconvert-concentrator.service) run the daemons as the user mpconvert with AmbientCapabilities=CAP_NET_ADMIN (docs/service.md)",
     ),
   );
 

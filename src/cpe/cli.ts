@@ -1,10 +1,11 @@
 /** `mpconvert cpe`: the composition root of the CPE role (picks the Linux platform). */
 import { Command } from 'commander';
 import { createLinuxPlatform } from '../platform/linux/index.js';
-import { createLogger } from '../log.js';
+import { createLogger, LOG_FORMATS, type LogFormat } from '../log.js';
+import { applySysctls, cpeSysctls } from '../control/prepare.js';
 import { createMetrics } from '../control/metrics.js';
 import { startAdmin, type AdminServer } from '../control/admin.js';
-import { runDaemon } from '../control/daemon.js';
+import { runDaemon, runPrepare, STOP_CLEANUP_S } from '../control/daemon.js';
 import { checkCpe, hostFacts, reportCheck } from '../control/check.js';
 import { ConfigError } from '../control/config-file.js';
 import { parseEndpoint } from '../control/address.js';
@@ -29,8 +30,16 @@ export function cpeCommand(): Command {
     .option('--instance <name>', 'instance name (nft table, routing tables)')
     .option('--admin <addr:port>', 'admin endpoint: /metrics, /healthz, /status')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
+    .option('--log-format <format>', `log lines: ${LOG_FORMATS.join('|')} (auto: journald when stderr is the journal, else json)`)
+    .option('--prepare', 'as root, before the daemon starts (the unit\'s ExecStartPre): set the sysctls this configuration needs, print them, and exit')
     .option('--check', 'check the configuration and this host (interfaces, addresses, kernel MPTCP), print every problem, and exit: 0 = fine, 2 = problems')
-    .action(async (flags: CpeFlags & { check?: boolean }) => {
+    .action(async (opts: CpeFlags & { check?: boolean; prepare?: boolean; logFormat?: string }) => {
+      const { check, prepare, logFormat, ...flags } = opts;
+      if (logFormat !== undefined && !LOG_FORMATS.includes(logFormat as LogFormat)) {
+        process.stderr.write(`mpconvert cpe: --log-format ${logFormat}: one of ${LOG_FORMATS.join(', ')}\n`);
+        process.exitCode = 2;
+        return;
+      }
       let config;
       try {
         config = await resolveCpeConfig(flags);
@@ -39,17 +48,22 @@ export function cpeCommand(): Command {
         process.exitCode = 2;
         return;
       }
+      if (prepare) {
+        process.exitCode = await runPrepare('cpe', () => applySysctls(cpeSysctls(config), createLinuxPlatform().kernel.sysctl));
+        return;
+      }
       const problems = checkCpe(config, hostFacts());
-      if (flags.check) {
+      if (check) {
         process.exitCode = reportCheck('cpe', problems);
         return;
       }
-      const logger = createLogger({ level: config.logLevel, name: 'cpe' });
+      const logger = createLogger({ level: config.logLevel, name: 'cpe', ...(logFormat ? { format: logFormat as LogFormat } : {}) });
       const platform = createLinuxPlatform();
       const metrics = createMetrics('cpe');
       const ledger = new FileEndpointLedger(config.stateDir, config.instance);
       const cpe = new Cpe(config, { sockets: platform.sockets, kernel: platform.kernel, logger, metrics, splice: platform.splice, ledger });
       let admin: AdminServer | undefined;
+      let running = config;
       await runDaemon(
         {
           start: async () => {
@@ -59,11 +73,25 @@ export function cpeCommand(): Command {
             if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => cpe.status(), () => cpe.readiness());
             return { tproxyPort: config.tproxyPort, admin: admin?.port };
           },
-          stop: async () => {
-            await cpe.stop();
+          stop: async (reason) => {
+            // After a failed start there is nothing to drain.
+            await cpe.stop(reason === 'start failed' ? 0 : undefined);
             await platform.splice?.close();
             await admin?.close();
           },
+          reload: async () => {
+            if (!flags.config) {
+              logger.warn('SIGHUP: no config file to reload (the configuration came from flags)');
+              return;
+            }
+            // A file that does not load, or names interfaces this host lacks, keeps the running configuration.
+            const next = await resolveCpeConfig(flags);
+            const problems = checkCpe(next, hostFacts());
+            if (problems.length > 0) throw new ConfigError(problems.join('; '));
+            await cpe.reload(next);
+            running = next;
+          },
+          stopBudgetMs: () => (running.shutdownDrainS + STOP_CLEANUP_S) * 1000,
         },
         logger,
       );

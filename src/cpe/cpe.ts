@@ -12,7 +12,7 @@ import { loadCredentials, type CpeConfig, type Credentials } from './config.js';
 import { ConcentratorSelector } from './concentrators.js';
 import { ConcentratorProbe } from './probe.js';
 import { handleClient } from './session.js';
-import { Interception } from './interception.js';
+import { Interception, type InterceptionOptions } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
 import { WarmPool } from './warm-pool.js';
 
@@ -25,6 +25,39 @@ export interface CpeDeps {
   splice?: SpliceEngine | undefined;
   /** Endpoint ownership across restarts (src/cpe/ledger.ts); absent: this run's only. */
   ledger?: EndpointLedger | undefined;
+}
+
+/** Settings read once at start: a reload keeps their running value (restart to change them). */
+export const RESTART_KEYS = ['instance', 'tproxyPort', 'mark', 'routingTableBase', 'rulePriorityBase', 'stateDir', 'admin'] as const satisfies ReadonlyArray<keyof CpeConfig>;
+
+/** The interception for a configuration (its tables after the uplinks': routingTableBase + number of uplinks). */
+export function interceptionOptions(cfg: CpeConfig): InterceptionOptions {
+  return {
+    instance: cfg.instance,
+    // After the uplinks' tables and rules (routingTableBase + i, rulePriorityBase + i), so two instances
+    // with different bases never share one.
+    table: cfg.routingTableBase + cfg.uplinks.length,
+    rulePriority: cfg.rulePriorityBase + cfg.uplinks.length,
+    lanInterfaces: cfg.lan,
+    tproxyPort: cfg.tproxyPort,
+    mark: cfg.mark,
+    include: cfg.policy.include,
+    // Never intercept what goes to the concentrators themselves.
+    exclude: [
+      ...cfg.policy.exclude,
+      ...cfg.concentrators.map((c) => {
+        const ep = parseEndpoint(c.address);
+        return { prefix: `${ep.host}/${ep.family === 4 ? 32 : 128}` };
+      }),
+    ],
+    nativeMptcp: cfg.policy.nativeMptcp,
+    dscpToMark: cfg.preserveDscp,
+    ...(cfg.mssClamp === 'off' ? {} : { mssClamp: cfg.mssClamp }),
+    synWindowClamp: cfg.concentrators.filter((c) => c.synWindowClamp).map((c) => {
+      const ep = parseEndpoint(c.address);
+      return { address: ep.host, port: ep.port };
+    }),
+  };
 }
 
 /** How often a concentrator held off as unreachable is probed. */
@@ -91,51 +124,9 @@ export class Cpe {
         server.on('error', (err) => logger.error({ err }, 'transparent listener error'));
         this.#listeners.push(server);
       }
-      this.#uplinks = new UplinkManager(
-        { kernel, logger, ledger: this.#deps.ledger },
-        {
-          uplinks: cfg.uplinks,
-          tableBase: cfg.routingTableBase,
-          rulePriorityBase: cfg.rulePriorityBase,
-          pollIntervalMs: cfg.uplinkPollMs,
-          limits: cfg.mptcpLimits,
-        },
-      );
-      this.#uplinks.on('change', () => {
-        logger.info('uplink change: flushing the concentrator capability cache and the warm pool');
-        this.#selector.flush();
-        this.#warm.flush();
-      });
+      this.#uplinks = this.#newUplinks(cfg);
       await this.#uplinks.start();
-      this.#interception = new Interception(
-        { kernel, logger },
-        {
-          instance: cfg.instance,
-          // After the uplinks' tables and rules (routingTableBase + i, rulePriorityBase + i), so two instances
-          // with different bases never share one.
-          table: cfg.routingTableBase + cfg.uplinks.length,
-          rulePriority: cfg.rulePriorityBase + cfg.uplinks.length,
-          lanInterfaces: cfg.lan,
-          tproxyPort: cfg.tproxyPort,
-          mark: cfg.mark,
-          include: cfg.policy.include,
-          // Never intercept what goes to the concentrators themselves.
-          exclude: [
-            ...cfg.policy.exclude,
-            ...cfg.concentrators.map((c) => {
-              const ep = parseEndpoint(c.address);
-              return { prefix: `${ep.host}/${ep.family === 4 ? 32 : 128}` };
-            }),
-          ],
-          nativeMptcp: cfg.policy.nativeMptcp,
-          dscpToMark: cfg.preserveDscp,
-          ...(cfg.mssClamp === 'off' ? {} : { mssClamp: cfg.mssClamp }),
-          synWindowClamp: cfg.concentrators.filter((c) => c.synWindowClamp).map((c) => {
-            const ep = parseEndpoint(c.address);
-            return { address: ep.host, port: ep.port };
-          }),
-        },
-      );
+      this.#interception = new Interception({ kernel, logger }, interceptionOptions(cfg));
       await this.#interception.start();
       this.#warm.configure(cfg.concentrators);
     } catch (err) {
@@ -143,6 +134,74 @@ export class Cpe {
       throw err;
     }
     logger.info({ lan: cfg.lan, uplinks: cfg.uplinks.map((u) => u.interface), concentrators: cfg.concentrators.map((c) => c.address) }, 'cpe started');
+  }
+
+  #newUplinks(cfg: CpeConfig): UplinkManager {
+    const { logger, kernel } = this.#deps;
+    const uplinks = new UplinkManager(
+      { kernel, logger, ledger: this.#deps.ledger },
+      {
+        uplinks: cfg.uplinks,
+        tableBase: cfg.routingTableBase,
+        rulePriorityBase: cfg.rulePriorityBase,
+        pollIntervalMs: cfg.uplinkPollMs,
+        limits: cfg.mptcpLimits,
+      },
+    );
+    uplinks.on('change', () => {
+      logger.info('uplink change: flushing the concentrator capability cache and the warm pool');
+      this.#selector.flush();
+      this.#warm.flush();
+    });
+    return uplinks;
+  }
+
+  /**
+   * SIGHUP: applies a new configuration to the running CPE; returns the keys that still need a restart. Nothing
+   * changes when the new secret files cannot be read. In order:
+   * - concentrators (list, formats, 0-RTT, credentials) and every per-connection setting: for new connections;
+   *   the capability cache is flushed;
+   * - uplinks (the list, modes, gateways, poll interval, MPTCP limits), when changed: the uplink manager is
+   *   replaced (endpoints, tables and rules removed, then installed anew);
+   * - the interception (policy, DSCP, MSS clamp, SYN window clamps, LAN interfaces): the nft table is replaced
+   *   in one transaction; a change of LAN interfaces or of the uplink count reinstalls it.
+   * Keys read once at start keep their running value and are returned: instance, tproxyPort, mark,
+   * routingTableBase, rulePriorityBase, stateDir, admin.
+   */
+  async reload(requested: CpeConfig): Promise<string[]> {
+    if (this.#stopping || !this.#interception || !this.#uplinks) throw new Error('Cpe.reload() before start or while stopping');
+    const old = this.#config;
+    const restart = RESTART_KEYS.filter((k) => JSON.stringify(old[k]) !== JSON.stringify(requested[k]));
+    const next: CpeConfig = { ...requested };
+    for (const k of restart) (next as Record<string, unknown>)[k] = old[k];
+    const { logger, kernel } = this.#deps;
+    // Before anything changes: secret files that cannot be used keep the running configuration.
+    const credentials = await loadCredentials(next.concentrators);
+
+    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+    if (!same([old.uplinks, old.uplinkPollMs, old.mptcpLimits], [next.uplinks, next.uplinkPollMs, next.mptcpLimits])) {
+      await this.#uplinks.stop();
+      this.#uplinks = this.#newUplinks(next);
+      await this.#uplinks.start();
+      logger.info({ uplinks: next.uplinks.map((u) => u.interface) }, 'uplinks reinstalled');
+    }
+    const opts = interceptionOptions(next);
+    if (!(await this.#interception.update(opts))) {
+      const fresh = new Interception({ kernel, logger }, opts);
+      await this.#interception.stop();
+      this.#interception = fresh;
+      await fresh.start();
+    }
+    this.#config = next;
+    this.#credentials = credentials;
+    this.#selector.reconfigure(next.concentrators);
+    // Warm connections were dialled with the old settings: replaced like the capability cache is flushed.
+    this.#warm.configure(next.concentrators);
+    this.#warm.flush();
+    this.#deps.logger.level = next.logLevel;
+    logger.info({ lan: next.lan, uplinks: next.uplinks.map((u) => u.interface), concentrators: next.concentrators.map((c) => c.address), ...(restart.length ? { needsRestart: restart } : {}) }, 'configuration reloaded');
+    if (restart.length > 0) logger.warn({ keys: restart }, `configuration reloaded, but ${restart.join(', ')} changed: restart to apply ${restart.length === 1 ? 'it' : 'them'} (the running value${restart.length === 1 ? ' stays' : 's stay'})`);
+    return restart;
   }
 
   #onConnection(client: Socket): void {

@@ -40,7 +40,7 @@ interface LedgerEntry {
 export class Interception {
   readonly #kernel: KernelConfig;
   readonly #logger: Logger;
-  readonly #opts: InterceptionOptions;
+  #opts: InterceptionOptions;
   readonly #table: number;
   readonly #priority: number;
   #ledger: LedgerEntry[] = [];
@@ -104,6 +104,31 @@ export class Interception {
       this.#state = 'idle';
       throw err;
     }
+  }
+
+  /**
+   * Reload: the new ruleset (policy, DSCP, MSS clamp, SYN window clamps) replaces the running table in one nft
+   * transaction, so no SYN is missed. Only possible when what the rules, routes and listeners hang on is
+   * unchanged (LAN interfaces, mark, TPROXY port, routing table, rule priority, families): false otherwise,
+   * and the caller installs a new Interception instead.
+   */
+  async update(next: InterceptionOptions): Promise<boolean> {
+    if (this.#state !== 'started') return false;
+    const o = this.#opts;
+    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+    if (
+      !same(o.lanInterfaces, next.lanInterfaces) || o.mark !== next.mark || (o.markMask ?? o.mark) !== (next.markMask ?? next.mark) ||
+      o.tproxyPort !== next.tproxyPort || this.#table !== (next.table ?? DEFAULT_INTERCEPTION_TABLE) ||
+      this.#priority !== (next.rulePriority ?? DEFAULT_INTERCEPTION_RULE_PRIORITY) || !same(o.families ?? [4, 6], next.families ?? [4, 6]) ||
+      o.instance !== next.instance || Boolean(o.dscpToMark) !== Boolean(next.dscpToMark)
+    ) {
+      return false;
+    }
+    validateRulesetOptions(next);
+    await this.#kernel.nft.applyTable('inet', this.tableName, buildInterceptionRuleset(next));
+    this.#opts = next;
+    this.#logger.info({ table: this.tableName }, 'interception ruleset replaced');
+    return true;
   }
 
   /** Removes what start() added. Idempotent; an entry that fails to go stays in the ledger for the next call. */

@@ -43,6 +43,7 @@ interface Libc {
   send(fd: number, buf: Buffer, len: number, flags: number): number;
   ppoll(fds: Buffer, n: number, ts: Buffer | null, sigmask: null): number;
   if_nametoindex(name: string): number;
+  sendto(fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrLen: number): number;
 }
 
 let libc: Libc | undefined;
@@ -64,6 +65,7 @@ function lib(): Libc {
     send: l.func('intptr_t send(int, void *, uintptr_t, int)'),
     ppoll: l.func('int ppoll(void *, uint64_t, void *, void *)'),
     if_nametoindex: l.func('unsigned int if_nametoindex(const char *)'),
+    sendto: l.func('intptr_t sendto(int, void *, uintptr_t, int, void *, uint32_t)'),
   } as Libc;
   return libc;
 }
@@ -273,4 +275,35 @@ export function pollReadable(fds: readonly number[], timeoutNs: number | undefin
 
 export function closeFd(fd: number): void {
   lib().close(fd);
+}
+
+// AF_UNIX datagrams, for the service manager's notification socket (sd_notify: src/control/notify.ts).
+const AF_UNIX = 1;
+const SOCK_DGRAM = 2;
+const MSG_NOSIGNAL = 0x4000;
+/** sizeof(sun_path) in struct sockaddr_un. */
+const SUN_PATH_MAX = 108;
+
+/** A non-blocking, close-on-exec AF_UNIX datagram socket (unbound); the caller closes it. */
+export function unixDatagramSocket(): number {
+  const fd = lib().socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) fail('socket(AF_UNIX, SOCK_DGRAM)');
+  return fd;
+}
+
+/**
+ * Sends one datagram to the AF_UNIX socket at `path`: a file system path, or an abstract name written with a
+ * leading '@' (as $NOTIFY_SOCKET does).
+ */
+export function sendToUnix(fd: number, path: string, data: Buffer): void {
+  const name = Buffer.from(path, 'utf8');
+  if (name.length === 0 || name.length >= SUN_PATH_MAX) throw PlatformError.fromErrno(`sendto(${path})`, 36 /* ENAMETOOLONG */);
+  // struct sockaddr_un: sa_family_t (u16), then sun_path; an abstract name starts with a NUL byte and its
+  // length is exactly what the address length says.
+  const abstract = path.startsWith('@');
+  const addr = Buffer.alloc(2 + name.length + (abstract ? 0 : 1));
+  addr.writeUInt16LE(AF_UNIX, 0);
+  name.copy(addr, 2);
+  if (abstract) addr[2] = 0;
+  if (Number(lib().sendto(fd, data, data.byteLength, MSG_NOSIGNAL, addr, addr.byteLength)) < 0) fail(`sendto(${path})`);
 }

@@ -252,7 +252,15 @@ export function createLinuxKernelConfig(opts: { netns?: string } = {}): KernelCo
         return stdout.trim();
       },
       async set(name, value) {
-        await run('sysctl', ['-q', '-w', `${tok('sysctl', name)}=${tok('sysctl', value)}`], o);
+        try {
+          await run('sysctl', ['-q', '-w', `${tok('sysctl', name)}=${tok('sysctl', value)}`], o);
+        } catch (err) {
+          // An unprivileged daemon (the systemd units) cannot write /proc/sys: say where that is done instead.
+          if (err instanceof CommandError && /permission denied|read-only/i.test(err.stderr)) {
+            throw new CommandError(err.command, err.exitCode, `${err.stderr.trim()}; sysctls are set as root before the daemon starts: 'mpconvert cpe|concentrator --config FILE --prepare' (the units' ExecStartPre), or 'sysctl -w ${name}=${value}'`, err);
+          }
+          throw err;
+        }
       },
     },
   };

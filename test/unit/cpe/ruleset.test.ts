@@ -271,4 +271,21 @@ describe('Interception', () => {
     const { kernel } = recordingKernel();
     assert.throws(() => new Interception({ kernel, logger: silentLogger() }, { ...opts, instance: 'x y' }), /instance/);
   });
+  it('update (reload): a new policy replaces the table in one nft call; a change of what rules hang on is refused', async () => {
+    const { kernel, calls } = recordingKernel();
+    const i = new Interception({ kernel, logger: silentLogger() }, opts);
+    assert.equal(await i.update(opts), false, 'nothing to update before start');
+    await i.start();
+    calls.length = 0;
+    const next = { ...opts, exclude: [{ prefix: '198.19.77.0/24' }] };
+    assert.equal(await i.update(next), true);
+    assert.equal(calls.length, 1, calls.join('\n'));
+    assert.match(calls[0]!, /^nft\.applyTable \["inet","mpconvert_cpe_home",".*198\.19\.77\.0\/24/s);
+    calls.length = 0;
+    for (const changed of [{ lanInterfaces: ['lan0'] }, { tproxyPort: 15_002 }, { table: 151 }, { rulePriority: 9101 }, { mark: 2 }, { dscpToMark: !opts.dscpToMark }]) {
+      assert.equal(await i.update({ ...next, ...changed }), false, JSON.stringify(changed));
+    }
+    assert.deepEqual(calls, [], 'a refused update changes nothing');
+    await i.stop();
+  });
 });
