@@ -10,17 +10,17 @@
 import { execFileSync, spawn as spawnChild, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { MpconvertError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { run, runJson, type RunResult } from '../platform/linux/exec.js';
-import { DELAY_LINE, LAB, LAB_NAMESPACE_RE, PREFIX_RE, namespaceName, poolAddress, serverAddressing, serverNamespace, uplinkAddressing } from './addressing.js';
+import { DELAY_LINE, FIELD, LAB, LAB_NAMESPACE_RE, PREFIX_RE, fieldAccess, namespaceName, poolAddress, serverAddressing, serverNamespace, uplinkAddressing } from './addressing.js';
 import { checkLossPercent, lossRuleset, parseLossTable } from './loss.js';
 import { parseRate, tbfArgs } from './shaping.js';
-import { listStates, ownerAlive, processStart, readState, removeState, writeState, type LabState } from './state.js';
+import { listStates, ownerAlive, processStart, readState, removeState, runDir, writeState, type LabState } from './state.js';
 
 export type { RunResult } from '../platform/linux/exec.js';
-export { LAB, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from './addressing.js';
+export { FIELD, LAB, fieldAccess, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from './addressing.js';
 export { LabProcess, descendants } from './process.js';
 export { readTcpSegments, type TcpSegment } from './pcap.js';
 
@@ -32,6 +32,10 @@ export interface LabUplinkSpec {
    * `${prefix}-dl{i}` between the CPE and the concentrator delays each direction by half. 0/absent: none.
    */
   rttMs?: number;
+  /** Field topology only: this access network sits behind a carrier-grade NAT in its ISP's namespace. */
+  cgn?: boolean;
+  /** Field topology only: the access link's MTU at both ends (1492 = PPPoE DSL); default 1500. */
+  mtu?: number;
 }
 
 export interface LabSpec {
@@ -42,6 +46,14 @@ export interface LabSpec {
   prefix?: string;
   /** Plain kernel MPTCP on the CPE: per-uplink policy routing + subflow endpoints + limits on both ends. */
   mptcpRouting?: boolean;
+  /**
+   * 'classic' (default): the concentrator is the access router of every uplink, all addresses static.
+   * 'field': ISP routers with DHCP (dnsmasq), optional CGN, a concentrator on a public address, a private
+   * LAN, IPv4 only (docs/lab.md, "The field topology").
+   */
+  topology?: 'classic' | 'field';
+  /** Field topology: start the CPE's DHCP client on every uplink during up() (default true). */
+  dhcpClients?: boolean;
 }
 
 export interface LabExecOptions {
@@ -61,7 +73,7 @@ export interface LabHost {
   spawn(cmd: string, args: readonly string[], opts?: SpawnOptions): ChildProcess;
 }
 
-export type BuildStep = 'namespaces' | 'links' | 'addresses' | 'shaping';
+export type BuildStep = 'namespaces' | 'links' | 'addresses' | 'shaping' | 'dhcp';
 
 export interface LabDeps {
   logger?: Logger;
@@ -74,6 +86,8 @@ export interface LabHosts {
   cpe: LabHost;
   concentrator: LabHost;
   servers: LabHost[];
+  /** Field topology: the ISP router of each access network (`${prefix}-isp{i}`); empty otherwise. */
+  isps: LabHost[];
 }
 
 export interface UplinkStatus {
@@ -82,6 +96,8 @@ export interface UplinkStatus {
   rate: string | 0;
   /** Added round-trip time (the delay line), when the uplink has one. */
   rttMs?: number;
+  /** Field topology: behind a carrier-grade NAT. */
+  cgn?: boolean;
   state: 'up' | 'down' | 'missing';
   lossPercent: number;
   v4: string;
@@ -94,6 +110,7 @@ export interface UplinkStatus {
 
 export interface LabStatus {
   prefix: string;
+  topology: 'classic' | 'field';
   /** pid of the process that removes the lab on exit; null = persistent (`mpconvert lab up`). */
   ownerPid: number | null;
   mptcpRouting: boolean;
@@ -141,7 +158,7 @@ function randomPrefix(): string {
   return `${LAB.namePrefix}${randomBytes(3).toString('hex')}`;
 }
 
-function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRouting: boolean } {
+function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRouting: boolean; field: boolean } {
   const bad = (msg: string) => new MpconvertError('MPC_ERR_LAB_SPEC', `Invalid lab spec: ${msg}`);
   if (!Array.isArray(spec.uplinks) || spec.uplinks.length < 1 || spec.uplinks.length > LAB.maxUplinks) {
     throw bad(`expected 1..${LAB.maxUplinks} uplinks, got ${Array.isArray(spec.uplinks) ? spec.uplinks.length : 'none'}`);
@@ -149,12 +166,17 @@ function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRoutin
   for (const u of spec.uplinks) {
     if (u.rate !== 0) parseRate(u.rate);
     if (u.rttMs !== undefined && (!Number.isFinite(u.rttMs) || u.rttMs < 0 || u.rttMs > DELAY_LINE.maxRttMs)) throw bad(`uplink rttMs ${u.rttMs}: expected 0..${DELAY_LINE.maxRttMs}`);
+    if (spec.topology !== 'field' && (u.cgn !== undefined || u.mtu !== undefined)) throw bad('cgn and mtu are uplink settings of the field topology');
+    if (spec.topology === 'field' && u.rttMs) throw bad('the field topology has no delay lines (rttMs)');
+    if (u.mtu !== undefined && (!Number.isInteger(u.mtu) || u.mtu < 1280 || u.mtu > 9000)) throw bad(`uplink mtu ${u.mtu}: expected 1280..9000`);
   }
+  if (spec.topology !== undefined && spec.topology !== 'classic' && spec.topology !== 'field') throw bad(`unknown topology "${String(spec.topology)}" (classic, field)`);
+  if (spec.topology === 'field' && spec.mptcpRouting) throw bad('mptcpRouting is for the classic topology (in the field the CPE daemon sets up its routing)');
   const servers = spec.servers ?? 1;
   if (!Number.isInteger(servers) || servers < 1 || servers > LAB.maxServers) throw bad(`expected 1..${LAB.maxServers} servers, got ${servers}`);
   const prefix = spec.prefix ?? randomPrefix();
   if (!PREFIX_RE.test(prefix)) throw bad(`prefix "${prefix}" must be "mpc" followed by 1..9 of [a-z0-9]`);
-  return { prefix, servers, mptcpRouting: spec.mptcpRouting ?? false };
+  return { prefix, servers, mptcpRouting: spec.mptcpRouting ?? false, field: spec.topology === 'field' };
 }
 
 export async function listNamespaces(): Promise<string[]> {
@@ -223,6 +245,7 @@ export class Lab {
   readonly inet: LabHost;
   readonly uplinks: ReadonlyArray<LabUplinkSpec>;
   readonly mptcpRouting: boolean;
+  readonly topology: 'classic' | 'field';
   /** Every namespace of the lab, in creation order. */
   readonly namespaces: readonly string[];
   readonly #logger: Logger;
@@ -241,34 +264,41 @@ export class Lab {
     this.prefix = state.prefix;
     this.uplinks = state.uplinks.map((u) => ({ ...u }));
     this.mptcpRouting = state.mptcpRouting;
+    this.topology = state.topology ?? 'classic';
+    const field = this.topology === 'field';
     const p = state.prefix;
+    // The field topology is IPv4 only: hosts have no IPv6 address ('').
+    const v6 = (a: string) => (field ? '' : a);
     const servers = Array.from({ length: state.servers }, (_, j) => {
       const a = serverAddressing(j + 1);
-      return this.#host(serverNamespace(p, j + 1), a.v4, a.v6);
+      return this.#host(serverNamespace(p, j + 1), a.v4, v6(a.v6));
     });
+    const isps = field ? this.uplinks.map((_, j) => this.#host(namespaceName(p, `isp${j + 1}`), fieldAccess(j + 1).coreV4, '')) : [];
     this.hosts = {
-      client: this.#host(namespaceName(p, 'client'), LAB.lan.client.v4, LAB.lan.client.v6),
-      cpe: this.#host(namespaceName(p, 'cpe'), LAB.lan.cpe.v4, LAB.lan.cpe.v6),
-      concentrator: this.#host(namespaceName(p, 'conc'), LAB.concentrator.v4, LAB.concentrator.v6),
+      client: this.#host(namespaceName(p, 'client'), LAB.lan.client.v4, v6(LAB.lan.client.v6)),
+      cpe: this.#host(namespaceName(p, 'cpe'), LAB.lan.cpe.v4, v6(LAB.lan.cpe.v6)),
+      concentrator: this.#host(namespaceName(p, 'conc'), field ? FIELD.concentrator.v4 : LAB.concentrator.v4, v6(LAB.concentrator.v6)),
       servers,
+      isps,
     };
     this.inet = this.#host(namespaceName(p, 'inet'), '', '');
     // Delay-line namespaces of the uplinks that have an RTT.
     this.#delayLines = new Map(this.uplinks.flatMap((u, j) => (u.rttMs ? [[j + 1, namespaceName(p, `dl${j + 1}`)] as const] : [])));
-    this.namespaces = [this.hosts.client.name, this.hosts.cpe.name, this.hosts.concentrator.name, this.inet.name, ...servers.map((s) => s.name), ...this.#delayLines.values()];
+    this.namespaces = [this.hosts.client.name, this.hosts.cpe.name, this.hosts.concentrator.name, this.inet.name, ...servers.map((s) => s.name), ...this.#delayLines.values(), ...isps.map((h) => h.name)];
   }
 
   /** Builds a lab; on any failure removes everything it made and rethrows (code MPC_ERR_LAB_UP). */
   static async up(spec: LabSpec, deps: LabDeps = {}): Promise<Lab> {
-    const { prefix, servers, mptcpRouting } = validate(spec);
+    const { prefix, servers, mptcpRouting, field } = validate(spec);
     const logger = deps.logger ?? silentLogger();
     const start = processStart(process.pid);
     const state: LabState = {
       version: 1,
       prefix,
-      uplinks: spec.uplinks.map((u) => ({ rate: u.rate, ...(u.rttMs ? { rttMs: u.rttMs } : {}) })),
+      uplinks: spec.uplinks.map((u) => ({ rate: u.rate, ...(u.rttMs ? { rttMs: u.rttMs } : {}), ...(u.cgn ? { cgn: true } : {}), ...(u.mtu !== undefined ? { mtu: u.mtu } : {}) })),
       servers,
       mptcpRouting,
+      ...(field ? { topology: 'field' as const } : {}),
       namespaces: [],
       owner: start === null ? null : { pid: process.pid, start },
       createdAt: new Date().toISOString(),
@@ -284,14 +314,14 @@ export class Lab {
     installHandlers();
     const t0 = Date.now();
     try {
-      lab.#building = lab.#build(deps.onStep);
+      lab.#building = field ? lab.#buildField(deps.onStep, spec.dhcpClients ?? true) : lab.#build(deps.onStep);
       await lab.#building;
     } catch (err) {
       logger.error({ err, prefix }, 'lab: build failed, removing what was made');
       await lab.down();
       throw new MpconvertError('MPC_ERR_LAB_UP', `Cannot build the lab ${prefix}: ${toError(err).message}`, { cause: err });
     }
-    logger.info({ prefix, uplinks: state.uplinks, servers, mptcpRouting, ms: Date.now() - t0 }, 'lab: up');
+    logger.info({ prefix, topology: lab.topology, uplinks: state.uplinks, servers, mptcpRouting, ms: Date.now() - t0 }, 'lab: up');
     return lab;
   }
 
@@ -407,6 +437,11 @@ export class Lab {
   /** Uplink i's link goes down on the CPE side (the kernel drops its routes; the peer loses carrier). */
   async uplinkDown(i: number): Promise<void> {
     const u = this.#uplink(i);
+    if (this.topology === 'field') {
+      // The ISP's end loses carrier; the kernel drops the DHCP default route (the address stays, as on a router).
+      await this.hosts.cpe.exec('ip', ['link', 'set', u.cpeDev, 'down']);
+      return;
+    }
     await this.hosts.cpe.exec('ip', ['link', 'set', u.cpeDev, 'down']);
     // Through a delay line the concentrator's end keeps its carrier unless its side goes down too.
     const dl = this.#delayLines.get(i);
@@ -416,6 +451,14 @@ export class Lab {
   /** Uplink i's link comes back; addresses, routes and MPTCP endpoints the kernel removed are restored. */
   async uplinkUp(i: number): Promise<void> {
     const u = this.#uplink(i);
+    if (this.topology === 'field') {
+      // As a router's network manager does on carrier: the DHCP client starts over (its route is gone).
+      await this.hosts.cpe.exec('ip', ['link', 'set', u.cpeDev, 'up']);
+      await this.stopDhcpClient(i);
+      await this.startDhcpClient(i);
+      this.#logger.info({ prefix: this.prefix, uplink: i }, 'lab: uplink up');
+      return;
+    }
     const cpe = this.hosts.cpe;
     const dl = this.#delayLines.get(i);
     if (dl) await run('ip', ['link', 'set', DELAY_LINE.concSide, 'up'], { netns: dl });
@@ -472,6 +515,9 @@ export class Lab {
     type Link = { ifname: string; flags?: string[]; stats64?: { rx?: { bytes?: number; packets?: number }; tx?: { bytes?: number; packets?: number } } };
     const links = cpeThere ? await runJson<Link[]>('ip', ['-j', '-s', 'link', 'show'], { netns: this.hosts.cpe.name }).catch(() => []) : [];
     const losses = cpeThere ? await this.#readLoss().catch(() => new Map<number, number>()) : new Map<number, number>();
+    // Field: the uplinks' addresses are whatever DHCP gave.
+    const leased = new Map<number, string>();
+    if (cpeThere && this.topology === 'field') for (let j = 1; j <= this.uplinks.length; j++) leased.set(j, (await this.dhcpAddress(j).catch(() => null)) ?? '');
     let poolCount = 0;
     if (concThere) {
       type Addr = { addr_info?: Array<{ local?: string; prefixlen?: number }> };
@@ -486,10 +532,11 @@ export class Lab {
         dev: a.cpeDev,
         rate: u.rate,
         ...(u.rttMs ? { rttMs: u.rttMs } : {}),
+        ...(u.cgn ? { cgn: true } : {}),
         state: link === undefined ? 'missing' : link.flags?.includes('UP') ? 'up' : 'down',
         lossPercent: losses.get(j + 1) ?? 0,
-        v4: a.cpeV4,
-        v6: a.cpeV6,
+        v4: leased.get(j + 1) ?? a.cpeV4,
+        v6: this.topology === 'field' ? '' : a.cpeV6,
         rxBytes: link?.stats64?.rx?.bytes ?? 0,
         txBytes: link?.stats64?.tx?.bytes ?? 0,
         rxPackets: link?.stats64?.rx?.packets ?? 0,
@@ -499,6 +546,7 @@ export class Lab {
     const namespaces = this.namespaces.map((name) => ({ name, present: present.has(name) }));
     return {
       prefix: this.prefix,
+      topology: this.topology,
       ownerPid: this.#state.owner?.pid ?? null,
       mptcpRouting: this.mptcpRouting,
       namespaces,
@@ -509,12 +557,120 @@ export class Lab {
     };
   }
 
-  /** A host by CLI name: client | cpe | concentrator (conc) | inet | srvK. */
+  /** Field topology: the IPv4 address DHCP gave uplink i (null: none yet). */
+  async dhcpAddress(i: number): Promise<string | null> {
+    const a = this.#access(i);
+    type Addr = { addr_info?: Array<{ local?: string; scope?: string }> };
+    const addrs = await runJson<Addr[]>('ip', ['-j', '-4', 'addr', 'show', 'dev', a.cpeDev], { netns: this.hosts.cpe.name });
+    return addrs.flatMap((x) => x.addr_info ?? []).find((x) => x.scope === 'global')?.local ?? null;
+  }
+
+  /**
+   * Field topology: starts the CPE's DHCP client (ISC dhclient, Debian's dhclient-script: address, then the
+   * default route with metric 100*i) on uplink i and resolves once it holds a lease (dhclient goes to the
+   * background then). Lives as long as the CPE namespace; `stopDhcpClient` ends it earlier.
+   */
+  async startDhcpClient(i: number): Promise<string> {
+    const a = this.#access(i);
+    const f = this.#dhcpFiles(i);
+    mkdirSync(runDir(this.prefix), { recursive: true });
+    // Only what a router needs from its access network: no DNS, NTP or domain (nothing touches the host).
+    writeFileSync(f.conf, 'request subnet-mask, broadcast-address, routers;\ntimeout 20;\n');
+    await this.hosts.cpe.exec('dhclient', ['-4', '-1', '-e', `IF_METRIC=${a.metric}`, '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { timeoutMs: 30_000 });
+    const got = await this.dhcpAddress(i);
+    if (got === null) throw new MpconvertError('MPC_ERR_LAB_UP', `lab ${this.prefix}: dhclient on ${a.cpeDev} reported a lease but the interface has no address`);
+    this.#logger.info({ prefix: this.prefix, uplink: i, address: got }, 'lab: DHCP lease');
+    return got;
+  }
+
+  /** Field topology: ends uplink i's DHCP client; `release` also gives the lease back (the address goes). */
+  async stopDhcpClient(i: number, opts: { release?: boolean } = {}): Promise<void> {
+    const a = this.#access(i);
+    const f = this.#dhcpFiles(i);
+    await this.hosts.cpe.exec('dhclient', ['-4', opts.release ? '-r' : '-x', '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { allowFailure: true, timeoutMs: 15_000 });
+  }
+
+  /**
+   * Field topology: the ISP renumbers access network i (its DHCP pool moves to .200-.249, old leases are
+   * forgotten) and the CPE's DHCP client gets a new lease, as after an ISP-side reset. Returns the new address.
+   */
+  async renumber(i: number): Promise<string> {
+    this.#access(i);
+    await this.stopDhcpClient(i, { release: true });
+    await this.#stopDnsmasq(i);
+    rmSync(this.#dhcpFiles(i).leases, { force: true });
+    await this.#startDnsmasq(i, true);
+    return this.startDhcpClient(i);
+  }
+
+  #access(i: number) {
+    if (this.topology !== 'field') throw new MpconvertError('MPC_ERR_LAB_SPEC', `lab ${this.prefix} has the classic topology: DHCP is a field-topology feature`);
+    this.#uplink(i);
+    return fieldAccess(i);
+  }
+
+  #dhcpFiles(i: number) {
+    const d = runDir(this.prefix);
+    return {
+      conf: `${d}/dhclient-up${i}.conf`,
+      pid: `${d}/dhclient-up${i}.pid`,
+      leases: `${d}/dhclient-up${i}.leases`,
+      serverPid: `${d}/dnsmasq-isp${i}.pid`,
+      serverLeases: `${d}/dnsmasq-isp${i}.leases`,
+      serverLog: `${d}/dnsmasq-isp${i}.log`,
+    };
+  }
+
+  /** dnsmasq as the DHCP server of access network i, in ISP i's namespace (it daemonizes once it serves). */
+  async #startDnsmasq(i: number, renumbered = false): Promise<void> {
+    const a = fieldAccess(i);
+    const f = this.#dhcpFiles(i);
+    mkdirSync(runDir(this.prefix), { recursive: true });
+    const [lo, hi] = renumbered ? a.renumberedPool : a.pool;
+    await run('dnsmasq', [
+      '--conf-file=/dev/null', '--port=0', `--interface=${a.ispDev}`, '--bind-interfaces', '--no-ping', '--dhcp-authoritative',
+      `--dhcp-range=${lo},${hi},255.255.255.0,${FIELD.leaseS}s`, `--dhcp-option=option:router,${a.gatewayV4}`,
+      `--dhcp-leasefile=${f.serverLeases}`, `--pid-file=${f.serverPid}`, `--log-facility=${f.serverLog}`, '--log-dhcp', '--user=root',
+    ], { netns: this.hosts.isps[i - 1]!.name, timeoutMs: 10_000 });
+  }
+
+  async #stopDnsmasq(i: number): Promise<void> {
+    let pid: number;
+    try {
+      pid = Number(readFileSync(this.#dhcpFiles(i).serverPid, 'utf8').trim());
+    } catch {
+      return;
+    }
+    if (!Number.isInteger(pid) || pid <= 1) return;
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      return;
+    }
+    // Poll until it is gone (its DHCP socket must be free for the next one).
+    for (let t = 0; t < 100; t++) {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    process.kill(pid, 'SIGKILL');
+  }
+
+  /** A host by CLI name: client | cpe | concentrator (conc) | inet | srvK | ispI (field). */
   host(name: string): LabHost {
     if (name === 'client') return this.hosts.client;
     if (name === 'cpe') return this.hosts.cpe;
     if (name === 'concentrator' || name === 'conc') return this.hosts.concentrator;
     if (name === 'inet') return this.inet;
+    const isp = /^isp(\d+)$/.exec(name);
+    if (isp) {
+      const h = this.hosts.isps[Number(isp[1]) - 1];
+      if (h === undefined) throw new MpconvertError('MPC_ERR_LAB_SPEC', `No host "${name}" in lab ${this.prefix} (ISP routers exist in the field topology: isp1..isp${this.hosts.isps.length})`);
+      return h;
+    }
     const m = /^srv(\d+)$/.exec(name);
     const s = m ? this.hosts.servers[Number(m[1]) - 1] : undefined;
     if (s === undefined) throw new MpconvertError('MPC_ERR_LAB_SPEC', `No host "${name}" in lab ${this.prefix} (client, cpe, concentrator, inet, srv1..srv${this.hosts.servers.length})`);
@@ -562,6 +718,109 @@ export class Lab {
         return child;
       },
     };
+  }
+
+  /** The field topology (docs/lab.md, "The field topology"); steps as in #build, then 'dhcp'. */
+  async #buildField(onStep: LabDeps['onStep'], dhcpClients: boolean): Promise<void> {
+    const step = async (name: BuildStep) => {
+      this.#checkAborted();
+      this.#logger.debug({ prefix: this.prefix, step: name }, 'lab: build step');
+      await onStep?.(name, this);
+    };
+    await step('namespaces');
+    const client = this.hosts.client.name;
+    const cpe = this.hosts.cpe.name;
+    const conc = this.hosts.concentrator.name;
+    const inet = this.inet.name;
+    const servers = this.hosts.servers.map((s) => s.name);
+    const isps = this.hosts.isps.map((h) => h.name);
+    const n = this.uplinks.length;
+    for (const name of this.namespaces) {
+      this.#checkAborted();
+      await run('ip', ['netns', 'add', name]);
+      mkdirSync(`/etc/netns/${name}`, { recursive: true });
+      writeFileSync(`/etc/netns/${name}/resolv.conf`, 'nameserver 127.0.0.1\n');
+    }
+    mkdirSync(runDir(this.prefix), { recursive: true });
+    const common = ['net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0', 'net.ipv6.conf.all.accept_ra=0', 'net.ipv6.conf.default.accept_ra=0'];
+    const router = ['net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0'];
+    await Promise.all([
+      sysctl(client, common),
+      sysctl(cpe, [...common, ...router]),
+      sysctl(conc, [...common, 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0']),
+      sysctl(inet, ['net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']),
+      ...servers.map((s) => sysctl(s, common)),
+      ...isps.map((s) => sysctl(s, [...common, ...router])),
+    ]);
+
+    await step('links');
+    const veth = (a: string, aDev: string, b: string, bDev: string) =>
+      run('ip', ['link', 'add', aDev, 'netns', a, 'type', 'veth', 'peer', 'name', bDev, 'netns', b]);
+    await veth(client, LAB.lan.client.dev, cpe, LAB.lan.cpe.dev);
+    for (let i = 1; i <= n; i++) {
+      const a = fieldAccess(i);
+      await veth(cpe, a.cpeDev, isps[i - 1]!, a.ispDev);
+      await veth(isps[i - 1]!, FIELD.ispCoreDev, inet, a.ispPort);
+    }
+    await veth(conc, FIELD.concentrator.dev, inet, LAB.inet.concPort);
+    for (let k = 1; k <= servers.length; k++) await veth(servers[k - 1]!, LAB.inet.serverDev, inet, serverAddressing(k).bridgePort);
+
+    await step('addresses');
+    const br = LAB.inet.bridge;
+    const ports = [LAB.inet.concPort, ...servers.map((_, j) => serverAddressing(j + 1).bridgePort), ...this.uplinks.map((_, j) => fieldAccess(j + 1).ispPort)];
+    const inetCmds = ['link set lo up', `link add ${br} type bridge mcast_snooping 0`, `link set ${br} up`, ...ports.flatMap((d) => [`link set ${d} master ${br}`, `link set ${d} up`])];
+    const lanC = LAB.lan.client;
+    const lanP = LAB.lan.cpe;
+    // Public access networks are routed to their ISP on the internet segment; CGN ones are not (private space).
+    const publicRoutes = this.uplinks.flatMap((u, j) => (u.cgn ? [] : [`route add ${fieldAccess(j + 1).v4Prefix} via ${fieldAccess(j + 1).coreV4}`]));
+    const cpeCmds = ['link set lo up', `link set ${lanP.dev} up`, `addr add ${lanP.v4}/${LAB.lan.v4Len} dev ${lanP.dev}`];
+    const ispCmds: string[][] = [];
+    for (let i = 1; i <= n; i++) {
+      const a = fieldAccess(i);
+      const mtu = this.uplinks[i - 1]!.mtu ?? 1500;
+      // No address on the CPE's uplinks: DHCP gives them.
+      cpeCmds.push(`link set ${a.cpeDev} mtu ${mtu}`, `link set ${a.cpeDev} up`);
+      ispCmds.push([
+        'link set lo up', `link set ${a.ispDev} mtu ${mtu}`, `link set ${a.ispDev} up`, `addr add ${a.gatewayV4}/${a.v4Len} dev ${a.ispDev}`,
+        `link set ${FIELD.ispCoreDev} up`, `addr add ${a.coreV4}/${LAB.inet.v4Len} dev ${FIELD.ispCoreDev}`,
+        // The other ISPs' customers are reached through them, like every other internet host does.
+        ...publicRoutes.filter((r) => !r.startsWith(`route add ${a.v4Prefix} `)),
+      ]);
+    }
+    const fc = FIELD.concentrator;
+    await Promise.all([
+      batch(inet, inetCmds),
+      batch(client, ['link set lo up', `link set ${lanC.dev} up`, `addr add ${lanC.v4}/${LAB.lan.v4Len} dev ${lanC.dev}`, `route add default via ${lanP.v4} dev ${lanC.dev}`]),
+      batch(cpe, cpeCmds),
+      batch(conc, ['link set lo up', `link set ${fc.dev} up`, `addr add ${fc.v4}/${LAB.inet.v4Len} dev ${fc.dev}`, ...publicRoutes]),
+      ...isps.map((ns, j) => batch(ns, ispCmds[j]!)),
+      ...servers.map((s, j) => {
+        const a = serverAddressing(j + 1);
+        return batch(s, ['link set lo up', `link set ${a.dev} up`, `addr add ${a.v4}/${LAB.inet.v4Len} dev ${a.dev}`, ...publicRoutes]);
+      }),
+    ]);
+    // The carrier-grade NATs: what leaves an ISP from its CGN access network leaves from the ISP's address.
+    await Promise.all(
+      this.uplinks.flatMap((u, j) => {
+        if (!u.cgn) return [];
+        const a = fieldAccess(j + 1);
+        const table = `table ip ${FIELD.cgnTable} {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname "${FIELD.ispCoreDev}" ip saddr ${a.v4Prefix} counter masquerade\n  }\n}\n`;
+        return [run('nft', ['-f', '-'], { netns: isps[j]!, input: table })];
+      }),
+    );
+
+    await step('shaping');
+    const tc: Array<Promise<unknown>> = [];
+    this.uplinks.forEach((up, j) => {
+      if (up.rate === 0) return;
+      const a = fieldAccess(j + 1);
+      tc.push(run('tc', tbfArgs(a.cpeDev, up.rate), { netns: cpe }), run('tc', tbfArgs(a.ispDev, up.rate), { netns: isps[j]! }));
+    });
+    await Promise.all(tc);
+
+    await step('dhcp');
+    for (let i = 1; i <= n; i++) await this.#startDnsmasq(i);
+    if (dhcpClients) for (let i = 1; i <= n; i++) await this.startDhcpClient(i);
   }
 
   async #build(onStep: LabDeps['onStep']): Promise<void> {
