@@ -15,3 +15,10 @@ test('a lab spec with an impossible round-trip time is refused before anything i
   await assert.rejects(Lab.up({ uplinks: [{ rate: '50mbit', rttMs: -1 }] }), /rttMs -1: expected 0\.\.2000/);
   await assert.rejects(Lab.up({ uplinks: [{ rate: '50mbit', rttMs: 5000 }] }), /rttMs 5000/);
 });
+
+test('field-topology uplink flags: ,cgn and ,mtu=N after the rate', () => {
+  assert.deepEqual(parseUplinkFlag('50mbit,mtu=1492'), { rate: '50mbit', mtu: 1492 });
+  assert.deepEqual(parseUplinkFlag('50mbit,cgn'), { rate: '50mbit', cgn: true });
+  assert.deepEqual(parseUplinkFlag('0,cgn,mtu=1400'), { rate: 0, cgn: true, mtu: 1400 });
+  assert.throws(() => parseUplinkFlag('50mbit,nat'), /neither cgn nor mtu/);
+});
