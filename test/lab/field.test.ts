@@ -10,11 +10,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FIELD, Lab, fieldAccess } from '../../src/lab/index.js';
 import { udpLoss } from '../../src/lab/probe.js';
+import { runDir } from '../../src/lab/state.js';
 import { signallingFor } from '../../src/cpe/session.js';
 import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
 import { CLI, Proc, TOOL, runTool, start, type ClientOut, type ServerOut } from '../support/lab-procs.js';
@@ -25,7 +27,6 @@ if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${m
 
 const MB = 1024 * 1024;
 const CONC = FIELD.concentrator.v4;
-const DSL = fieldAccess(1);
 const LTE = fieldAccess(2);
 const SECRET = randomBytes(32);
 /** Shaped so that 100 MB over both takes ~7 s, and one uplink is clearly the bottleneck of a single path. */
@@ -235,4 +236,33 @@ describe('field lab: DHCP uplinks, a CGN, a public authenticated concentrator, a
     const ping2 = await lab.hosts.client.exec('ping', ['-c', '2', '-i', '0.2', '-W', '1', srv().v4], { allowFailure: true });
     assert.notEqual(ping2.code, 0, 'nothing NATs once the CPE stopped');
   });
+
+  test('down removes the field lab: its namespaces, the DHCP servers and clients, their lease and pid files', { timeout: 60_000 }, async () => {
+    const dhcpPids: number[] = [];
+    for (const ns of [lab.hosts.cpe.name, ...lab.hosts.isps.map((h) => h.name)]) {
+      for (const pid of (await lab.hosts.cpe.exec('ip', ['netns', 'pids', ns])).stdout.split(/\s+/).filter(Boolean).map(Number)) {
+        const cmd = (await lab.hosts.cpe.exec('cat', [`/proc/${pid}/comm`], { allowFailure: true })).stdout.trim();
+        if (cmd === 'dnsmasq' || cmd === 'dhclient') dhcpPids.push(pid);
+      }
+    }
+    assert.equal(dhcpPids.length, 4, 'a dnsmasq per ISP and a dhclient per uplink were running');
+    assert.ok(existsSync(runDir(lab.prefix)));
+    await cpe?.stop();
+    cpe = undefined;
+    await lab.down();
+    const names = JSON.parse(execFileSync('ip', ['-j', 'netns', 'list'], { encoding: 'utf8' }) || '[]') as Array<{ name: string }>;
+    assert.deepEqual(names.filter((n) => n.name.startsWith(`${lab.prefix}-`)), [], 'no namespace left');
+    // SIGKILLed by down(); gone (or a zombie waiting for init) a moment later.
+    const alive = (pid: number) => {
+      try {
+        return !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+      } catch {
+        return false;
+      }
+    };
+    for (const deadline = Date.now() + 5_000; dhcpPids.some(alive) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(dhcpPids.filter(alive), [], 'no DHCP server or client outlives the lab');
+    assert.ok(!existsSync(runDir(lab.prefix)), 'the lab\'s run directory is gone');
+  });
 });
+

@@ -22,3 +22,10 @@ test('field-topology uplink flags: ,cgn and ,mtu=N after the rate', () => {
   assert.deepEqual(parseUplinkFlag('0,cgn,mtu=1400'), { rate: 0, cgn: true, mtu: 1400 });
   assert.throws(() => parseUplinkFlag('50mbit,nat'), /neither cgn nor mtu/);
 });
+
+test('field-topology settings are refused outside it, and impossible ones in it, before anything is built', async () => {
+  await assert.rejects(Lab.up({ uplinks: [{ rate: '50mbit', cgn: true }] }), /cgn and mtu are uplink settings of the field topology/);
+  await assert.rejects(Lab.up({ topology: 'field', uplinks: [{ rate: '50mbit', rttMs: 20 }] }), /no delay lines/);
+  await assert.rejects(Lab.up({ topology: 'field', uplinks: [{ rate: '50mbit', mtu: 100 }] }), /mtu 100/);
+  await assert.rejects(Lab.up({ topology: 'field', mptcpRouting: true, uplinks: [{ rate: '50mbit' }] }), /mptcpRouting is for the classic topology/);
+});
