@@ -10,14 +10,16 @@
 import { execFileSync, spawn as spawnChild, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { MpconvertError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { run, runJson, type RunResult } from '../platform/linux/exec.js';
 import { DELAY_LINE, FIELD, LAB, LAB_NAMESPACE_RE, PREFIX_RE, fieldAccess, namespaceName, poolAddress, serverAddressing, serverNamespace, uplinkAddressing } from './addressing.js';
 import { checkLossPercent, lossRuleset, parseLossTable } from './loss.js';
+import { batch, sysctl } from './commands.js';
+import { FieldDhcp, buildField } from './field.js';
 import { parseRate, tbfArgs } from './shaping.js';
-import { listStates, ownerAlive, processStart, readState, removeState, runDir, writeState, type LabState } from './state.js';
+import { listStates, ownerAlive, processStart, readState, removeState, writeState, type LabState } from './state.js';
 
 export type { RunResult } from '../platform/linux/exec.js';
 export { FIELD, LAB, fieldAccess, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from './addressing.js';
@@ -257,6 +259,8 @@ export class Lab {
   /** The build in progress: down() during up() (a signal) stops it at the next step and waits for it. */
   #building: Promise<void> | null = null;
   #aborted = false;
+  /** Field topology: the access networks' DHCP servers and the CPE's clients. */
+  readonly #dhcp: FieldDhcp | null;
 
   private constructor(state: LabState, logger: Logger) {
     this.#state = state;
@@ -282,6 +286,7 @@ export class Lab {
       isps,
     };
     this.inet = this.#host(namespaceName(p, 'inet'), '', '');
+    this.#dhcp = field ? new FieldDhcp(p, this.hosts.cpe, isps, logger) : null;
     // Delay-line namespaces of the uplinks that have an RTT.
     this.#delayLines = new Map(this.uplinks.flatMap((u, j) => (u.rttMs ? [[j + 1, namespaceName(p, `dl${j + 1}`)] as const] : [])));
     this.namespaces = [this.hosts.client.name, this.hosts.cpe.name, this.hosts.concentrator.name, this.inet.name, ...servers.map((s) => s.name), ...this.#delayLines.values(), ...isps.map((h) => h.name)];
@@ -558,105 +563,51 @@ export class Lab {
   }
 
   /** Field topology: the IPv4 address DHCP gave uplink i (null: none yet). */
-  async dhcpAddress(i: number): Promise<string | null> {
-    const a = this.#access(i);
-    type Addr = { addr_info?: Array<{ local?: string; scope?: string }> };
-    const addrs = await runJson<Addr[]>('ip', ['-j', '-4', 'addr', 'show', 'dev', a.cpeDev], { netns: this.hosts.cpe.name });
-    return addrs.flatMap((x) => x.addr_info ?? []).find((x) => x.scope === 'global')?.local ?? null;
+  dhcpAddress(i: number): Promise<string | null> {
+    return this.#fieldDhcp().address(i);
   }
 
   /**
-   * Field topology: starts the CPE's DHCP client (ISC dhclient, Debian's dhclient-script: address, then the
-   * default route with metric 100*i) on uplink i and resolves once it holds a lease (dhclient goes to the
-   * background then). Lives as long as the CPE namespace; `stopDhcpClient` ends it earlier.
+   * Field topology: starts the CPE's DHCP client on uplink i; resolves with the leased address once it has one
+   * (src/lab/field.ts).
    */
-  async startDhcpClient(i: number): Promise<string> {
-    const a = this.#access(i);
-    const f = this.#dhcpFiles(i);
-    mkdirSync(runDir(this.prefix), { recursive: true });
-    // Only what a router needs from its access network: no DNS, NTP or domain (nothing touches the host).
-    writeFileSync(f.conf, 'request subnet-mask, broadcast-address, routers;\ntimeout 20;\n');
-    await this.hosts.cpe.exec('dhclient', ['-4', '-1', '-e', `IF_METRIC=${a.metric}`, '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { timeoutMs: 30_000 });
-    const got = await this.dhcpAddress(i);
-    if (got === null) throw new MpconvertError('MPC_ERR_LAB_UP', `lab ${this.prefix}: dhclient on ${a.cpeDev} reported a lease but the interface has no address`);
-    this.#logger.info({ prefix: this.prefix, uplink: i, address: got }, 'lab: DHCP lease');
-    return got;
+  startDhcpClient(i: number): Promise<string> {
+    return this.#fieldDhcp().startClient(i);
   }
 
   /** Field topology: ends uplink i's DHCP client; `release` also gives the lease back (the address goes). */
-  async stopDhcpClient(i: number, opts: { release?: boolean } = {}): Promise<void> {
-    const a = this.#access(i);
-    const f = this.#dhcpFiles(i);
-    await this.hosts.cpe.exec('dhclient', ['-4', opts.release ? '-r' : '-x', '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { allowFailure: true, timeoutMs: 15_000 });
+  stopDhcpClient(i: number, opts: { release?: boolean } = {}): Promise<void> {
+    return this.#fieldDhcp().stopClient(i, opts);
   }
 
-  /**
-   * Field topology: the ISP renumbers access network i (its DHCP pool moves to .200-.249, old leases are
-   * forgotten) and the CPE's DHCP client gets a new lease, as after an ISP-side reset. Returns the new address.
-   */
-  async renumber(i: number): Promise<string> {
-    this.#access(i);
-    await this.stopDhcpClient(i, { release: true });
-    await this.#stopDnsmasq(i);
-    rmSync(this.#dhcpFiles(i).leases, { force: true });
-    await this.#startDnsmasq(i, true);
-    return this.startDhcpClient(i);
+  /** Field topology: ISP i renumbers its access network; the CPE gets a new lease, returned. */
+  renumber(i: number): Promise<string> {
+    return this.#fieldDhcp().renumber(i);
   }
 
-  #access(i: number) {
-    if (this.topology !== 'field') throw new MpconvertError('MPC_ERR_LAB_SPEC', `lab ${this.prefix} has the classic topology: DHCP is a field-topology feature`);
-    this.#uplink(i);
-    return fieldAccess(i);
+  #fieldDhcp(): FieldDhcp {
+    if (this.#dhcp === null) throw new MpconvertError('MPC_ERR_LAB_SPEC', `lab ${this.prefix} has the classic topology: DHCP is a field-topology feature`);
+    return this.#dhcp;
   }
 
-  #dhcpFiles(i: number) {
-    const d = runDir(this.prefix);
-    return {
-      conf: `${d}/dhclient-up${i}.conf`,
-      pid: `${d}/dhclient-up${i}.pid`,
-      leases: `${d}/dhclient-up${i}.leases`,
-      serverPid: `${d}/dnsmasq-isp${i}.pid`,
-      serverLeases: `${d}/dnsmasq-isp${i}.leases`,
-      serverLog: `${d}/dnsmasq-isp${i}.log`,
+  /** The field topology (src/lab/field.ts). */
+  async #buildField(onStep: LabDeps['onStep'], dhcpClients: boolean): Promise<void> {
+    const step = async (name: BuildStep) => {
+      this.#checkAborted();
+      this.#logger.debug({ prefix: this.prefix, step: name }, 'lab: build step');
+      await onStep?.(name, this);
     };
+    await buildField({ prefix: this.prefix, uplinks: this.uplinks, hosts: this.hosts, inet: this.inet, step, makeNamespaces: () => this.#makeNamespaces() }, this.#fieldDhcp(), dhcpClients);
   }
 
-  /** dnsmasq as the DHCP server of access network i, in ISP i's namespace (it daemonizes once it serves). */
-  async #startDnsmasq(i: number, renumbered = false): Promise<void> {
-    const a = fieldAccess(i);
-    const f = this.#dhcpFiles(i);
-    mkdirSync(runDir(this.prefix), { recursive: true });
-    const [lo, hi] = renumbered ? a.renumberedPool : a.pool;
-    await run('dnsmasq', [
-      '--conf-file=/dev/null', '--port=0', `--interface=${a.ispDev}`, '--bind-interfaces', '--no-ping', '--dhcp-authoritative',
-      `--dhcp-range=${lo},${hi},255.255.255.0,${FIELD.leaseS}s`, `--dhcp-option=option:router,${a.gatewayV4}`,
-      `--dhcp-leasefile=${f.serverLeases}`, `--pid-file=${f.serverPid}`, `--log-facility=${f.serverLog}`, '--log-dhcp', '--user=root',
-    ], { netns: this.hosts.isps[i - 1]!.name, timeoutMs: 10_000 });
-  }
-
-  async #stopDnsmasq(i: number): Promise<void> {
-    let pid: number;
-    try {
-      pid = Number(readFileSync(this.#dhcpFiles(i).serverPid, 'utf8').trim());
-    } catch {
-      return;
+  /** Every namespace of the lab, with its resolv.conf. */
+  async #makeNamespaces(): Promise<void> {
+    for (const name of this.namespaces) {
+      this.#checkAborted();
+      await run('ip', ['netns', 'add', name]);
+      mkdirSync(`/etc/netns/${name}`, { recursive: true });
+      writeFileSync(`/etc/netns/${name}/resolv.conf`, 'nameserver 127.0.0.1\n');
     }
-    if (!Number.isInteger(pid) || pid <= 1) return;
-    try {
-      process.kill(pid, 'SIGTERM');
-    } catch {
-      return;
-    }
-    // Poll until it is gone (its DHCP socket must be free for the next one).
-    for (let t = 0; t < 100; t++) {
-      try {
-        process.kill(pid, 0);
-      } catch {
-        return;
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    process.kill(pid, 'SIGKILL');
   }
 
   /** A host by CLI name: client | cpe | concentrator (conc) | inet | srvK | ispI (field). */
@@ -720,109 +671,6 @@ export class Lab {
     };
   }
 
-  /** The field topology (docs/lab.md, "The field topology"); steps as in #build, then 'dhcp'. */
-  async #buildField(onStep: LabDeps['onStep'], dhcpClients: boolean): Promise<void> {
-    const step = async (name: BuildStep) => {
-      this.#checkAborted();
-      this.#logger.debug({ prefix: this.prefix, step: name }, 'lab: build step');
-      await onStep?.(name, this);
-    };
-    await step('namespaces');
-    const client = this.hosts.client.name;
-    const cpe = this.hosts.cpe.name;
-    const conc = this.hosts.concentrator.name;
-    const inet = this.inet.name;
-    const servers = this.hosts.servers.map((s) => s.name);
-    const isps = this.hosts.isps.map((h) => h.name);
-    const n = this.uplinks.length;
-    for (const name of this.namespaces) {
-      this.#checkAborted();
-      await run('ip', ['netns', 'add', name]);
-      mkdirSync(`/etc/netns/${name}`, { recursive: true });
-      writeFileSync(`/etc/netns/${name}/resolv.conf`, 'nameserver 127.0.0.1\n');
-    }
-    mkdirSync(runDir(this.prefix), { recursive: true });
-    const common = ['net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0', 'net.ipv6.conf.all.accept_ra=0', 'net.ipv6.conf.default.accept_ra=0'];
-    const router = ['net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0'];
-    await Promise.all([
-      sysctl(client, common),
-      sysctl(cpe, [...common, ...router]),
-      sysctl(conc, [...common, 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0']),
-      sysctl(inet, ['net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']),
-      ...servers.map((s) => sysctl(s, common)),
-      ...isps.map((s) => sysctl(s, [...common, ...router])),
-    ]);
-
-    await step('links');
-    const veth = (a: string, aDev: string, b: string, bDev: string) =>
-      run('ip', ['link', 'add', aDev, 'netns', a, 'type', 'veth', 'peer', 'name', bDev, 'netns', b]);
-    await veth(client, LAB.lan.client.dev, cpe, LAB.lan.cpe.dev);
-    for (let i = 1; i <= n; i++) {
-      const a = fieldAccess(i);
-      await veth(cpe, a.cpeDev, isps[i - 1]!, a.ispDev);
-      await veth(isps[i - 1]!, FIELD.ispCoreDev, inet, a.ispPort);
-    }
-    await veth(conc, FIELD.concentrator.dev, inet, LAB.inet.concPort);
-    for (let k = 1; k <= servers.length; k++) await veth(servers[k - 1]!, LAB.inet.serverDev, inet, serverAddressing(k).bridgePort);
-
-    await step('addresses');
-    const br = LAB.inet.bridge;
-    const ports = [LAB.inet.concPort, ...servers.map((_, j) => serverAddressing(j + 1).bridgePort), ...this.uplinks.map((_, j) => fieldAccess(j + 1).ispPort)];
-    const inetCmds = ['link set lo up', `link add ${br} type bridge mcast_snooping 0`, `link set ${br} up`, ...ports.flatMap((d) => [`link set ${d} master ${br}`, `link set ${d} up`])];
-    const lanC = LAB.lan.client;
-    const lanP = LAB.lan.cpe;
-    // Public access networks are routed to their ISP on the internet segment; CGN ones are not (private space).
-    const publicRoutes = this.uplinks.flatMap((u, j) => (u.cgn ? [] : [`route add ${fieldAccess(j + 1).v4Prefix} via ${fieldAccess(j + 1).coreV4}`]));
-    const cpeCmds = ['link set lo up', `link set ${lanP.dev} up`, `addr add ${lanP.v4}/${LAB.lan.v4Len} dev ${lanP.dev}`];
-    const ispCmds: string[][] = [];
-    for (let i = 1; i <= n; i++) {
-      const a = fieldAccess(i);
-      const mtu = this.uplinks[i - 1]!.mtu ?? 1500;
-      // No address on the CPE's uplinks: DHCP gives them.
-      cpeCmds.push(`link set ${a.cpeDev} mtu ${mtu}`, `link set ${a.cpeDev} up`);
-      ispCmds.push([
-        'link set lo up', `link set ${a.ispDev} mtu ${mtu}`, `link set ${a.ispDev} up`, `addr add ${a.gatewayV4}/${a.v4Len} dev ${a.ispDev}`,
-        `link set ${FIELD.ispCoreDev} up`, `addr add ${a.coreV4}/${LAB.inet.v4Len} dev ${FIELD.ispCoreDev}`,
-        // The other ISPs' customers are reached through them, like every other internet host does.
-        ...publicRoutes.filter((r) => !r.startsWith(`route add ${a.v4Prefix} `)),
-      ]);
-    }
-    const fc = FIELD.concentrator;
-    await Promise.all([
-      batch(inet, inetCmds),
-      batch(client, ['link set lo up', `link set ${lanC.dev} up`, `addr add ${lanC.v4}/${LAB.lan.v4Len} dev ${lanC.dev}`, `route add default via ${lanP.v4} dev ${lanC.dev}`]),
-      batch(cpe, cpeCmds),
-      batch(conc, ['link set lo up', `link set ${fc.dev} up`, `addr add ${fc.v4}/${LAB.inet.v4Len} dev ${fc.dev}`, ...publicRoutes]),
-      ...isps.map((ns, j) => batch(ns, ispCmds[j]!)),
-      ...servers.map((s, j) => {
-        const a = serverAddressing(j + 1);
-        return batch(s, ['link set lo up', `link set ${a.dev} up`, `addr add ${a.v4}/${LAB.inet.v4Len} dev ${a.dev}`, ...publicRoutes]);
-      }),
-    ]);
-    // The carrier-grade NATs: what leaves an ISP from its CGN access network leaves from the ISP's address.
-    await Promise.all(
-      this.uplinks.flatMap((u, j) => {
-        if (!u.cgn) return [];
-        const a = fieldAccess(j + 1);
-        const table = `table ip ${FIELD.cgnTable} {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname "${FIELD.ispCoreDev}" ip saddr ${a.v4Prefix} counter masquerade\n  }\n}\n`;
-        return [run('nft', ['-f', '-'], { netns: isps[j]!, input: table })];
-      }),
-    );
-
-    await step('shaping');
-    const tc: Array<Promise<unknown>> = [];
-    this.uplinks.forEach((up, j) => {
-      if (up.rate === 0) return;
-      const a = fieldAccess(j + 1);
-      tc.push(run('tc', tbfArgs(a.cpeDev, up.rate), { netns: cpe }), run('tc', tbfArgs(a.ispDev, up.rate), { netns: isps[j]! }));
-    });
-    await Promise.all(tc);
-
-    await step('dhcp');
-    for (let i = 1; i <= n; i++) await this.#startDnsmasq(i);
-    if (dhcpClients) for (let i = 1; i <= n; i++) await this.startDhcpClient(i);
-  }
-
   async #build(onStep: LabDeps['onStep']): Promise<void> {
     const step = async (name: BuildStep) => {
       this.#checkAborted();
@@ -838,12 +686,7 @@ export class Lab {
     const n = this.uplinks.length;
 
     // 1. Namespaces, resolv.conf, sysctls (before any interface exists, so "default" applies to all of them).
-    for (const name of this.namespaces) {
-      this.#checkAborted();
-      await run('ip', ['netns', 'add', name]);
-      mkdirSync(`/etc/netns/${name}`, { recursive: true });
-      writeFileSync(`/etc/netns/${name}/resolv.conf`, 'nameserver 127.0.0.1\n');
-    }
+    await this.#makeNamespaces();
     const common = ['net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0', 'net.ipv6.conf.all.accept_ra=0', 'net.ipv6.conf.default.accept_ra=0'];
     const router = [
       'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1',
@@ -986,14 +829,4 @@ async function startDelayLine(netns: string, oneWayMs: number): Promise<void> {
   child.stdout!.destroy();
   child.stderr!.destroy();
   child.unref();
-}
-
-function sysctl(netns: string, settings: string[]): Promise<RunResult> {
-  return run('sysctl', ['-q', '-w', ...settings], { netns });
-}
-
-/** `ip [-6] -batch -`: stops at the first failing line, whose message is in the error. */
-function batch(netns: string, lines: string[], family?: '-6'): Promise<RunResult> {
-  if (lines.length === 0) return Promise.resolve({ stdout: '', stderr: '', code: 0 });
-  return run('ip', [...(family ? [family] : []), '-batch', '-'], { netns, input: lines.join('\n') + '\n' });
 }
