@@ -70,15 +70,18 @@ describe('field lab: DHCP uplinks, a CGN, a public authenticated concentrator, a
   const rxBytes = async (dev: string) =>
     (JSON.parse((await lab.hosts.cpe.exec('ip', ['-j', '-s', 'link', 'show', dev])).stdout) as Array<{ stats64: { rx: { bytes: number } } }>)[0]!.stats64.rx.bytes;
 
-  async function startCpe(uplinksYaml = '[{interface: up1}, {interface: up2}]'): Promise<void> {
-    await stopCpe();
+  /** docs/deploy.md, "The router": the configuration, as there. */
+  function cpeConfig(uplinksYaml = '[{interface: up1}, {interface: up2}]'): string {
     const file = join(dir, `cpe-${Date.now()}.yaml`);
-    // docs/deploy.md, "The router": the configuration, as there.
     writeFileSync(
       file,
       `mode: router\nlan: [lan0]\nuplinks: ${uplinksYaml}\nconcentrators:\n  - address: "${CONC}:5000"\n    keyId: cpe-field\n    secretFile: ${join(dir, 'cpe.secret')}\nadmin: "127.0.0.1:9091"\nshutdownDrainS: 1\n`,
     );
-    cpe = start(lab.hosts.cpe, [CLI, 'cpe', '--config', file]);
+    return file;
+  }
+  async function startCpe(uplinksYaml?: string): Promise<void> {
+    await stopCpe();
+    cpe = start(lab.hosts.cpe, [CLI, 'cpe', '--config', cpeConfig(uplinksYaml)]);
     await cpe.waitLine((l) => l.startsWith('ready'), 30_000);
   }
   async function stopCpe(): Promise<void> {
@@ -123,6 +126,11 @@ describe('field lab: DHCP uplinks, a CGN, a public authenticated concentrator, a
       join(dir, 'concentrator.yaml'),
       `listen: ["${CONC}:5000"]\nallow: ["0.0.0.0/0", "::/0"]\nauth:\n  keysFile: ${join(dir, 'keys.yaml')}\nadmin: "127.0.0.1:9090"\nshutdownDrainS: 1\nsignalling:\n  timeoutMs: 1500\n`,
     );
+    // docs/deploy.md: both --check runs, before the daemons start (the CPE's uplinks have no address yet).
+    for (const [host, args] of [[lab.hosts.concentrator, ['concentrator', '--config', join(dir, 'concentrator.yaml')]], [lab.hosts.cpe, ['cpe', '--config', cpeConfig()]]] as const) {
+      const r = await host.exec(process.execPath, [CLI, ...args, '--check'], { allowFailure: true });
+      assert.equal(r.code, 0, `${args[0]} --check: ${r.stdout}${r.stderr}`);
+    }
     http = start(srv(), [TOOL('http-server'), JSON.stringify({ host: srv().v4, port: 8080 })]);
     sink = start(srv(), [TOOL('sink-server'), JSON.stringify({ host: srv().v4, port: 9000, reply: 1000 })]);
     conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--config', join(dir, 'concentrator.yaml')]);
