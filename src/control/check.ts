@@ -6,7 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
-import type { CpeConfig } from '../cpe/config.js';
+import { natUplinks, type CpeConfig } from '../cpe/config.js';
 import type { ConcentratorConfig } from '../concentrator/config.js';
 import { parseEndpoint } from './address.js';
 
@@ -17,6 +17,8 @@ export interface HostFacts {
   addresses: ReadonlySet<string>;
   /** net.mptcp.enabled is 1. */
   mptcp: boolean;
+  /** net.ipv4.ip_forward is 1; absent = unknown (not checked). */
+  ipv4Forwarding?: boolean;
 }
 
 export function hostFacts(): HostFacts {
@@ -39,7 +41,13 @@ export function hostFacts(): HostFacts {
   } catch {
     mptcp = false;
   }
-  return { interfaces: new Set(names), addresses, mptcp };
+  let ipv4Forwarding: boolean | undefined;
+  try {
+    ipv4Forwarding = readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim() === '1';
+  } catch {
+    ipv4Forwarding = undefined;
+  }
+  return { interfaces: new Set(names), addresses, mptcp, ...(ipv4Forwarding !== undefined ? { ipv4Forwarding } : {}) };
 }
 
 const MPTCP_OFF = "kernel MPTCP is off or missing (net.mptcp.enabled is not 1): try 'sysctl -w net.mptcp.enabled=1'";
@@ -57,6 +65,10 @@ export function checkCpe(c: CpeConfig, host: HostFacts): string[] {
   for (const i of duplicates([...c.lan])) problems.push(`lan: interface ${i} is listed more than once`);
   for (const a of duplicates(c.concentrators.map((x) => x.address))) problems.push(`concentrators: ${a} is listed more than once`);
   if (!host.mptcp) problems.push(MPTCP_OFF);
+  const nat = natUplinks(c);
+  if (nat.length > 0 && host.ipv4Forwarding === false) {
+    problems.push(`uplinks ${nat.join(', ')} NAT what the CPE forwards (mode: ${c.mode}), but this host does not forward IPv4 (net.ipv4.ip_forward is 0): try 'sysctl -w net.ipv4.ip_forward=1'`);
+  }
   return problems;
 }
 

@@ -19,6 +19,13 @@ export const WARM_POOL_DEFAULT = 0;
 export const cpeConfigSchema = z.strictObject({
   /** Instance name: names the nft table and routing tables, so two CPE daemons never collide. */
   instance: z.string().regex(/^[a-z0-9_]{1,16}$/, 'lowercase letters, digits and _ (at most 16)').default('default'),
+  /**
+   * What the CPE is in the network. 'router': the home router of a private LAN (its default gateway towards
+   * the uplinks): every uplink NATs what the CPE forwards untouched (`nat` defaults to true). 'transit': the
+   * LAN's prefix is routed to the CPE by the access networks (or another box NATs): nothing is NATed unless an
+   * uplink says `nat: true`.
+   */
+  mode: z.enum(['router', 'transit']).default('transit'),
   /** LAN interfaces whose TCP connections are intercepted. */
   lan: z.array(z.string().min(1)).min(1, 'at least one LAN interface is needed'),
   uplinks: z
@@ -29,6 +36,11 @@ export const cpeConfigSchema = z.strictObject({
         mode: z.enum(['subflow', 'backup']).default('subflow'),
         gateway4: z.string().refine((s) => isIP(s) === 4, 'must be an IPv4 address').optional(),
         gateway6: z.string().refine((s) => isIP(s) === 6, 'must be an IPv6 address').optional(),
+        /**
+         * Masquerade (IPv4) what the CPE forwards untouched out of this uplink: traffic it does not convert
+         * (UDP, ICMP, excluded TCP, native MPTCP) leaves with the uplink's address. Default: on in router mode.
+         */
+        nat: z.boolean().optional(),
       }),
     )
     .min(1, 'at least one uplink is needed'),
@@ -122,6 +134,11 @@ export const cpeConfigSchema = z.strictObject({
 export type CpeConfig = z.output<typeof cpeConfigSchema>;
 export type CpeConfigInput = z.input<typeof cpeConfigSchema>;
 export type ConcentratorTarget = CpeConfig['concentrators'][number];
+
+/** The uplinks that NAT: `nat` where given, else on in router mode. */
+export function natUplinks(cfg: Pick<CpeConfig, 'mode' | 'uplinks'>): string[] {
+  return cfg.uplinks.filter((u) => u.nat ?? cfg.mode === 'router').map((u) => u.interface);
+}
 
 export interface CpeFlags {
   config?: string;

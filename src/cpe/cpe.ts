@@ -8,7 +8,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import { RESET_ON_CLOSE, type RelayHandle } from '../relay/index.js';
 import { parseEndpoint } from '../control/address.js';
-import { loadCredentials, type CpeConfig, type Credentials } from './config.js';
+import { loadCredentials, natUplinks, type CpeConfig, type Credentials } from './config.js';
 import { ConcentratorSelector } from './concentrators.js';
 import { ConcentratorProbe } from './probe.js';
 import { handleClient } from './session.js';
@@ -53,6 +53,7 @@ export function interceptionOptions(cfg: CpeConfig): InterceptionOptions {
     nativeMptcp: cfg.policy.nativeMptcp,
     dscpToMark: cfg.preserveDscp,
     ...(cfg.mssClamp === 'off' ? {} : { mssClamp: cfg.mssClamp }),
+    natInterfaces: natUplinks(cfg),
     synWindowClamp: cfg.concentrators.filter((c) => c.synWindowClamp).map((c) => {
       const ep = parseEndpoint(c.address);
       return { address: ep.host, port: ep.port };

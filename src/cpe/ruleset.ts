@@ -14,6 +14,10 @@
  *      order so that the router fails open: without a listener (daemon killed) tproxy does not match, nothing
  *      is marked and the SYN is forwarded untouched.
  * Forward (priority mangle), optional: MSS clamp of the SYNs of flows forwarded untouched.
+ * Postrouting (priority srcnat), optional: masquerade of the IPv4 packets the CPE forwards out of the uplinks
+ * with `nat` (what it does not convert: UDP, ICMP, excluded or native-MPTCP TCP). The CPE's own packets (the
+ * subflows, from the uplinks' addresses) are left alone (`fib saddr type local`), so the kernel's choice
+ * of source address per subflow stands. IPv6 is never NATed (a LAN gets a routed or delegated prefix).
  * Output (priority mangle), optional: the SYN window clamp (`tcp window set 62`) on the CPE's own SYNs to the
  * concentrators that ask for it, for concentrators whose kernel the operator cannot fix or clamp itself
  * (docs/kernel-tfo-window.md). 62 << the CPE's window scale (10 on Linux with default buffers) = 63488 stays
@@ -54,6 +58,8 @@ export interface InterceptionRulesetOptions {
   mssClamp?: number | 'pmtu' | undefined;
   /** Address families to intercept; default both. */
   families?: ReadonlyArray<4 | 6> | undefined;
+  /** Uplinks that masquerade (IPv4) what the CPE forwards out of them (postrouting, srcnat); absent/empty = none. */
+  natInterfaces?: readonly string[] | undefined;
   /** Concentrators whose SYNs leave with the window clamped (egress, output hook). */
   synWindowClamp?: ReadonlyArray<{ address: string; port: number }> | undefined;
 }
@@ -72,6 +78,7 @@ export const RULE_COMMENTS = {
   intercept: 'mpconvert: intercepted',
   mssClamp: 'mpconvert: MSS clamp',
   synWindowClamp: 'mpconvert: SYN window clamp (MPTCP passive TFO)',
+  nat: 'mpconvert: NAT of forwarded traffic',
 } as const;
 
 /** The DSCP bits of a mark produced by the ruleset. */
@@ -169,6 +176,10 @@ export function validateRulesetOptions(o: InterceptionRulesetOptions): void {
     if (isIP(t.address) === 0) throw new RulesetError(`synWindowClamp target '${t.address}' is not an IP address`);
     checkPort(t.port, 'synWindowClamp port');
   }
+  for (const i of o.natInterfaces ?? []) {
+    if (!IFNAME.test(i)) throw new RulesetError(`bad NAT interface name '${i}'`);
+    if (o.lanInterfaces.includes(i)) throw new RulesetError(`interface '${i}' is both a LAN interface and a NAT uplink`);
+  }
   const fams = o.families ?? [4, 6];
   if (fams.length === 0 || fams.some((f) => f !== 4 && f !== 6)) throw new RulesetError('families must be a non-empty subset of [4, 6]');
 }
@@ -224,6 +235,11 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
       `oifname ${lans} tcp flags & (syn | rst) == syn tcp option maxseg size set ${size} ${c('mssClamp', '')}`,
     ];
     lines.push('  chain forward {', '    type filter hook forward priority mangle; policy accept;', ...fwd.map((r) => `    ${r}`), '  }');
+  }
+  const nat = o.natInterfaces ?? [];
+  if (nat.length > 0) {
+    const post = [`meta nfproto ipv4 oifname ${ifset(nat)} fib saddr type != local ${c('nat', ' masquerade')}`];
+    lines.push('  chain postrouting {', '    type nat hook postrouting priority srcnat; policy accept;', ...post.map((r) => `    ${r}`), '  }');
   }
   const clamp = o.synWindowClamp ?? [];
   if (clamp.length > 0) {

@@ -56,7 +56,7 @@ export const LAB = {
 
 export type LabRole = 'client' | 'cpe' | 'concentrator' | 'inet' | `srv${number}`;
 
-export function namespaceName(prefix: string, role: 'client' | 'cpe' | 'conc' | 'inet' | `srv${number}` | `dl${number}`): string {
+export function namespaceName(prefix: string, role: 'client' | 'cpe' | 'conc' | 'inet' | `srv${number}` | `dl${number}` | `isp${number}`): string {
   return `${prefix}-${role}`;
 }
 
@@ -107,7 +107,55 @@ function checkIndex(i: number, max: number, what: string): void {
 /** A prefix given by the user: `mpc` + 1..9 lower-case letters/digits (no dash: it separates the role). */
 export const PREFIX_RE = /^mpc[a-z0-9]{1,9}$/;
 /** Namespace names a lab makes. */
-export const LAB_NAMESPACE_RE = /^(mpc[a-z0-9]{1,9})-(client|cpe|conc|inet|srv\d{1,2}|dl\d{1,2})$/;
+export const LAB_NAMESPACE_RE = /^(mpc[a-z0-9]{1,9})-(client|cpe|conc|inet|srv\d{1,2}|dl\d{1,2}|isp\d{1,2})$/;
 
 /** The delay line's interfaces in its namespace `${prefix}-dl{i}`: towards the CPE, towards the concentrator. */
 export const DELAY_LINE = { cpeSide: 'tocpe', concSide: 'toconc', maxRttMs: 2_000 } as const;
+
+/**
+ * The field topology (`LabSpec.topology: 'field'`, docs/lab.md "The field topology"): IPv4 only, as the access
+ * networks of a DSL and an LTE ISP look to a home router.
+ *
+ *   client(lan0) -- lan0(CPE) up{i} -- acc{i}(ISP i: dnsmasq, [CGN]) core -- [br0 in inet] -- inet0(concentrator)
+ *                                                                                         \-- eth0(srvK)
+ *
+ * The LAN 198.18.0.0/24 is private: nothing outside the CPE routes it. Access network i is 198.18.i.0/24; the
+ * ISP router is .1 on it and leases .100-.199 by DHCP (.200-.249 after `renumber(i)`). A public access
+ * network's prefix is routed to its ISP on the internet segment; a CGN access network's is not: ISP i
+ * masquerades it to its own core address, as a carrier-grade NAT does.
+ */
+export const FIELD = {
+  /** ISP i's router side of the access link, and its uplink (internet) side. */
+  ispAccessDev: 'acc',
+  ispCoreDev: 'core',
+  /** Port of ISP i in the inet namespace: `isp{i}`. */
+  ispPortPrefix: 'isp',
+  /** The concentrator's public address (on inet0), where CPEs send MPTCP. */
+  concentrator: { dev: 'inet0', v4: '198.19.0.1' },
+  /** The CGN's nft table in an ISP namespace. */
+  cgnTable: 'mpconvert_lab_cgn',
+  /** DHCP lease time handed out by the access networks' dnsmasq (seconds). */
+  leaseS: 600,
+} as const;
+
+/** Access network i (1-based) of the field topology. */
+export function fieldAccess(i: number) {
+  checkIndex(i, LAB.maxUplinks, 'access network');
+  return {
+    index: i,
+    cpeDev: `${LAB.uplink.cpeDev}${i}`,
+    ispDev: `${FIELD.ispAccessDev}${i}`,
+    ispPort: `${FIELD.ispPortPrefix}${i}`,
+    /** The ISP router on the access network (the DHCP server and the CPE's gateway). */
+    gatewayV4: `198.18.${i}.1`,
+    v4Prefix: `198.18.${i}.0/24`,
+    v4Len: 24,
+    /** The DHCP pool, and the one `renumber(i)` switches to. */
+    pool: [`198.18.${i}.100`, `198.18.${i}.199`] as const,
+    renumberedPool: [`198.18.${i}.200`, `198.18.${i}.249`] as const,
+    /** ISP i's address on the internet segment (its CGN address, when it has one). */
+    coreV4: `198.19.0.${30 + i}`,
+    /** Metric the CPE's DHCP client gives uplink i's default route (IF_METRIC). */
+    metric: LAB.metricStep * i,
+  } as const;
+}

@@ -4,7 +4,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { createLogger } from '../log.js';
-import { LAB } from './addressing.js';
+import { FIELD, LAB, fieldAccess } from './addressing.js';
 import { Lab, type LabStatus } from './index.js';
 import { runSelfTest } from './selftest.js';
 
@@ -33,13 +33,16 @@ function pick(prefix: string | undefined): Lab {
 
 export function describeStatus(s: LabStatus): string[] {
   const lines = [
-    `lab ${s.prefix}: ${s.healthy ? 'healthy' : 'INCOMPLETE'}${s.ownerPid === null ? ' (persistent)' : ` (owned by pid ${s.ownerPid})`}${s.mptcpRouting ? ', mptcp routing' : ''}`,
+    `lab ${s.prefix}: ${s.healthy ? 'healthy' : 'INCOMPLETE'}${s.topology === 'field' ? ', field topology' : ''}${s.ownerPid === null ? ' (persistent)' : ` (owned by pid ${s.ownerPid})`}${s.mptcpRouting ? ', mptcp routing' : ''}`,
     `  namespaces: ${s.namespaces.map((n) => (n.present ? n.name : `${n.name} (missing)`)).join(' ')}`,
-    `  client ${LAB.lan.client.v4} ${LAB.lan.client.v6}  cpe lan0 ${LAB.lan.cpe.v4} ${LAB.lan.cpe.v6}  concentrator ${LAB.concentrator.v4} ${LAB.concentrator.v6}`,
+    s.topology === 'field'
+      ? `  client ${LAB.lan.client.v4}  cpe lan0 ${LAB.lan.cpe.v4}  concentrator (public) ${FIELD.concentrator.v4}`
+      : `  client ${LAB.lan.client.v4} ${LAB.lan.client.v6}  cpe lan0 ${LAB.lan.cpe.v4} ${LAB.lan.cpe.v6}  concentrator ${LAB.concentrator.v4} ${LAB.concentrator.v6}`,
   ];
   for (const u of s.uplinks) {
+    const field = s.topology === 'field' ? `, isp${u.index} ${fieldAccess(u.index).coreV4}${u.cgn ? ' (CGN)' : ''}, DHCP ${u.v4 || 'no lease'}` : `, ${u.v4} ${u.v6}`;
     lines.push(
-      `  ${u.dev}: ${u.state}, rate ${u.rate === 0 ? 'unshaped' : u.rate}${u.rttMs ? `, rtt ${u.rttMs} ms` : ''}${u.lossPercent > 0 ? `, loss ${u.lossPercent}%` : ''}, ${u.v4} ${u.v6}, tx ${u.txBytes} B rx ${u.rxBytes} B`,
+      `  ${u.dev}: ${u.state}, rate ${u.rate === 0 ? 'unshaped' : u.rate}${u.rttMs ? `, rtt ${u.rttMs} ms` : ''}${u.lossPercent > 0 ? `, loss ${u.lossPercent}%` : ''}${field}, tx ${u.txBytes} B rx ${u.rxBytes} B`,
     );
   }
   for (const srv of s.servers) lines.push(`  server ${srv.name}: ${srv.v4} ${srv.v6}`);
@@ -53,19 +56,22 @@ export function labCommand(): Command {
   lab
     .command('up')
     .description('Build a lab and leave it running; prints its prefix')
-    .option('--uplink <rate[@rtt]>', 'an uplink, its rate and optionally its round-trip time, e.g. 50mbit or 50mbit@40ms; 0 = unshaped (repeatable; default two of 50mbit)', collect, [])
+    .option('--uplink <rate[@rtt][,cgn][,mtu=N]>', 'an uplink, its rate and optionally its round-trip time, e.g. 50mbit or 50mbit@40ms; 0 = unshaped; field topology: ,cgn and ,mtu=1492 (repeatable; default two of 50mbit; with --field a DSL 50mbit,mtu=1492 and an LTE 50mbit,cgn)', collect, [])
+    .option('--field', 'the field topology: ISP routers with DHCP (dnsmasq), a CGN, a public concentrator, a private LAN (docs/lab.md)')
+    .option('--no-dhcp', 'field topology: do not start the CPE\'s DHCP clients (mpconvert lab dhcp start I does it later)')
     .option('--servers <k>', 'servers on the internet segment', int, 1)
     .option('--prefix <p>', 'namespace prefix: mpc + 1..9 of [a-z0-9] (default random)')
     .option('--mptcp-routing', 'plain kernel MPTCP on the CPE: policy routing + subflow endpoints + limits')
     .option('--json', 'print the status as JSON')
-    .action(async (o: { uplink: string[]; servers: number; prefix?: string; mptcpRouting?: boolean; json?: boolean }) => {
+    .action(async (o: { uplink: string[]; servers: number; prefix?: string; mptcpRouting?: boolean; json?: boolean; field?: boolean; dhcp: boolean }) => {
       try {
-        const rates = o.uplink.length > 0 ? o.uplink : ['50mbit', '50mbit'];
+        const rates = o.uplink.length > 0 ? o.uplink : o.field ? ['50mbit,mtu=1492', '50mbit,cgn'] : ['50mbit', '50mbit'];
         const l = await Lab.up(
           {
             uplinks: rates.map(parseUplinkFlag),
             servers: o.servers,
             mptcpRouting: o.mptcpRouting ?? false,
+            ...(o.field ? { topology: 'field' as const, dhcpClients: o.dhcp } : {}),
             ...(o.prefix !== undefined ? { prefix: o.prefix } : {}),
           },
           { logger: createLogger({ name: 'lab', level: process.env['MPCONVERT_LOG_LEVEL'] ?? 'warn' }) },
@@ -139,6 +145,24 @@ export function labCommand(): Command {
     });
 
   lab
+    .command('dhcp')
+    .description('Field topology: the CPE\'s DHCP client on uplink I: start | stop | release | renumber (the ISP moves its pool)')
+    .argument('<action>', 'start | stop | release | renumber')
+    .argument('<uplink>', 'uplink index (1..N)', int)
+    .option('--prefix <p>', 'the lab (default: the only one)')
+    .action(async (action: string, i: number, o: { prefix?: string }) => {
+      try {
+        const l = pick(o.prefix);
+        if (action === 'start') process.stdout.write(`up${i}: ${await l.startDhcpClient(i)}\n`);
+        else if (action === 'renumber') process.stdout.write(`up${i}: ${await l.renumber(i)}\n`);
+        else if (action === 'stop' || action === 'release') await l.stopDhcpClient(i, { release: action === 'release' });
+        else throw new Error(`unknown action "${action}" (start, stop, release, renumber)`);
+      } catch (err) {
+        fail('dhcp', err);
+      }
+    });
+
+  lab
     .command('selftest')
     .description('Plain kernel MPTCP over 2 shaped uplinks must beat one uplink by --threshold (proves lab + kernel)')
     .option('--rate <rate>', 'rate of each uplink', '50mbit')
@@ -158,12 +182,24 @@ export function labCommand(): Command {
   return lab;
 }
 
-/** `50mbit`, `0`, `50mbit@40ms`, `0@10ms`: the rate and the optional added round-trip time. */
-export function parseUplinkFlag(text: string): { rate: string | 0; rttMs?: number } {
-  const [rate = '', rtt] = text.split('@');
-  const r = rate === '0' ? 0 : rate;
-  if (rtt === undefined) return { rate: r };
-  const m = /^(\d+(?:\.\d+)?)ms$/.exec(rtt);
-  if (!m) throw new Error(`Cannot parse uplink "${text}": the round-trip time is written like 40ms`);
-  return { rate: r, rttMs: Number(m[1]) };
+/**
+ * `50mbit`, `0`, `50mbit@40ms`, `0@10ms`: the rate and the optional added round-trip time; then, for the field
+ * topology, `,cgn` and `,mtu=N` (`50mbit,mtu=1492`, `50mbit,cgn`).
+ */
+export function parseUplinkFlag(text: string): { rate: string | 0; rttMs?: number; cgn?: boolean; mtu?: number } {
+  const [head = '', ...extras] = text.split(',');
+  const [rate = '', rtt] = head.split('@');
+  const out: { rate: string | 0; rttMs?: number; cgn?: boolean; mtu?: number } = { rate: rate === '0' ? 0 : rate };
+  if (rtt !== undefined) {
+    const m = /^(\d+(?:\.\d+)?)ms$/.exec(rtt);
+    if (!m) throw new Error(`Cannot parse uplink "${text}": the round-trip time is written like 40ms`);
+    out.rttMs = Number(m[1]);
+  }
+  for (const x of extras) {
+    const mtu = /^mtu=(\d+)$/.exec(x);
+    if (x === 'cgn') out.cgn = true;
+    else if (mtu) out.mtu = Number(mtu[1]);
+    else throw new Error(`Cannot parse uplink "${text}": "${x}" is neither cgn nor mtu=N`);
+  }
+  return out;
 }

@@ -14,13 +14,15 @@ import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { MpconvertError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { run, runJson, type RunResult } from '../platform/linux/exec.js';
-import { DELAY_LINE, LAB, LAB_NAMESPACE_RE, PREFIX_RE, namespaceName, poolAddress, serverAddressing, serverNamespace, uplinkAddressing } from './addressing.js';
+import { DELAY_LINE, FIELD, LAB, LAB_NAMESPACE_RE, PREFIX_RE, fieldAccess, namespaceName, poolAddress, serverAddressing, serverNamespace, uplinkAddressing } from './addressing.js';
 import { checkLossPercent, lossRuleset, parseLossTable } from './loss.js';
+import { batch, sysctl } from './commands.js';
+import { FieldDhcp, buildField } from './field.js';
 import { parseRate, tbfArgs } from './shaping.js';
 import { listStates, ownerAlive, processStart, readState, removeState, writeState, type LabState } from './state.js';
 
 export type { RunResult } from '../platform/linux/exec.js';
-export { LAB, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from './addressing.js';
+export { FIELD, LAB, fieldAccess, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from './addressing.js';
 export { LabProcess, descendants } from './process.js';
 export { readTcpSegments, type TcpSegment } from './pcap.js';
 
@@ -32,6 +34,10 @@ export interface LabUplinkSpec {
    * `${prefix}-dl{i}` between the CPE and the concentrator delays each direction by half. 0/absent: none.
    */
   rttMs?: number;
+  /** Field topology only: this access network sits behind a carrier-grade NAT in its ISP's namespace. */
+  cgn?: boolean;
+  /** Field topology only: the access link's MTU at both ends (1492 = PPPoE DSL); default 1500. */
+  mtu?: number;
 }
 
 export interface LabSpec {
@@ -42,6 +48,14 @@ export interface LabSpec {
   prefix?: string;
   /** Plain kernel MPTCP on the CPE: per-uplink policy routing + subflow endpoints + limits on both ends. */
   mptcpRouting?: boolean;
+  /**
+   * 'classic' (default): the concentrator is the access router of every uplink, all addresses static.
+   * 'field': ISP routers with DHCP (dnsmasq), optional CGN, a concentrator on a public address, a private
+   * LAN, IPv4 only (docs/lab.md, "The field topology").
+   */
+  topology?: 'classic' | 'field';
+  /** Field topology: start the CPE's DHCP client on every uplink during up() (default true). */
+  dhcpClients?: boolean;
 }
 
 export interface LabExecOptions {
@@ -61,7 +75,7 @@ export interface LabHost {
   spawn(cmd: string, args: readonly string[], opts?: SpawnOptions): ChildProcess;
 }
 
-export type BuildStep = 'namespaces' | 'links' | 'addresses' | 'shaping';
+export type BuildStep = 'namespaces' | 'links' | 'addresses' | 'shaping' | 'dhcp';
 
 export interface LabDeps {
   logger?: Logger;
@@ -74,6 +88,8 @@ export interface LabHosts {
   cpe: LabHost;
   concentrator: LabHost;
   servers: LabHost[];
+  /** Field topology: the ISP router of each access network (`${prefix}-isp{i}`); empty otherwise. */
+  isps: LabHost[];
 }
 
 export interface UplinkStatus {
@@ -82,6 +98,8 @@ export interface UplinkStatus {
   rate: string | 0;
   /** Added round-trip time (the delay line), when the uplink has one. */
   rttMs?: number;
+  /** Field topology: behind a carrier-grade NAT. */
+  cgn?: boolean;
   state: 'up' | 'down' | 'missing';
   lossPercent: number;
   v4: string;
@@ -94,6 +112,7 @@ export interface UplinkStatus {
 
 export interface LabStatus {
   prefix: string;
+  topology: 'classic' | 'field';
   /** pid of the process that removes the lab on exit; null = persistent (`mpconvert lab up`). */
   ownerPid: number | null;
   mptcpRouting: boolean;
@@ -141,7 +160,7 @@ function randomPrefix(): string {
   return `${LAB.namePrefix}${randomBytes(3).toString('hex')}`;
 }
 
-function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRouting: boolean } {
+function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRouting: boolean; field: boolean } {
   const bad = (msg: string) => new MpconvertError('MPC_ERR_LAB_SPEC', `Invalid lab spec: ${msg}`);
   if (!Array.isArray(spec.uplinks) || spec.uplinks.length < 1 || spec.uplinks.length > LAB.maxUplinks) {
     throw bad(`expected 1..${LAB.maxUplinks} uplinks, got ${Array.isArray(spec.uplinks) ? spec.uplinks.length : 'none'}`);
@@ -149,12 +168,17 @@ function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRoutin
   for (const u of spec.uplinks) {
     if (u.rate !== 0) parseRate(u.rate);
     if (u.rttMs !== undefined && (!Number.isFinite(u.rttMs) || u.rttMs < 0 || u.rttMs > DELAY_LINE.maxRttMs)) throw bad(`uplink rttMs ${u.rttMs}: expected 0..${DELAY_LINE.maxRttMs}`);
+    if (spec.topology !== 'field' && (u.cgn !== undefined || u.mtu !== undefined)) throw bad('cgn and mtu are uplink settings of the field topology');
+    if (spec.topology === 'field' && u.rttMs) throw bad('the field topology has no delay lines (rttMs)');
+    if (u.mtu !== undefined && (!Number.isInteger(u.mtu) || u.mtu < 1280 || u.mtu > 9000)) throw bad(`uplink mtu ${u.mtu}: expected 1280..9000`);
   }
+  if (spec.topology !== undefined && spec.topology !== 'classic' && spec.topology !== 'field') throw bad(`unknown topology "${String(spec.topology)}" (classic, field)`);
+  if (spec.topology === 'field' && spec.mptcpRouting) throw bad('mptcpRouting is for the classic topology (in the field the CPE daemon sets up its routing)');
   const servers = spec.servers ?? 1;
   if (!Number.isInteger(servers) || servers < 1 || servers > LAB.maxServers) throw bad(`expected 1..${LAB.maxServers} servers, got ${servers}`);
   const prefix = spec.prefix ?? randomPrefix();
   if (!PREFIX_RE.test(prefix)) throw bad(`prefix "${prefix}" must be "mpc" followed by 1..9 of [a-z0-9]`);
-  return { prefix, servers, mptcpRouting: spec.mptcpRouting ?? false };
+  return { prefix, servers, mptcpRouting: spec.mptcpRouting ?? false, field: spec.topology === 'field' };
 }
 
 export async function listNamespaces(): Promise<string[]> {
@@ -223,6 +247,7 @@ export class Lab {
   readonly inet: LabHost;
   readonly uplinks: ReadonlyArray<LabUplinkSpec>;
   readonly mptcpRouting: boolean;
+  readonly topology: 'classic' | 'field';
   /** Every namespace of the lab, in creation order. */
   readonly namespaces: readonly string[];
   readonly #logger: Logger;
@@ -234,6 +259,8 @@ export class Lab {
   /** The build in progress: down() during up() (a signal) stops it at the next step and waits for it. */
   #building: Promise<void> | null = null;
   #aborted = false;
+  /** Field topology: the access networks' DHCP servers and the CPE's clients. */
+  readonly #dhcp: FieldDhcp | null;
 
   private constructor(state: LabState, logger: Logger) {
     this.#state = state;
@@ -241,34 +268,42 @@ export class Lab {
     this.prefix = state.prefix;
     this.uplinks = state.uplinks.map((u) => ({ ...u }));
     this.mptcpRouting = state.mptcpRouting;
+    this.topology = state.topology ?? 'classic';
+    const field = this.topology === 'field';
     const p = state.prefix;
+    // The field topology is IPv4 only: hosts have no IPv6 address ('').
+    const v6 = (a: string) => (field ? '' : a);
     const servers = Array.from({ length: state.servers }, (_, j) => {
       const a = serverAddressing(j + 1);
-      return this.#host(serverNamespace(p, j + 1), a.v4, a.v6);
+      return this.#host(serverNamespace(p, j + 1), a.v4, v6(a.v6));
     });
+    const isps = field ? this.uplinks.map((_, j) => this.#host(namespaceName(p, `isp${j + 1}`), fieldAccess(j + 1).coreV4, '')) : [];
     this.hosts = {
-      client: this.#host(namespaceName(p, 'client'), LAB.lan.client.v4, LAB.lan.client.v6),
-      cpe: this.#host(namespaceName(p, 'cpe'), LAB.lan.cpe.v4, LAB.lan.cpe.v6),
-      concentrator: this.#host(namespaceName(p, 'conc'), LAB.concentrator.v4, LAB.concentrator.v6),
+      client: this.#host(namespaceName(p, 'client'), LAB.lan.client.v4, v6(LAB.lan.client.v6)),
+      cpe: this.#host(namespaceName(p, 'cpe'), LAB.lan.cpe.v4, v6(LAB.lan.cpe.v6)),
+      concentrator: this.#host(namespaceName(p, 'conc'), field ? FIELD.concentrator.v4 : LAB.concentrator.v4, v6(LAB.concentrator.v6)),
       servers,
+      isps,
     };
     this.inet = this.#host(namespaceName(p, 'inet'), '', '');
+    this.#dhcp = field ? new FieldDhcp(p, this.hosts.cpe, isps, logger) : null;
     // Delay-line namespaces of the uplinks that have an RTT.
     this.#delayLines = new Map(this.uplinks.flatMap((u, j) => (u.rttMs ? [[j + 1, namespaceName(p, `dl${j + 1}`)] as const] : [])));
-    this.namespaces = [this.hosts.client.name, this.hosts.cpe.name, this.hosts.concentrator.name, this.inet.name, ...servers.map((s) => s.name), ...this.#delayLines.values()];
+    this.namespaces = [this.hosts.client.name, this.hosts.cpe.name, this.hosts.concentrator.name, this.inet.name, ...servers.map((s) => s.name), ...this.#delayLines.values(), ...isps.map((h) => h.name)];
   }
 
   /** Builds a lab; on any failure removes everything it made and rethrows (code MPC_ERR_LAB_UP). */
   static async up(spec: LabSpec, deps: LabDeps = {}): Promise<Lab> {
-    const { prefix, servers, mptcpRouting } = validate(spec);
+    const { prefix, servers, mptcpRouting, field } = validate(spec);
     const logger = deps.logger ?? silentLogger();
     const start = processStart(process.pid);
     const state: LabState = {
       version: 1,
       prefix,
-      uplinks: spec.uplinks.map((u) => ({ rate: u.rate, ...(u.rttMs ? { rttMs: u.rttMs } : {}) })),
+      uplinks: spec.uplinks.map((u) => ({ rate: u.rate, ...(u.rttMs ? { rttMs: u.rttMs } : {}), ...(u.cgn ? { cgn: true } : {}), ...(u.mtu !== undefined ? { mtu: u.mtu } : {}) })),
       servers,
       mptcpRouting,
+      ...(field ? { topology: 'field' as const } : {}),
       namespaces: [],
       owner: start === null ? null : { pid: process.pid, start },
       createdAt: new Date().toISOString(),
@@ -284,14 +319,14 @@ export class Lab {
     installHandlers();
     const t0 = Date.now();
     try {
-      lab.#building = lab.#build(deps.onStep);
+      lab.#building = field ? lab.#buildField(deps.onStep, spec.dhcpClients ?? true) : lab.#build(deps.onStep);
       await lab.#building;
     } catch (err) {
       logger.error({ err, prefix }, 'lab: build failed, removing what was made');
       await lab.down();
       throw new MpconvertError('MPC_ERR_LAB_UP', `Cannot build the lab ${prefix}: ${toError(err).message}`, { cause: err });
     }
-    logger.info({ prefix, uplinks: state.uplinks, servers, mptcpRouting, ms: Date.now() - t0 }, 'lab: up');
+    logger.info({ prefix, topology: lab.topology, uplinks: state.uplinks, servers, mptcpRouting, ms: Date.now() - t0 }, 'lab: up');
     return lab;
   }
 
@@ -407,6 +442,11 @@ export class Lab {
   /** Uplink i's link goes down on the CPE side (the kernel drops its routes; the peer loses carrier). */
   async uplinkDown(i: number): Promise<void> {
     const u = this.#uplink(i);
+    if (this.topology === 'field') {
+      // The ISP's end loses carrier; the kernel drops the DHCP default route (the address stays, as on a router).
+      await this.hosts.cpe.exec('ip', ['link', 'set', u.cpeDev, 'down']);
+      return;
+    }
     await this.hosts.cpe.exec('ip', ['link', 'set', u.cpeDev, 'down']);
     // Through a delay line the concentrator's end keeps its carrier unless its side goes down too.
     const dl = this.#delayLines.get(i);
@@ -416,6 +456,14 @@ export class Lab {
   /** Uplink i's link comes back; addresses, routes and MPTCP endpoints the kernel removed are restored. */
   async uplinkUp(i: number): Promise<void> {
     const u = this.#uplink(i);
+    if (this.topology === 'field') {
+      // As a router's network manager does on carrier: the DHCP client starts over (its route is gone).
+      await this.hosts.cpe.exec('ip', ['link', 'set', u.cpeDev, 'up']);
+      await this.stopDhcpClient(i);
+      await this.startDhcpClient(i);
+      this.#logger.info({ prefix: this.prefix, uplink: i }, 'lab: uplink up');
+      return;
+    }
     const cpe = this.hosts.cpe;
     const dl = this.#delayLines.get(i);
     if (dl) await run('ip', ['link', 'set', DELAY_LINE.concSide, 'up'], { netns: dl });
@@ -472,6 +520,9 @@ export class Lab {
     type Link = { ifname: string; flags?: string[]; stats64?: { rx?: { bytes?: number; packets?: number }; tx?: { bytes?: number; packets?: number } } };
     const links = cpeThere ? await runJson<Link[]>('ip', ['-j', '-s', 'link', 'show'], { netns: this.hosts.cpe.name }).catch(() => []) : [];
     const losses = cpeThere ? await this.#readLoss().catch(() => new Map<number, number>()) : new Map<number, number>();
+    // Field: the uplinks' addresses are whatever DHCP gave.
+    const leased = new Map<number, string>();
+    if (cpeThere && this.topology === 'field') for (let j = 1; j <= this.uplinks.length; j++) leased.set(j, (await this.dhcpAddress(j).catch(() => null)) ?? '');
     let poolCount = 0;
     if (concThere) {
       type Addr = { addr_info?: Array<{ local?: string; prefixlen?: number }> };
@@ -486,10 +537,11 @@ export class Lab {
         dev: a.cpeDev,
         rate: u.rate,
         ...(u.rttMs ? { rttMs: u.rttMs } : {}),
+        ...(u.cgn ? { cgn: true } : {}),
         state: link === undefined ? 'missing' : link.flags?.includes('UP') ? 'up' : 'down',
         lossPercent: losses.get(j + 1) ?? 0,
-        v4: a.cpeV4,
-        v6: a.cpeV6,
+        v4: leased.get(j + 1) ?? a.cpeV4,
+        v6: this.topology === 'field' ? '' : a.cpeV6,
         rxBytes: link?.stats64?.rx?.bytes ?? 0,
         txBytes: link?.stats64?.tx?.bytes ?? 0,
         rxPackets: link?.stats64?.rx?.packets ?? 0,
@@ -499,6 +551,7 @@ export class Lab {
     const namespaces = this.namespaces.map((name) => ({ name, present: present.has(name) }));
     return {
       prefix: this.prefix,
+      topology: this.topology,
       ownerPid: this.#state.owner?.pid ?? null,
       mptcpRouting: this.mptcpRouting,
       namespaces,
@@ -509,12 +562,66 @@ export class Lab {
     };
   }
 
-  /** A host by CLI name: client | cpe | concentrator (conc) | inet | srvK. */
+  /** Field topology: the IPv4 address DHCP gave uplink i (null: none yet). */
+  dhcpAddress(i: number): Promise<string | null> {
+    return this.#fieldDhcp().address(i);
+  }
+
+  /**
+   * Field topology: starts the CPE's DHCP client on uplink i; resolves with the leased address once it has one
+   * (src/lab/field.ts).
+   */
+  startDhcpClient(i: number): Promise<string> {
+    return this.#fieldDhcp().startClient(i);
+  }
+
+  /** Field topology: ends uplink i's DHCP client; `release` also gives the lease back (the address goes). */
+  stopDhcpClient(i: number, opts: { release?: boolean } = {}): Promise<void> {
+    return this.#fieldDhcp().stopClient(i, opts);
+  }
+
+  /** Field topology: ISP i renumbers its access network; the CPE gets a new lease, returned. */
+  renumber(i: number): Promise<string> {
+    return this.#fieldDhcp().renumber(i);
+  }
+
+  #fieldDhcp(): FieldDhcp {
+    if (this.#dhcp === null) throw new MpconvertError('MPC_ERR_LAB_SPEC', `lab ${this.prefix} has the classic topology: DHCP is a field-topology feature`);
+    return this.#dhcp;
+  }
+
+  /** The field topology (src/lab/field.ts). */
+  async #buildField(onStep: LabDeps['onStep'], dhcpClients: boolean): Promise<void> {
+    const step = async (name: BuildStep) => {
+      this.#checkAborted();
+      this.#logger.debug({ prefix: this.prefix, step: name }, 'lab: build step');
+      await onStep?.(name, this);
+    };
+    await buildField({ prefix: this.prefix, uplinks: this.uplinks, hosts: this.hosts, inet: this.inet, step, makeNamespaces: () => this.#makeNamespaces() }, this.#fieldDhcp(), dhcpClients);
+  }
+
+  /** Every namespace of the lab, with its resolv.conf. */
+  async #makeNamespaces(): Promise<void> {
+    for (const name of this.namespaces) {
+      this.#checkAborted();
+      await run('ip', ['netns', 'add', name]);
+      mkdirSync(`/etc/netns/${name}`, { recursive: true });
+      writeFileSync(`/etc/netns/${name}/resolv.conf`, 'nameserver 127.0.0.1\n');
+    }
+  }
+
+  /** A host by CLI name: client | cpe | concentrator (conc) | inet | srvK | ispI (field). */
   host(name: string): LabHost {
     if (name === 'client') return this.hosts.client;
     if (name === 'cpe') return this.hosts.cpe;
     if (name === 'concentrator' || name === 'conc') return this.hosts.concentrator;
     if (name === 'inet') return this.inet;
+    const isp = /^isp(\d+)$/.exec(name);
+    if (isp) {
+      const h = this.hosts.isps[Number(isp[1]) - 1];
+      if (h === undefined) throw new MpconvertError('MPC_ERR_LAB_SPEC', `No host "${name}" in lab ${this.prefix} (ISP routers exist in the field topology: isp1..isp${this.hosts.isps.length})`);
+      return h;
+    }
     const m = /^srv(\d+)$/.exec(name);
     const s = m ? this.hosts.servers[Number(m[1]) - 1] : undefined;
     if (s === undefined) throw new MpconvertError('MPC_ERR_LAB_SPEC', `No host "${name}" in lab ${this.prefix} (client, cpe, concentrator, inet, srv1..srv${this.hosts.servers.length})`);
@@ -579,12 +686,7 @@ export class Lab {
     const n = this.uplinks.length;
 
     // 1. Namespaces, resolv.conf, sysctls (before any interface exists, so "default" applies to all of them).
-    for (const name of this.namespaces) {
-      this.#checkAborted();
-      await run('ip', ['netns', 'add', name]);
-      mkdirSync(`/etc/netns/${name}`, { recursive: true });
-      writeFileSync(`/etc/netns/${name}/resolv.conf`, 'nameserver 127.0.0.1\n');
-    }
+    await this.#makeNamespaces();
     const common = ['net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0', 'net.ipv6.conf.all.accept_ra=0', 'net.ipv6.conf.default.accept_ra=0'];
     const router = [
       'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1',
@@ -727,14 +829,4 @@ async function startDelayLine(netns: string, oneWayMs: number): Promise<void> {
   child.stdout!.destroy();
   child.stderr!.destroy();
   child.unref();
-}
-
-function sysctl(netns: string, settings: string[]): Promise<RunResult> {
-  return run('sysctl', ['-q', '-w', ...settings], { netns });
-}
-
-/** `ip [-6] -batch -`: stops at the first failing line, whose message is in the error. */
-function batch(netns: string, lines: string[], family?: '-6'): Promise<RunResult> {
-  if (lines.length === 0) return Promise.resolve({ stdout: '', stderr: '', code: 0 });
-  return run('ip', [...(family ? [family] : []), '-batch', '-'], { netns, input: lines.join('\n') + '\n' });
 }

@@ -32,7 +32,7 @@ const sock = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
 const seen = new Set();
 sock.on('message', (m, r) => {
   const text = m.toString();
-  if (text === 'END') sock.send(JSON.stringify({ received: seen.size }), r.port, r.address);
+  if (text === 'END') sock.send(JSON.stringify({ received: seen.size, from: r.address }), r.port, r.address);
   else seen.add(text);
 });
 sock.bind(Number(port), host, () => process.stdout.write('ready ' + sock.address().port + '\\n'));
@@ -117,6 +117,8 @@ export async function tcpReach(from: LabHost, to: LabHost, address: string, opts
 export interface UdpLossResult {
   sent: number;
   received: number;
+  /** The source address the sink saw (after any NAT on the way). */
+  from?: string;
   error?: string;
 }
 
@@ -128,7 +130,7 @@ export async function udpLoss(from: LabHost, to: LabHost, address: string, opts:
     const r = await from.exec(process.execPath, ['-e', UDP_SOURCE, address, String(port), String(opts.count ?? 1000), opts.localAddress ?? ''], { timeoutMs: 60_000 });
     const out = JSON.parse(r.stdout) as Partial<UdpLossResult>;
     if (out.error !== undefined || out.received === undefined) throw new MpconvertError('MPC_ERR_LAB_PROBE', `UDP probe ${from.name} -> ${address}: ${out.error ?? 'no count'}`);
-    return { sent: out.sent ?? 0, received: out.received };
+    return { sent: out.sent ?? 0, received: out.received, ...(out.from !== undefined ? { from: out.from } : {}) };
   } finally {
     await stop(sink);
   }

@@ -11,9 +11,11 @@ export const STATE_DIR = process.env['MPCONVERT_LAB_STATE_DIR'] ?? '/run/mpconve
 export interface LabState {
   version: 1;
   prefix: string;
-  uplinks: Array<{ rate: string | 0; rttMs?: number }>;
+  uplinks: Array<{ rate: string | 0; rttMs?: number; cgn?: boolean; mtu?: number }>;
   servers: number;
   mptcpRouting: boolean;
+  /** Absent: the classic topology. */
+  topology?: 'field';
   namespaces: string[];
   /** The process that removes the lab on exit; null = persistent (made by `mpconvert lab up`). */
   owner: { pid: number; start: string } | null;
@@ -39,8 +41,14 @@ export function readState(prefix: string, dir = STATE_DIR): LabState | null {
   }
 }
 
+/** Files a lab's processes keep (DHCP leases, pid files, dnsmasq logs): removed with the state. */
+export function runDir(prefix: string, dir = STATE_DIR): string {
+  return join(dir, `lab-${prefix}.d`);
+}
+
 export function removeState(prefix: string, dir = STATE_DIR): void {
   rmSync(statePath(prefix, dir), { force: true });
+  rmSync(runDir(prefix, dir), { recursive: true, force: true });
 }
 
 export function listStates(dir = STATE_DIR): LabState[] {

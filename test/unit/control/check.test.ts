@@ -24,6 +24,17 @@ test('CPE check: missing interfaces, an interface both LAN and uplink, duplicate
   ]);
 });
 
+test('CPE check: NAT uplinks on a host that does not forward IPv4 are named; unknown forwarding or no NAT: no problem', () => {
+  const router = cpeConfigSchema.parse({ mode: 'router', lan: ['lan0'], uplinks: [{ interface: 'up1' }, { interface: 'up2', nat: false }], concentrators: [{ address: '198.18.200.1:5000' }] });
+  assert.deepEqual(checkCpe(router, { ...host, ipv4Forwarding: false }), [
+    "uplinks up1 NAT what the CPE forwards (mode: router), but this host does not forward IPv4 (net.ipv4.ip_forward is 0): try 'sysctl -w net.ipv4.ip_forward=1'",
+  ]);
+  assert.deepEqual(checkCpe(router, { ...host, ipv4Forwarding: true }), []);
+  assert.deepEqual(checkCpe(router, host), []);
+  const transit = cpeConfigSchema.parse({ lan: ['lan0'], uplinks: [{ interface: 'up1' }], concentrators: [{ address: '198.18.200.1:5000' }] });
+  assert.deepEqual(checkCpe(transit, { ...host, ipv4Forwarding: false }), []);
+});
+
 test('concentrator check: listen addresses must be local (or a wildcard), no duplicate listener', () => {
   const good = concentratorConfigSchema.parse({ listen: ['198.18.200.1:5000', '0.0.0.0:5001', '[::]:5002'], allow: ['198.18.0.0/15'] });
   assert.deepEqual(checkConcentrator(good, host), []);

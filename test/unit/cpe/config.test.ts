@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { resolveCpeConfig } from '../../../src/cpe/config.js';
+import { natUplinks, resolveCpeConfig } from '../../../src/cpe/config.js';
 
 test('zeroRtt is on unless turned off, per concentrator; --no-zero-rtt turns it off for the flag-given ones; synWindowClamp is off', async () => {
   const base = { lan: ['lan0'], uplink: ['up1', 'up2:backup'], concentrator: ['198.18.200.1:5000', '[2001:db8:200::1]:5000'] };
@@ -22,6 +22,25 @@ test('an invalid zeroRtt in the file names the key', async () => {
     const file = join(dir, 'cpe.yaml');
     writeFileSync(file, 'lan: [lan0]\nuplinks: [{interface: up1}]\nconcentrators:\n  - address: "198.18.200.1:5000"\n    zeroRtt: "yes"\n');
     await assert.rejects(resolveCpeConfig({ config: file }), (err: Error) => /concentrators/.test(err.message) && /zeroRtt/.test(err.message));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('nat: on by default on every uplink in router mode, off in transit mode (the default), per-uplink nat wins', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-cpe-config-'));
+  try {
+    const file = (name: string, text: string) => {
+      const f = join(dir, name);
+      writeFileSync(f, `lan: [lan0]\nconcentrators: [{address: "198.19.0.1:5000"}]\n${text}`);
+      return f;
+    };
+    const router = await resolveCpeConfig({ config: file('r.yaml', 'mode: router\nuplinks: [{interface: up1}, {interface: up2, nat: false}]\n') });
+    assert.deepEqual(natUplinks(router), ['up1']);
+    const transit = await resolveCpeConfig({ config: file('t.yaml', 'uplinks: [{interface: up1}, {interface: up2, nat: true}]\n') });
+    assert.equal(transit.mode, 'transit');
+    assert.deepEqual(natUplinks(transit), ['up2']);
+    await assert.rejects(resolveCpeConfig({ config: file('b.yaml', 'mode: gateway\nuplinks: [{interface: up1}]\n') }), (err: Error) => /mode/.test(err.message));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -144,6 +144,18 @@ describe('buildInterceptionRuleset', () => {
     ]);
   });
 
+  it('masquerades what it forwards out of the NAT uplinks (IPv4, postrouting srcnat), never its own packets, and only when asked', () => {
+    assert.doesNotMatch(buildInterceptionRuleset(base), /chain postrouting/);
+    assert.doesNotMatch(buildInterceptionRuleset({ ...base, natInterfaces: [] }), /chain postrouting/);
+    const text = buildInterceptionRuleset({ ...base, natInterfaces: ['up1', 'up2'] });
+    const start = text.indexOf('chain postrouting {');
+    const rules = text.slice(start, text.indexOf('\n  }', start)).split('\n').slice(1).map((l) => l.trim());
+    assert.deepEqual(rules, [
+      'type nat hook postrouting priority srcnat; policy accept;',
+      `meta nfproto ipv4 oifname { "up1", "up2" } fib saddr type != local counter masquerade comment "${RULE_COMMENTS.nat}"`,
+    ]);
+  });
+
   it('refuses unsafe or meaningless options', () => {
     const bad: Array<[Partial<InterceptionRulesetOptions>, RegExp]> = [
       [{ synWindowClamp: [{ address: 'concentrator.example', port: 5000 }] }, /synWindowClamp target/],
@@ -166,6 +178,8 @@ describe('buildInterceptionRuleset', () => {
       [{ exclude: [{ prefix: '198.19.0.0/24', ports: [0] }] }, /not a port/],
       [{ mssClamp: 100 }, /mssClamp/],
       [{ families: [] }, /families/],
+      [{ natInterfaces: ['up1"; accept'] }, /bad NAT interface name/],
+      [{ natInterfaces: ['lan0'] }, /both a LAN interface and a NAT uplink/],
     ];
     for (const [patch, re] of bad) {
       assert.throws(

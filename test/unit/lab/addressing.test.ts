@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isIP } from 'node:net';
-import { LAB, LAB_NAMESPACE_RE, PREFIX_RE, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from '../../../src/lab/addressing.js';
+import { FIELD, LAB, LAB_NAMESPACE_RE, PREFIX_RE, fieldAccess, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from '../../../src/lab/addressing.js';
 import { cidrContains, parseCidr } from '../../../src/policy/cidr.js';
 
 const V4 = parseCidr('198.18.0.0/15');
@@ -65,4 +65,24 @@ test('namespace names: prefix-role, start with mpc, recognised by the leftover p
   assert.match('mpc0a1b2c', PREFIX_RE);
   for (const bad of ['abc123', 'mpc', 'mpc-x', 'mpcABC', 'mpc1234567890']) assert.doesNotMatch(bad, PREFIX_RE, bad);
   for (let i = 1; i <= LAB.maxUplinks; i++) assert.ok(uplinkAddressing(i).concDev.length <= 15);
+});
+
+test('field topology: access networks, ISP core addresses, the public concentrator: in the lab ranges, unique, DHCP pools inside their access network', () => {
+  const all: string[] = [FIELD.concentrator.v4, LAB.lan.client.v4, LAB.lan.cpe.v4];
+  for (let k = 1; k <= LAB.maxServers; k++) all.push(serverAddressing(k).v4);
+  for (let j = 0; j < LAB.pool.max; j++) all.push(poolAddress(j).v4);
+  const lan = parseCidr(LAB.lan.v4Prefix);
+  for (let i = 1; i <= LAB.maxUplinks; i++) {
+    const a = fieldAccess(i);
+    all.push(a.gatewayV4, a.coreV4);
+    const net = parseCidr(a.v4Prefix);
+    for (const x of [...a.pool, ...a.renumberedPool, a.gatewayV4]) assert.ok(cidrContains(net, x), `${x} in ${a.v4Prefix}`);
+    assert.ok(!cidrContains(lan, a.gatewayV4), 'the access networks are not the LAN');
+    assert.equal(a.metric, 100 * i);
+    assert.ok(a.ispPort.length <= 15 && a.ispDev.length <= 15);
+  }
+  for (const a of all) assert.ok(inLabRanges(a), `${a} outside the lab ranges`);
+  assert.equal(new Set(all).size, all.length, 'addresses are unique');
+  assert.match(namespaceName('mpc0a1b2c', 'isp2'), LAB_NAMESPACE_RE);
+  assert.throws(() => fieldAccess(0), RangeError);
 });
