@@ -3,7 +3,7 @@ import { Command } from 'commander';
 import { createLinuxPlatform } from '../platform/linux/index.js';
 import { createLogger } from '../log.js';
 import { createMetrics } from '../control/metrics.js';
-import { startAdmin, type AdminServer } from '../control/admin.js';
+import { loadAdminToken, startAdmin, type AdminServer } from '../control/admin.js';
 import { runDaemon } from '../control/daemon.js';
 import { checkCpe, hostFacts, reportCheck } from '../control/check.js';
 import { ConfigError } from '../control/config-file.js';
@@ -51,12 +51,42 @@ export function cpeCommand(): Command {
       let admin: AdminServer | undefined;
       await runDaemon(
         {
-          start: async () => {
+          start: async (control) => {
             // The same checks as --check, before anything is changed on the host.
             if (problems.length > 0) throw new ConfigError(problems.join('; '));
+            const token = config.adminTokenFile ? await loadAdminToken(config.adminTokenFile) : undefined;
             await cpe.start();
-            if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => cpe.status(), () => cpe.readiness());
+            if (config.admin) {
+              admin = await startAdmin(
+                { endpoint: parseEndpoint(config.admin), token, logger, requests: metrics.adminRequests, role: 'cpe' },
+                {
+                  registry: metrics.registry,
+                  status: () => cpe.status(),
+                  readiness: () => cpe.readiness(),
+                  live: () => cpe.live(),
+                  history: () => cpe.history(),
+                  connections: (q) => cpe.connections(q),
+                  closeConnection: (id) => cpe.closeConnection(id),
+                  setUplinkMode: (uplink, mode) => cpe.setUplinkMode(uplink, mode),
+                  drain: () => control.stop('admin drain'),
+                },
+              );
+            }
             return { tproxyPort: config.tproxyPort, admin: admin?.port };
+          },
+          reload: async () => {
+            if (!flags.config) {
+              logger.warn('SIGHUP: no config file to reload');
+              return;
+            }
+            let next;
+            try {
+              next = await resolveCpeConfig(flags);
+            } catch (err) {
+              logger.error({ err: (err as Error).message }, 'SIGHUP: configuration not reloaded, keeping the running one');
+              return;
+            }
+            await cpe.reload(next);
           },
           stop: async () => {
             await cpe.stop();

@@ -105,6 +105,8 @@ export const cpeConfigSchema = z.strictObject({
   /** Where the CPE remembers the MPTCP endpoints it created, so a restart after a crash removes them. */
   stateDir: z.string().min(1).default('/run/mpconvert'),
   admin: endpoint.optional(),
+  /** The admin API's bearer token (docs/operations.md); without it the admin endpoint must be a loopback address. */
+  adminTokenFile: z.string().min(1).optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 

@@ -14,6 +14,8 @@ import { ConcentratorProbe } from './probe.js';
 import { handleClient } from './session.js';
 import { Interception } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
+import { diffConfig, effectiveConfig, logReload, type ReloadReport } from '../control/reload.js';
+import { UplinkObserver, subflowView, type ConnectionRecord } from './observer.js';
 
 export interface CpeDeps {
   sockets: Sockets;
@@ -26,6 +28,12 @@ export interface CpeDeps {
   ledger?: EndpointLedger | undefined;
 }
 
+/**
+ * Keys a SIGHUP applies at once (the sessions read the configuration per connection); `uplinks` too when only
+ * their modes changed. Every other key needs a restart (listeners, the interception ruleset, routing tables).
+ */
+const LIVE_KEYS = new Set(['logLevel', 'fallback', 'firstDataWaitMs', 'synDataMax', 'connectTimeoutMs', 'echoTimeoutMs', 'mss', 'relayEngine', 'idleTimeoutS', 'shutdownDrainS']);
+
 /** How often a concentrator held off as unreachable is probed. */
 const PROBE_INTERVAL_MS = 500;
 
@@ -36,6 +44,10 @@ export class Cpe {
   readonly #probe: ConcentratorProbe;
   readonly #listeners: Server[] = [];
   readonly #relays = new Set<RelayHandle>();
+  /** The relayed connections by id, for the operator (admin API, dashboard). */
+  readonly #connections = new Map<number, ConnectionRecord>();
+  #nextId = 1;
+  #observer: UplinkObserver | undefined;
   readonly #pending = new Set<Socket>();
   #interception: Interception | undefined;
   #uplinks: UplinkManager | undefined;
@@ -95,6 +107,16 @@ export class Cpe {
         this.#selector.flush();
       });
       await this.#uplinks.start();
+      const uplinks = this.#uplinks;
+      this.#observer = new UplinkObserver({
+        kernel,
+        sockets: this.#deps.sockets,
+        metrics: this.#deps.metrics,
+        logger,
+        uplinks: () => uplinks.snapshot(),
+        connections: () => this.#connections.values(),
+      });
+      this.#observer.start();
       this.#interception = new Interception(
         { kernel, logger },
         {
@@ -147,10 +169,15 @@ export class Cpe {
       splice: this.#deps.splice,
       config: () => this.#config,
       credentials: (t) => this.#credentials.get(t.address),
-      track: (relay) => {
+      track: (relay, info) => {
         this.#pending.delete(client);
         this.#relays.add(relay);
-        relay.once('close', () => this.#relays.delete(relay));
+        const id = this.#nextId++;
+        this.#connections.set(id, { id, ...info, relay, startedAt: Date.now() });
+        relay.once('close', () => {
+          this.#relays.delete(relay);
+          this.#connections.delete(id);
+        });
       },
     }).catch((err: unknown) => {
       this.#deps.logger.error({ err }, 'unexpected error converting a connection');
@@ -174,8 +201,105 @@ export class Cpe {
       relays: this.#relays.size,
       pending: this.#pending.size,
       concentrators: this.#selector.snapshot(),
-      uplinks: this.#uplinks?.snapshot() ?? [],
+      uplinks: this.#observer?.view() ?? [],
+      ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),
     };
+  }
+
+  #lastReload: ReloadReport | undefined;
+
+  /** SIGHUP: applies the keys that can change live, logs each change, names the keys that need a restart. */
+  async reload(next: CpeConfig): Promise<ReloadReport> {
+    const old = this.#config;
+    const uplinksModesOnly =
+      old.uplinks.length === next.uplinks.length && old.uplinks.every((u, i) => JSON.stringify({ ...u, mode: '' }) === JSON.stringify({ ...next.uplinks[i], mode: '' }));
+    const report = diffConfig(old, next, uplinksModesOnly ? new Set([...LIVE_KEYS, 'uplinks']) : LIVE_KEYS);
+    if (report.applied.includes('uplinks')) {
+      for (const u of next.uplinks) {
+        if (old.uplinks.find((o) => o.interface === u.interface)?.mode !== u.mode) await this.setUplinkMode(u.interface, u.mode);
+      }
+    }
+    if (report.applied.includes('logLevel')) this.#deps.logger.level = next.logLevel;
+    this.#config = effectiveConfig(old, next, report);
+    logReload(this.#deps.logger, old, next, report);
+    this.#lastReload = report;
+    return report;
+  }
+
+  get observer(): UplinkObserver | undefined {
+    return this.#observer;
+  }
+
+  /** The charts' past (the first event of each dashboard stream). */
+  history() {
+    return { intervalMs: this.#observer?.intervalMs ?? 1000, uplinks: this.#config.uplinks.map((u) => u.interface), samples: this.#observer?.history() ?? [] };
+  }
+
+  /** What the dashboard shows, once a second (GET /events). */
+  async live() {
+    return {
+      role: 'cpe',
+      t: Date.now(),
+      uplinks: this.#observer?.view() ?? [],
+      connections: this.#relays.size,
+      pending: this.#pending.size,
+      concentrators: this.#selector.snapshot(),
+      refusals: await this.#refusals(),
+      ready: this.readiness(),
+    };
+  }
+
+  /** Refusals so far, by reason (mpconvert_refused_total), and connections refused because no concentrator worked. */
+  async #refusals(): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    for (const v of (await this.#deps.metrics.refused.get()).values) out[String(v.labels.reason)] = v.value;
+    for (const v of (await this.#deps.metrics.fallback.get()).values) if (v.labels.to === 'refused') out['no-concentrator'] = v.value;
+    return out;
+  }
+
+  /** The relayed connections, newest first (at most `limit`); with `subflows`, each one's subflows read now. */
+  connections(opts: { subflows?: boolean; limit?: number } = {}) {
+    const uplinks = this.#uplinks?.snapshot() ?? [];
+    const now = Date.now();
+    const list = [...this.#connections.values()].reverse().slice(0, opts.limit ?? 100);
+    return {
+      total: this.#connections.size,
+      connections: list.map((c) => {
+        let subflows: ReturnType<typeof subflowView>[] | undefined;
+        if (opts.subflows) {
+          try {
+            subflows = c.upstream.destroyed ? [] : this.#deps.sockets.subflows(c.upstream).map((sf) => subflowView(sf, uplinks));
+          } catch {
+            subflows = [];
+          }
+        }
+        return {
+          id: c.id,
+          client: `${c.src.address}:${c.src.port}`,
+          destination: `${c.dst.address}:${c.dst.port}`,
+          via: c.via,
+          engine: c.relay.mode,
+          ageS: Math.round((now - c.startedAt) / 100) / 10,
+          bytesUp: c.relay.bytesAToB + c.sentBefore,
+          bytesDown: c.relay.bytesBToA,
+          ...(subflows ? { subflows } : {}),
+        };
+      }),
+    };
+  }
+
+  /** Resets one relayed connection (admin API); false when there is no such connection. */
+  closeConnection(id: number): boolean {
+    const c = this.#connections.get(id);
+    if (!c) return false;
+    c.relay.destroy();
+    return true;
+  }
+
+  /** Sets an uplink's mode until the next restart or reload (admin API). */
+  async setUplinkMode(ifname: string, mode: 'subflow' | 'backup'): Promise<void> {
+    if (!this.#uplinks) throw new Error('the CPE is not started');
+    await this.#uplinks.setMode(ifname, mode);
   }
 
   /** Stop intercepting, drain relayed connections for `drainMs`, then abort them; remove every kernel change. */
@@ -198,6 +322,7 @@ export class Cpe {
       }
     };
     this.#probe.stop();
+    this.#observer?.stop();
     await step(() => this.#interception?.stop());
     for (const s of this.#listeners) s.close();
     for (const s of this.#pending) s.resetAndDestroy();

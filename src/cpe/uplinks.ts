@@ -299,6 +299,27 @@ export class UplinkManager extends EventEmitter {
     if (errors.length > 1) throw new AggregateError(errors, `could not remove ${errors.length} uplink items`);
   }
 
+  /**
+   * Sets an uplink's mode now (admin API, reload): the flag of the endpoints this CPE created changes at once
+   * (`ip mptcp endpoint change ... backup|nobackup`, which sends MP_PRIO on the live subflows), and every later
+   * install uses it. An endpoint the operator made is left alone (an error says so).
+   */
+  async setMode(ifname: string, mode: 'subflow' | 'backup'): Promise<void> {
+    const u = this.#uplinks.find((x) => x.cfg.interface === ifname);
+    if (!u) throw new UplinkError(`Cannot set the mode of uplink '${ifname}': no such uplink`);
+    await this.#serialized(async () => {
+      const before = u.cfg.mode;
+      u.cfg = { ...u.cfg, mode };
+      for (const f of FAMILIES) {
+        const a = u.applied[f];
+        if (!a || a.endpointId === null) continue;
+        if (!a.endpointOwned) throw new UplinkError(`Cannot set the mode of uplink '${ifname}': its MPTCP endpoint for ${a.address} is not this CPE's (left as it is)`);
+        await this.#kernel.mptcp.setEndpointBackup(a.endpointId, mode === 'backup');
+      }
+      if (before !== mode) this.#logger.info({ uplink: ifname, from: before, to: mode }, 'uplink mode changed');
+    });
+  }
+
   snapshot(): UplinkState[] {
     return this.#uplinks.map((u) => {
       const fam = (f: Family): UplinkFamilyState | null => {

@@ -10,7 +10,7 @@ import { fakeKernel, fakeSockets } from '../../support/fake-platform.js';
 
 test('/healthz tells readiness: 200 ok, or 503 with the reason', async () => {
   let r: Readiness = { ready: true };
-  const admin = await startAdmin({ host: '127.0.0.1', port: 0, family: 4 }, new Registry(), () => ({}), () => r);
+  const admin = await startAdmin({ endpoint: { host: '127.0.0.1', port: 0, family: 4 } }, { registry: new Registry(), status: () => ({}), readiness: () => r });
   try {
     const get = async () => {
       const res = await fetch(`http://127.0.0.1:${admin.port}/healthz`);
@@ -64,7 +64,7 @@ test('mpconvert status: readiness and the status as text, from the admin endpoin
     'uplinks: []',
   ]);
   let r: Readiness = { ready: true };
-  const admin = await startAdmin({ host: '127.0.0.1', port: 0, family: 4 }, new Registry(), () => ({ relays: 1 }), () => r);
+  const admin = await startAdmin({ endpoint: { host: '127.0.0.1', port: 0, family: 4 } }, { registry: new Registry(), status: () => ({ relays: 1 }), readiness: () => r });
   try {
     assert.deepEqual(await readStatus({ host: '127.0.0.1', port: admin.port, family: 4 }), { ready: true, text: 'readiness: ok\nrelays: 1\n' });
     r = { ready: false, reason: 'stopping' };

@@ -68,6 +68,12 @@ class FakeKernel {
           self.#maybeFail('deleteEndpoint');
           self.endpoints = self.endpoints.filter((e) => e.id !== id);
         },
+        async setEndpointBackup(id, backup) {
+          self.#maybeFail('setEndpointBackup');
+          const e = self.endpoints.find((x) => x.id === id);
+          if (!e) throw new Error('ENOENT');
+          e.flags = [...e.flags.filter((f) => f !== 'backup' && f !== 'subflow'), backup ? 'backup' : 'subflow'];
+        },
         async flushEndpoints() {
           throw new Error('must never flush');
         },
