@@ -40,6 +40,8 @@ export interface AdminApi {
   /** Sent once to each new event stream before the first live event (the charts' past). */
   history?(): unknown;
   connections?(q: { subflows: boolean; limit: number; cpe?: string }): unknown;
+  /** Calls `onChange` when the state changes between periodic events (an uplink going down); returns the unsubscribe. */
+  watch?(onChange: () => void): () => void;
   drain?(): void;
   setUplinkMode?(uplink: string, mode: 'subflow' | 'backup'): Promise<void>;
   closeConnection?(id: number): boolean;
@@ -128,8 +130,10 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
     req.on('data', (d: Buffer) => {
       size += d.length;
       if (size > MAX_BODY) {
+        // Answer, then let the rest of the body go by unread (reading stops with the connection: close).
+        req.removeAllListeners('data');
+        req.resume();
         reject(new HttpError(413, `request body over ${MAX_BODY} bytes`));
-        req.destroy();
         return;
       }
       parts.push(d);
@@ -184,8 +188,10 @@ export async function startAdmin(opts: AdminOptions, api: AdminApi): Promise<Adm
     if (api.history) res.write(`event: history\ndata: ${JSON.stringify(api.history())}\n\n`);
     void send();
     const timer = setInterval(() => void send(), liveMs);
+    const unwatch = api.watch?.(() => void send());
     const end = () => {
       clearInterval(timer);
+      unwatch?.();
       streams.delete(res);
     };
     req.on('close', end);

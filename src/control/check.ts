@@ -9,6 +9,7 @@ import { networkInterfaces } from 'node:os';
 import type { CpeConfig } from '../cpe/config.js';
 import type { ConcentratorConfig } from '../concentrator/config.js';
 import { parseEndpoint } from './address.js';
+import { adminExposureProblem } from './admin.js';
 
 export interface HostFacts {
   /** Interface names (with or without addresses). */
@@ -47,6 +48,13 @@ const MPTCP_OFF = "kernel MPTCP is off or missing (net.mptcp.enabled is not 1): 
 const duplicates = (list: readonly string[]): string[] => [...new Set(list.filter((x, i) => list.indexOf(x) !== i))];
 
 /** The CPE's configuration against the host: one line per problem, [] when none. */
+/** An admin endpoint others can reach needs a token file (the same rule startAdmin enforces). */
+function adminProblems(c: { admin?: string | undefined; adminTokenFile?: string | undefined }): string[] {
+  if (!c.admin) return [];
+  const p = adminExposureProblem(parseEndpoint(c.admin), c.adminTokenFile);
+  return p ? [p] : [];
+}
+
 export function checkCpe(c: CpeConfig, host: HostFacts): string[] {
   const problems: string[] = [];
   for (const i of c.lan) if (!host.interfaces.has(i)) problems.push(`lan: interface ${i} does not exist on this host`);
@@ -57,6 +65,7 @@ export function checkCpe(c: CpeConfig, host: HostFacts): string[] {
   for (const i of duplicates([...c.lan])) problems.push(`lan: interface ${i} is listed more than once`);
   for (const a of duplicates(c.concentrators.map((x) => x.address))) problems.push(`concentrators: ${a} is listed more than once`);
   if (!host.mptcp) problems.push(MPTCP_OFF);
+  problems.push(...adminProblems(c));
   return problems;
 }
 
@@ -70,6 +79,7 @@ export function checkConcentrator(c: ConcentratorConfig, host: HostFacts): strin
     if (!any && !host.addresses.has(ep.host)) problems.push(`listen ${text}: the address is not an address of this host (listen addresses must be local)`);
   }
   if (!host.mptcp) problems.push(MPTCP_OFF);
+  problems.push(...adminProblems(c));
   return problems;
 }
 

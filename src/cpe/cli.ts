@@ -65,6 +65,7 @@ export function cpeCommand(): Command {
                   readiness: () => cpe.readiness(),
                   live: () => cpe.live(),
                   history: () => cpe.history(),
+                  watch: (f) => cpe.watch(f),
                   connections: (q) => cpe.connections(q),
                   closeConnection: (id) => cpe.closeConnection(id),
                   setUplinkMode: (uplink, mode) => cpe.setUplinkMode(uplink, mode),

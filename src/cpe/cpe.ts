@@ -2,6 +2,7 @@
  * The CPE daemon (upstream MCP): owns the transparent listeners, the interception ruleset, the uplinks and
  * the conversion sessions, and releases all of them on stop.
  */
+import { EventEmitter } from 'node:events';
 import type { Server, Socket } from 'node:net';
 import type { KernelConfig, Sockets, SpliceEngine } from '../platform/types.js';
 import type { Logger } from '../log.js';
@@ -48,6 +49,8 @@ export class Cpe {
   readonly #connections = new Map<number, ConnectionRecord>();
   #nextId = 1;
   #observer: UplinkObserver | undefined;
+  /** 'change' on an uplink change (the dashboard's stream sends at once instead of at the next second). */
+  readonly #changes = new EventEmitter();
   readonly #pending = new Set<Socket>();
   #interception: Interception | undefined;
   #uplinks: UplinkManager | undefined;
@@ -105,6 +108,7 @@ export class Cpe {
       this.#uplinks.on('change', () => {
         logger.info('uplink change: flushing the concentrator capability cache');
         this.#selector.flush();
+        this.#changes.emit('change');
       });
       await this.#uplinks.start();
       const uplinks = this.#uplinks;
@@ -228,6 +232,11 @@ export class Cpe {
 
   get observer(): UplinkObserver | undefined {
     return this.#observer;
+  }
+
+  watch(onChange: () => void): () => void {
+    this.#changes.on('change', onChange);
+    return () => this.#changes.off('change', onChange);
   }
 
   /** The charts' past (the first event of each dashboard stream). */
