@@ -103,6 +103,7 @@ describe('the CPE dashboard in a real browser (lab)', { skip: missing ?? false, 
 
     const size = 48 * MB;
     const dl = lab.hosts.client.exec('bash', ['-o', 'pipefail', '-c', `curl -sS --fail 'http://${lab.hosts.servers[0]!.v4}:8080/bytes/${size}?seed=dash' | sha256sum`], { timeoutMs: 180_000 });
+    dl.catch(() => {}); // awaited below; a failure before that must not be an unhandled rejection
 
     // Chromium in the CPE's namespace, a fresh profile, the flags a router's CI can run.
     const wrapper = join(dir, 'chromium-in-netns');
