@@ -95,7 +95,8 @@ function showCpe(d) {
   for (const u of d.uplinks) push(u.interface, d.t, u.rxBps, u.txBps);
   for (const u of d.uplinks) uplinkCard(u);
   $('#summary').textContent = d.connections + ' connections relayed, ' + d.pending + ' being converted, ' +
-    d.uplinks.reduce((a, u) => a + u.subflows, 0) + ' subflows';
+    d.uplinks.reduce((a, u) => a + u.subflows, 0) + ' subflows; distribution: ' + d.distribution.scheme +
+    (d.distribution.scheme === 'overflow' ? ' (primary ' + d.distribution.primary + (d.distribution.joined ? ', others joined)' : ' only)') : '');
   const now = Date.now();
   table('#concentrators', ['concentrator', 'format', 'capability cache', 'reachability'], d.concentrators.map((c) => [
     c.address, c.format,

@@ -30,6 +30,27 @@ export const cpeConfigSchema = z.strictObject({
       }),
     )
     .min(1, 'at least one uplink is needed'),
+  /**
+   * The traffic distribution scheme (docs/operations.md): `aggregate` uses the uplinks' modes (subflow, or
+   * backup for active-backup); `overflow` keeps everything on `overflow.primary` until the load nears its
+   * capacity, then lets the other uplinks join (and leave again below `leaveBelow` for `holdS`).
+   */
+  distribution: z
+    .strictObject({
+      scheme: z.enum(['aggregate', 'overflow']).default('aggregate'),
+      overflow: z
+        .strictObject({
+          primary: z.string().min(1),
+          capacityMbit: z.number().positive(),
+          joinAbove: z.number().gt(0).max(1).default(0.8),
+          leaveBelow: z.number().gt(0).max(1).default(0.5),
+          holdS: z.number().min(0).max(3600).default(5),
+        })
+        .refine((o) => o.leaveBelow <= o.joinAbove, 'leaveBelow must not be above joinAbove')
+        .optional(),
+    })
+    .refine((d) => d.scheme !== 'overflow' || d.overflow !== undefined, 'scheme overflow needs overflow: {primary, capacityMbit}')
+    .default({ scheme: 'aggregate' }),
   /** Concentrators in order of preference. */
   concentrators: z
     .array(

@@ -15,6 +15,8 @@ import { ConcentratorProbe } from './probe.js';
 import { handleClient } from './session.js';
 import { Interception } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
+import { ConfigError } from '../control/config-file.js';
+import { OVERFLOW_IDLE, overflowModes, overflowStep, type OverflowState } from '../policy/distribution.js';
 import { diffConfig, effectiveConfig, logReload, type ReloadReport } from '../control/reload.js';
 import { UplinkObserver, subflowView, type ConnectionRecord } from './observer.js';
 
@@ -33,7 +35,7 @@ export interface CpeDeps {
  * Keys a SIGHUP applies at once (the sessions read the configuration per connection); `uplinks` too when only
  * their modes changed. Every other key needs a restart (listeners, the interception ruleset, routing tables).
  */
-const LIVE_KEYS = new Set(['logLevel', 'fallback', 'firstDataWaitMs', 'synDataMax', 'connectTimeoutMs', 'echoTimeoutMs', 'mss', 'relayEngine', 'idleTimeoutS', 'shutdownDrainS']);
+const LIVE_KEYS = new Set(['distribution', 'logLevel', 'fallback', 'firstDataWaitMs', 'synDataMax', 'connectTimeoutMs', 'echoTimeoutMs', 'mss', 'relayEngine', 'idleTimeoutS', 'shutdownDrainS']);
 
 /** How often a concentrator held off as unreachable is probed. */
 const PROBE_INTERVAL_MS = 500;
@@ -121,6 +123,7 @@ export class Cpe {
         connections: () => this.#connections.values(),
       });
       this.#observer.start();
+      await this.#startDistribution();
       this.#interception = new Interception(
         { kernel, logger },
         {
@@ -206,18 +209,60 @@ export class Cpe {
       pending: this.#pending.size,
       concentrators: this.#selector.snapshot(),
       uplinks: this.#observer?.view() ?? [],
+      distribution: this.distribution(),
       ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),
     };
   }
 
   #lastReload: ReloadReport | undefined;
+  #overflow: OverflowState = OVERFLOW_IDLE;
+  #distributionBusy = false;
+
+  /** The overflow scheme: the other uplinks start as backup; each sample may let them join or leave. */
+  async #startDistribution(): Promise<void> {
+    const d = this.#config.distribution;
+    const o = d.overflow;
+    if (d.scheme !== 'overflow' || !o) return;
+    if (!this.#config.uplinks.some((u) => u.interface === o.primary)) throw new ConfigError(`distribution.overflow.primary: ${o.primary} is not one of the uplinks`);
+    await this.#applyModes(overflowModes(this.#config.uplinks.map((u) => u.interface), this.#overflow, o));
+    this.#observer?.on('sample', (s) => {
+      const policy = this.#config.distribution.overflow;
+      if (this.#config.distribution.scheme !== 'overflow' || !policy || this.#distributionBusy) return;
+      const load = Math.max(s.rx.reduce((a, b) => a + b, 0), s.tx.reduce((a, b) => a + b, 0));
+      const next = overflowStep(this.#overflow, load, s.t, policy);
+      if (next.joined === this.#overflow.joined) {
+        this.#overflow = next;
+        return;
+      }
+      this.#overflow = next;
+      this.#deps.logger.info({ scheme: 'overflow', joined: next.joined, loadMbit: Math.round((load * 8) / 1e5) / 10 }, next.joined ? 'overflow: the other uplinks join' : 'overflow: back to the primary uplink only');
+      this.#distributionBusy = true;
+      void this.#applyModes(overflowModes(this.#config.uplinks.map((u) => u.interface), next, policy)).finally(() => (this.#distributionBusy = false));
+    });
+  }
+
+  async #applyModes(modes: Map<string, 'subflow' | 'backup'>): Promise<void> {
+    for (const [uplink, mode] of modes) {
+      await this.#uplinks?.setMode(uplink, mode).catch((err: unknown) => this.#deps.logger.warn({ err: (err as Error).message, uplink }, 'distribution: cannot set the uplink mode'));
+    }
+  }
+
+  /** The distribution scheme and its state (status, dashboard). */
+  distribution() {
+    const d = this.#config.distribution;
+    return d.scheme === 'overflow' ? { scheme: d.scheme, primary: d.overflow?.primary, joined: this.#overflow.joined } : { scheme: d.scheme };
+  }
 
   /** SIGHUP: applies the keys that can change live, logs each change, names the keys that need a restart. */
   async reload(next: CpeConfig): Promise<ReloadReport> {
     const old = this.#config;
     const uplinksModesOnly =
       old.uplinks.length === next.uplinks.length && old.uplinks.every((u, i) => JSON.stringify({ ...u, mode: '' }) === JSON.stringify({ ...next.uplinks[i], mode: '' }));
-    const report = diffConfig(old, next, uplinksModesOnly ? new Set([...LIVE_KEYS, 'uplinks']) : LIVE_KEYS);
+    const live = new Set(LIVE_KEYS);
+    if (uplinksModesOnly && old.distribution.scheme !== 'overflow') live.add('uplinks');
+    // The overflow scheme's thresholds change live; another scheme needs a restart.
+    if (old.distribution.scheme !== next.distribution.scheme) live.delete('distribution');
+    const report = diffConfig(old, next, live);
     if (report.applied.includes('uplinks')) {
       for (const u of next.uplinks) {
         if (old.uplinks.find((o) => o.interface === u.interface)?.mode !== u.mode) await this.setUplinkMode(u.interface, u.mode);
@@ -252,6 +297,7 @@ export class Cpe {
       uplinks: this.#observer?.view() ?? [],
       connections: this.#relays.size,
       pending: this.#pending.size,
+      distribution: this.distribution(),
       concentrators: this.#selector.snapshot(),
       refusals: await this.#refusals(),
       ready: this.readiness(),

@@ -64,12 +64,13 @@ describe('the CPE dashboard in a real browser (lab)', { skip: missing ?? false, 
   const dir = mkdtempSync(join(tmpdir(), 'mpc-dash-'));
 
   /** curl inside the CPE's namespace against its admin endpoint. */
-  const admin = async (path: string, opts: { token?: string | null; method?: string; body?: string } = {}) => {
+  const admin = async (path: string, opts: { token?: string | null; method?: string; body?: string; concentrator?: boolean } = {}) => {
     const token = opts.token === undefined ? TOKEN : opts.token;
     const args = ['-sS', '-o', '-', '-w', '\n%{http_code}', '-X', opts.method ?? 'GET'];
     if (token) args.push('-H', `authorization: Bearer ${token}`);
     if (opts.body) args.push('-H', 'content-type: application/json', '--data', opts.body);
-    const r = await lab.hosts.cpe.exec('curl', [...args, `http://127.0.0.1:9091${path}`]);
+    const host = opts.concentrator ? lab.hosts.concentrator : lab.hosts.cpe;
+    const r = await host.exec('curl', [...args, `http://127.0.0.1:${opts.concentrator ? 9090 : 9091}${path}`]);
     const i = r.stdout.lastIndexOf('\n');
     return { status: Number(r.stdout.slice(i + 1)), body: r.stdout.slice(0, i) };
   };
@@ -77,7 +78,7 @@ describe('the CPE dashboard in a real browser (lab)', { skip: missing ?? false, 
   before(async () => {
     lab = await Lab.up({ uplinks: [{ rate: '20mbit' }, { rate: '20mbit' }], servers: 1 });
     http = start(lab.hosts.servers[0]!, [TOOL('http-server'), JSON.stringify({ host: '::', port: 8080 })]);
-    conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--listen', `${CONC4}:5000`, '--allow', '198.18.0.0/15', '--allow', '2001:db8::/32']);
+    conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--listen', `${CONC4}:5000`, '--allow', '198.18.0.0/15', '--allow', '2001:db8::/32', '--admin', '127.0.0.1:9090']);
     const tokenFile = join(dir, 'admin.token');
     writeFileSync(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
     const cfg = join(dir, 'cpe.yaml');
@@ -140,6 +141,14 @@ describe('the CPE dashboard in a real browser (lab)', { skip: missing ?? false, 
     assert.ok(converted, JSON.stringify(conns));
     assert.deepEqual(new Set(converted.subflows.map((s) => s.uplink)), new Set(['up1', 'up2']), JSON.stringify(converted.subflows));
     assert.ok(converted.subflows.every((s) => s.rttMs !== null && s.rttMs > 0), JSON.stringify(converted.subflows));
+    // The concentrator sees the CPE with its connection and both subflows, and its metrics pass promtool too.
+    const cs = JSON.parse((await admin('/status', { token: null, concentrator: true })).body) as { activeCpes: number; topCpes: Array<{ cpe: string; connections: number; subflows: number; bytesDown: number }> };
+    assert.equal(cs.activeCpes, 1, JSON.stringify(cs));
+    assert.equal(cs.topCpes[0]!.subflows, 2, JSON.stringify(cs.topCpes));
+    const cm = await admin('/metrics', { token: null, concentrator: true });
+    const ccheck = execFileSync('sh', ['-c', 'promtool check metrics 2>&1; echo "rc=$?"'], { input: cm.body, encoding: 'utf8' });
+    assert.match(ccheck, /^rc=0$/m, ccheck);
+    assert.equal(metric(cm.body, 'mpconvert_active_cpes'), 1);
 
     // Cut uplink 2: the page shows it down within 2 s.
     const state = () => page.locator('[data-uplink="up2"] .state').textContent();
@@ -163,7 +172,7 @@ describe('the CPE dashboard in a real browser (lab)', { skip: missing ?? false, 
     const m = await admin('/metrics');
     assert.equal(m.status, 200);
     const check = execFileSync('sh', ['-c', 'promtool check metrics 2>&1; echo "rc=$?"'], { input: m.body, encoding: 'utf8' });
-    assert.match(check, /rc=0/, check);
+    assert.match(check, /^rc=0$/m, check);
     for (const u of ['up1', 'up2']) {
       assert.ok(metric(m.body, 'mpconvert_uplink_subflow_bytes_total', `uplink="${u}",direction="down"`) > 2 * MB, `${u}: ${m.body.split('\n').filter((l) => l.includes('uplink_subflow_bytes')).join('\n')}`);
       assert.ok(metric(m.body, 'mpconvert_uplink_interface_bytes_total', `uplink="${u}",direction="rx"`) > 2 * MB);
