@@ -1,0 +1,83 @@
+/**
+ * The overflow distribution scheme with kernel MPTCP and real transfers over two 50 Mbit/s uplinks: a
+ * 20 Mbit/s flow stays on the primary uplink (the secondary carries under 5 % of its bytes), a bulk flow
+ * makes the secondary join and fills both. Bytes per uplink from the uplinks' interface counters in the lab.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Lab } from '../../src/lab/index.js';
+import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
+import { CLI, Proc, TOOL, start } from '../support/lab-procs.js';
+import { deterministicSha256 } from '../support/tools/stream-util.js';
+
+const missing = labCapabilityMissing();
+if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);
+
+const MB = 1024 * 1024;
+const CONC4 = '198.18.200.1';
+
+describe('traffic distribution: overflow (lab)', { skip: missing ?? false, concurrency: false }, () => {
+  let lab: Lab;
+  let conc: Proc;
+  let http: Proc;
+  let cpe: Proc;
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-dist-'));
+
+  const rxBytes = async () => (await lab.status()).uplinks.map((u) => u.rxBytes);
+  async function download(size: number, seed: string) {
+    const r = await lab.hosts.client.exec('bash', ['-o', 'pipefail', '-c', `curl -sS --fail 'http://${lab.hosts.servers[0]!.v4}:8080/bytes/${size}?seed=${seed}' | sha256sum`], { timeoutMs: 120_000 });
+    return r.stdout.split(' ')[0];
+  }
+
+  before(async () => {
+    lab = await Lab.up({ uplinks: [{ rate: '50mbit' }, { rate: '50mbit' }], servers: 1 });
+    http = start(lab.hosts.servers[0]!, [TOOL('http-server'), JSON.stringify({ host: '::', port: 8080 })]);
+    conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--listen', `${CONC4}:5000`, '--allow', '198.18.0.0/15', '--allow', '2001:db8::/32']);
+    const cfg = join(dir, 'cpe.yaml');
+    writeFileSync(cfg, `lan: [lan0]\nuplinks: [{interface: up1}, {interface: up2}]\nconcentrators:\n  - address: "${CONC4}:5000"\n` +
+      `distribution: {scheme: overflow, overflow: {primary: up1, capacityMbit: 50, joinAbove: 0.8, leaveBelow: 0.5, holdS: 3}}\n`);
+    await Promise.all([http.waitLine((l) => l.includes('ready')), conc.waitLine((l) => l.startsWith('ready'))]);
+    cpe = start(lab.hosts.cpe, [CLI, 'cpe', '--config', cfg]);
+    await cpe.waitLine((l) => l.startsWith('ready'), 30_000);
+  });
+
+  after(async () => {
+    await cpe?.stop();
+    await conc?.stop();
+    await http?.stop();
+    await lab?.down();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('a 20 Mbit/s flow stays on the primary (< 5 % on the secondary); a bulk flow makes the secondary join', { timeout: 180_000 }, async () => {
+    // 20 Mbit/s paced by the sender (iperf3 -R: the server sends at -b), 6 s.
+    const srv = new Proc(lab.hosts.servers[0]!.spawn('iperf3', ['-s', '-1', '--forceflush', '-B', lab.hosts.servers[0]!.v4]));
+    await srv.waitLine((l) => l.includes('Server listening'), 10_000);
+    const before1 = await rxBytes();
+    const r = await lab.hosts.client.exec('iperf3', ['-c', lab.hosts.servers[0]!.v4, '-R', '-b', '20M', '-t', '6', '-J'], { timeoutMs: 60_000 });
+    await srv.stop();
+    const got = (JSON.parse(r.stdout) as { end: { sum_received: { bytes: number } } }).end.sum_received.bytes;
+    assert.ok(got > 6 * 20e6 / 8 * 0.9, `iperf3 received ${got} bytes`);
+    const after1 = await rxBytes();
+    const d1 = after1.map((b, i) => b - before1[i]!);
+    const share2 = d1[1]! / (d1[0]! + d1[1]!);
+    process.stdout.write(`# overflow, 20 Mbit/s flow: up1 ${(d1[0]! / MB).toFixed(1)} MiB, up2 ${(d1[1]! / MB).toFixed(2)} MiB (${(share2 * 100).toFixed(1)} %)\n`);
+    const eps = (await lab.hosts.cpe.exec('ip', ['mptcp', 'endpoint', 'show'])).stdout;
+    const why = () => `\nendpoints:\n${eps}\nthe CPE's log:\n${cpe.stderr.split('\n').filter((l) => /overflow|mode|distribution/.test(l)).join('\n')}`;
+    assert.ok(share2 < 0.05, `the secondary carried ${(share2 * 100).toFixed(1)} % of a 20 Mbit/s flow${why()}`);
+
+    const size2 = 80 * MB;
+    const t0 = Date.now();
+    assert.equal(await download(size2, 'bulk'), deterministicSha256('bulk', size2));
+    const secs = (Date.now() - t0) / 1000;
+    const after2 = await rxBytes();
+    const d2 = after2.map((b, i) => b - after1[i]!);
+    const bulk2 = d2[1]! / (d2[0]! + d2[1]!);
+    process.stdout.write(`# overflow, bulk flow: up1 ${(d2[0]! / MB).toFixed(1)} MiB, up2 ${(d2[1]! / MB).toFixed(1)} MiB (${(bulk2 * 100).toFixed(1)} %), ${((size2 * 8) / secs / 1e6).toFixed(1)} Mbit/s\n`);
+    assert.ok(bulk2 > 0.25, `the secondary carried only ${(bulk2 * 100).toFixed(1)} % of a bulk flow`);
+    assert.match(cpe.stderr, /overflow: the other uplinks join/);
+  });
+});
