@@ -56,6 +56,11 @@ function push(name, t, rx, tx) {
   if (s[0].length > KEEP) for (const a of s) a.shift();
 }
 
+function quota(name) {
+  const q = state.last && state.last.distribution && state.last.distribution.quotas && state.last.distribution.quotas[name];
+  return q ? bytes(q.used) + ' of ' + bytes(q.limit) + ' this ' + q.period + (q.over ? ' (used up: backup only)' : '') : '';
+}
+
 function uplinkCard(u) {
   let card = document.querySelector('[data-uplink="' + CSS.escape(u.interface) + '"]');
   if (!card) {
@@ -82,6 +87,7 @@ function uplinkCard(u) {
     ['subflows', u.subflows], ['RTT', u.rttMs === null ? '-' : u.rttMs.toFixed(1) + ' ms'],
     ['retransmits', u.retransmits], ['share', u.share === null ? '-' : (u.share * 100).toFixed(1) + ' %'],
     ['received', bytes(u.rxBytes)], ['sent', bytes(u.txBytes)],
+    ...(quota(u.interface) ? [['quota', quota(u.interface)]] : []),
   ].flatMap(([k, v]) => [el('span', {}, k), el('span', { 'data-key': k }, v)]));
   const c = state.charts[u.interface];
   if (c && state.series[u.interface]) c.setData(state.series[u.interface]);

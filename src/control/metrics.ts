@@ -108,6 +108,8 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   const uplinkRtt = new Gauge({ name: 'mpconvert_uplink_subflow_rtt_seconds', help: 'CPE: mean smoothed RTT of the established subflows on the uplink', labelNames: ['uplink'] as const, registers: cpeOnly });
   const uplinkRetransmits = new Counter({ name: 'mpconvert_uplink_subflow_retransmits_total', help: 'CPE: TCP retransmissions of the subflows on the uplink', labelNames: ['uplink'] as const, registers: cpeOnly });
   const uplinkShare = new Gauge({ name: 'mpconvert_uplink_share_ratio', help: 'CPE: the share of converted bytes (both directions) the uplink carried since start, 0 to 1', labelNames: ['uplink'] as const, registers: cpeOnly });
+  const uplinkQuotaUsed = new Gauge({ name: 'mpconvert_uplink_quota_used_bytes', help: 'CPE: bytes the uplink used in its current quota period (uplinks with a quota)', labelNames: ['uplink'] as const, registers: cpeOnly });
+  const uplinkQuotaLimit = new Gauge({ name: 'mpconvert_uplink_quota_limit_bytes', help: 'CPE: the uplink\'s quota per period (past it the uplink is only a backup)', labelNames: ['uplink'] as const, registers: cpeOnly });
   // Concentrator, per CPE identity (only with metrics.perCpe).
   const activeCpes = new Gauge({ name: 'mpconvert_active_cpes', help: 'Concentrator: CPEs (identities) with at least one connection open now', registers: concOnly });
   const cpeConnections = new Gauge({ name: 'mpconvert_cpe_connections', help: 'Concentrator: connections open now, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
@@ -117,7 +119,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
   return {
     registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback,
-    uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare,
+    uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit,
     activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests,
   };
 }

@@ -27,6 +27,18 @@ export const cpeConfigSchema = z.strictObject({
         mode: z.enum(['subflow', 'backup']).default('subflow'),
         gateway4: z.string().refine((s) => isIP(s) === 4, 'must be an IPv4 address').optional(),
         gateway6: z.string().refine((s) => isIP(s) === 6, 'must be an IPv6 address').optional(),
+        /**
+         * A volume quota (metered uplinks): past `bytes` (both directions, the interface's counters) in the
+         * current period the uplink is only a backup until the period ends. Usage is kept in quotaStateFile.
+         */
+        quota: z
+          .strictObject({
+            bytes: z.number().int().positive(),
+            period: z.enum(['day', 'month']).default('month'),
+            /** The day of the month a monthly period starts (1-28). */
+            resetDay: z.number().int().min(1).max(28).default(1),
+          })
+          .optional(),
       }),
     )
     .min(1, 'at least one uplink is needed'),
@@ -123,6 +135,8 @@ export const cpeConfigSchema = z.strictObject({
   relayEngine: z.enum(['splice', 'streams']).default('splice'),
   idleTimeoutS: z.number().int().min(1).default(600),
   shutdownDrainS: z.number().min(0).default(5),
+  /** Where the uplinks' quota usage is kept across restarts and reboots. */
+  quotaStateFile: z.string().min(1).default('/var/lib/mpconvert/quota.json'),
   /** Where the CPE remembers the MPTCP endpoints it created, so a restart after a crash removes them. */
   stateDir: z.string().min(1).default('/run/mpconvert'),
   admin: endpoint.optional(),

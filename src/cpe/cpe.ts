@@ -16,6 +16,7 @@ import { handleClient } from './session.js';
 import { Interception } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
 import { ConfigError } from '../control/config-file.js';
+import { QuotaBook } from './quota.js';
 import { OVERFLOW_IDLE, overflowModes, overflowStep, type OverflowState } from '../policy/distribution.js';
 import { diffConfig, effectiveConfig, logReload, type ReloadReport } from '../control/reload.js';
 import { UplinkObserver, subflowView, type ConnectionRecord } from './observer.js';
@@ -218,26 +219,66 @@ export class Cpe {
   #overflow: OverflowState = OVERFLOW_IDLE;
   #distributionBusy = false;
 
-  /** The overflow scheme: the other uplinks start as backup; each sample may let them join or leave. */
+  #quota: QuotaBook | undefined;
+  /** The modes the schemes wanted at the last sample: only a change is applied (an admin override stays until then). */
+  #wanted = new Map<string, 'subflow' | 'backup'>();
+
+  /** The mode each uplink should have now: its configured mode or the overflow scheme's, backup past its quota. */
+  #wantedModes(now: number): Map<string, 'subflow' | 'backup'> {
+    const cfg = this.#config;
+    const names = cfg.uplinks.map((u) => u.interface);
+    const o = cfg.distribution.overflow;
+    const base = cfg.distribution.scheme === 'overflow' && o ? overflowModes(names, this.#overflow, o) : new Map(cfg.uplinks.map((u) => [u.interface, u.mode] as const));
+    for (const n of names) if (this.#quota?.over(n, now)) base.set(n, 'backup');
+    return base;
+  }
+
+  /**
+   * The distribution schemes and quotas: applied at start, then at each observer sample (once a second) the
+   * quota usage is counted, the overflow decision taken, and the uplinks whose wanted mode changed are set.
+   */
   async #startDistribution(): Promise<void> {
-    const d = this.#config.distribution;
-    const o = d.overflow;
-    if (d.scheme !== 'overflow' || !o) return;
-    if (!this.#config.uplinks.some((u) => u.interface === o.primary)) throw new ConfigError(`distribution.overflow.primary: ${o.primary} is not one of the uplinks`);
-    await this.#applyModes(overflowModes(this.#config.uplinks.map((u) => u.interface), this.#overflow, o));
+    const cfg = this.#config;
+    const o = cfg.distribution.overflow;
+    if (cfg.distribution.scheme === 'overflow' && o && !cfg.uplinks.some((u) => u.interface === o.primary)) {
+      throw new ConfigError(`distribution.overflow.primary: ${o.primary} is not one of the uplinks`);
+    }
+    const quotas = new Map(cfg.uplinks.flatMap((u) => (u.quota ? [[u.interface, u.quota] as const] : [])));
+    this.#quota = new QuotaBook(cfg.quotaStateFile, quotas, this.#deps.logger);
+    await this.#quota.load();
+    if (cfg.distribution.scheme !== 'overflow' && this.#quota.empty) return;
+    const first = this.#wantedModes(Date.now());
+    await this.#applyModes(new Map([...first].filter(([u, m]) => cfg.uplinks.find((x) => x.interface === u)?.mode !== m)));
+    this.#wanted = first;
     this.#observer?.on('sample', (s) => {
-      const policy = this.#config.distribution.overflow;
-      if (this.#config.distribution.scheme !== 'overflow' || !policy || this.#distributionBusy) return;
-      const load = Math.max(s.rx.reduce((a, b) => a + b, 0), s.tx.reduce((a, b) => a + b, 0));
-      const next = overflowStep(this.#overflow, load, s.t, policy);
-      if (next.joined === this.#overflow.joined) {
+      const c = this.#config;
+      c.uplinks.forEach((u, i) => this.#quota?.add(u.interface, s.bytes[i] ?? 0, s.t));
+      const policy = c.distribution.overflow;
+      if (c.distribution.scheme === 'overflow' && policy) {
+        const load = Math.max(s.rx.reduce((a, b) => a + b, 0), s.tx.reduce((a, b) => a + b, 0));
+        const next = overflowStep(this.#overflow, load, s.t, policy);
+        if (next.joined !== this.#overflow.joined) {
+          this.#deps.logger.info({ scheme: 'overflow', joined: next.joined, loadMbit: Math.round((load * 8) / 1e5) / 10 }, next.joined ? 'overflow: the other uplinks join' : 'overflow: back to the primary uplink only');
+        }
         this.#overflow = next;
-        return;
       }
-      this.#overflow = next;
-      this.#deps.logger.info({ scheme: 'overflow', joined: next.joined, loadMbit: Math.round((load * 8) / 1e5) / 10 }, next.joined ? 'overflow: the other uplinks join' : 'overflow: back to the primary uplink only');
+      for (const u of c.uplinks) {
+        const v = this.#quota?.view(u.interface, s.t);
+        if (!v) continue;
+        this.#deps.metrics.uplinkQuotaUsed.set({ uplink: u.interface }, v.used);
+        this.#deps.metrics.uplinkQuotaLimit.set({ uplink: u.interface }, v.limit);
+      }
+      void this.#quota?.save(s.t);
+      if (this.#distributionBusy) return;
+      const wanted = this.#wantedModes(s.t);
+      const changed = new Map([...wanted].filter(([u, m]) => this.#wanted.get(u) !== m));
+      if (changed.size === 0) return;
+      for (const [u, m] of changed) {
+        if (this.#quota?.over(u, s.t) && m === 'backup') this.#deps.logger.warn({ uplink: u, quota: this.#quota.view(u, s.t) }, 'quota used up: the uplink is only a backup until the period ends');
+      }
+      this.#wanted = wanted;
       this.#distributionBusy = true;
-      void this.#applyModes(overflowModes(this.#config.uplinks.map((u) => u.interface), next, policy)).finally(() => (this.#distributionBusy = false));
+      void this.#applyModes(changed).finally(() => (this.#distributionBusy = false));
     });
   }
 
@@ -250,7 +291,12 @@ export class Cpe {
   /** The distribution scheme and its state (status, dashboard). */
   distribution() {
     const d = this.#config.distribution;
-    return d.scheme === 'overflow' ? { scheme: d.scheme, primary: d.overflow?.primary, joined: this.#overflow.joined } : { scheme: d.scheme };
+    const now = Date.now();
+    const quotas = Object.fromEntries(this.#config.uplinks.flatMap((u) => {
+      const v = this.#quota?.view(u.interface, now);
+      return v ? [[u.interface, v] as const] : [];
+    }));
+    return { scheme: d.scheme, ...(d.scheme === 'overflow' ? { primary: d.overflow?.primary, joined: this.#overflow.joined } : {}), quotas };
   }
 
   /** SIGHUP: applies the keys that can change live, logs each change, names the keys that need a restart. */
@@ -378,6 +424,7 @@ export class Cpe {
     };
     this.#probe.stop();
     this.#observer?.stop();
+    await this.#quota?.save(Date.now(), true);
     await step(() => this.#interception?.stop());
     for (const s of this.#listeners) s.close();
     for (const s of this.#pending) s.resetAndDestroy();

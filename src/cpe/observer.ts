@@ -43,6 +43,8 @@ export interface UplinkSample {
   /** Per uplink (configuration order): bytes/s received and sent on the interface during the last interval. */
   rx: number[];
   tx: number[];
+  /** Per uplink: bytes through the interface (both directions) since the previous sample. */
+  bytes: number[];
 }
 
 export interface SubflowView {
@@ -201,9 +203,11 @@ export class UplinkObserver extends EventEmitter<{ sample: [UplinkSample] }> {
     } catch (err) {
       this.#deps.logger.debug({ err }, 'cannot read the interface counters');
     }
+    const bytes: number[] = [];
     for (const u of uplinks) {
       const t = this.#total(u.interface);
       const c = counters.find((x) => x.ifname === u.interface);
+      bytes.push(0);
       metrics.uplinkUp.set({ uplink: u.interface }, u.up ? 1 : 0);
       metrics.uplinkBackup.set({ uplink: u.interface }, u.mode === 'backup' ? 1 : 0);
       if (!c) {
@@ -219,13 +223,14 @@ export class UplinkObserver extends EventEmitter<{ sample: [UplinkSample] }> {
         t.txBytes += dtx;
         metrics.uplinkBytes.inc({ uplink: u.interface, direction: 'rx' }, drx);
         metrics.uplinkBytes.inc({ uplink: u.interface, direction: 'tx' }, dtx);
+        bytes[bytes.length - 1] = drx + dtx;
         t.rxBps = dt > 0 ? drx / dt : 0;
         t.txBps = dt > 0 ? dtx / dt : 0;
       }
       t.last = { rx: c.rxBytes, tx: c.txBytes };
     }
     this.#sampleSubflows(uplinks);
-    const s: UplinkSample = { t: now, rx: uplinks.map((u) => Math.round(this.#total(u.interface).rxBps)), tx: uplinks.map((u) => Math.round(this.#total(u.interface).txBps)) };
+    const s: UplinkSample = { t: now, rx: uplinks.map((u) => Math.round(this.#total(u.interface).rxBps)), tx: uplinks.map((u) => Math.round(this.#total(u.interface).txBps)), bytes };
     this.#history.push(s);
     if (this.#history.length > this.#historyLength) this.#history.shift();
     this.emit('sample', s);

@@ -5,7 +5,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Lab } from '../../src/lab/index.js';
@@ -79,5 +79,60 @@ describe('traffic distribution: overflow (lab)', { skip: missing ?? false, concu
     process.stdout.write(`# overflow, bulk flow: up1 ${(d2[0]! / MB).toFixed(1)} MiB, up2 ${(d2[1]! / MB).toFixed(1)} MiB (${(bulk2 * 100).toFixed(1)} %), ${((size2 * 8) / secs / 1e6).toFixed(1)} Mbit/s\n`);
     assert.ok(bulk2 > 0.25, `the secondary carried only ${(bulk2 * 100).toFixed(1)} % of a bulk flow`);
     assert.match(cpe.stderr, /overflow: the other uplinks join/);
+  });
+
+  test('a volume quota: past it the metered uplink carries nothing more, failover still uses it, the usage survives a restart', { timeout: 240_000 }, async () => {
+    await cpe.stop();
+    const quotaFile = join(dir, 'quota.json');
+    const cfg = join(dir, 'cpe-quota.yaml');
+    const QUOTA = 8 * MB;
+    writeFileSync(cfg, `lan: [lan0]\nuplinks: [{interface: up1}, {interface: up2, quota: {bytes: ${QUOTA}, period: month}}]\nadmin: "127.0.0.1:9091"\n` +
+      `quotaStateFile: "${quotaFile}"\nconcentrators:\n  - address: "${CONC4}:5000"\n`);
+    cpe = start(lab.hosts.cpe, [CLI, 'cpe', '--config', cfg]);
+    await cpe.waitLine((l) => l.startsWith('ready'), 30_000);
+
+    // A bulk download uses both uplinks until up2's quota is used up, then only up1.
+    const b0 = await rxBytes();
+    const size = 60 * MB;
+    assert.equal(await download(size, 'quota'), deterministicSha256('quota', size));
+    const b1 = await rxBytes();
+    const up2 = b1[1]! - b0[1]!;
+    process.stdout.write(`# quota 8 MiB on up2, 60 MiB download: up1 ${((b1[0]! - b0[0]!) / MB).toFixed(1)} MiB, up2 ${(up2 / MB).toFixed(1)} MiB\n`);
+    assert.ok(up2 > 4 * MB, `up2 carried ${up2} bytes before its quota`);
+    assert.ok(up2 < QUOTA + 12 * MB, `up2 carried ${(up2 / MB).toFixed(1)} MiB: past its quota by more than two seconds of traffic`);
+    assert.match(cpe.stderr, /quota used up/);
+    // The next download stays off up2.
+    const size2 = 20 * MB;
+    assert.equal(await download(size2, 'quota2'), deterministicSha256('quota2', size2));
+    const b2 = await rxBytes();
+    const share = (b2[1]! - b1[1]!) / (b2[0]! - b1[0]! + b2[1]! - b1[1]!);
+    process.stdout.write(`# after the quota: up2 carried ${(share * 100).toFixed(1)} % of a 20 MiB download\n`);
+    assert.ok(share < 0.05, `${(share * 100).toFixed(1)} %`);
+
+    // Failover: up1 fails in the middle of a download; the backup uplink (past its quota) carries the rest.
+    const size3 = 40 * MB;
+    const dl = download(size3, 'failover');
+    dl.catch(() => {});
+    const c0 = await rxBytes();
+    for (const deadline = Date.now() + 30_000; (await rxBytes())[0]! - c0[0]! < 5 * MB; ) {
+      if (Date.now() > deadline) throw new Error('the download did not start');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await lab.uplinkDown(1);
+    assert.equal(await dl, deterministicSha256('failover', size3), 'the download survived the cut');
+    const c1 = await rxBytes();
+    process.stdout.write(`# failover past the quota: up2 carried ${((c1[1]! - c0[1]!) / MB).toFixed(1)} MiB of the 40 MiB after up1 was cut\n`);
+    assert.ok(c1[1]! - c0[1]! > 10 * MB);
+    await lab.uplinkUp(1);
+
+    // The usage is kept across a restart: still over quota after it.
+    await cpe.stop();
+    const saved = JSON.parse(readFileSync(quotaFile, 'utf8')) as { uplinks: Record<string, { bytes: number }> };
+    assert.ok(saved.uplinks['up2']!.bytes >= QUOTA, JSON.stringify(saved));
+    cpe = start(lab.hosts.cpe, [CLI, 'cpe', '--config', cfg]);
+    await cpe.waitLine((l) => l.startsWith('ready'), 30_000);
+    const st = JSON.parse((await lab.hosts.cpe.exec('curl', ['-sS', 'http://127.0.0.1:9091/status'])).stdout) as { distribution: { quotas: Record<string, { used: number; over: boolean }> } };
+    assert.equal(st.distribution.quotas['up2']!.over, true, JSON.stringify(st.distribution));
+    assert.ok(st.distribution.quotas['up2']!.used >= saved.uplinks['up2']!.bytes);
   });
 });

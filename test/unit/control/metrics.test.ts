@@ -24,6 +24,8 @@ async function populated(role: 'cpe' | 'concentrator'): Promise<{ text: string; 
   m.uplinkRtt.set({ uplink: 'up1' }, 0.012);
   m.uplinkRetransmits.inc({ uplink: 'up1' }, 3);
   m.uplinkShare.set({ uplink: 'up1' }, 1);
+  m.uplinkQuotaUsed.set({ uplink: 'up1' }, 5);
+  m.uplinkQuotaLimit.set({ uplink: 'up1' }, 10);
   m.activeCpes.set(1);
   m.cpeConnections.set({ cpe: '198.18.0.1' }, 1);
   m.cpeSubflows.set({ cpe: '198.18.0.1' }, 2);

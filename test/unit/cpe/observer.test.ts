@@ -45,7 +45,7 @@ test('per uplink: interface throughput each way from the counters, subflows put 
   ];
   subflows = [sf(1, '198.18.1.2', tcp(10_000, 300, 6000, 2)), sf(2, '198.18.2.2', tcp(30_000, 0, 5000, 1))];
   const s = o.sample();
-  assert.deepEqual(s, { t: now, rx: [100_000, 50_000], tx: [10_000, 0] }, 'bytes/s over the 0.5 s interval');
+  assert.deepEqual(s, { t: now, rx: [100_000, 50_000], tx: [10_000, 0], bytes: [55_000, 25_000] }, 'bytes/s over the 0.5 s interval, bytes both ways');
   const [v1, v2] = o.view();
   assert.equal(v1!.subflows, 1);
   assert.equal(v1!.rttMs, 10);
