@@ -484,7 +484,9 @@ export class UplinkManager extends EventEmitter {
       if (!existing.flags.includes(want)) this.#logger.warn({ uplink: dev, endpoint: existing }, `an MPTCP endpoint for ${address} already exists without '${want}': using it as is`);
     } else {
       try {
-        await k.mptcp.addEndpoint({ address, dev, flags: [u.cfg.mode] });
+        // A backup endpoint still makes subflows (flag subflow), marked backup: they carry traffic only when no
+        // other subflow works (failover), and a distribution scheme can turn them on with nobackup.
+        await k.mptcp.addEndpoint({ address, dev, flags: u.cfg.mode === 'backup' ? ['subflow', 'backup'] : ['subflow'] });
         const now = await k.mptcp.endpoints();
         const ep = now.find((e) => e.address === address);
         if (!ep) throw new Error('the endpoint is not listed after adding it');

@@ -81,6 +81,32 @@ describe('traffic distribution: overflow (lab)', { skip: missing ?? false, concu
     assert.match(cpe.stderr, /overflow: the other uplinks join/);
   });
 
+  test('active-backup: a backup uplink carries nothing while the primary works and the rest of a transfer when it fails', { timeout: 180_000 }, async () => {
+    await cpe.stop();
+    const cfg = join(dir, 'cpe-backup.yaml');
+    writeFileSync(cfg, `lan: [lan0]\nuplinks: [{interface: up1}, {interface: up2, mode: backup}]\nconcentrators:\n  - address: "${CONC4}:5000"\n`);
+    cpe = start(lab.hosts.cpe, [CLI, 'cpe', '--config', cfg]);
+    await cpe.waitLine((l) => l.startsWith('ready'), 30_000);
+    const a0 = await rxBytes();
+    assert.equal(await download(20 * MB, 'ab'), deterministicSha256('ab', 20 * MB));
+    const a1 = await rxBytes();
+    const share = (a1[1]! - a0[1]!) / (a1[0]! - a0[0]! + a1[1]! - a0[1]!);
+    process.stdout.write(`# active-backup: up2 carried ${(share * 100).toFixed(1)} % of a 20 MiB download\n`);
+    assert.ok(share < 0.05, `${(share * 100).toFixed(1)} %`);
+    const dl = download(40 * MB, 'ab-cut');
+    dl.catch(() => {});
+    for (const deadline = Date.now() + 30_000; (await rxBytes())[0]! - a1[0]! < 5 * MB; ) {
+      if (Date.now() > deadline) throw new Error('the download did not start');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await lab.uplinkDown(1);
+    assert.equal(await dl, deterministicSha256('ab-cut', 40 * MB), 'the transfer survived the cut on its backup subflow');
+    const a2 = await rxBytes();
+    process.stdout.write(`# active-backup: up2 carried ${((a2[1]! - a1[1]!) / MB).toFixed(1)} MiB after up1 was cut\n`);
+    assert.ok(a2[1]! - a1[1]! > 10 * MB);
+    await lab.uplinkUp(1);
+  });
+
   test('a volume quota: past it the metered uplink carries nothing more, failover still uses it, the usage survives a restart', { timeout: 240_000 }, async () => {
     await cpe.stop();
     const quotaFile = join(dir, 'quota.json');
