@@ -535,6 +535,7 @@ export class Concentrator {
       refusals: await values(this.#deps.metrics.refused, 'reason'),
       serverLegs: await values(this.#deps.metrics.serverLeg, 'transport'),
       fallbackCache: this.fallbackCache,
+      // The UDP channel (issue 11) adds its channels and mappings here, and a card for them to the dashboard.
     };
   }
 

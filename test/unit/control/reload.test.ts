@@ -34,3 +34,19 @@ test('concentrator reload: the log level and limits apply, announce and metrics 
     await c.stop(0);
   }
 });
+
+test('CPE reload: live keys applied (log level, fallback), restart keys named and kept at their running value', async () => {
+  const { Cpe } = await import('../../../src/cpe/cpe.js');
+  const { cpeConfigSchema } = await import('../../../src/cpe/config.js');
+  const logger = silentLogger();
+  const base = { lan: ['lan0'], uplinks: [{ interface: 'up1' }], concentrators: [{ address: '198.18.200.1:5000' }] };
+  const cpe = new Cpe(cpeConfigSchema.parse(base), { sockets: fakeSockets(), kernel: fakeKernel(), logger, metrics: createMetrics('cpe', { runtime: false }) });
+  const r = await cpe.reload(cpeConfigSchema.parse({ ...base, logLevel: 'warn', fallback: 'refuse', tproxyPort: 16000, lan: ['lan1'] }));
+  assert.deepEqual(r.applied, ['fallback', 'logLevel']);
+  assert.deepEqual(r.needRestart, ['lan', 'tproxyPort']);
+  assert.equal(logger.level, 'warn');
+  assert.deepEqual((cpe.status() as { lastReload?: unknown }).lastReload, r);
+  // Reloading the same file again reports the restart keys again (the running values were kept).
+  const again = await cpe.reload(cpeConfigSchema.parse({ ...base, logLevel: 'warn', fallback: 'refuse', tproxyPort: 16000, lan: ['lan1'] }));
+  assert.deepEqual([again.applied, again.needRestart], [[], ['lan', 'tproxyPort']]);
+});
