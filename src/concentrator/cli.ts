@@ -4,7 +4,7 @@ import { createLinuxPlatform } from '../platform/linux/index.js';
 import { createLogger, LOG_FORMATS, type LogFormat } from '../log.js';
 import { applySysctls, concentratorSysctls } from '../control/prepare.js';
 import { createMetrics } from '../control/metrics.js';
-import { startAdmin, type AdminServer } from '../control/admin.js';
+import { loadAdminToken, startAdmin, type AdminServer } from '../control/admin.js';
 import { runDaemon, runPrepare, STOP_CLEANUP_S } from '../control/daemon.js';
 import { checkConcentrator, hostFacts, reportCheck } from '../control/check.js';
 import { ConfigError } from '../control/config-file.js';
@@ -58,7 +58,7 @@ export function concentratorCommand(): Command {
       const logger = createLogger({ level: config.logLevel, name: 'concentrator', ...(logFormat ? { format: logFormat as LogFormat } : {}) });
       let running = config;
       const platform = createLinuxPlatform();
-      const metrics = createMetrics('concentrator');
+      const metrics = createMetrics('concentrator', { perCpe: config.metrics.perCpe });
       const concentrator = new Concentrator(config, {
         sockets: platform.sockets,
         kernel: platform.kernel,
@@ -71,11 +71,26 @@ export function concentratorCommand(): Command {
       let admin: AdminServer | undefined;
       await runDaemon(
         {
-          start: async () => {
+          start: async (control) => {
             // The same checks as --check, before anything is changed on the host.
             if (problems.length > 0) throw new ConfigError(problems.join('; '));
+            const token = config.adminTokenFile ? await loadAdminToken(config.adminTokenFile) : undefined;
             await concentrator.start();
-            if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => concentrator.status(), () => concentrator.readiness());
+            if (config.admin) {
+              admin = await startAdmin(
+                { endpoint: parseEndpoint(config.admin), token, logger, requests: metrics.adminRequests, role: 'concentrator' },
+                {
+                  registry: metrics.registry,
+                  status: () => concentrator.status(),
+                  readiness: () => concentrator.readiness(),
+                  live: () => concentrator.live(),
+                  connections: (q) => concentrator.connections(q),
+                  closeConnection: (id) => concentrator.closeConnection(id),
+                  closeCpe: (cpe) => concentrator.closeCpe(cpe),
+                  drain: () => control.stop('admin drain'),
+                },
+              );
+            }
             return { listen: concentrator.addresses, admin: admin?.port };
           },
           stop: async (reason) => {

@@ -13,6 +13,7 @@ import { parseEndpoint, type Endpoint } from '../control/address.js';
 import { sourceAddressMode, type ConcentratorConfig } from './config.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
+import { diffConfig, effectiveConfig, logReload, type ReloadReport } from '../control/reload.js';
 import type { KernelConfig, ListeningServer, ProcessResources, Sockets, SpliceEngine } from '../platform/types.js';
 import { ConnectionLimits } from '../policy/limits.js';
 import { AddressSet, PrefixSet, compileDestinationPolicy, type DestinationPolicy } from '../policy/destination.js';
@@ -24,7 +25,7 @@ import { ReplayCache, authenticateGate, openAllowProblem, type KeyRing } from '.
 import { loadKeysFile } from './keys.js';
 import { unmapAddress } from '../protocol/address.js';
 import { MpconvertError } from '../errors.js';
-import { RESET_ON_CLOSE } from '../relay/index.js';
+import { RESET_ON_CLOSE, type RelayStats } from '../relay/index.js';
 import { ServerDialer } from './server-dialer.js';
 import { readSignalling, refusal as sendRefusal, SignallingEmptyError, WarmRefusedError, WarmUnusedError } from './signalling.js';
 import { CountPerKey } from '../policy/count-per-key.js';
@@ -60,6 +61,21 @@ interface Session {
   end: () => void;
 }
 
+/** CPE identities whose closed-connection byte totals are kept (the oldest is forgotten beyond). */
+const CPE_TOTALS_MAX = 10_000;
+/** Sessions whose MPTCP subflow count is read per figure (getsockopt each); beyond, the count is left out. */
+const SUBFLOW_SAMPLE_MAX = 4_096;
+/** Keys a SIGHUP cannot apply (the rest it does, see reload()). */
+const RESTART_KEYS = new Set(['announce', 'manageSysctls', 'preserveDscp', 'sessionLog', 'admin', 'adminTokenFile', 'metrics']);
+
+export interface CpeFigures {
+  cpe: string;
+  connections: number;
+  subflows: number;
+  bytesUp: number;
+  bytesDown: number;
+}
+
 /** Near the descriptor limit: at this share of it, each new connection sheds the oldest one in signalling. */
 const DESCRIPTOR_HIGH_WATER = 0.9;
 
@@ -93,6 +109,10 @@ export class Concentrator {
   readonly #sessions = new Set<Session>();
   readonly #sessionOf = new WeakMap<ConnectionContext, Session>();
   #nextId = 1;
+  /** Bytes of closed connections per CPE identity (bounded, oldest first out). */
+  readonly #closedTotals = new Map<string, { up: number; down: number }>();
+  #figuresTimer: NodeJS.Timeout | undefined;
+  #lastReload: ReloadReport | undefined;
   #stopping = false;
   #sweeper: NodeJS.Timeout | undefined;
   /** Descriptors open besides the sessions' sockets (sampled), and the limit. */
@@ -266,6 +286,8 @@ export class Concentrator {
       this.#sampleDescriptors();
     }, 10_000);
     this.#sweeper.unref();
+    this.#figuresTimer = setInterval(() => this.#updateFigures(), 1_000);
+    this.#figuresTimer.unref();
     this.#deps.logger.info({ listen: this.#config.listen, allow: this.#config.allow }, 'concentrator started');
   }
 
@@ -410,7 +432,10 @@ export class Concentrator {
           if (!session.refused) this.#refuse(ctx, r.refusal, r.step);
           session.end();
         } else if (ctx.relay) {
-          ctx.relay.once('close', () => session.end());
+          ctx.relay.once('close', (stats: RelayStats) => {
+            this.#countClosed(ctx.identity, stats.aToB, stats.bToA);
+            session.end();
+          });
         }
       },
       (err: unknown) => {
@@ -451,6 +476,141 @@ export class Concentrator {
     return this.#ownCache.set;
   }
 
+  #countClosed(cpe: string, up: number, down: number): void {
+    const t = this.#closedTotals.get(cpe) ?? { up: 0, down: 0 };
+    t.up += up;
+    t.down += down;
+    this.#closedTotals.delete(cpe); // re-insert: most recent last
+    this.#closedTotals.set(cpe, t);
+    if (this.#closedTotals.size > CPE_TOTALS_MAX) this.#closedTotals.delete(this.#closedTotals.keys().next().value as string);
+    if (this.#deps.metrics.perCpe) {
+      this.#deps.metrics.cpeBytes.inc({ cpe, direction: 'up' }, up);
+      this.#deps.metrics.cpeBytes.inc({ cpe, direction: 'down' }, down);
+    }
+  }
+
+  /** Per CPE with open connections: connections, subflows (MPTCP_INFO of each), bytes (closed + live). */
+  cpeFigures(): CpeFigures[] {
+    const by = new Map<string, CpeFigures>();
+    let sampled = 0;
+    for (const s of this.#sessions) {
+      const id = s.ctx.identity;
+      const f = by.get(id) ?? { cpe: id, connections: 0, subflows: 0, bytesUp: this.#closedTotals.get(id)?.up ?? 0, bytesDown: this.#closedTotals.get(id)?.down ?? 0 };
+      f.connections++;
+      if (s.ctx.relay) {
+        f.bytesUp += s.ctx.relay.bytesAToB;
+        f.bytesDown += s.ctx.relay.bytesBToA;
+      }
+      if (sampled++ < SUBFLOW_SAMPLE_MAX && !s.ctx.socket.destroyed) {
+        try {
+          const info = this.#deps.sockets.mptcpInfo(s.ctx.socket);
+          // subflowsTotal counts the initial subflow (6.10+); mptcpi_subflows does not.
+          if (info) f.subflows += info.subflowsTotal ?? info.subflows + 1;
+        } catch {
+          /* closed meanwhile */
+        }
+      }
+      by.set(id, f);
+    }
+    return [...by.values()].sort((a, b) => b.bytesUp + b.bytesDown - (a.bytesUp + a.bytesDown) || b.connections - a.connections);
+  }
+
+  /** Once a second: the active-CPE gauge, and the per-CPE gauges when metrics.perCpe is on. */
+  #updateFigures(): void {
+    const m = this.#deps.metrics;
+    const figures = this.cpeFigures();
+    m.activeCpes.set(figures.length);
+    if (!m.perCpe) return;
+    m.cpeConnections.reset();
+    m.cpeSubflows.reset();
+    for (const f of figures) {
+      m.cpeConnections.set({ cpe: f.cpe }, f.connections);
+      m.cpeSubflows.set({ cpe: f.cpe }, f.subflows);
+    }
+  }
+
+  /** What the dashboard shows, once a second (GET /events). */
+  async live() {
+    const figures = this.cpeFigures();
+    const values = async (c: { get(): Promise<{ values: Array<{ value: number; labels: Record<string, string | number> }> }> }, label: string) =>
+      Object.fromEntries((await c.get()).values.map((v) => [String(v.labels[label]), v.value]));
+    return {
+      role: 'concentrator',
+      t: Date.now(),
+      ready: this.readiness(),
+      listeners: [...this.#listeners.keys()],
+      activeCpes: figures.length,
+      activeSessions: this.#sessions.size,
+      subflows: figures.reduce((a, f) => a + f.subflows, 0),
+      topCpes: figures.slice(0, this.#config.metrics.topCpes),
+      refusals: await values(this.#deps.metrics.refused, 'reason'),
+      serverLegs: await values(this.#deps.metrics.serverLeg, 'transport'),
+      fallbackCache: this.fallbackCache,
+      // The UDP channel (issue 11) adds its channels and mappings here, and a card for them to the dashboard.
+    };
+  }
+
+  /** The sessions (newest first, at most `limit`), of one CPE identity or of all. */
+  connections(q: { subflows: boolean; limit: number; cpe?: string }) {
+    const now = this.#now();
+    const list = [...this.#sessions].filter((s) => q.cpe === undefined || s.ctx.identity === q.cpe || s.ctx.cpe === q.cpe).reverse();
+    return {
+      total: list.length,
+      connections: list.slice(0, q.limit).map((s) => {
+        const c = s.ctx;
+        let subflows: unknown;
+        if (q.subflows && !c.socket.destroyed) {
+          try {
+            subflows = this.#deps.sockets.subflows(c.socket).map((sf) => ({
+              id: sf.id ?? null,
+              local: `${sf.local.address}:${sf.local.port}`,
+              remote: `${sf.remote.address}:${sf.remote.port}`,
+              rttMs: sf.tcp && sf.tcp.rttUs > 0 ? sf.tcp.rttUs / 1000 : null,
+              retransmits: sf.tcp?.totalRetrans ?? 0,
+            }));
+          } catch {
+            subflows = [];
+          }
+        }
+        return {
+          id: c.id,
+          cpe: c.identity,
+          source: `${c.cpe}`,
+          destination: c.destination ? `${c.destination.address}:${c.destination.port}` : null,
+          state: c.relay ? 'relayed' : 'setting up',
+          ageS: Math.round((now - c.started) / 100) / 10,
+          bytesUp: c.relay?.bytesAToB ?? 0,
+          bytesDown: c.relay?.bytesBToA ?? 0,
+          ...(subflows !== undefined ? { subflows } : {}),
+        };
+      }),
+    };
+  }
+
+  /** Resets one session (admin API). */
+  closeConnection(id: number): boolean {
+    for (const s of this.#sessions) {
+      if (s.ctx.id !== id) continue;
+      if (s.ctx.relay) s.ctx.relay.destroy();
+      else s.ctx.socket.resetAndDestroy();
+      return true;
+    }
+    return false;
+  }
+
+  /** Resets every session of one CPE (its identity, or its source address); returns how many. */
+  closeCpe(cpe: string): number {
+    let n = 0;
+    for (const s of [...this.#sessions]) {
+      if (s.ctx.identity !== cpe && s.ctx.cpe !== cpe) continue;
+      if (s.ctx.relay) s.ctx.relay.destroy();
+      else s.ctx.socket.resetAndDestroy();
+      n++;
+    }
+    if (n > 0) this.#deps.logger.info({ cpe, connections: n }, 'closed every connection of a CPE (admin API)');
+    return n;
+  }
+
   /** Ready while it listens and is not stopping. */
   readiness(): { ready: true } | { ready: false; reason: string } {
     if (this.#stopping) return { ready: false, reason: 'stopping' };
@@ -469,12 +629,17 @@ export class Concentrator {
       sourceAddress: this.#sourceAddress.name,
       returnPath: this.#returnPath?.installed ?? false,
       ...(this.#keys ? { auth: { keys: this.#keys.size, replayCache: this.#replay.size } } : {}),
+      activeCpes: this.cpeFigures().length,
+      topCpes: this.cpeFigures().slice(0, this.#config.metrics.topCpes),
+      ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),
       stopping: this.#stopping,
     };
   }
 
   /** SIGHUP: apply a new configuration; established connections are kept. */
-  async reload(next: ConcentratorConfig): Promise<void> {
+  async reload(wanted: ConcentratorConfig): Promise<ReloadReport> {
+    const report = diffConfig(this.#config, wanted, new Set(Object.keys(wanted).filter((k) => !RESTART_KEYS.has(k))));
+    const next = effectiveConfig(this.#config, wanted, report);
     // First, before anything changes: a return path that cannot be installed leaves the running configuration.
     // Its mark and table are taken at install: a change of those needs a restart.
     await this.#ensureReturnPath(next);
@@ -507,7 +672,10 @@ export class Concentrator {
     }
     for (const text of next.listen) if (!this.#listeners.has(text)) await this.#openListener(text);
     await this.#rules.apply(next, this.addresses);
-    this.#deps.logger.info({ listen: next.listen }, 'configuration reloaded');
+    if (report.applied.includes('logLevel')) this.#deps.logger.level = next.logLevel;
+    logReload(this.#deps.logger, old, wanted, report);
+    this.#lastReload = report;
+    return report;
   }
 
   #stopped: Promise<void> | undefined;
@@ -521,6 +689,7 @@ export class Concentrator {
   async #stop(drainMs: number): Promise<void> {
     this.#stopping = true;
     if (this.#sweeper) clearInterval(this.#sweeper);
+    if (this.#figuresTimer) clearInterval(this.#figuresTimer);
     // close() stops accepting at once; its callback would wait for every connection, which the drain handles.
     for (const s of this.#listeners.values()) s.close();
     this.#listeners.clear();

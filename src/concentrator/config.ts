@@ -153,6 +153,15 @@ export const concentratorConfigSchema = z.strictObject({
   sessionLog: z.boolean().default(true),
   /** Admin endpoint (metrics, health, status) ADDR:PORT; keep it on a management address. */
   admin: endpoint.optional(),
+  /** The admin API's bearer token (docs/operations.md); without it the admin endpoint must be a loopback address. */
+  adminTokenFile: z.string().min(1).optional(),
+  /**
+   * Per-CPE figures: `topCpes` in /status and on the dashboard; `perCpe` adds the mpconvert_cpe_* families with
+   * one `cpe` label per CPE identity (off by default: one series per subscriber).
+   */
+  metrics: z
+    .strictObject({ perCpe: z.boolean().default(false), topCpes: z.number().int().min(0).max(1000).default(10) })
+    .default({ perCpe: false, topCpes: 10 }),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 }).superRefine((c, issue) => {
   const mode = c.sourceAddress?.mode;

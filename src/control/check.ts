@@ -9,6 +9,7 @@ import { networkInterfaces } from 'node:os';
 import { natUplinks, type CpeConfig } from '../cpe/config.js';
 import type { ConcentratorConfig } from '../concentrator/config.js';
 import { parseEndpoint } from './address.js';
+import { adminExposureProblem } from './admin.js';
 
 export interface HostFacts {
   /** Interface names (with or without addresses). */
@@ -55,6 +56,13 @@ const MPTCP_OFF = "kernel MPTCP is off or missing (net.mptcp.enabled is not 1): 
 const duplicates = (list: readonly string[]): string[] => [...new Set(list.filter((x, i) => list.indexOf(x) !== i))];
 
 /** The CPE's configuration against the host: one line per problem, [] when none. */
+/** An admin endpoint others can reach needs a token file (the same rule startAdmin enforces). */
+function adminProblems(c: { admin?: string | undefined; adminTokenFile?: string | undefined }): string[] {
+  if (!c.admin) return [];
+  const p = adminExposureProblem(parseEndpoint(c.admin), c.adminTokenFile);
+  return p ? [p] : [];
+}
+
 export function checkCpe(c: CpeConfig, host: HostFacts): string[] {
   const problems: string[] = [];
   for (const i of c.lan) if (!host.interfaces.has(i)) problems.push(`lan: interface ${i} does not exist on this host`);
@@ -69,6 +77,7 @@ export function checkCpe(c: CpeConfig, host: HostFacts): string[] {
   if (nat.length > 0 && host.ipv4Forwarding === false) {
     problems.push(`uplinks ${nat.join(', ')} NAT what the CPE forwards (mode: ${c.mode}), but this host does not forward IPv4 (net.ipv4.ip_forward is 0): try 'sysctl -w net.ipv4.ip_forward=1'`);
   }
+  problems.push(...adminProblems(c));
   return problems;
 }
 
@@ -82,6 +91,7 @@ export function checkConcentrator(c: ConcentratorConfig, host: HostFacts): strin
     if (!any && !host.addresses.has(ep.host)) problems.push(`listen ${text}: the address is not an address of this host (listen addresses must be local)`);
   }
   if (!host.mptcp) problems.push(MPTCP_OFF);
+  problems.push(...adminProblems(c));
   return problems;
 }
 

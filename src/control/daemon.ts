@@ -18,14 +18,21 @@ import { MpconvertError } from '../errors.js';
 import { systemdNotifier, type ServiceNotifier } from './notify.js';
 
 export interface DaemonRole {
-  /** Starts the role; resolves with what the `ready` line carries (JSON). */
-  start(): Promise<unknown>;
+  /**
+   * Starts the role; resolves with what the `ready` line carries (JSON). `control.stop(reason)` asks for the
+   * graceful stop a SIGTERM gives (the admin API's drain).
+   */
+  start(control: DaemonControl): Promise<unknown>;
   /** Graceful stop: removes everything the role set up. Also called after a failed start. */
   stop(reason: string): Promise<void>;
   /** SIGHUP; absent: the role has nothing to reload. */
   reload?(): Promise<void>;
   /** How long a stop may take (drain and cleanup): told to the service manager at STOPPING=1. */
   stopBudgetMs?(): number;
+}
+
+export interface DaemonControl {
+  stop(reason: string): void;
 }
 
 export interface DaemonIo {
@@ -129,7 +136,12 @@ export async function runDaemon(role: DaemonRole, logger: Logger, io: DaemonIo =
 
   let ready: unknown;
   try {
-    ready = await role.start();
+    ready = await role.start({
+      stop: (reason) => {
+        if (phase === 'running') void stop(reason);
+        else if (phase === 'starting') stopRequested ??= reason;
+      },
+    });
   } catch (err) {
     // A known failure (configuration, a listener, the kernel) is one line that says what is wrong; only a
     // program error carries its stack.

@@ -2,11 +2,44 @@
  * Prometheus metrics for both roles. One registry per component instance (no global state), so tests and
  * several instances in one process do not mix their counts.
  */
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { readFileSync } from 'node:fs';
+import { release } from 'node:os';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
-export function createMetrics(role: 'cpe' | 'concentrator') {
+/** The version in package.json (the one `mpconvert --version` prints). */
+export const VERSION: string = (() => {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: string }).version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+})();
+
+export interface MetricsOptions {
+  /** Process and Node runtime metrics (process_*, nodejs_*); default on. Off in unit tests that build many registries. */
+  runtime?: boolean;
+  /** Concentrator: per-CPE families (a `cpe` label per CPE identity); off by default to bound cardinality. */
+  perCpe?: boolean;
+}
+
+export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions = {}) {
   const registry = new Registry();
   registry.setDefaultLabels({ role });
+  if (opts.runtime ?? true) {
+    collectDefaultMetrics({ register: registry });
+    // Gauges named like counters (promtool's lint refuses them); the per-type families beside them remain.
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
+  }
+  const cpeOnly = role === 'cpe' ? [registry] : [];
+  const concOnly = role === 'concentrator' ? [registry] : [];
+  const perCpe = role === 'concentrator' && opts.perCpe === true ? [registry] : [];
+  const buildInfo = new Gauge({
+    name: 'mpconvert_build_info',
+    help: 'Always 1; the labels say which mpconvert, Node.js and kernel run',
+    labelNames: ['version', 'node', 'kernel'] as const,
+    registers: [registry],
+  });
+  buildInfo.set({ version: VERSION, node: process.version, kernel: release() }, 1);
   const connections = new Counter({
     name: 'mpconvert_connections_total',
     help: 'Connections handled, by final outcome',
@@ -46,7 +79,7 @@ export function createMetrics(role: 'cpe' | 'concentrator') {
   });
   const capability = new Counter({
     name: 'mpconvert_concentrator_capability_total',
-    help: 'CPE: echo checks, by result (ok, missing, mismatch) ',
+    help: 'CPE: concentrator checks, by result (docs/operations.md lists the results)',
     labelNames: ['result'] as const,
     registers: [registry],
   });
@@ -60,9 +93,42 @@ export function createMetrics(role: 'cpe' | 'concentrator') {
     name: 'mpconvert_warm_connections_total',
     help: 'CPE: warm pool connections, by event (opened, used, retired, died, failed, flushed)',
     labelNames: ['event'] as const,
-    registers: [registry],
+    registers: cpeOnly,
   });
-  return { registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback, warm };
+  // CPE, per uplink (src/cpe/observer.ts, sampled once a second).
+  const uplinkUp = new Gauge({ name: 'mpconvert_uplink_up', help: 'CPE: 1 while the uplink has carrier and is administratively up', labelNames: ['uplink'] as const, registers: cpeOnly });
+  const uplinkBackup = new Gauge({ name: 'mpconvert_uplink_backup', help: 'CPE: 1 while the uplink is in backup mode (used only when no subflow uplink works)', labelNames: ['uplink'] as const, registers: cpeOnly });
+  const uplinkBytes = new Counter({
+    name: 'mpconvert_uplink_interface_bytes_total',
+    help: 'CPE: bytes through the uplink interface since the CPE started (all traffic, converted or not), by direction (rx, tx)',
+    labelNames: ['uplink', 'direction'] as const,
+    registers: cpeOnly,
+  });
+  const uplinkSubflowBytes = new Counter({
+    name: 'mpconvert_uplink_subflow_bytes_total',
+    help: 'CPE: bytes of converted connections carried by the subflows on the uplink (tcp_info deltas), by direction (up = acknowledged towards the concentrator, down = received)',
+    labelNames: ['uplink', 'direction'] as const,
+    registers: cpeOnly,
+  });
+  const uplinkSubflows = new Gauge({ name: 'mpconvert_uplink_subflows', help: 'CPE: subflows of converted connections on the uplink now', labelNames: ['uplink'] as const, registers: cpeOnly });
+  const uplinkRtt = new Gauge({ name: 'mpconvert_uplink_subflow_rtt_seconds', help: 'CPE: mean smoothed RTT of the established subflows on the uplink', labelNames: ['uplink'] as const, registers: cpeOnly });
+  const uplinkRetransmits = new Counter({ name: 'mpconvert_uplink_subflow_retransmits_total', help: 'CPE: TCP retransmissions of the subflows on the uplink', labelNames: ['uplink'] as const, registers: cpeOnly });
+  const uplinkShare = new Gauge({ name: 'mpconvert_uplink_share_ratio', help: 'CPE: the share of converted bytes (both directions) the uplink carried since start, 0 to 1', labelNames: ['uplink'] as const, registers: cpeOnly });
+  const uplinkQuotaUsed = new Gauge({ name: 'mpconvert_uplink_quota_used_bytes', help: 'CPE: bytes the uplink used in its current quota period (uplinks with a quota)', labelNames: ['uplink'] as const, registers: cpeOnly });
+  const uplinkQuotaLimit = new Gauge({ name: 'mpconvert_uplink_quota_limit_bytes', help: 'CPE: the uplink\'s quota per period (past it the uplink is only a backup)', labelNames: ['uplink'] as const, registers: cpeOnly });
+  // Concentrator, per CPE identity (only with metrics.perCpe).
+  const activeCpes = new Gauge({ name: 'mpconvert_active_cpes', help: 'Concentrator: CPEs (identities) with at least one connection open now', registers: concOnly });
+  const cpeConnections = new Gauge({ name: 'mpconvert_cpe_connections', help: 'Concentrator: connections open now, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
+  const cpeSubflows = new Gauge({ name: 'mpconvert_cpe_subflows', help: 'Concentrator: subflows of the open connections, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
+  const cpeBytes = new Counter({ name: 'mpconvert_cpe_bytes_total', help: 'Concentrator: bytes relayed (counted at close), per CPE and direction (up = towards the server) (metrics.perCpe)', labelNames: ['cpe', 'direction'] as const, registers: perCpe });
+  // The UDP channel's families (channels and mappings, issue 11) go here, documented in docs/operations.md.
+  // Admin API.
+  const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
+  return {
+    registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback,
+    uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit,
+    activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm,
+  };
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

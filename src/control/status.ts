@@ -4,6 +4,7 @@
  */
 import { Command } from 'commander';
 import { parseEndpoint, formatEndpoint, type Endpoint } from './address.js';
+import { loadAdminToken } from './admin.js';
 
 /** Nested JSON as indented `key: value` lines. */
 export function statusText(value: unknown, indent = ''): string[] {
@@ -20,12 +21,15 @@ export function statusText(value: unknown, indent = ''): string[] {
 }
 
 /** Reads /healthz and /status; returns the text and whether the daemon is ready. */
-export async function readStatus(admin: Endpoint, timeoutMs = 3_000): Promise<{ ready: boolean; text: string }> {
+export async function readStatus(admin: Endpoint, timeoutMs = 3_000, token?: string): Promise<{ ready: boolean; text: string }> {
   const base = `http://${formatEndpoint(admin.host, admin.port)}`;
   const signal = AbortSignal.timeout(timeoutMs);
   const health = await fetch(`${base}/healthz`, { signal });
   const healthText = (await health.text()).trim();
-  const status = (await (await fetch(`${base}/status`, { signal })).json()) as unknown;
+  const res = await fetch(`${base}/status`, { signal, ...(token ? { headers: { authorization: `Bearer ${token}` } } : {}) });
+  if (res.status === 401) throw new Error(token ? 'the token was refused (401)' : 'the admin API needs a token: pass --token-file');
+  if (!res.ok) throw new Error(`GET /status answered ${res.status}`);
+  const status = (await res.json()) as unknown;
   return { ready: health.status === 200, text: [`readiness: ${healthText}`, ...statusText(status)].join('\n') + '\n' };
 }
 
@@ -33,9 +37,11 @@ export function statusCommand(): Command {
   return new Command('status')
     .description("Show a daemon's readiness and status from its admin endpoint (GET /healthz, /status)")
     .option('--admin <addr:port>', 'the daemon\'s admin endpoint', '127.0.0.1:9091')
-    .action(async (o: { admin: string }) => {
+    .option('--token-file <file>', 'the admin token file (adminTokenFile of the daemon)')
+    .action(async (o: { admin: string; tokenFile?: string }) => {
       try {
-        const r = await readStatus(parseEndpoint(o.admin));
+        const token = o.tokenFile ? await loadAdminToken(o.tokenFile) : undefined;
+        const r = await readStatus(parseEndpoint(o.admin), 3_000, token);
         process.stdout.write(r.text);
         process.exitCode = r.ready ? 0 : 1;
       } catch (err) {

@@ -4,7 +4,7 @@ import { createLinuxPlatform } from '../platform/linux/index.js';
 import { createLogger, LOG_FORMATS, type LogFormat } from '../log.js';
 import { applySysctls, cpeSysctls } from '../control/prepare.js';
 import { createMetrics } from '../control/metrics.js';
-import { startAdmin, type AdminServer } from '../control/admin.js';
+import { loadAdminToken, startAdmin, type AdminServer } from '../control/admin.js';
 import { runDaemon, runPrepare, STOP_CLEANUP_S } from '../control/daemon.js';
 import { checkCpe, hostFacts, reportCheck } from '../control/check.js';
 import { ConfigError } from '../control/config-file.js';
@@ -66,11 +66,28 @@ export function cpeCommand(): Command {
       let running = config;
       await runDaemon(
         {
-          start: async () => {
+          start: async (control) => {
             // The same checks as --check, before anything is changed on the host.
             if (problems.length > 0) throw new ConfigError(problems.join('; '));
+            const token = config.adminTokenFile ? await loadAdminToken(config.adminTokenFile) : undefined;
             await cpe.start();
-            if (config.admin) admin = await startAdmin(parseEndpoint(config.admin), metrics.registry, () => cpe.status(), () => cpe.readiness());
+            if (config.admin) {
+              admin = await startAdmin(
+                { endpoint: parseEndpoint(config.admin), token, logger, requests: metrics.adminRequests, role: 'cpe' },
+                {
+                  registry: metrics.registry,
+                  status: () => cpe.status(),
+                  readiness: () => cpe.readiness(),
+                  live: () => cpe.live(),
+                  history: () => cpe.history(),
+                  watch: (f) => cpe.watch(f),
+                  connections: (q) => cpe.connections(q),
+                  closeConnection: (id) => cpe.closeConnection(id),
+                  setUplinkMode: (uplink, mode) => cpe.setUplinkMode(uplink, mode),
+                  drain: () => control.stop('admin drain'),
+                },
+              );
+            }
             return { tproxyPort: config.tproxyPort, admin: admin?.port };
           },
           stop: async (reason) => {

@@ -41,9 +41,42 @@ export const cpeConfigSchema = z.strictObject({
          * (UDP, ICMP, excluded TCP, native MPTCP) leaves with the uplink's address. Default: on in router mode.
          */
         nat: z.boolean().optional(),
+        /**
+         * A volume quota (metered uplinks): past `bytes` (both directions, the interface's counters) in the
+         * current period the uplink is only a backup until the period ends. Usage is kept in quotaStateFile.
+         */
+        quota: z
+          .strictObject({
+            bytes: z.number().int().positive(),
+            period: z.enum(['day', 'month']).default('month'),
+            /** The day of the month a monthly period starts (1-28). */
+            resetDay: z.number().int().min(1).max(28).default(1),
+          })
+          .optional(),
       }),
     )
     .min(1, 'at least one uplink is needed'),
+  /**
+   * The traffic distribution scheme (docs/operations.md): `aggregate` uses the uplinks' modes (subflow, or
+   * backup for active-backup); `overflow` keeps everything on `overflow.primary` until the load nears its
+   * capacity, then lets the other uplinks join (and leave again below `leaveBelow` for `holdS`).
+   */
+  distribution: z
+    .strictObject({
+      scheme: z.enum(['aggregate', 'overflow']).default('aggregate'),
+      overflow: z
+        .strictObject({
+          primary: z.string().min(1),
+          capacityMbit: z.number().positive(),
+          joinAbove: z.number().gt(0).max(1).default(0.8),
+          leaveBelow: z.number().gt(0).max(1).default(0.5),
+          holdS: z.number().min(0).max(3600).default(5),
+        })
+        .refine((o) => o.leaveBelow <= o.joinAbove, 'leaveBelow must not be above joinAbove')
+        .optional(),
+    })
+    .refine((d) => d.scheme !== 'overflow' || d.overflow !== undefined, 'scheme overflow needs overflow: {primary, capacityMbit}')
+    .default({ scheme: 'aggregate' }),
   /** Concentrators in order of preference. */
   concentrators: z
     .array(
@@ -125,9 +158,13 @@ export const cpeConfigSchema = z.strictObject({
   relayEngine: z.enum(['splice', 'streams']).default('splice'),
   idleTimeoutS: z.number().int().min(1).default(600),
   shutdownDrainS: z.number().min(0).default(5),
+  /** Where the uplinks' quota usage is kept across restarts and reboots. */
+  quotaStateFile: z.string().min(1).default('/var/lib/mpconvert/quota.json'),
   /** Where the CPE remembers the MPTCP endpoints it created, so a restart after a crash removes them. */
   stateDir: z.string().min(1).default('/run/mpconvert'),
   admin: endpoint.optional(),
+  /** The admin API's bearer token (docs/operations.md); without it the admin endpoint must be a loopback address. */
+  adminTokenFile: z.string().min(1).optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 

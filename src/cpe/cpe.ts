@@ -2,6 +2,7 @@
  * The CPE daemon (upstream MCP): owns the transparent listeners, the interception ruleset, the uplinks and
  * the conversion sessions, and releases all of them on stop.
  */
+import { EventEmitter } from 'node:events';
 import type { Server, Socket } from 'node:net';
 import type { KernelConfig, Sockets, SpliceEngine } from '../platform/types.js';
 import type { Logger } from '../log.js';
@@ -15,6 +16,11 @@ import { handleClient } from './session.js';
 import { Interception, type InterceptionOptions } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
 import { WarmPool } from './warm-pool.js';
+import { ConfigError } from '../control/config-file.js';
+import { QuotaBook } from './quota.js';
+import { OVERFLOW_IDLE, overflowModes, overflowStep, type OverflowState } from '../policy/distribution.js';
+import { diffConfig, effectiveConfig, logReload, type ReloadReport } from '../control/reload.js';
+import { UplinkObserver, subflowView, type ConnectionRecord } from './observer.js';
 
 export interface CpeDeps {
   sockets: Sockets;
@@ -28,7 +34,7 @@ export interface CpeDeps {
 }
 
 /** Settings read once at start: a reload keeps their running value (restart to change them). */
-export const RESTART_KEYS = ['instance', 'tproxyPort', 'mark', 'routingTableBase', 'rulePriorityBase', 'stateDir', 'admin'] as const satisfies ReadonlyArray<keyof CpeConfig>;
+export const RESTART_KEYS = ['instance', 'tproxyPort', 'mark', 'routingTableBase', 'rulePriorityBase', 'stateDir', 'admin', 'adminTokenFile', 'quotaStateFile'] as const satisfies ReadonlyArray<keyof CpeConfig>;
 
 /** The interception for a configuration (its tables after the uplinks': routingTableBase + number of uplinks). */
 export function interceptionOptions(cfg: CpeConfig): InterceptionOptions {
@@ -72,6 +78,12 @@ export class Cpe {
   readonly #warm: WarmPool;
   readonly #listeners: Server[] = [];
   readonly #relays = new Set<RelayHandle>();
+  /** The relayed connections by id, for the operator (admin API, dashboard). */
+  readonly #connections = new Map<number, ConnectionRecord>();
+  #nextId = 1;
+  #observer: UplinkObserver | undefined;
+  /** 'change' on an uplink change (the dashboard's stream sends at once instead of at the next second). */
+  readonly #changes = new EventEmitter();
   readonly #pending = new Set<Socket>();
   #interception: Interception | undefined;
   #uplinks: UplinkManager | undefined;
@@ -127,6 +139,16 @@ export class Cpe {
       }
       this.#uplinks = this.#newUplinks(cfg);
       await this.#uplinks.start();
+      this.#observer = new UplinkObserver({
+        kernel,
+        sockets: this.#deps.sockets,
+        metrics: this.#deps.metrics,
+        logger,
+        uplinks: () => this.#uplinks?.snapshot() ?? [],
+        connections: () => this.#connections.values(),
+      });
+      this.#observer.start();
+      await this.#startDistribution();
       this.#interception = new Interception({ kernel, logger }, interceptionOptions(cfg));
       await this.#interception.start();
       this.#warm.configure(cfg.concentrators);
@@ -153,56 +175,9 @@ export class Cpe {
       logger.info('uplink change: flushing the concentrator capability cache and the warm pool');
       this.#selector.flush();
       this.#warm.flush();
+      this.#changes.emit('change');
     });
     return uplinks;
-  }
-
-  /**
-   * SIGHUP: applies a new configuration to the running CPE; returns the keys that still need a restart. Nothing
-   * changes when the new secret files cannot be read. In order:
-   * - concentrators (list, formats, 0-RTT, credentials) and every per-connection setting: for new connections;
-   *   the capability cache is flushed;
-   * - uplinks (the list, modes, gateways, poll interval, MPTCP limits), when changed: the uplink manager is
-   *   replaced (endpoints, tables and rules removed, then installed anew);
-   * - the interception (policy, DSCP, MSS clamp, SYN window clamps, LAN interfaces): the nft table is replaced
-   *   in one transaction; a change of LAN interfaces or of the uplink count reinstalls it.
-   * Keys read once at start keep their running value and are returned: instance, tproxyPort, mark,
-   * routingTableBase, rulePriorityBase, stateDir, admin.
-   */
-  async reload(requested: CpeConfig): Promise<string[]> {
-    if (this.#stopping || !this.#interception || !this.#uplinks) throw new Error('Cpe.reload() before start or while stopping');
-    const old = this.#config;
-    const restart = RESTART_KEYS.filter((k) => JSON.stringify(old[k]) !== JSON.stringify(requested[k]));
-    const next: CpeConfig = { ...requested };
-    for (const k of restart) (next as Record<string, unknown>)[k] = old[k];
-    const { logger, kernel } = this.#deps;
-    // Before anything changes: secret files that cannot be used keep the running configuration.
-    const credentials = await loadCredentials(next.concentrators);
-
-    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-    if (!same([old.uplinks, old.uplinkPollMs, old.mptcpLimits], [next.uplinks, next.uplinkPollMs, next.mptcpLimits])) {
-      await this.#uplinks.stop();
-      this.#uplinks = this.#newUplinks(next);
-      await this.#uplinks.start();
-      logger.info({ uplinks: next.uplinks.map((u) => u.interface) }, 'uplinks reinstalled');
-    }
-    const opts = interceptionOptions(next);
-    if (!(await this.#interception.update(opts))) {
-      const fresh = new Interception({ kernel, logger }, opts);
-      await this.#interception.stop();
-      this.#interception = fresh;
-      await fresh.start();
-    }
-    this.#config = next;
-    this.#credentials = credentials;
-    this.#selector.reconfigure(next.concentrators);
-    // Warm connections were dialled with the old settings: replaced like the capability cache is flushed.
-    this.#warm.configure(next.concentrators);
-    this.#warm.flush();
-    this.#deps.logger.level = next.logLevel;
-    logger.info({ lan: next.lan, uplinks: next.uplinks.map((u) => u.interface), concentrators: next.concentrators.map((c) => c.address), ...(restart.length ? { needsRestart: restart } : {}) }, 'configuration reloaded');
-    if (restart.length > 0) logger.warn({ keys: restart }, `configuration reloaded, but ${restart.join(', ')} changed: restart to apply ${restart.length === 1 ? 'it' : 'them'} (the running value${restart.length === 1 ? ' stays' : 's stay'})`);
-    return restart;
   }
 
   #onConnection(client: Socket): void {
@@ -221,10 +196,15 @@ export class Cpe {
       config: () => this.#config,
       credentials: (t) => this.#credentials.get(t.address),
       warm: this.#warm,
-      track: (relay) => {
+      track: (relay, info) => {
         this.#pending.delete(client);
         this.#relays.add(relay);
-        relay.once('close', () => this.#relays.delete(relay));
+        const id = this.#nextId++;
+        this.#connections.set(id, { id, ...info, relay, startedAt: Date.now() });
+        relay.once('close', () => {
+          this.#relays.delete(relay);
+          this.#connections.delete(id);
+        });
       },
     }).catch((err: unknown) => {
       this.#deps.logger.error({ err }, 'unexpected error converting a connection');
@@ -249,8 +229,243 @@ export class Cpe {
       pending: this.#pending.size,
       concentrators: this.#selector.snapshot(),
       warmPool: this.#warm.snapshot(),
-      uplinks: this.#uplinks?.snapshot() ?? [],
+      uplinks: this.#observer?.view() ?? [],
+      distribution: this.distribution(),
+      ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),
     };
+  }
+
+  #lastReload: ReloadReport | undefined;
+  #overflow: OverflowState = OVERFLOW_IDLE;
+  #distributionBusy = false;
+
+  #quota: QuotaBook | undefined;
+  /** The modes the schemes wanted at the last sample: only a change is applied (an admin override stays until then). */
+  #wanted = new Map<string, 'subflow' | 'backup'>();
+
+  /** The mode each uplink should have now: its configured mode or the overflow scheme's, backup past its quota. */
+  #wantedModes(now: number): Map<string, 'subflow' | 'backup'> {
+    const cfg = this.#config;
+    const names = cfg.uplinks.map((u) => u.interface);
+    const o = cfg.distribution.overflow;
+    const base = cfg.distribution.scheme === 'overflow' && o ? overflowModes(names, this.#overflow, o) : new Map(cfg.uplinks.map((u) => [u.interface, u.mode] as const));
+    for (const n of names) if (this.#quota?.over(n, now)) base.set(n, 'backup');
+    return base;
+  }
+
+  /**
+   * The distribution schemes and quotas: applied at start, then at each observer sample (once a second) the
+   * quota usage is counted, the overflow decision taken, and the uplinks whose wanted mode changed are set.
+   */
+  async #startDistribution(): Promise<void> {
+    const cfg = this.#config;
+    const o = cfg.distribution.overflow;
+    if (cfg.distribution.scheme === 'overflow' && o && !cfg.uplinks.some((u) => u.interface === o.primary)) {
+      throw new ConfigError(`distribution.overflow.primary: ${o.primary} is not one of the uplinks`);
+    }
+    const quotas = new Map(cfg.uplinks.flatMap((u) => (u.quota ? [[u.interface, u.quota] as const] : [])));
+    this.#quota = new QuotaBook(cfg.quotaStateFile, quotas, this.#deps.logger);
+    await this.#quota.load();
+    if (cfg.distribution.scheme !== 'overflow' && this.#quota.empty) return;
+    const first = this.#wantedModes(Date.now());
+    await this.#applyModes(new Map([...first].filter(([u, m]) => cfg.uplinks.find((x) => x.interface === u)?.mode !== m)));
+    this.#wanted = first;
+    this.#observer?.on('sample', (s) => {
+      const c = this.#config;
+      c.uplinks.forEach((u, i) => this.#quota?.add(u.interface, s.bytes[i] ?? 0, s.t));
+      const policy = c.distribution.overflow;
+      if (c.distribution.scheme === 'overflow' && policy) {
+        const load = Math.max(s.rx.reduce((a, b) => a + b, 0), s.tx.reduce((a, b) => a + b, 0));
+        const next = overflowStep(this.#overflow, load, s.t, policy);
+        if (next.joined !== this.#overflow.joined) {
+          this.#deps.logger.info({ scheme: 'overflow', joined: next.joined, loadMbit: Math.round((load * 8) / 1e5) / 10 }, next.joined ? 'overflow: the other uplinks join' : 'overflow: back to the primary uplink only');
+        }
+        this.#overflow = next;
+      }
+      for (const u of c.uplinks) {
+        const v = this.#quota?.view(u.interface, s.t);
+        if (!v) continue;
+        this.#deps.metrics.uplinkQuotaUsed.set({ uplink: u.interface }, v.used);
+        this.#deps.metrics.uplinkQuotaLimit.set({ uplink: u.interface }, v.limit);
+      }
+      void this.#quota?.save(s.t);
+      if (this.#distributionBusy) return;
+      const wanted = this.#wantedModes(s.t);
+      const changed = new Map([...wanted].filter(([u, m]) => this.#wanted.get(u) !== m));
+      if (changed.size === 0) return;
+      for (const [u, m] of changed) {
+        if (this.#quota?.over(u, s.t) && m === 'backup') this.#deps.logger.warn({ uplink: u, quota: this.#quota.view(u, s.t) }, 'quota used up: the uplink is only a backup until the period ends');
+      }
+      this.#wanted = wanted;
+      this.#distributionBusy = true;
+      void this.#applyModes(changed).finally(() => (this.#distributionBusy = false));
+    });
+  }
+
+  async #applyModes(modes: Map<string, 'subflow' | 'backup'>): Promise<void> {
+    for (const [uplink, mode] of modes) {
+      await this.#uplinks?.setMode(uplink, mode).catch((err: unknown) => this.#deps.logger.warn({ err: (err as Error).message, uplink }, 'distribution: cannot set the uplink mode'));
+    }
+  }
+
+  /** The distribution scheme and its state (status, dashboard). */
+  distribution() {
+    const d = this.#config.distribution;
+    const now = Date.now();
+    const quotas = Object.fromEntries(this.#config.uplinks.flatMap((u) => {
+      const v = this.#quota?.view(u.interface, now);
+      return v ? [[u.interface, v] as const] : [];
+    }));
+    return { scheme: d.scheme, ...(d.scheme === 'overflow' ? { primary: d.overflow?.primary, joined: this.#overflow.joined } : {}), quotas };
+  }
+
+  /**
+   * SIGHUP: applies a new configuration to the running CPE and reports what changed (logged, and in /status as
+   * lastReload). Nothing changes when the new secret files cannot be read. In order:
+   * - concentrators (list, formats, 0-RTT, credentials) and every per-connection setting: for new connections;
+   *   the capability cache is flushed and the warm pool refilled;
+   * - uplinks: a change of modes only is applied in place; any other change (the list, gateways, NAT, quotas,
+   *   poll interval, MPTCP limits) replaces the uplink manager (endpoints, tables and rules removed, then
+   *   installed anew); the distribution scheme then sets its modes again at its next sample;
+   * - the interception (policy, DSCP, MSS clamp, SYN window clamps, NAT, LAN interfaces): the nft table is
+   *   replaced in one transaction; a change of LAN interfaces or of the uplink count reinstalls it.
+   * Keys read once at start keep their running value and are reported as needing a restart: instance,
+   * tproxyPort, mark, routingTableBase, rulePriorityBase, stateDir, admin, adminTokenFile, quotaStateFile, and `distribution`
+   * when its scheme changes (the overflow thresholds change live).
+   */
+  async reload(requested: CpeConfig): Promise<ReloadReport> {
+    if (this.#stopping || !this.#interception || !this.#uplinks) throw new Error('Cpe.reload() before start or while stopping');
+    const old = this.#config;
+    const pinned = new Set<string>(RESTART_KEYS);
+    if (old.distribution.scheme !== requested.distribution.scheme) pinned.add('distribution');
+    const live = new Set([...Object.keys(old), ...Object.keys(requested)].filter((k) => !pinned.has(k)));
+    const report = diffConfig(old, requested, live);
+    const next = effectiveConfig(old, requested, report);
+    const { logger, kernel } = this.#deps;
+    // Before anything changes: secret files that cannot be used keep the running configuration.
+    const credentials = await loadCredentials(next.concentrators);
+
+    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+    if (!same([old.uplinks, old.uplinkPollMs, old.mptcpLimits], [next.uplinks, next.uplinkPollMs, next.mptcpLimits])) {
+      const modesOnly =
+        same([old.uplinkPollMs, old.mptcpLimits], [next.uplinkPollMs, next.mptcpLimits]) &&
+        old.uplinks.length === next.uplinks.length &&
+        old.uplinks.every((u, i) => same({ ...u, mode: '' }, { ...next.uplinks[i], mode: '' }));
+      if (modesOnly) {
+        for (const u of next.uplinks) {
+          if (old.uplinks.find((o) => o.interface === u.interface)?.mode !== u.mode) await this.setUplinkMode(u.interface, u.mode);
+        }
+      } else {
+        await this.#uplinks.stop();
+        this.#uplinks = this.#newUplinks(next);
+        await this.#uplinks.start();
+        await this.#quota?.save(Date.now(), true);
+        this.#quota = new QuotaBook(next.quotaStateFile, new Map(next.uplinks.flatMap((u) => (u.quota ? [[u.interface, u.quota] as const] : []))), logger);
+        await this.#quota.load();
+        logger.info({ uplinks: next.uplinks.map((u) => u.interface) }, 'uplinks reinstalled');
+      }
+      // The uplinks run their configured modes now: the scheme applies its own again at the next sample.
+      this.#wanted = new Map(next.uplinks.map((u) => [u.interface, u.mode] as const));
+    }
+    const opts = interceptionOptions(next);
+    if (!(await this.#interception.update(opts))) {
+      const fresh = new Interception({ kernel, logger }, opts);
+      await this.#interception.stop();
+      this.#interception = fresh;
+      await fresh.start();
+    }
+    this.#config = next;
+    this.#credentials = credentials;
+    this.#selector.reconfigure(next.concentrators);
+    // Warm connections were dialled with the old settings: replaced like the capability cache is flushed.
+    this.#warm.configure(next.concentrators);
+    this.#warm.flush();
+    logger.level = next.logLevel;
+    logReload(logger, old, next, report);
+    this.#lastReload = report;
+    return report;
+  }
+
+  get observer(): UplinkObserver | undefined {
+    return this.#observer;
+  }
+
+  watch(onChange: () => void): () => void {
+    this.#changes.on('change', onChange);
+    return () => this.#changes.off('change', onChange);
+  }
+
+  /** The charts' past (the first event of each dashboard stream). */
+  history() {
+    return { intervalMs: this.#observer?.intervalMs ?? 1000, uplinks: this.#config.uplinks.map((u) => u.interface), samples: this.#observer?.history() ?? [] };
+  }
+
+  /** What the dashboard shows, once a second (GET /events). */
+  async live() {
+    return {
+      role: 'cpe',
+      t: Date.now(),
+      uplinks: this.#observer?.view() ?? [],
+      connections: this.#relays.size,
+      pending: this.#pending.size,
+      distribution: this.distribution(),
+      concentrators: this.#selector.snapshot(),
+      refusals: await this.#refusals(),
+      ready: this.readiness(),
+    };
+  }
+
+  /** Refusals so far, by reason (mpconvert_refused_total), and connections refused because no concentrator worked. */
+  async #refusals(): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    for (const v of (await this.#deps.metrics.refused.get()).values) out[String(v.labels.reason)] = v.value;
+    for (const v of (await this.#deps.metrics.fallback.get()).values) if (v.labels.to === 'refused') out['no-concentrator'] = v.value;
+    return out;
+  }
+
+  /** The relayed connections, newest first (at most `limit`); with `subflows`, each one's subflows read now. */
+  connections(opts: { subflows?: boolean; limit?: number } = {}) {
+    const uplinks = this.#uplinks?.snapshot() ?? [];
+    const now = Date.now();
+    const list = [...this.#connections.values()].reverse().slice(0, opts.limit ?? 100);
+    return {
+      total: this.#connections.size,
+      connections: list.map((c) => {
+        let subflows: ReturnType<typeof subflowView>[] | undefined;
+        if (opts.subflows) {
+          try {
+            subflows = c.upstream.destroyed ? [] : this.#deps.sockets.subflows(c.upstream).map((sf) => subflowView(sf, uplinks));
+          } catch {
+            subflows = [];
+          }
+        }
+        return {
+          id: c.id,
+          client: `${c.src.address}:${c.src.port}`,
+          destination: `${c.dst.address}:${c.dst.port}`,
+          via: c.via,
+          engine: c.relay.mode,
+          ageS: Math.round((now - c.startedAt) / 100) / 10,
+          bytesUp: c.relay.bytesAToB + c.sentBefore,
+          bytesDown: c.relay.bytesBToA,
+          ...(subflows ? { subflows } : {}),
+        };
+      }),
+    };
+  }
+
+  /** Resets one relayed connection (admin API); false when there is no such connection. */
+  closeConnection(id: number): boolean {
+    const c = this.#connections.get(id);
+    if (!c) return false;
+    c.relay.destroy();
+    return true;
+  }
+
+  /** Sets an uplink's mode until the next restart or reload (admin API). */
+  async setUplinkMode(ifname: string, mode: 'subflow' | 'backup'): Promise<void> {
+    if (!this.#uplinks) throw new Error('the CPE is not started');
+    await this.#uplinks.setMode(ifname, mode);
   }
 
   /** Stop intercepting, drain relayed connections for `drainMs`, then abort them; remove every kernel change. */
@@ -274,6 +489,8 @@ export class Cpe {
     };
     this.#probe.stop();
     this.#warm.stop();
+    this.#observer?.stop();
+    await this.#quota?.save(Date.now(), true);
     await step(() => this.#interception?.stop());
     for (const s of this.#listeners) s.close();
     for (const s of this.#pending) s.resetAndDestroy();

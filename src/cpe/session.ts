@@ -27,8 +27,8 @@ export interface SessionContext {
   metrics: Metrics;
   selector: ConcentratorSelector;
   config: () => CpeConfig;
-  /** Called with each relay so the daemon can drain or abort it on shutdown. */
-  track: (relay: RelayHandle) => void;
+  /** Called with each relay (and what the operator sees of it) so the daemon can list, drain or abort it. */
+  track: (relay: RelayHandle, info: RelayInfo) => void;
   /** Zero-copy relaying when the configuration asks for it ('splice'); absent: the stream relay. */
   splice?: SpliceEngine | undefined;
   /** The client's original destination; default: the transparent socket's local address (TPROXY). */
@@ -41,6 +41,18 @@ export interface SessionContext {
   warm?: Pick<WarmPool, 'take'> | undefined;
 }
 
+
+/** What a relayed connection is, for the operator (the CPE's connection list). */
+export interface RelayInfo {
+  client: Socket;
+  upstream: Socket;
+  src: { address: string; port: number };
+  dst: { address: string; port: number };
+  /** `concentrator ADDR` or `direct`. */
+  via: string;
+  /** Bytes sent upstream before the relay started. */
+  sentBefore: number;
+}
 
 interface Kept {
   bytes: Buffer;
@@ -238,7 +250,7 @@ async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): P
       ctx.metrics.capability.inc({ result: 'ok' });
       if (attempt.leftover.length > 0) client.write(attempt.leftover);
       if (conv.afterEcho.length > 0) attempt.socket.write(conv.afterEcho);
-      startRelay(client, attempt.socket, conv.kept, ctx, conv.cfg, log, `concentrator ${target.address}`, conv.kept.bytes.length);
+      startRelay(conv, attempt.socket, ctx, `concentrator ${target.address}`);
       return 'done';
     }
   }
@@ -276,7 +288,7 @@ async function fallbackStep(conv: ClientConversion, ctx: SessionContext): Promis
   }
   ctx.metrics.fallback.inc({ to: 'direct' });
   if (kept.bytes.length > 0) direct.write(kept.bytes);
-  startRelay(client, direct, kept, ctx, cfg, log, 'direct', kept.bytes.length);
+  startRelay(conv, direct, ctx, 'direct');
 }
 
 async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversion, ctx: SessionContext): Promise<Attempt> {
@@ -410,11 +422,13 @@ function zeroRttLanded(sockets: Sockets, sock: Socket): boolean {
   return info === null || (info.options & TCPI_OPT.SYN_DATA) !== 0;
 }
 
-function startRelay(client: Socket, upstream: Socket, kept: Kept, ctx: SessionContext, cfg: CpeConfig, log: Logger, via: string, sentAlready: number): void {
+function startRelay(conv: ClientConversion, upstream: Socket, ctx: SessionContext, via: string): void {
+  const { client, kept, cfg, log } = conv;
+  const sentAlready = kept.bytes.length;
   const engine = cfg.relayEngine === 'splice' ? ctx.splice : undefined;
   const relay = createRelay(client, upstream, { idleTimeoutMs: cfg.idleTimeoutS * 1000, aEnded: kept.ended, sockets: ctx.sockets }, engine);
   ctx.metrics.active.inc();
-  ctx.track(relay);
+  ctx.track(relay, { client, upstream, src: conv.src, dst: conv.dst, via, sentBefore: sentAlready });
   relay.once('close', (stats: RelayStats) => {
     ctx.metrics.active.dec();
     ctx.metrics.connections.inc({ outcome: stats.outcome });

@@ -299,6 +299,27 @@ export class UplinkManager extends EventEmitter {
     if (errors.length > 1) throw new AggregateError(errors, `could not remove ${errors.length} uplink items`);
   }
 
+  /**
+   * Sets an uplink's mode now (admin API, reload): the flag of the endpoints this CPE created changes at once
+   * (`ip mptcp endpoint change ... backup|nobackup`, which sends MP_PRIO on the live subflows), and every later
+   * install uses it. An endpoint the operator made is left alone (an error says so).
+   */
+  async setMode(ifname: string, mode: 'subflow' | 'backup'): Promise<void> {
+    const u = this.#uplinks.find((x) => x.cfg.interface === ifname);
+    if (!u) throw new UplinkError(`Cannot set the mode of uplink '${ifname}': no such uplink`);
+    await this.#serialized(async () => {
+      const before = u.cfg.mode;
+      u.cfg = { ...u.cfg, mode };
+      for (const f of FAMILIES) {
+        const a = u.applied[f];
+        if (!a || a.endpointId === null) continue;
+        if (!a.endpointOwned) throw new UplinkError(`Cannot set the mode of uplink '${ifname}': its MPTCP endpoint for ${a.address} is not this CPE's (left as it is)`);
+        await this.#kernel.mptcp.setEndpointBackup(a.endpointId, mode === 'backup');
+      }
+      if (before !== mode) this.#logger.info({ uplink: ifname, from: before, to: mode }, 'uplink mode changed');
+    });
+  }
+
   snapshot(): UplinkState[] {
     return this.#uplinks.map((u) => {
       const fam = (f: Family): UplinkFamilyState | null => {
@@ -463,7 +484,9 @@ export class UplinkManager extends EventEmitter {
       if (!existing.flags.includes(want)) this.#logger.warn({ uplink: dev, endpoint: existing }, `an MPTCP endpoint for ${address} already exists without '${want}': using it as is`);
     } else {
       try {
-        await k.mptcp.addEndpoint({ address, dev, flags: [u.cfg.mode] });
+        // A backup endpoint still makes subflows (flag subflow), marked backup: they carry traffic only when no
+        // other subflow works (failover), and a distribution scheme can turn them on with nobackup.
+        await k.mptcp.addEndpoint({ address, dev, flags: u.cfg.mode === 'backup' ? ['subflow', 'backup'] : ['subflow'] });
         const now = await k.mptcp.endpoints();
         const ep = now.find((e) => e.address === address);
         if (!ep) throw new Error('the endpoint is not listed after adding it');

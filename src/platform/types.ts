@@ -281,6 +281,8 @@ export interface KernelConfig {
     endpoints(): Promise<MptcpEndpoint[]>;
     addEndpoint(spec: MptcpEndpointSpec): Promise<void>;
     deleteEndpoint(id: number): Promise<void>;
+    /** `ip mptcp endpoint change id ID backup|nobackup`: sets or clears the backup flag (MP_PRIO on live subflows). */
+    setEndpointBackup(id: number, backup: boolean): Promise<void>;
     flushEndpoints(): Promise<void>;
     limits(): Promise<MptcpLimits>;
     setLimits(limits: Partial<MptcpLimits>): Promise<void>;
@@ -308,6 +310,17 @@ export interface KernelConfig {
    * fallback. `onError` reports a watch that stopped and is being restarted. close() ends it for good.
    */
   watchLinks?(onChange: () => void, onError: (err: Error) => void): LinkWatch;
+  /** Byte and packet counters of every interface of the namespace (/proc/net/dev); optional. Cheap: no process. */
+  linkCounters?(): LinkCounters[];
+}
+
+/** One interface's counters since it was created (the kernel's rtnl_link_stats64). */
+export interface LinkCounters {
+  ifname: string;
+  rxBytes: number;
+  rxPackets: number;
+  txBytes: number;
+  txPackets: number;
 }
 
 export interface LinkWatch {

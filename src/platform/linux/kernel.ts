@@ -5,6 +5,7 @@
  * exception is `ip mptcp limits show`, which iproute2 6.1 prints only as "add_addr_accepted N subflows N"
  * (read as key/value pairs; JSON is taken when a newer iproute2 gives it).
  */
+import { readFileSync } from 'node:fs';
 import { CommandError, run, runJson } from './exec.js';
 import { watchLinks } from './link-watch.js';
 import { PlatformError } from '../errors.js';
@@ -13,6 +14,7 @@ import type {
   Family,
   KernelConfig,
   MptcpEndpoint,
+  LinkCounters,
   MptcpEndpointSpec,
   MptcpLimits,
   NftFamily,
@@ -122,6 +124,23 @@ function routeArgs(spec: RouteSpec): string[] {
   return a;
 }
 
+/**
+ * Parses /proc/net/dev: two header lines, then `IFNAME: rx_bytes rx_packets errs drop fifo frame compressed
+ * multicast tx_bytes tx_packets ...` per interface. Lines that do not fit are skipped.
+ */
+export function parseProcNetDev(text: string): LinkCounters[] {
+  const out: LinkCounters[] = [];
+  for (const line of text.split('\n')) {
+    const colon = line.indexOf(':');
+    if (colon < 0) continue;
+    const ifname = line.slice(0, colon).trim();
+    const f = line.slice(colon + 1).trim().split(/\s+/).map(Number);
+    if (ifname === '' || f.length < 10 || f.slice(0, 10).some((n) => !Number.isFinite(n))) continue;
+    out.push({ ifname, rxBytes: f[0]!, rxPackets: f[1]!, txBytes: f[8]!, txPackets: f[9]! });
+  }
+  return out;
+}
+
 const fam = (f: Family) => (f === 4 ? '-4' : '-6');
 
 export function createLinuxKernelConfig(opts: { netns?: string } = {}): KernelConfig {
@@ -134,6 +153,8 @@ export function createLinuxKernelConfig(opts: { netns?: string } = {}): KernelCo
     watchLinks(onChange, onError) {
       return watchLinks(onChange, onError, { netns });
     },
+    // /proc/net/dev shows the reading process's namespace: only for a kernel adapter of this namespace.
+    ...(netns === undefined ? { linkCounters: () => parseProcNetDev(readFileSync('/proc/net/dev', 'utf8')) } : {}),
     nft: {
       async applyTable(family, name, rulesetText) {
         checkTable('nft applyTable', family, name);
@@ -186,6 +207,9 @@ export function createLinuxKernelConfig(opts: { netns?: string } = {}): KernelCo
           const still = (await this.endpoints()).some((e) => e.id === id);
           if (still) throw err;
         }
+      },
+      async setEndpointBackup(id: number, backup: boolean) {
+        await run('ip', ['mptcp', 'endpoint', 'change', 'id', tok('ip mptcp endpoint change', id), backup ? 'backup' : 'nobackup'], o);
       },
       async flushEndpoints() {
         await run('ip', ['mptcp', 'endpoint', 'flush'], o);

@@ -54,3 +54,11 @@ test('--check report: problems on stderr, one a line, exit code 2; none: one OK 
   assert.equal(reportCheck('cpe', [], io), 0);
   assert.deepEqual(out, ['mpconvert cpe: configuration and host OK\n']);
 });
+
+test('--check: an admin endpoint others can reach without adminTokenFile is a problem', () => {
+  const base = { lan: ['lan0'], uplinks: [{ interface: 'up1' }], concentrators: [{ address: '198.18.200.1:5000' }] };
+  const open = checkCpe(cpeConfigSchema.parse({ ...base, admin: '198.18.200.1:9091' }), host);
+  assert.ok(open.some((p) => /not a loopback address/.test(p)), open.join('\n'));
+  assert.deepEqual(checkCpe(cpeConfigSchema.parse({ ...base, admin: '198.18.200.1:9091', adminTokenFile: '/etc/mpconvert/admin.token' }), host), []);
+  assert.deepEqual(checkCpe(cpeConfigSchema.parse({ ...base, admin: '127.0.0.1:9091' }), host), []);
+});

@@ -68,6 +68,12 @@ class FakeKernel {
           self.#maybeFail('deleteEndpoint');
           self.endpoints = self.endpoints.filter((e) => e.id !== id);
         },
+        async setEndpointBackup(id, backup) {
+          self.#maybeFail('setEndpointBackup');
+          const e = self.endpoints.find((x) => x.id === id);
+          if (!e) throw new Error('ENOENT');
+          e.flags = [...e.flags.filter((f) => f !== 'backup'), ...(backup ? ['backup'] : [])];
+        },
         async flushEndpoints() {
           throw new Error('must never flush');
         },
@@ -198,8 +204,8 @@ describe('UplinkManager', () => {
       [
         ['198.18.1.2', 'up1', 'subflow'],
         ['2001:db8:1::2', 'up1', 'subflow'],
-        ['198.18.2.2', 'up2', 'backup'],
-        ['2001:db8:2::2', 'up2', 'backup'],
+        ['198.18.2.2', 'up2', 'subflow,backup'],
+        ['2001:db8:2::2', 'up2', 'subflow,backup'],
       ],
     );
     assert.deepEqual(k.rules, [
@@ -250,7 +256,7 @@ describe('UplinkManager', () => {
     assert.ok(!k.endpoints.some((e) => e.address === '198.18.2.2'));
     const fresh = k.endpoints.find((e) => e.address === '198.18.2.3');
     assert.ok(fresh && fresh.id !== oldId);
-    assert.deepEqual(fresh.flags, ['backup']);
+    assert.deepEqual(fresh.flags, ['subflow', 'backup']);
     assert.deepEqual(k.rules.filter((r) => r.priority === 10_001 && r.family === 4), [{ family: 4, priority: 10_001, from: '198.18.2.3', table: 201 }]);
     assert.equal(k.endpoints.length, 4, 'the IPv6 endpoint of up2 was left alone');
     assert.equal(mgr.snapshot()[1]?.changedAt, 6000);

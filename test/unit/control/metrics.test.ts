@@ -1,0 +1,78 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createMetrics } from '../../../src/control/metrics.js';
+import { IN_CI } from '../../support/capabilities.js';
+
+/** Both roles' registries with every labelled family given one sample (an empty family shows only HELP/TYPE). */
+async function populated(role: 'cpe' | 'concentrator'): Promise<{ text: string; names: string[] }> {
+  const m = createMetrics(role, { perCpe: true });
+  m.connections.inc({ outcome: 'done' });
+  m.refused.inc({ reason: 'rate-limit' });
+  m.relayed.inc({ engine: 'splice' });
+  m.bytes.inc({ direction: 'up' }, 10);
+  m.serverLeg.inc({ transport: 'mptcp' });
+  m.setup.observe(0.01);
+  m.capability.inc({ result: 'ok' });
+  m.fallback.inc({ to: 'direct' });
+  m.uplinkUp.set({ uplink: 'up1' }, 1);
+  m.uplinkBackup.set({ uplink: 'up1' }, 0);
+  m.uplinkBytes.inc({ uplink: 'up1', direction: 'rx' }, 100);
+  m.uplinkSubflowBytes.inc({ uplink: 'up1', direction: 'down' }, 100);
+  m.uplinkSubflows.set({ uplink: 'up1' }, 2);
+  m.uplinkRtt.set({ uplink: 'up1' }, 0.012);
+  m.uplinkRetransmits.inc({ uplink: 'up1' }, 3);
+  m.uplinkShare.set({ uplink: 'up1' }, 1);
+  m.uplinkQuotaUsed.set({ uplink: 'up1' }, 5);
+  m.uplinkQuotaLimit.set({ uplink: 'up1' }, 10);
+  m.activeCpes.set(1);
+  m.cpeConnections.set({ cpe: '198.18.0.1' }, 1);
+  m.cpeSubflows.set({ cpe: '198.18.0.1' }, 2);
+  m.cpeBytes.inc({ cpe: '198.18.0.1', direction: 'up' }, 10);
+  m.adminRequests.inc({ route: 'metrics', status: '200' });
+  const json = await m.registry.getMetricsAsJSON();
+  return { text: await m.registry.metrics(), names: json.map((f) => f.name) };
+}
+
+function promtool(): boolean {
+  try {
+    execFileSync('sh', ['-c', 'command -v promtool'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    if (IN_CI) throw new Error('promtool missing under CI=true (Debian package prometheus, scripts/install.sh)');
+    return false;
+  }
+}
+
+for (const role of ['cpe', 'concentrator'] as const) {
+  test(`${role}: the Prometheus text passes 'promtool check metrics' (every family, per-CPE on)`, { skip: !promtool() && 'promtool not installed' }, async () => {
+    const { text } = await populated(role);
+    let out = '';
+    let rc = 0;
+    try {
+      out = execFileSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
+    } catch (err) {
+      const e = err as { status: number; stdout: string; stderr: string };
+      rc = e.status;
+      out = e.stdout + e.stderr;
+    }
+    assert.equal(rc, 0, out);
+    assert.equal(out.trim(), '', 'no lint finding');
+  });
+}
+
+test('every mpconvert_ family of both roles is documented in docs/operations.md; process and runtime metrics are there', async () => {
+  const doc = readFileSync(new URL('../../../../docs/operations.md', import.meta.url), 'utf8');
+  const cpe = await populated('cpe');
+  const conc = await populated('concentrator');
+  const ours = [...new Set([...cpe.names, ...conc.names])].filter((n) => n.startsWith('mpconvert_'));
+  assert.ok(ours.length > 20, ours.join(' '));
+  const undocumented = ours.filter((n) => !doc.includes(`\`${n}\``));
+  assert.deepEqual(undocumented, [], 'families missing from the metrics table of docs/operations.md');
+  assert.ok(cpe.names.includes('process_cpu_seconds_total') && cpe.names.includes('nodejs_heap_size_used_bytes'));
+  // Role-specific families stay in their role.
+  assert.ok(!conc.names.includes('mpconvert_uplink_up') && !cpe.names.includes('mpconvert_active_cpes'));
+  const off = createMetrics('concentrator');
+  assert.ok(!(await off.registry.getMetricsAsJSON()).some((f) => f.name.startsWith('mpconvert_cpe_')), 'per-CPE families only when switched on');
+});
