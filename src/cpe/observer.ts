@@ -67,6 +67,11 @@ export interface UplinkView {
   ipv6: string | null;
   gateway4: string | null;
   gateway6: string | null;
+  /** Installed for conversion per family: the address's MPTCP endpoint id, and its routing (rule + table route) in place. */
+  endpointId4: number | null;
+  endpointId6: number | null;
+  routed4: boolean;
+  routed6: boolean;
   /** Interface throughput over the last interval, bytes/s. */
   rxBps: number;
   txBps: number;
@@ -316,6 +321,10 @@ export class UplinkObserver extends EventEmitter<{ sample: [UplinkSample] }> {
         ipv6: u.ipv6?.address ?? null,
         gateway4: u.ipv4?.gateway ?? null,
         gateway6: u.ipv6?.gateway ?? null,
+        endpointId4: u.ipv4?.endpointId ?? null,
+        endpointId6: u.ipv6?.endpointId ?? null,
+        routed4: u.ipv4?.routed ?? false,
+        routed6: u.ipv6?.routed ?? false,
         rxBps: Math.round(t.rxBps),
         txBps: Math.round(t.txBps),
         rxBytes: t.rxBytes,

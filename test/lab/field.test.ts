@@ -33,7 +33,7 @@ const SECRET = randomBytes(32);
 const RATE = '60mbit';
 
 interface CpeStatus {
-  uplinks: Array<{ interface: string; ipv4: { address: string; endpointId: number | null; routed: boolean } | null }>;
+  uplinks: Array<{ interface: string; ipv4: string | null; endpointId4: number | null; routed4: boolean }>;
 }
 
 describe('field lab: DHCP uplinks, a CGN, a public authenticated concentrator, a NATing router', { skip: missing ?? false, concurrency: false }, () => {
@@ -56,7 +56,7 @@ describe('field lab: DHCP uplinks, a CGN, a public authenticated concentrator, a
     let s: CpeStatus = { uplinks: [] };
     for (const deadline = Date.now() + ms; Date.now() < deadline; await new Promise((r) => setTimeout(r, 100))) {
       s = await cpeStatus();
-      if ([...want].every(([dev, addr]) => s.uplinks.some((u) => u.interface === dev && u.ipv4?.address === addr && u.ipv4.endpointId !== null && u.ipv4.routed))) return s;
+      if ([...want].every(([dev, addr]) => s.uplinks.some((u) => u.interface === dev && u.ipv4 === addr && u.endpointId4 !== null && u.routed4))) return s;
     }
     assert.fail(`the CPE did not install ${JSON.stringify([...want])}: ${JSON.stringify(s)}\n${cpe?.stderr.slice(-3000)}`);
   }
