@@ -150,6 +150,13 @@ describe('the CPE dashboard in a real browser (lab)', { skip: missing ?? false, 
     assert.match(ccheck, /^rc=0$/m, ccheck);
     assert.equal(metric(cm.body, 'mpconvert_active_cpes'), 1);
 
+    // Before the cut, both uplinks' subflows have carried part of the download (the per-uplink byte families,
+    // sampled once a second; checked again on the final scrape below).
+    await poll('both uplinks past 2 MiB of subflow bytes', async () => {
+      const body = (await admin('/metrics')).body;
+      return ['up1', 'up2'].every((u) => metric(body, 'mpconvert_uplink_subflow_bytes_total', `uplink="${u}",direction="down"`) > 2 * MB);
+    }, 20_000, 250);
+
     // Cut uplink 2: the page shows it down within 2 s.
     const state = () => page.locator('[data-uplink="up2"] .state').textContent();
     assert.equal(await state(), 'up');
