@@ -209,13 +209,16 @@ export interface MemoryRun {
   bytesPerConnection: number;
   processes: number;
   measure: string;
+  /** The CPE-side relay's memory before the load (its idle footprint: a router has little), bytes. */
+  cpeIdleBytes: number | null;
 }
 
-/** Concentrator-side relay memory with `count` idle relayed connections. */
+/** Concentrator-side relay memory with `count` idle relayed connections; the CPE's idle memory before them. */
 export async function idleMemory(d: Deployment, count: number): Promise<MemoryRun> {
   const root = d.concentratorRoot;
   if (root === undefined) throw new Error('no concentrator process');
   const base = memoryBytes(root);
+  const cpeIdleBytes = d.cpeRoot === undefined ? null : memoryBytes(d.cpeRoot).bytes;
   const t = d.target(RR_PORT);
   const [c, a] = cmdline(d.client, process.execPath, [ `${TOOLS}rr-client.js`, JSON.stringify({ mode: 'idle', host: t.address, port: t.port, count, concurrency: 100, timeoutMs: 20_000 })]);
   const holder = spawnIn(d.client.host, 'rr-client idle', c, a);
@@ -231,6 +234,7 @@ export async function idleMemory(d: Deployment, count: number): Promise<MemoryRu
       bytesPerConnection: held.held > 0 ? (loaded.bytes - base.bytes) / held.held : NaN,
       processes: loaded.processes,
       measure: loaded.measure,
+      cpeIdleBytes,
     };
   } finally {
     await holder.halt();

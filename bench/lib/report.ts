@@ -65,6 +65,9 @@ export interface Results {
     loadedBytes: number;
     bytesPerConnection: Stat | null;
     measure: string;
+    /** The CPE relay's memory just after it started, and idle again after the relay and setup tests, bytes. */
+    cpeStartBytes?: number | null;
+    cpeIdleBytes?: number | null;
     error?: string;
   }>;
   failover: {
@@ -158,6 +161,9 @@ export function markdown(r: Results): string {
   line('time to first byte p99, ms', (x) => r.setup[x]?.ttfbP99Ms, 2, (x) => r.setup[x]?.error, true);
   line('uplink round trips to first byte', (x) => r.setup[x]?.roundTrips, 2, (x) => r.setup[x]?.error, true);
   line('concentrator memory per idle connection, bytes', (x) => r.memory[x]?.bytesPerConnection, 0, (x) => r.memory[x]?.error, true);
+  const mib = (b: number | null | undefined) => (b === null || b === undefined ? null : stat([b / 1048576]));
+  line('CPE memory just after start, MiB', (x) => mib(r.memory[x]?.cpeStartBytes), 1, (x) => r.memory[x]?.error, true);
+  line('CPE memory idle after the relay and setup tests, MiB', (x) => mib(r.memory[x]?.cpeIdleBytes), 1, (x) => r.memory[x]?.error, true);
   if (r.failover) {
     const f = r.failover;
     line(`failover: s until the survivor carries 90% (${f.topology.name}${f.cc ? `, ${f.cc}` : ''})`, (x) => f.systems[x]?.recoverySeconds, 2, (x) => f.systems[x]?.error, true);

@@ -44,6 +44,8 @@ export interface Deployment {
   readonly relayRoots: number[];
   /** Root pid of the concentrator-side relay. */
   readonly concentratorRoot: number | undefined;
+  /** Root pid of the CPE-side relay (for socat, the relay of the setup/memory port). */
+  readonly cpeRoot: number | undefined;
   /** How the deployment differs from a transparent relay, for the results. */
   readonly note: string;
   stop(): Promise<void>;
@@ -89,6 +91,7 @@ function deployKernel({ lab }: DeployOptions): Deployment {
     target: (port) => ({ address: CONC_ADDR, port }),
     relayRoots: [],
     concentratorRoot: undefined,
+    cpeRoot: undefined,
     note: 'no relay: MPTCP end to end between the CPE and concentrator namespaces',
     stop: async () => {},
   };
@@ -137,6 +140,7 @@ async function deployMpconvert({ lab, uplinks, cpuProfileDir }: DeployOptions): 
       target: (port) => ({ address: server.v4, port }),
       relayRoots: [cpe.pid, conc.pid],
       concentratorRoot: conc.pid,
+      cpeRoot: cpe.pid,
       note: 'transparent: the LAN client dials the server; TPROXY on the CPE, signalling and first bytes in the SYN (zeroRtt, the default; the concentrator clamps SYN windows)',
       stop,
     };
@@ -175,6 +179,7 @@ async function deployShadowsocks({ lab }: DeployOptions): Promise<Deployment> {
       target: (port) => ({ address: server.v4, port }),
       relayRoots: [ssRedir.pid, ssServer.pid],
       concentratorRoot: ssServer.pid,
+      cpeRoot: ssRedir.pid,
       note: 'transparent: the LAN client dials the server; nft redirect to ss-redir on the CPE',
       stop,
     };
@@ -222,6 +227,7 @@ async function deploySocat({ lab }: DeployOptions): Promise<Deployment> {
       target: (port) => ({ address: CPE_LAN_ADDR, port }),
       relayRoots: procs.map((p) => p.pid),
       concentratorRoot: procs[2]!.pid,
+      cpeRoot: procs[3]!.pid,
       note: 'not transparent: the LAN client dials the CPE relay port, each relay forwards to a fixed address (easier job); one process per connection (fork)',
       stop,
     };
