@@ -62,8 +62,9 @@ export class RadiusClient {
 
   /** New servers or timers (SIGHUP); requests in flight finish with what they started with. */
   reconfigure(opts: RadiusClientOptions): void {
+    const same = opts.servers.length === this.#opts.servers.length && opts.servers.every((s, i) => s.host === this.#opts.servers[i]?.host);
     this.#opts = opts;
-    this.#preferred = 0;
+    if (!same) this.#preferred = 0;
   }
 
   get pending(): number {

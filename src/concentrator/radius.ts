@@ -59,10 +59,13 @@ export class RadiusService {
     return new RadiusService(config, await loadServers(config), deps);
   }
 
+  /** SIGHUP: the secret files are read again; changed settings also empty the answer cache. */
   async reload(config: RadiusConfig): Promise<void> {
     const servers = await loadServers(config);
+    const changed = JSON.stringify(config) !== JSON.stringify(this.#config);
     this.#config = config;
     this.#client.reconfigure(this.#clientOptions(config, servers));
+    if (!changed) return;
     this.#authorizer.reconfigure(this.#authorizerSettings(config));
     this.#deps.metrics.radiusCached.set(0);
     if (config.accounting.enabled && this.#accounting) this.#accounting.reconfigure(this.#accountingSettings(config));
