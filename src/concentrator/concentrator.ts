@@ -473,9 +473,10 @@ export class Concentrator {
           const radius = this.#radius;
           radius?.opened(ctx);
           ctx.relay.once('close', (stats: RelayStats) => {
-            this.#countClosed(ctx.identity, stats.aToB, stats.bToA);
             // The client's bytes that came with the signalling went to the server outside the relay.
-            radius?.closed(ctx, stats.aToB + (ctx.signalling?.rest.length ?? 0), stats.bToA);
+            const up = stats.aToB + (ctx.signalling?.rest.length ?? 0);
+            this.#countClosed(ctx.identity, up, stats.bToA);
+            radius?.closed(ctx, up, stats.bToA);
             session.end();
           });
         }

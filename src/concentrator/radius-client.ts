@@ -54,6 +54,8 @@ export class RadiusClient {
   /** `host|port|identifier` -> the request waiting for that answer. */
   readonly #pending = new Map<string, Pending>();
   readonly #nextId = new Map<string, number>();
+  /** The timers of the tries waiting now: close() ends them at once. */
+  readonly #waits = new Set<() => void>();
   #closed = false;
 
   constructor(opts: RadiusClientOptions) {
@@ -123,13 +125,18 @@ export class RadiusClient {
           if (err) this.#opts.onResult?.(kind, host, 'send-error');
         });
         await new Promise<void>((resolve) => {
-          const t = setTimeout(resolve, this.#opts.timeoutMs);
+          const t = setTimeout(() => {
+            this.#waits.delete(wake);
+            resolve();
+          }, this.#opts.timeoutMs);
           wake = () => {
             clearTimeout(t);
+            this.#waits.delete(wake);
             resolve();
           };
+          this.#waits.add(wake);
         });
-        if (!answered && !signal?.aborted) this.#opts.onResult?.(kind, host, 'timeout');
+        if (!answered && !signal?.aborted && !this.#closed) this.#opts.onResult?.(kind, host, 'timeout');
       }
     } finally {
       signal?.removeEventListener('abort', onAbort);
@@ -187,6 +194,7 @@ export class RadiusClient {
   /** Closes the sockets; requests in flight end with no answer. */
   close(): void {
     this.#closed = true;
+    for (const wake of [...this.#waits]) wake();
     for (const s of this.#sockets.values()) s.close();
     this.#sockets.clear();
   }

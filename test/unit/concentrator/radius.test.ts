@@ -15,6 +15,7 @@ import {
   attrAddress,
   attrUint32,
   decodePacket,
+  encodeAccessRequest,
   encodeResponse,
   findAttr,
   readUint32,
@@ -25,6 +26,7 @@ import { RadiusClient, type RadiusServer } from '../../../src/concentrator/radiu
 import { RadiusAuthorizer, type RadiusAuthorizerSettings } from '../../../src/concentrator/radius-authorizer.js';
 import { RadiusAccounting } from '../../../src/concentrator/radius-accounting.js';
 import { radiusGate } from '../../../src/policy/radius.js';
+import { radiusConfigSchema } from '../../../src/concentrator/radius-config.js';
 import { createLogger } from '../../../src/log.js';
 
 const SECRET = Buffer.from('lab-radius-secret-1');
@@ -202,4 +204,28 @@ test('accounting: Start, Interim-Update and Stop with the session bytes (Gigawor
   await acct.stop();
   assert.ok(records.includes('start:true') && records.includes('stop:true'), records.join());
   client.close();
+});
+
+test('close() ends a request waiting on a silent server at once (a stopping concentrator does not wait out the tries)', async () => {
+  const dead = await fakeServer(() => {});
+  const client = new RadiusClient({ servers: [server(dead.port)], timeoutMs: 5_000, retries: 3, requireMessageAuthenticator: false, logger });
+  const t0 = performance.now();
+  const pending = client.request('auth', (identifier) => ({ packet: encodeAccessRequest({ identifier, authenticator: Buffer.alloc(16), attributes: [] }, SECRET), authenticator: Buffer.alloc(16) }));
+  for (let i = 0; i < 100 && dead.requests.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  client.close();
+  assert.equal(await pending, undefined);
+  assert.ok(performance.now() - t0 < 2_000);
+});
+
+test('the radius settings: defaults, and what the schema refuses', () => {
+  const c = radiusConfigSchema.parse({ servers: [{ host: '198.19.0.12', secretFile: '/etc/mpconvert/radius.secret' }] });
+  assert.equal(c.servers[0]?.authPort, 1812);
+  assert.equal(c.servers[0]?.acctPort, 1813);
+  assert.equal(c.failMode, 'closed');
+  assert.equal(c.maxWaitMs, 3_000);
+  assert.deepEqual(c.accounting, { enabled: true, interimS: 300, stopAfterIdleS: 60 });
+  assert.deepEqual(c.concentratorAttributes, { ipv4Type: 192, ipv6Type: 193, hint: false, enforce: false });
+  assert.equal(radiusConfigSchema.safeParse({ servers: [] }).success, false, 'at least one server');
+  assert.equal(radiusConfigSchema.safeParse({ servers: [{ host: 'radius.example', secretFile: 'x' }] }).success, false, 'an address, not a name');
+  assert.equal(radiusConfigSchema.safeParse({ servers: [{ host: '198.19.0.12', secretFile: 'x' }], failMode: 'maybe' }).success, false);
 });
