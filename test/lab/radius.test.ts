@@ -4,7 +4,8 @@
  * the concentrator as client, one accepted CPE address (Session-Timeout, Class), one rejected, accounting to a
  * detail file. The CPE namespace has three uplinks, so three CPE source addresses (three identities):
  * - 198.18.1.2 is accepted: its connection converts (bytes exact), and the Stop record in the detail file
- *   carries byte counts equal to what the server received and sent;
+ *   carries byte counts equal to what the server received and sent (Interim-Updates, while it is held
+ *   open, the live counts);
  * - 198.18.2.2 is rejected: refused before any dial (the server sees nothing), counted as radius-reject;
  * - with FreeRADIUS stopped, 198.18.3.2 (never asked before) is refused (failMode closed) once
  *   radius.maxWaitMs has passed, while the admin endpoint keeps answering at once (the event loop is not
@@ -153,7 +154,7 @@ describe('RADIUS authorization and accounting with FreeRADIUS (lab)', { skip: mi
     return line ? Number(line.split(' ').pop()) : 0;
   };
   const signalling = () => signallingFor({ format: 'mp-convert', sourceIe: false }, { address: SRV, port: 8080 }, undefined);
-  const client = (localAddress: string, app: Buffer, send = 200_000) => {
+  const client = (localAddress: string, app: Buffer, send = 200_000, holdMs = 0) => {
     const sig = signalling();
     return runTool<ClientOut>(lab.hosts.cpe, 'mpc-client', {
       host: CONC,
@@ -164,6 +165,7 @@ describe('RADIUS authorization and accounting with FreeRADIUS (lab)', { skip: mi
       appHex: app.toString('hex'),
       send,
       head: sig.length,
+      holdMs,
       timeoutMs: 30_000,
     });
   };
@@ -192,7 +194,7 @@ describe('RADIUS authorization and accounting with FreeRADIUS (lab)', { skip: mi
         `  retries: 1`,
         `  maxWaitMs: ${MAX_WAIT_MS}`,
         `  failMode: closed`,
-        `  accounting: { interimS: 60, stopAfterIdleS: 1 }`,
+        `  accounting: { interimS: 1, stopAfterIdleS: 1 }`,
         '',
       ].join('\n'),
     );
@@ -218,7 +220,8 @@ describe('RADIUS authorization and accounting with FreeRADIUS (lab)', { skip: mi
   test('an accepted CPE converts and its accounting Stop carries the bytes of the transfer; a rejected one is refused before any dial', { timeout: 120_000 }, async () => {
     const app = randomBytes(300);
     const before = srv.json<ServerOut>().length;
-    const out = await client(ACCEPTED, app);
+    // Held open 2.5 s before the transfer: Interim-Updates (interimS 1) report the live counts meanwhile.
+    const out = await client(ACCEPTED, app, 200_000, 2_500);
     assert.equal(out.error, undefined, JSON.stringify(out) + radiusd.output.slice(-2000));
     assert.equal(out.mptcp, true);
     await srv.waitLine(() => srv.json<ServerOut>().length > before);
@@ -244,6 +247,11 @@ describe('RADIUS authorization and accounting with FreeRADIUS (lab)', { skip: mi
     assert.equal(Number(stopRec['Acct-Output-Octets']), REPLY, 'bytes to the CPE = what the server sent');
     assert.equal(stopRec['Acct-Link-Count'], '1', 'one connection');
     assert.equal(stopRec['Acct-Terminate-Cause'], 'Idle-Timeout');
+    assert.ok(Number(stopRec['Acct-Session-Time']) >= 2, `session time ${stopRec['Acct-Session-Time']}`);
+    const interims = records.filter((x) => x['Acct-Status-Type'] === 'Interim-Update' && x['Acct-Session-Id'] === stopRec['Acct-Session-Id']);
+    assert.ok(interims.length >= 1, `Interim-Updates while the connection was open: ${JSON.stringify(records)}`);
+    assert.equal(Number(interims[0]!['Acct-Input-Octets']), app.length, 'while held: the client bytes that came with the signalling, live');
+    assert.equal(Number(interims[0]!['Acct-Output-Octets']), 0, 'and nothing from the server yet (the echo is not server bytes)');
 
     const rejectedBefore = await metric('mpconvert_refused_total', 'reason="radius-reject"');
     const seen = srv.json<ServerOut>().length;
