@@ -2,7 +2,7 @@
  * The concentrator (downstream MCP): terminates MPTCP connections from CPEs (and from MPTCP hosts that speak
  * the signalling themselves), reads the signalling from the first bytes (in the SYN, through TFO), dials the
  * server, confirms, and relays. Each accepted connection runs the pipeline (src/concentrator/pipeline.ts):
- *   customer -> mptcp -> signalling-admission -> signalling -> authenticate -> radius -> limits -> destination -> source ->
+ *   customer -> mptcp -> signalling-admission -> signalling -> authenticate -> limits -> radius -> destination -> source ->
  *   source-address (strategy) -> convert (strategy: dial, confirm, relay).
  * A refusal at any step is counted, logged and answered on the wire through one table (src/policy/refusals.ts).
  * Anything refused before the confirmation never causes a byte to be sent to any server.
@@ -166,13 +166,14 @@ export class Concentrator {
       step('mptcp', (ctx) => mptcpGate(this.#deps.sockets.isMptcp(ctx.socket), this.#config.acceptFallback)),
       step('signalling', (ctx) => this.#readSignalling(ctx)),
       step('authenticate', (ctx) => this.#authenticate(ctx)),
-      step('radius', (ctx) => this.#radius?.authorize(ctx)),
       step('limits', (ctx) => {
         const who = ctx.identity;
         const refused = limitsGate(this.#limits.admit(who));
         if (!refused) ctx.own(() => this.#limits.release(who));
         return refused;
       }),
+      // After limits: a CPE's connections waiting for its RADIUS answer hold its limits slots (bounded per CPE).
+      step('radius', (ctx) => this.#radius?.authorize(ctx)),
       step('destination', (ctx) => {
         const dest = ctx.signalling?.destination;
         const address = dest ? unmapAddress(dest.address) : undefined;
