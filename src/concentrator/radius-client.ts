@@ -30,6 +30,8 @@ export interface RadiusClientOptions {
   servers: readonly RadiusServer[];
   timeoutMs: number;
   retries: number;
+  /** Local address to send from (its family's socket only); absent: the kernel's choice. */
+  sourceAddress?: string | undefined;
   /** Refuse answers without a Message-Authenticator (Access-Accept / Reject / Challenge). */
   requireMessageAuthenticator: boolean;
   logger: Logger;
@@ -65,6 +67,11 @@ export class RadiusClient {
   /** New servers or timers (SIGHUP); requests in flight finish with what they started with. */
   reconfigure(opts: RadiusClientOptions): void {
     const same = opts.servers.length === this.#opts.servers.length && opts.servers.every((s, i) => s.host === this.#opts.servers[i]?.host);
+    if (opts.sourceAddress !== this.#opts.sourceAddress) {
+      // New sockets from the new address on the next request; answers to requests in flight on the old ones are lost (they fail over).
+      for (const s of this.#sockets.values()) s.close();
+      this.#sockets.clear();
+    }
     this.#opts = opts;
     if (!same) this.#preferred = 0;
   }
@@ -121,9 +128,14 @@ export class RadiusClient {
     try {
       // The same packet (Identifier and Request Authenticator) on every retransmission (RFC 5080 section 2.2.1).
       for (let attempt = 0; attempt <= this.#opts.retries && !answered && !signal?.aborted && !this.#closed; attempt++) {
-        socket.send(packet, port, host, (err) => {
-          if (err) this.#opts.onResult?.(kind, host, 'send-error');
-        });
+        try {
+          socket.send(packet, port, host, (err) => {
+            if (err) this.#opts.onResult?.(kind, host, 'send-error');
+          });
+        } catch {
+          // The socket was closed under the request (a reload changed the source address): this try is lost.
+          this.#opts.onResult?.(kind, host, 'send-error');
+        }
         await new Promise<void>((resolve) => {
           const t = setTimeout(() => {
             this.#waits.delete(wake);
@@ -165,6 +177,9 @@ export class RadiusClient {
     s = createSocket(family === 6 ? 'udp6' : 'udp4');
     s.on('message', (msg, rinfo) => this.#onMessage(msg, unmapAddress(rinfo.address), rinfo.port));
     s.on('error', (err) => this.#opts.logger.warn({ err }, 'RADIUS socket error'));
+    const src = this.#opts.sourceAddress;
+    // Sends issued while the bind is in progress are queued by dgram until it completes.
+    if (src && (isIPv6(src) ? 6 : 4) === family) s.bind({ address: src, port: 0 });
     s.unref();
     this.#sockets.set(family, s);
     return s;

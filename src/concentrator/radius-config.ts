@@ -30,6 +30,8 @@ export const radiusConfigSchema = z.strictObject({
   password: z.string().min(1).max(128).default('mpconvert'),
   /** NAS-Identifier; absent: `mpconvert-<instance>`. */
   nasIdentifier: z.string().min(1).max(253).optional(),
+  /** Local address the RADIUS requests are sent from (the address the AAA's client entry names); absent: the kernel's choice. */
+  sourceAddress: ip.optional(),
   /** NAS-IP-Address (or NAS-IPv6-Address) sent in every request. */
   nasIpAddress: ip.optional(),
   /** Drop Access answers without a Message-Authenticator (RFC 3579; the BlastRADIUS mitigation, CVE-2024-3596). */

@@ -129,6 +129,7 @@ export class RadiusService {
       servers,
       timeoutMs: c.timeoutMs,
       retries: c.retries,
+      sourceAddress: c.sourceAddress,
       requireMessageAuthenticator: c.requireMessageAuthenticator,
       logger: this.#deps.logger,
       onResult: (kind, server, result) => this.#deps.metrics.radiusRequests.inc({ kind, server, result }),

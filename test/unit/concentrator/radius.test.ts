@@ -229,3 +229,17 @@ test('the radius settings: defaults, and what the schema refuses', () => {
   assert.equal(radiusConfigSchema.safeParse({ servers: [{ host: 'radius.example', secretFile: 'x' }] }).success, false, 'an address, not a name');
   assert.equal(radiusConfigSchema.safeParse({ servers: [{ host: '198.19.0.12', secretFile: 'x' }], failMode: 'maybe' }).success, false);
 });
+
+test('sourceAddress: requests leave from the configured address', async () => {
+  const from: string[] = [];
+  const s = await fakeServer((req, raw, send) => answer(RadiusCode.AccessAccept)(req, raw, send));
+  s.socket.on('message', (_m, rinfo) => from.push(rinfo.address));
+  const client = new RadiusClient({ servers: [server(s.port)], timeoutMs: 300, retries: 0, requireMessageAuthenticator: false, logger, sourceAddress: '127.0.0.2' });
+  const authorizer = new RadiusAuthorizer(
+    { password: 'p', nasIdentifier: 'n', maxWaitMs: 1_000, cacheTtlS: 1, rejectTtlS: 1, failTtlS: 1, cacheSize: 10, concentratorAttributes: { ipv4Type: 192, ipv6Type: 193, hint: false } },
+    { client, now: Date.now },
+  );
+  assert.equal((await authorizer.authorize(cpe('198.18.0.2'))).verdict.kind, 'accept');
+  assert.deepEqual(from, ['127.0.0.2']);
+  client.close();
+});
