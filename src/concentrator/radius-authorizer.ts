@@ -119,11 +119,17 @@ export class RadiusAuthorizer {
     if (hit) this.#cache.delete(r.identity);
     let pending = this.#inflight.get(r.identity);
     if (!pending) {
-      pending = this.#ask(r, userName).then((entry) => {
-        this.#inflight.delete(r.identity);
-        this.#remember(r.identity, entry);
-        return entry;
-      });
+      pending = this.#ask(r, userName)
+        .catch((err: unknown): Entry => {
+          // A request that cannot even be built (an attribute too long) is no answer, not a crash.
+          this.#deps.onAnswer?.(`error:${(err as Error).message}`);
+          return { verdict: { kind: 'unavailable', why: 'no-answer' }, classes: [], expires: this.#deps.now() + this.#s.failTtlS * 1000 };
+        })
+        .then((entry) => {
+          this.#inflight.delete(r.identity);
+          this.#remember(r.identity, entry);
+          return entry;
+        });
       this.#inflight.set(r.identity, pending);
     }
     let timer: NodeJS.Timeout | undefined;

@@ -243,3 +243,14 @@ test('sourceAddress: requests leave from the configured address', async () => {
   assert.deepEqual(from, ['127.0.0.2']);
   client.close();
 });
+
+test('a request that cannot be built (a User-Name over 253 octets) is no answer, not a crash, and the next one is asked afresh later', async () => {
+  const s = await fakeServer(answer(RadiusCode.AccessAccept));
+  const { authorizer, client } = setup([s.port], { failTtlS: 1 });
+  const long = 'k'.repeat(300);
+  const a = await authorizer.authorize({ identity: `key:${long}`, cpe: '198.18.0.2', keyId: long, local: '198.18.200.1' });
+  assert.deepEqual(a.verdict, { kind: 'unavailable', why: 'no-answer' });
+  assert.equal(authorizer.inflight, 0, 'nothing left in flight');
+  assert.equal(s.requests.length, 0);
+  client.close();
+});
