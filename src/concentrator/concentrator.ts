@@ -743,12 +743,14 @@ export class Concentrator {
     for (const s of [...this.#sessions]) if (!s.ctx.relay) s.ctx.socket.resetAndDestroy();
     const deadline = Date.now() + drainMs;
     while (this.#sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    // Accounting Stops are built now, while the connections left still count their live bytes; sent meanwhile.
+    const radiusStopped = this.#radius?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not send the RADIUS accounting Stop records'));
     for (const s of [...this.#sessions]) {
       if (s.ctx.relay) s.ctx.relay.destroy();
       else s.ctx.socket.resetAndDestroy();
       s.end();
     }
-    await this.#radius?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not send the RADIUS accounting Stop records'));
+    await radiusStopped;
     await this.#rules.remove().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the nft table of the listeners'));
     await this.#returnPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the return path'));
     this.#returnPath = undefined;

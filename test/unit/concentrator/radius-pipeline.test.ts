@@ -121,6 +121,28 @@ describe('the radius step (loopback, fake platform)', () => {
     }
   });
 
+  test('stopping the concentrator sends Stop (NAS-Request) with the bytes of the connections it cuts', async () => {
+    verdict = RadiusCode.AccessAccept;
+    const { c, port } = await start();
+    const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    s.on('error', () => {});
+    s.on('data', () => {});
+    s.write(Buffer.concat([sig, Buffer.from('ping!')]));
+    s.write(Buffer.alloc(1000, 7));
+    const status = (p: RadiusPacket) => (p.code === RadiusCode.AccountingRequest ? readUint32(findAttr(p, RadiusAttr.AcctStatusType)!) : undefined);
+    const startsBefore = radius.requests.filter((p) => status(p) === AcctStatusType.Start).length;
+    for (let i = 0; i < 200 && radius.requests.filter((p) => status(p) === AcctStatusType.Start).length === startsBefore; i++) await new Promise((r) => setTimeout(r, 10));
+    const acctSession = findAttr(radius.requests.filter((p) => status(p) === AcctStatusType.Start).at(-1)!, RadiusAttr.AcctSessionId)!.toString();
+    // Until the relay has moved the 1000 bytes (the live count the Stop must carry).
+    for (let i = 0; i < 200 && (c.cpeFigures()[0]?.bytesUp ?? 0) < 1000; i++) await new Promise((r) => setTimeout(r, 10));
+    await c.stop(0);
+    s.destroy();
+    const stop = radius.requests.find((p) => status(p) === AcctStatusType.Stop && findAttr(p, RadiusAttr.AcctSessionId)!.toString() === acctSession);
+    assert.ok(stop, 'the Stop was sent before stop() resolved');
+    assert.equal(readUint32(findAttr(stop, RadiusAttr.AcctTerminateCause)!), 10, 'NAS-Request');
+    assert.equal(readUint32(findAttr(stop, RadiusAttr.AcctInputOctets)!), 1005, 'the client bytes with the signalling and the 1000 relayed');
+  });
+
   test('silent server: failMode closed refuses; a SIGHUP to failMode open lets the next connection through; a bad secret file is refused', async () => {
     verdict = undefined;
     const { c, metrics, port } = await start({ failMode: 'closed', failTtlS: 1 });
