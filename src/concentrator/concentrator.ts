@@ -2,7 +2,7 @@
  * The concentrator (downstream MCP): terminates MPTCP connections from CPEs (and from MPTCP hosts that speak
  * the signalling themselves), reads the signalling from the first bytes (in the SYN, through TFO), dials the
  * server, confirms, and relays. Each accepted connection runs the pipeline (src/concentrator/pipeline.ts):
- *   customer -> mptcp -> signalling-admission -> signalling -> authenticate -> limits -> destination -> source ->
+ *   customer -> mptcp -> signalling-admission -> signalling -> authenticate -> limits -> radius -> destination -> source ->
  *   source-address (strategy) -> convert (strategy: dial, confirm, relay).
  * A refusal at any step is counted, logged and answered on the wire through one table (src/policy/refusals.ts).
  * Anything refused before the confirmation never causes a byte to be sent to any server.
@@ -36,6 +36,7 @@ import { runPipeline, step, type Step } from './pipeline.js';
 import { needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
 import { ReturnPath } from './return-path.js';
 import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
+import { RadiusService } from './radius.js';
 
 export { dialErrorCode } from './conversion.js';
 
@@ -100,6 +101,8 @@ export class Concentrator {
   /** The keys file's keys (start, reload); undefined while authentication is off. */
   #keys: KeyRing | undefined;
   readonly #replay = new ReplayCache(1);
+  /** RADIUS authorization and accounting (start, reload); undefined without `radius`. */
+  #radius: RadiusService | undefined;
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
   readonly #steps: readonly Step[];
@@ -169,6 +172,8 @@ export class Concentrator {
         if (!refused) ctx.own(() => this.#limits.release(who));
         return refused;
       }),
+      // After limits: a CPE's connections waiting for its RADIUS answer hold its limits slots (bounded per CPE).
+      step('radius', (ctx) => this.#radius?.authorize(ctx)),
       step('destination', (ctx) => {
         const dest = ctx.signalling?.destination;
         const address = dest ? unmapAddress(dest.address) : undefined;
@@ -275,6 +280,7 @@ export class Concentrator {
 
   async start(): Promise<void> {
     await this.#loadKeys(this.#config);
+    await this.#setRadius(this.#config);
     await this.#prepareKernel();
     for (const text of this.#config.listen) await this.#openListener(text);
     // After the listeners are bound: the rules name their actual ports (port 0 resolved).
@@ -302,6 +308,39 @@ export class Concentrator {
     this.#keys = keys;
     this.#replay.resize(config.auth.replayCacheSize);
     this.#deps.logger.info({ keysFile: config.auth.keysFile, keys: keys.size, required: config.auth.required }, 'CPE keys loaded');
+  }
+
+  /** Starts, reconfigures or stops RADIUS as the configuration says (start, SIGHUP); secret files are read first. */
+  async #setRadius(config: ConcentratorConfig): Promise<void> {
+    if (!config.radius) {
+      const old = this.#radius;
+      this.#radius = undefined;
+      await old?.stop();
+      return;
+    }
+    if (this.#radius) await this.#radius.reload(config.radius);
+    else {
+      this.#radius = await RadiusService.create(config.radius, {
+        logger: this.#deps.logger,
+        metrics: this.#deps.metrics,
+        now: this.#now,
+        instance: config.instance,
+        liveBytes: (identity) => this.#liveBytes(identity),
+      });
+    }
+    this.#deps.logger.info({ servers: config.radius.servers.map((s) => s.host), failMode: config.radius.failMode, accounting: config.radius.accounting.enabled }, 'RADIUS configured');
+  }
+
+  /** Bytes of one CPE identity's relayed connections open now (up = from the CPE). */
+  #liveBytes(identity: string): { up: number; down: number } {
+    let up = 0;
+    let down = 0;
+    for (const s of this.#sessions) {
+      if (s.ctx.identity !== identity || !s.ctx.relay) continue;
+      up += s.ctx.relay.bytesAToB + (s.ctx.signalling?.rest.length ?? 0);
+      down += s.ctx.relay.bytesBToA;
+    }
+    return { up, down };
   }
 
   async #prepareKernel(): Promise<void> {
@@ -432,8 +471,13 @@ export class Concentrator {
           if (!session.refused) this.#refuse(ctx, r.refusal, r.step);
           session.end();
         } else if (ctx.relay) {
+          const radius = this.#radius;
+          radius?.opened(ctx);
           ctx.relay.once('close', (stats: RelayStats) => {
-            this.#countClosed(ctx.identity, stats.aToB, stats.bToA);
+            // The client's bytes that came with the signalling went to the server outside the relay.
+            const up = stats.aToB + (ctx.signalling?.rest.length ?? 0);
+            this.#countClosed(ctx.identity, up, stats.bToA);
+            radius?.closed(ctx, up, stats.bToA);
             session.end();
           });
         }
@@ -629,6 +673,7 @@ export class Concentrator {
       sourceAddress: this.#sourceAddress.name,
       returnPath: this.#returnPath?.installed ?? false,
       ...(this.#keys ? { auth: { keys: this.#keys.size, replayCache: this.#replay.size } } : {}),
+      ...(this.#radius ? { radius: this.#radius.status() } : {}),
       activeCpes: this.cpeFigures().length,
       topCpes: this.cpeFigures().slice(0, this.#config.metrics.topCpes),
       ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),
@@ -650,6 +695,7 @@ export class Concentrator {
     const allow = PrefixSet.from(next.allow);
     const destinations = compileDestinationPolicy({ deny: denyPrefixes(next) });
     const keys = next.auth ? await loadKeysFile(next.auth.keysFile) : undefined;
+    await this.#setRadius(next);
     this.#config = next;
     this.#keys = keys;
     if (next.auth) this.#replay.resize(next.auth.replayCacheSize);
@@ -697,11 +743,14 @@ export class Concentrator {
     for (const s of [...this.#sessions]) if (!s.ctx.relay) s.ctx.socket.resetAndDestroy();
     const deadline = Date.now() + drainMs;
     while (this.#sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    // Accounting Stops are built now, while the connections left still count their live bytes; sent meanwhile.
+    const radiusStopped = this.#radius?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not send the RADIUS accounting Stop records'));
     for (const s of [...this.#sessions]) {
       if (s.ctx.relay) s.ctx.relay.destroy();
       else s.ctx.socket.resetAndDestroy();
       s.end();
     }
+    await radiusStopped;
     await this.#rules.remove().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the nft table of the listeners'));
     await this.#returnPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the return path'));
     this.#returnPath = undefined;

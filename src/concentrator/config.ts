@@ -5,6 +5,7 @@ import { loadYaml, validateConfig } from '../control/config-file.js';
 import { endpoint, listenEndpoint, cidr, ip } from '../control/schema.js';
 import { CustomerPrefixes, nptv6Mappings } from '../policy/transparent.js';
 import { openAllowProblem } from '../policy/auth.js';
+import { radiusConfigSchema } from './radius-config.js';
 
 export const concentratorConfigSchema = z.strictObject({
   /** Instance name: names the nft table `inet mpconvert_conc_<instance>`, so two concentrators never collide. */
@@ -126,6 +127,8 @@ export const concentratorConfigSchema = z.strictObject({
       replayCacheSize: z.number().int().min(1).default(1_000_000),
     })
     .optional(),
+  /** RADIUS authorization and accounting of CPEs (docs/operator.md, "RADIUS"; src/concentrator/radius.ts). */
+  radius: radiusConfigSchema.optional(),
   limits: z
     .strictObject({
       maxConnections: z.number().int().min(1).default(100_000),

@@ -121,6 +121,27 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   const cpeConnections = new Gauge({ name: 'mpconvert_cpe_connections', help: 'Concentrator: connections open now, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
   const cpeSubflows = new Gauge({ name: 'mpconvert_cpe_subflows', help: 'Concentrator: subflows of the open connections, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
   const cpeBytes = new Counter({ name: 'mpconvert_cpe_bytes_total', help: 'Concentrator: bytes relayed (counted at close), per CPE and direction (up = towards the server) (metrics.perCpe)', labelNames: ['cpe', 'direction'] as const, registers: perCpe });
+  // Concentrator, RADIUS (src/concentrator/radius.ts; only with `radius` configured).
+  const radiusRequests = new Counter({
+    name: 'mpconvert_radius_requests_total',
+    help: 'Concentrator: RADIUS tries, by kind (auth, acct), server and result (answer, timeout, invalid:<why>, unexpected-code, send-error, no-identifier)',
+    labelNames: ['kind', 'server', 'result'] as const,
+    registers: concOnly,
+  });
+  const radiusAuthorizations = new Counter({
+    name: 'mpconvert_radius_authorizations_total',
+    help: 'Concentrator: connections through the RADIUS step, by verdict (accept, reject, unavailable) and source (cache, answer, wait-bound)',
+    labelNames: ['verdict', 'source'] as const,
+    registers: concOnly,
+  });
+  const radiusAccounting = new Counter({
+    name: 'mpconvert_radius_accounting_total',
+    help: 'Concentrator: RADIUS accounting records, by status (start, interim, stop) and result (answered, no-answer)',
+    labelNames: ['status', 'result'] as const,
+    registers: concOnly,
+  });
+  const radiusCached = new Gauge({ name: 'mpconvert_radius_cache_entries', help: 'Concentrator: CPE identities with a cached RADIUS answer', registers: concOnly });
+  const radiusSessions = new Gauge({ name: 'mpconvert_radius_accounting_sessions', help: 'Concentrator: RADIUS accounting sessions open (CPEs between Start and Stop)', registers: concOnly });
   // The UDP channel's families (channels and mappings, issue 11) go here, documented in docs/operations.md.
   // Admin API.
   const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
@@ -128,6 +149,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
     registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback,
     uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit,
     activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm,
+    radiusRequests, radiusAuthorizations, radiusAccounting, radiusCached, radiusSessions,
   };
 }
 

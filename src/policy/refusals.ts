@@ -38,6 +38,12 @@ export const REFUSALS = {
   'auth-clock': { meaning: 'the authenticator timestamp is outside `auth.clockSkewS` of the concentrator clock (expired, or a CPE clock off)', convertError: ConvertErrorCode.NotAuthorized },
   'auth-replay': { meaning: 'the authenticator nonce was already used within the clock window (a replay)', convertError: ConvertErrorCode.NotAuthorized },
   'auth-replay-full': { meaning: 'the replay cache holds `auth.replayCacheSize` nonces: new connections are refused until entries expire (fail closed)', convertError: ConvertErrorCode.NotAuthorized },
+  'radius-reject': { meaning: 'the RADIUS server answered Access-Reject (or Access-Challenge) for this CPE', convertError: ConvertErrorCode.NotAuthorized },
+  'radius-unavailable': {
+    meaning: 'no RADIUS server answered, or not within `radius.maxWaitMs`, with `radius.failMode: closed`; the label carries why (`radius-unavailable:timeout`)',
+    convertError: ConvertErrorCode.NetworkFailure,
+  },
+  'radius-other-concentrator': { meaning: 'the Access-Accept assigns this CPE concentrators none of which is this one (`radius.concentratorAttributes.enforce`)', convertError: ConvertErrorCode.NotAuthorized },
   'max-connections': { meaning: '`limits.maxConnections` reached', convertError: ConvertErrorCode.ResourceExceeded },
   'max-connections-per-cpe': { meaning: '`limits.maxConnectionsPerCpe` reached for this CPE', convertError: ConvertErrorCode.ResourceExceeded },
   'rate-per-cpe': { meaning: 'over `limits.newConnectionsPerSecondPerCpe` for this CPE', convertError: ConvertErrorCode.ResourceExceeded },

@@ -31,6 +31,11 @@ async function populated(role: 'cpe' | 'concentrator'): Promise<{ text: string; 
   m.cpeSubflows.set({ cpe: '198.18.0.1' }, 2);
   m.cpeBytes.inc({ cpe: '198.18.0.1', direction: 'up' }, 10);
   m.adminRequests.inc({ route: 'metrics', status: '200' });
+  m.radiusRequests.inc({ kind: 'auth', server: '198.19.0.12', result: 'answer' });
+  m.radiusAuthorizations.inc({ verdict: 'accept', source: 'answer' });
+  m.radiusAccounting.inc({ status: 'start', result: 'answered' });
+  m.radiusCached.set(1);
+  m.radiusSessions.set(1);
   const json = await m.registry.getMetricsAsJSON();
   return { text: await m.registry.metrics(), names: json.map((f) => f.name) };
 }
