@@ -73,6 +73,10 @@ export function checkCpe(c: CpeConfig, host: HostFacts): string[] {
   for (const i of duplicates(uplinks)) problems.push(`uplinks: interface ${i} is listed more than once`);
   for (const i of duplicates([...c.lan])) problems.push(`lan: interface ${i} is listed more than once`);
   for (const a of duplicates(c.concentrators.map((x) => x.address))) problems.push(`concentrators: ${a} is listed more than once`);
+  // Names the distribution gives must be uplinks (the daemon would refuse them after installing the uplinks).
+  const o = c.distribution.overflow;
+  if (c.distribution.scheme === 'overflow' && o && !uplinks.includes(o.primary)) problems.push(`distribution.overflow.primary: ${o.primary} is not one of the uplinks`);
+  for (const k of c.distribution.classes) if (k.uplink !== undefined && !uplinks.includes(k.uplink)) problems.push(`distribution.classes ${k.name}: uplink ${k.uplink} is not one of the uplinks`);
   if (!host.mptcp) problems.push(MPTCP_OFF);
   const nat = natUplinks(c);
   if (nat.length > 0 && host.ipv4Forwarding === false) {
