@@ -88,6 +88,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorCheck[]
 
   // The role's configuration file, before the probes: its uplinks are what rp_filter and routes look at.
   let cpeConfig: CpeConfig | undefined;
+  let concConfig: ConcentratorConfig | undefined;
   let configChecks: DoctorCheck[] = [];
   if (opts.config !== undefined) {
     if (role === 'any') {
@@ -104,11 +105,14 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorCheck[]
         const problems = facts === undefined ? ['the host\'s interfaces and addresses are unreadable'] : role === 'cpe' ? checkCpe(loaded as CpeConfig, facts) : checkConcentrator(loaded as ConcentratorConfig, facts);
         configChecks = [configCheck(role, opts.config, { problems })];
         if (role === 'cpe') cpeConfig = loaded as CpeConfig;
+        else concConfig = loaded as ConcentratorConfig;
       }
     }
   }
 
-  checks.push(...(await probeKernel({ kernel, role, caps, ...(netns !== undefined ? { netns } : {}) })));
+  const probes = await probeKernel({ kernel, role, caps, ...(netns !== undefined ? { netns } : {}) });
+  // A concentrator configured with manageSysctls sets the TFO server bit itself at start: then an advisory.
+  checks.push(...probes.map((c) => (c.name === 'tfo-server' && !c.ok && concConfig?.manageSysctls ? { ...c, ok: true, detail: `${c.detail} (manageSysctls: true: the concentrator sets it at start)` } : c)));
 
   // Forwarding and reverse-path filtering (the uplinks' when the configuration names them).
   const sysctl = (name: string) => kernel.sysctl.get(name).then((v) => v.trim(), () => null);
