@@ -69,8 +69,12 @@ export function interceptionOptions(cfg: CpeConfig): InterceptionOptions {
   };
 }
 
-/** A flow class pinned to a named uplink must name one of the uplinks. */
-function checkClassUplinks(cfg: CpeConfig): void {
+/** The overflow primary and a flow class's named uplink must be uplinks. */
+function checkDistributionNames(cfg: CpeConfig): void {
+  const o = cfg.distribution.overflow;
+  if (cfg.distribution.scheme === 'overflow' && o && !cfg.uplinks.some((u) => u.interface === o.primary)) {
+    throw new ConfigError(`distribution.overflow.primary: ${o.primary} is not one of the uplinks`);
+  }
   for (const c of cfg.distribution.classes) {
     if (c.uplink !== undefined && !cfg.uplinks.some((u) => u.interface === c.uplink)) {
       throw new ConfigError(`distribution.classes ${c.name}: uplink ${c.uplink} is not one of the uplinks`);
@@ -277,15 +281,11 @@ export class Cpe {
    */
   async #startDistribution(): Promise<void> {
     const cfg = this.#config;
-    const o = cfg.distribution.overflow;
-    if (cfg.distribution.scheme === 'overflow' && o && !cfg.uplinks.some((u) => u.interface === o.primary)) {
-      throw new ConfigError(`distribution.overflow.primary: ${o.primary} is not one of the uplinks`);
-    }
-    checkClassUplinks(cfg);
+    checkDistributionNames(cfg);
     const quotas = new Map(cfg.uplinks.flatMap((u) => (u.quota ? [[u.interface, u.quota] as const] : [])));
     this.#quota = new QuotaBook(cfg.quotaStateFile, quotas, this.#deps.logger);
     await this.#quota.load();
-    if (cfg.distribution.scheme !== 'overflow' && this.#quota.empty) return;
+    // The sample handler runs whatever the scheme: a reload may switch to overflow or add a quota.
     const first = this.#wantedModes(Date.now());
     await this.#applyModes(new Map([...first].filter(([u, m]) => cfg.uplinks.find((x) => x.interface === u)?.mode !== m)));
     this.#wanted = first;
@@ -354,21 +354,21 @@ export class Cpe {
    * - the interception (policy, DSCP, MSS clamp, SYN window clamps, NAT, LAN interfaces): the nft table is
    *   replaced in one transaction; a change of LAN interfaces or of the uplink count reinstalls it.
    * Keys read once at start keep their running value and are reported as needing a restart: instance,
-   * tproxyPort, mark, routingTableBase, rulePriorityBase, stateDir, admin, adminTokenFile, quotaStateFile, and `distribution`
-   * when its scheme changes (the overflow thresholds and the flow classes change live).
+   * tproxyPort, mark, routingTableBase, rulePriorityBase, stateDir, admin, adminTokenFile, quotaStateFile. `distribution`
+   * changes live: another scheme starts idle and sets its modes at the next sample (once a second); the overflow
+   * thresholds apply at the next sample; flow classes to new connections (the pin table is replaced).
    */
   async reload(requested: CpeConfig): Promise<ReloadReport> {
     if (this.#stopping || !this.#interception || !this.#uplinks) throw new Error('Cpe.reload() before start or while stopping');
     const old = this.#config;
     const pinned = new Set<string>(RESTART_KEYS);
-    if (old.distribution.scheme !== requested.distribution.scheme) pinned.add('distribution');
     const live = new Set([...Object.keys(old), ...Object.keys(requested)].filter((k) => !pinned.has(k)));
     const report = diffConfig(old, requested, live);
     const next = effectiveConfig(old, requested, report);
     const { logger, kernel } = this.#deps;
     // Before anything changes: secret files that cannot be used keep the running configuration.
     const credentials = await loadCredentials(next.concentrators);
-    checkClassUplinks(next);
+    checkDistributionNames(next);
 
     const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
     if (!same([old.uplinks, old.uplinkPollMs, old.mptcpLimits], [next.uplinks, next.uplinkPollMs, next.mptcpLimits])) {
@@ -400,6 +400,8 @@ export class Cpe {
       this.#interception = fresh;
       await fresh.start();
     }
+    // Another distribution scheme: it starts from its idle state, and the next sample sets the modes it wants.
+    if (old.distribution.scheme !== next.distribution.scheme) this.#overflow = OVERFLOW_IDLE;
     this.#config = next;
     this.#credentials = credentials;
     this.#selector.reconfigure(next.concentrators);
