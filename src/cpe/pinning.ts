@@ -9,10 +9,12 @@
  *   marked SYN that would leave through any other uplink with a reset, so the in-kernel path manager's joins
  *   on the other uplinks fail at once (one SYN, no retry) while every other connection keeps aggregating.
  *
- * Linux 6.18 has no per-connection switch for the in-kernel path manager (endpoint flags and
- * net.mptcp.path_manager are per namespace, the userspace path manager's commands refuse connections of the
- * in-kernel one), hence the mark. A pinned connection does not survive the loss of its uplink; new connections
- * of its class are pinned to another one.
+ * Why this and not the path manager: on Linux 6.18 the endpoint flags (subflow, backup, fullmesh) and the
+ * path manager choice (net.mptcp.path_manager, the older pm_type) are per namespace, and the userspace path
+ * manager's netlink commands act on connections that the userspace path manager runs; no socket option turns
+ * joins off for one connection. SO_MARK is per socket and copied onto the subflows (seen in the lab: the join
+ * SYN of a marked connection carries the mark and is reset, one packet). A pinned connection does not survive
+ * the loss of its uplink; new connections of its class are pinned to another one.
  */
 import type { KernelConfig } from '../platform/types.js';
 import type { Logger } from '../log.js';
