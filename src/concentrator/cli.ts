@@ -7,6 +7,7 @@ import { createMetrics } from '../control/metrics.js';
 import { loadAdminToken, startAdmin, type AdminServer } from '../control/admin.js';
 import { runDaemon, runPrepare, STOP_CLEANUP_S } from '../control/daemon.js';
 import { checkConcentrator, hostFacts, reportCheck } from '../control/check.js';
+import { kernelCheck } from '../control/doctor.js';
 import { ConfigError } from '../control/config-file.js';
 import { parseEndpoint } from '../control/address.js';
 import { resolveConcentratorConfig, type ConcentratorFlags } from './config.js';
@@ -28,7 +29,7 @@ export function concentratorCommand(): Command {
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
     .option('--log-format <format>', `log lines: ${LOG_FORMATS.join('|')} (auto: journald when stderr is the journal, else json)`)
     .option('--prepare', 'as root, before the daemon starts (the unit\'s ExecStartPre): set the sysctls this configuration needs, print them, and exit')
-    .option('--check', 'check the configuration and this host (interfaces, addresses, kernel MPTCP), print every problem, and exit: 0 = fine, 2 = problems')
+    .option('--check', 'check the configuration and this host (interfaces, addresses, kernel MPTCP and the kernel features the role needs), print every problem, and exit: 0 = fine, 2 = problems')
     .action(async (opts: ConcentratorFlags & { serverMptcp?: boolean; check?: boolean; prepare?: boolean; logFormat?: string }) => {
       const { check, prepare, logFormat, serverMptcp, ...rest } = opts;
       const flags: ConcentratorFlags = { ...rest };
@@ -50,7 +51,8 @@ export function concentratorCommand(): Command {
         process.exitCode = await runPrepare('concentrator', () => applySysctls(concentratorSysctls(config), createLinuxPlatform().kernel.sysctl));
         return;
       }
-      const problems = checkConcentrator(config, hostFacts());
+      // The configuration against the host, and the kernel features it needs (the doctor's probes).
+      const problems = [...checkConcentrator(config, hostFacts()), ...(await kernelCheck('concentrator', config))];
       if (check) {
         process.exitCode = reportCheck('concentrator', problems);
         return;

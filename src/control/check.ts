@@ -7,7 +7,8 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { natUplinks, type CpeConfig } from '../cpe/config.js';
-import type { ConcentratorConfig } from '../concentrator/config.js';
+import { sourceAddressMode, type ConcentratorConfig } from '../concentrator/config.js';
+import type { DoctorCheck } from './doctor-checks.js';
 import { parseEndpoint } from './address.js';
 import { adminExposureProblem } from './admin.js';
 
@@ -72,6 +73,10 @@ export function checkCpe(c: CpeConfig, host: HostFacts): string[] {
   for (const i of duplicates(uplinks)) problems.push(`uplinks: interface ${i} is listed more than once`);
   for (const i of duplicates([...c.lan])) problems.push(`lan: interface ${i} is listed more than once`);
   for (const a of duplicates(c.concentrators.map((x) => x.address))) problems.push(`concentrators: ${a} is listed more than once`);
+  // Names the distribution gives must be uplinks (the daemon would refuse them after installing the uplinks).
+  const o = c.distribution.overflow;
+  if (c.distribution.scheme === 'overflow' && o && !uplinks.includes(o.primary)) problems.push(`distribution.overflow.primary: ${o.primary} is not one of the uplinks`);
+  for (const k of c.distribution.classes) if (k.uplink !== undefined && !uplinks.includes(k.uplink)) problems.push(`distribution.classes ${k.name}: uplink ${k.uplink} is not one of the uplinks`);
   if (!host.mptcp) problems.push(MPTCP_OFF);
   const nat = natUplinks(c);
   if (nat.length > 0 && host.ipv4Forwarding === false) {
@@ -92,6 +97,36 @@ export function checkConcentrator(c: ConcentratorConfig, host: HostFacts): strin
   }
   if (!host.mptcp) problems.push(MPTCP_OFF);
   problems.push(...adminProblems(c));
+  return problems;
+}
+
+/**
+ * The kernel features a configuration needs, judged from doctor's probes (src/control/doctor.ts
+ * `probeKernel`, run once): one line per missing feature, naming what needs it, what the probe saw and what
+ * to do. MPTCP itself is `checkCpe` / `checkConcentrator`'s (not repeated here).
+ */
+export function kernelProblems(role: 'cpe', c: CpeConfig, probes: readonly DoctorCheck[]): string[];
+export function kernelProblems(role: 'concentrator', c: ConcentratorConfig, probes: readonly DoctorCheck[]): string[];
+export function kernelProblems(role: 'cpe' | 'concentrator', c: CpeConfig | ConcentratorConfig, probes: readonly DoctorCheck[]): string[] {
+  const needs: Array<[string, string]> = [];
+  if (!probes.some((p) => p.name === 'mptcp' && !p.ok)) needs.push(['mptcp-socket', 'MPTCP sockets']);
+  needs.push(['nft', `the ${role}'s nftables table`]);
+  if (role === 'cpe') {
+    const cpe = c as CpeConfig;
+    needs.push(['tproxy', 'the interception (nft tproxy and socket expressions)'], ['ip-transparent', 'the transparent listener (IP_TRANSPARENT)'], ['iproute2', "the uplinks' MPTCP endpoints (ip mptcp)"]);
+    if (cpe.concentrators.some((t) => t.zeroRtt)) needs.push(['tfo-client', "zeroRtt (the signalling in the SYN; 'mpconvert cpe --prepare', the unit's ExecStartPre, sets it)"]);
+  } else {
+    const conc = c as ConcentratorConfig;
+    const mode = sourceAddressMode(conc);
+    if (mode === 'transparent' || mode === 'nptv6') needs.push(['tproxy', `sourceAddress.mode ${mode} (the return path's nft socket expression)`], ['ip-transparent', `sourceAddress.mode ${mode} (server legs bound with IP_TRANSPARENT)`]);
+    // With manageSysctls the daemon (or its --prepare) sets the server bit itself.
+    if (!conc.manageSysctls) needs.push(['tfo-server', 'accepting the signalling in the SYN with manageSysctls: false']);
+  }
+  const problems: string[] = [];
+  for (const [name, what] of needs) {
+    const p = probes.find((x) => x.name === name);
+    if (p && !p.ok) problems.push(`kernel: ${what} cannot work here: ${p.detail}${p.fix ? `; ${p.fix}` : ''}`);
+  }
   return problems;
 }
 

@@ -102,7 +102,8 @@ function showCpe(d) {
   for (const u of d.uplinks) uplinkCard(u);
   $('#summary').textContent = d.connections + ' connections relayed, ' + d.pending + ' being converted, ' +
     d.uplinks.reduce((a, u) => a + u.subflows, 0) + ' subflows; distribution: ' + d.distribution.scheme +
-    (d.distribution.scheme === 'overflow' ? ' (primary ' + d.distribution.primary + (d.distribution.joined ? ', others joined)' : ' only)') : '');
+    (d.distribution.scheme === 'overflow' ? ' (primary ' + d.distribution.primary + (d.distribution.joined ? ', others joined)' : ' only)') : '') +
+    (d.distribution.classes ? '; classes: ' + d.distribution.classes.map((c) => c.name + ' on ' + (c.lastUplink || c.pin)).join(', ') : '');
   const now = Date.now();
   table('#concentrators', ['concentrator', 'format', 'capability cache', 'reachability'], d.concentrators.map((c) => [
     c.address, c.format,

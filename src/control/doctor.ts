@@ -1,34 +1,33 @@
 /**
  * `mpconvert doctor`: checks that this host (or a network namespace, `--netns NAME`) can run a CPE or a
  * concentrator, and says what to do for each failing check (after mptcpd: "Try 'sysctl -w ...'").
- * Exit code 1 when any check fails.
+ * Exit code 1 when any check fails. The kernel feature probes (`probeKernel`) are also what `--check` and
+ * the daemons' start use (src/control/check.ts, `kernelProblems`); the role- and configuration-dependent
+ * checks are pure functions in ./doctor-checks.ts.
  */
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { run } from '../platform/linux/exec.js';
 import { createLinuxKernelConfig } from '../platform/linux/kernel.js';
+import type { KernelConfig, RouteEntry } from '../platform/types.js';
+import { resolveCpeConfig, type CpeConfig } from '../cpe/config.js';
+import { resolveConcentratorConfig, type ConcentratorConfig } from '../concentrator/config.js';
+import { checkConcentrator, checkCpe, kernelProblems, type HostFacts } from './check.js';
+import { check, configCheck, forwardingCheck, rpFilterCheck, uplinkRouteChecks, type DoctorCheck, type DoctorRole } from './doctor-checks.js';
 
-export interface DoctorCheck {
-  name: string;
-  ok: boolean;
-  detail: string;
-  /** What to do when the check fails (or, for advisories, what would improve). */
-  fix?: string;
-}
+export type { DoctorCheck } from './doctor-checks.js';
 
 export interface DoctorOptions {
   /** Check this network namespace instead of the caller's. */
   netns?: string;
   /** 'concentrator' makes the TFO server bit (0x2) a requirement; 'cpe' and 'any' only advise it. */
-  role?: 'cpe' | 'concentrator' | 'any';
+  role?: DoctorRole;
+  /** The configuration file of the role (needs role cpe or concentrator): checked, and its uplinks' routes and rp_filter. */
+  config?: string;
 }
 
 const CAP_NET_ADMIN = 12;
 const CAP_NET_RAW = 13;
-
-function check(name: string, ok: boolean, detail: string, fix?: string): DoctorCheck {
-  return ok || fix === undefined ? { name, ok, detail } : { name, ok, detail, fix };
-}
 
 function errText(err: unknown): string {
   return (err instanceof Error ? err.message : String(err)).split('\n')[0] ?? '';
@@ -60,7 +59,6 @@ function capabilities(): { admin: boolean; raw: boolean; uid: number } {
 export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorCheck[]> {
   const netns = opts.netns;
   const role = opts.role ?? 'any';
-  const where = netns === undefined ? '' : ` (namespace ${netns})`;
   const nsPrefix = netns === undefined ? '' : `ip netns exec ${netns} `;
   const kernel = createLinuxKernelConfig(netns === undefined ? {} : { netns });
   const checks: DoctorCheck[] = [];
@@ -87,6 +85,100 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorCheck[]
     checks.push(check('netns', exists, exists ? `namespace ${netns} exists` : `no namespace named ${netns}`, `Create it ('ip netns add ${netns}') or fix --netns`));
     if (!exists) return checks;
   }
+
+  // The role's configuration file, before the probes: its uplinks are what rp_filter and routes look at.
+  let cpeConfig: CpeConfig | undefined;
+  let concConfig: ConcentratorConfig | undefined;
+  let configChecks: DoctorCheck[] = [];
+  if (opts.config !== undefined) {
+    if (role === 'any') {
+      configChecks = [check('config', false, `${opts.config}: whose configuration is it?`, 'Say it with --role cpe or --role concentrator')];
+    } else {
+      let loaded: CpeConfig | ConcentratorConfig | undefined;
+      try {
+        loaded = role === 'cpe' ? await resolveCpeConfig({ config: opts.config }) : await resolveConcentratorConfig({ config: opts.config });
+      } catch (err) {
+        configChecks = [configCheck(role, opts.config, { error: errText(err) })];
+      }
+      if (loaded !== undefined) {
+        const facts = await hostFactsOf(kernel).catch(() => undefined);
+        const problems = facts === undefined ? ['the host\'s interfaces and addresses are unreadable'] : role === 'cpe' ? checkCpe(loaded as CpeConfig, facts) : checkConcentrator(loaded as ConcentratorConfig, facts);
+        configChecks = [configCheck(role, opts.config, { problems })];
+        if (role === 'cpe') cpeConfig = loaded as CpeConfig;
+        else concConfig = loaded as ConcentratorConfig;
+      }
+    }
+  }
+
+  const probes = await probeKernel({ kernel, role, caps, ...(netns !== undefined ? { netns } : {}) });
+  // A concentrator configured with manageSysctls sets the TFO server bit itself at start: then an advisory.
+  checks.push(...probes.map((c) => (c.name === 'tfo-server' && !c.ok && concConfig?.manageSysctls ? { ...c, ok: true, detail: `${c.detail} (manageSysctls: true: the concentrator sets it at start)` } : c)));
+
+  // Forwarding and reverse-path filtering (the uplinks' when the configuration names them).
+  const sysctl = (name: string) => kernel.sysctl.get(name).then((v) => v.trim(), () => null);
+  const [fwd4, fwd6, rpAll] = await Promise.all([sysctl('net.ipv4.ip_forward'), sysctl('net.ipv6.conf.all.forwarding'), sysctl('net.ipv4.conf.all.rp_filter')]);
+  checks.push(fwd4 === null ? check('forwarding', role !== 'cpe', 'net.ipv4.ip_forward is unreadable', 'Use a kernel with IPv4 (procfs mounted)') : forwardingCheck(role, { ipv4: fwd4, ipv6: fwd6 }, nsPrefix));
+  const uplinkRp = new Map<string, number | undefined>();
+  for (const u of cpeConfig?.uplinks ?? []) {
+    const v = await sysctl(`net.ipv4.conf.${u.interface}.rp_filter`);
+    uplinkRp.set(u.interface, v === null ? undefined : Number(v));
+  }
+  checks.push(rpFilterCheck(role, Number(rpAll ?? 0), uplinkRp, nsPrefix));
+
+  // Per-uplink routes (a CPE configuration).
+  if (cpeConfig !== undefined) {
+    const routes = (table: number | string, f: 4 | 6) => kernel.routes.listRoutes(table, f).catch((): RouteEntry[] => []);
+    try {
+      const addresses = await kernel.routes.listAddresses();
+      const [main4, main6] = await Promise.all([routes('main', 4), routes('main', 6)]);
+      for (const [i, u] of cpeConfig.uplinks.entries()) {
+        const table = cpeConfig.routingTableBase + i;
+        const [table4, table6] = await Promise.all([routes(table, 4), routes(table, 6)]);
+        checks.push(...uplinkRouteChecks({ uplinks: [u], routingTableBase: table }, { addresses, main4, main6, table4, table6 }));
+      }
+    } catch (err) {
+      checks.push(check('routes', false, `the interfaces are unreadable: ${errText(err)}`, "Check that 'ip -j addr show' works"));
+    }
+  }
+  checks.push(...configChecks);
+  return checks;
+}
+
+/** The host's interfaces, addresses and sysctls through the kernel adapter (so also inside a namespace). */
+export async function hostFactsOf(kernel: KernelConfig): Promise<HostFacts> {
+  const entries = await kernel.routes.listAddresses();
+  const get = (name: string) => kernel.sysctl.get(name).then((v) => v.trim(), () => null);
+  const [mptcp, fwd] = await Promise.all([get('net.mptcp.enabled'), get('net.ipv4.ip_forward')]);
+  return {
+    interfaces: new Set(entries.map((e) => e.ifname)),
+    addresses: new Set(entries.flatMap((e) => (e.addr_info ?? []).map((a) => a.local))),
+    mptcp: mptcp === '1',
+    ...(fwd !== null ? { ipv4Forwarding: fwd === '1' } : {}),
+  };
+}
+
+export interface ProbeOptions {
+  /** Default: the caller's namespace, or `netns`'s. */
+  kernel?: KernelConfig;
+  netns?: string;
+  role?: DoctorRole;
+  /** The caller's capabilities (read from /proc/self/status when absent). */
+  caps?: { admin: boolean; raw: boolean; uid: number };
+}
+
+/**
+ * The kernel features mpconvert uses, each probed for real: MPTCP (sysctl, a socket), TCP Fast Open bits, nft
+ * and its tproxy + socket expressions (a scratch table loaded and removed), iproute2 with `ip mptcp`,
+ * IP_TRANSPARENT. Names: mptcp, mptcp-socket, tfo-client, tfo-server, nft, iproute2, tproxy, ip-transparent.
+ */
+export async function probeKernel(opts: ProbeOptions = {}): Promise<DoctorCheck[]> {
+  const netns = opts.netns;
+  const role = opts.role ?? 'any';
+  const where = netns === undefined ? '' : ` (namespace ${netns})`;
+  const nsPrefix = netns === undefined ? '' : `ip netns exec ${netns} `;
+  const kernel = opts.kernel ?? createLinuxKernelConfig(netns === undefined ? {} : { netns });
+  const caps = opts.caps ?? capabilities();
+  const checks: DoctorCheck[] = [];
 
   // Kernel MPTCP.
   try {
@@ -229,28 +321,58 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorCheck[]
   return checks;
 }
 
-/** The checks as a table, each failing one followed by what to do. */
+/**
+ * `--check` and the daemons' start: the kernel features this configuration needs, probed as the doctor does
+ * (`probeKernel`), one line per missing one. Without CAP_NET_ADMIN nothing can be probed (nor run): one line
+ * says so.
+ */
+export async function kernelCheck(role: 'cpe', c: CpeConfig): Promise<string[]>;
+export async function kernelCheck(role: 'concentrator', c: ConcentratorConfig): Promise<string[]>;
+export async function kernelCheck(role: 'cpe' | 'concentrator', c: CpeConfig | ConcentratorConfig): Promise<string[]> {
+  const caps = capabilities();
+  if (!caps.admin) {
+    return [`privileges: uid ${caps.uid} without CAP_NET_ADMIN: the ${role} needs it (run it as root, or as the packaged unit does), and its kernel features cannot be probed without it`];
+  }
+  const probes = await probeKernel({ role, caps });
+  return role === 'cpe' ? kernelProblems('cpe', c as CpeConfig, probes) : kernelProblems('concentrator', c as ConcentratorConfig, probes);
+}
+
+/** One report, two renderings: the text and the JSON carry the same checks, in the same order, and the same verdict. */
+export interface DoctorReport {
+  ok: boolean;
+  failed: number;
+  total: number;
+  checks: DoctorCheck[];
+}
+
+export function doctorReport(checks: readonly DoctorCheck[]): DoctorReport {
+  const failed = checks.filter((c) => !c.ok).length;
+  return { ok: failed === 0, failed, total: checks.length, checks: [...checks] };
+}
+
+/** The checks as a table, each failing one followed by what to do (advisories by a hint). */
 export function formatDoctor(checks: readonly DoctorCheck[]): string {
-  const width = Math.max(...checks.map((c) => c.name.length), 5);
+  const r = doctorReport(checks);
+  const width = Math.max(...r.checks.map((c) => c.name.length), 5);
   const lines: string[] = [];
-  for (const c of checks) {
+  for (const c of r.checks) {
     lines.push(`${c.ok ? ' ok ' : 'FAIL'}  ${c.name.padEnd(width)}  ${c.detail}`);
     if (c.fix !== undefined) lines.push(`${' '.repeat(width + 8)}${c.ok ? 'hint' : 'fix'}: ${c.fix}`);
   }
-  const failed = checks.filter((c) => !c.ok).length;
-  lines.push(failed === 0 ? `all ${checks.length} checks passed` : `${failed} of ${checks.length} checks failed`);
+  lines.push(r.ok ? `all ${r.total} checks passed` : `${r.failed} of ${r.total} checks failed`);
   return lines.join('\n');
 }
 
 export function doctorCommand(): Command {
   return new Command('doctor')
-    .description('check kernel MPTCP, TCP Fast Open, nftables/TPROXY, iproute2 and privileges; exit 1 if any check fails')
+    .description('check kernel MPTCP, TCP Fast Open, nftables/TPROXY, iproute2, privileges, forwarding, rp_filter, and with --config a role\'s configuration and its uplinks\' routes; exit 1 if any check fails')
     .option('--netns <name>', 'check this network namespace instead of the current one')
     .addOption(new Option('--role <role>', 'what this host runs').choices(['cpe', 'concentrator', 'any']).default('any'))
-    .option('--json', 'print the checks as JSON')
-    .action(async (o: { netns?: string; role: 'cpe' | 'concentrator' | 'any'; json?: boolean }) => {
-      const checks = await runDoctor({ ...(o.netns !== undefined ? { netns: o.netns } : {}), role: o.role });
-      process.stdout.write(o.json ? `${JSON.stringify(checks, null, 2)}\n` : `${formatDoctor(checks)}\n`);
+    .option('--config <file>', 'the configuration file of the role (with --role cpe|concentrator)')
+    .option('--json', 'print the report as JSON ({ok, failed, total, checks})')
+    .action(async (o: { netns?: string; role: DoctorRole; config?: string; json?: boolean }) => {
+      const checks = await runDoctor({ ...(o.netns !== undefined ? { netns: o.netns } : {}), role: o.role, ...(o.config !== undefined ? { config: o.config } : {}) });
+      process.stdout.write(o.json ? `${JSON.stringify(doctorReport(checks), null, 2)}\n` : `${formatDoctor(checks)}\n`);
       if (checks.some((c) => !c.ok)) process.exitCode = 1;
     });
 }

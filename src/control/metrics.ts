@@ -117,6 +117,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   const uplinkQuotaUsed = new Gauge({ name: 'mpconvert_uplink_quota_used_bytes', help: 'CPE: bytes the uplink used in its current quota period (uplinks with a quota)', labelNames: ['uplink'] as const, registers: cpeOnly });
   const uplinkQuotaLimit = new Gauge({ name: 'mpconvert_uplink_quota_limit_bytes', help: 'CPE: the uplink\'s quota per period (past it the uplink is only a backup)', labelNames: ['uplink'] as const, registers: cpeOnly });
   // Concentrator, per CPE identity (only with metrics.perCpe).
+  const flowClass = new Counter({ name: 'mpconvert_flow_class_connections_total', help: 'CPE: converted connections in a flow class, by class and the uplink they were pinned to (none: no usable uplink, aggregated)', labelNames: ['class', 'uplink'] as const, registers: cpeOnly });
   const activeCpes = new Gauge({ name: 'mpconvert_active_cpes', help: 'Concentrator: CPEs (identities) with at least one connection open now', registers: concOnly });
   const cpeConnections = new Gauge({ name: 'mpconvert_cpe_connections', help: 'Concentrator: connections open now, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
   const cpeSubflows = new Gauge({ name: 'mpconvert_cpe_subflows', help: 'Concentrator: subflows of the open connections, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
@@ -147,7 +148,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
   return {
     registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback,
-    uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit,
+    uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit, flowClass,
     activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm,
     radiusRequests, radiusAuthorizations, radiusAccounting, radiusCached, radiusSessions,
   };

@@ -26,7 +26,9 @@ const MPTCP: SysctlNeed = { name: 'net.mptcp.enabled', want: exactly('1'), why: 
 export function cpeSysctls(c: CpeConfig): SysctlNeed[] {
   const needs = [MPTCP];
   if (c.concentrators.some((t) => t.zeroRtt)) needs.push({ name: 'net.ipv4.tcp_fastopen', want: withBits(0x1), why: 'TCP Fast Open client bit (0x1) for zeroRtt' });
-  if (c.preserveDscp) needs.push({ name: 'net.ipv4.tcp_fwmark_accept', want: exactly('1'), why: "accepted sockets carry their SYN's mark (the client's DSCP, preserveDscp)" });
+  if (c.preserveDscp || c.distribution.classes.some((k) => k.dscp !== undefined)) {
+    needs.push({ name: 'net.ipv4.tcp_fwmark_accept', want: exactly('1'), why: "accepted sockets carry their SYN's mark (the client's DSCP: preserveDscp, flow classes by DSCP)" });
+  }
   return needs;
 }
 

@@ -7,6 +7,7 @@ import { createMetrics } from '../control/metrics.js';
 import { loadAdminToken, startAdmin, type AdminServer } from '../control/admin.js';
 import { runDaemon, runPrepare, STOP_CLEANUP_S } from '../control/daemon.js';
 import { checkCpe, hostFacts, reportCheck } from '../control/check.js';
+import { kernelCheck } from '../control/doctor.js';
 import { ConfigError } from '../control/config-file.js';
 import { parseEndpoint } from '../control/address.js';
 import { resolveCpeConfig, type CpeFlags } from './config.js';
@@ -32,7 +33,7 @@ export function cpeCommand(): Command {
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
     .option('--log-format <format>', `log lines: ${LOG_FORMATS.join('|')} (auto: journald when stderr is the journal, else json)`)
     .option('--prepare', 'as root, before the daemon starts (the unit\'s ExecStartPre): set the sysctls this configuration needs, print them, and exit')
-    .option('--check', 'check the configuration and this host (interfaces, addresses, kernel MPTCP), print every problem, and exit: 0 = fine, 2 = problems')
+    .option('--check', 'check the configuration and this host (interfaces, addresses, kernel MPTCP and the kernel features the role needs), print every problem, and exit: 0 = fine, 2 = problems')
     .action(async (opts: CpeFlags & { check?: boolean; prepare?: boolean; logFormat?: string }) => {
       const { check, prepare, logFormat, ...flags } = opts;
       if (logFormat !== undefined && !LOG_FORMATS.includes(logFormat as LogFormat)) {
@@ -52,7 +53,8 @@ export function cpeCommand(): Command {
         process.exitCode = await runPrepare('cpe', () => applySysctls(cpeSysctls(config), createLinuxPlatform().kernel.sysctl));
         return;
       }
-      const problems = checkCpe(config, hostFacts());
+      // The configuration against the host, and the kernel features it needs (the doctor's probes).
+      const problems = [...checkCpe(config, hostFacts()), ...(await kernelCheck('cpe', config))];
       if (check) {
         process.exitCode = reportCheck('cpe', problems);
         return;

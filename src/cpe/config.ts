@@ -13,6 +13,18 @@ const portRange = z.union([
 ]);
 
 const flowMatch = z.strictObject({ prefix: cidr, ports: z.array(portRange).optional() });
+/** A flow class of the distribution (src/policy/flow-class.ts): latency-sensitive traffic pinned to one uplink. */
+const flowClass = z
+  .strictObject({
+    name: z.string().regex(/^[a-z0-9_-]{1,32}$/, 'lowercase letters, digits, _ and - (at most 32)'),
+    /** DSCP values of the client's packets (0-63, e.g. 46 = EF). */
+    dscp: z.array(z.number().int().min(0).max(63)).min(1).optional(),
+    /** Destination prefixes, each with optional ports. */
+    destinations: z.array(flowMatch).min(1).optional(),
+    /** Pin to this uplink (interface) while it is usable; absent: the uplink with the lowest path RTT. */
+    uplink: z.string().min(1).optional(),
+  })
+  .refine((c) => c.dscp !== undefined || c.destinations !== undefined, 'a class needs dscp or destinations (or both)');
 /** Warm connections kept per concentrator by default (docs/performance.md, "Warm pool"). */
 export const WARM_POOL_DEFAULT = 0;
 
@@ -74,9 +86,16 @@ export const cpeConfigSchema = z.strictObject({
         })
         .refine((o) => o.leaveBelow <= o.joinAbove, 'leaveBelow must not be above joinAbove')
         .optional(),
+      /**
+       * Flow classes (with any scheme): a LAN connection in a class is pinned to one uplink (`uplink`, or the
+       * one with the lowest path RTT) instead of being aggregated. A class matches by DSCP and/or destination
+       * (prefix and ports); the first class that matches wins. Reloadable (src/cpe/pinning.ts).
+       */
+      classes: z.array(flowClass).default([]),
     })
     .refine((d) => d.scheme !== 'overflow' || d.overflow !== undefined, 'scheme overflow needs overflow: {primary, capacityMbit}')
-    .default({ scheme: 'aggregate' }),
+    .refine((d) => new Set(d.classes.map((c) => c.name)).size === d.classes.length, 'class names must be unique')
+    .default({ scheme: 'aggregate', classes: [] }),
   /** Concentrators in order of preference. */
   concentrators: z
     .array(

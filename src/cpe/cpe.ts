@@ -21,6 +21,7 @@ import { QuotaBook } from './quota.js';
 import { OVERFLOW_IDLE, overflowModes, overflowStep, type OverflowState } from '../policy/distribution.js';
 import { diffConfig, effectiveConfig, logReload, type ReloadReport } from '../control/reload.js';
 import { UplinkObserver, subflowView, type ConnectionRecord } from './observer.js';
+import { FlowPinning } from './pinning.js';
 
 export interface CpeDeps {
   sockets: Sockets;
@@ -57,7 +58,8 @@ export function interceptionOptions(cfg: CpeConfig): InterceptionOptions {
       }),
     ],
     nativeMptcp: cfg.policy.nativeMptcp,
-    dscpToMark: cfg.preserveDscp,
+    // Flow classes that match on DSCP read it from the mark as well.
+    dscpToMark: cfg.preserveDscp || cfg.distribution.classes.some((c) => c.dscp !== undefined),
     ...(cfg.mssClamp === 'off' ? {} : { mssClamp: cfg.mssClamp }),
     natInterfaces: natUplinks(cfg),
     synWindowClamp: cfg.concentrators.filter((c) => c.synWindowClamp).map((c) => {
@@ -65,6 +67,19 @@ export function interceptionOptions(cfg: CpeConfig): InterceptionOptions {
       return { address: ep.host, port: ep.port };
     }),
   };
+}
+
+/** The overflow primary and a flow class's named uplink must be uplinks. */
+function checkDistributionNames(cfg: CpeConfig): void {
+  const o = cfg.distribution.overflow;
+  if (cfg.distribution.scheme === 'overflow' && o && !cfg.uplinks.some((u) => u.interface === o.primary)) {
+    throw new ConfigError(`distribution.overflow.primary: ${o.primary} is not one of the uplinks`);
+  }
+  for (const c of cfg.distribution.classes) {
+    if (c.uplink !== undefined && !cfg.uplinks.some((u) => u.interface === c.uplink)) {
+      throw new ConfigError(`distribution.classes ${c.name}: uplink ${c.uplink} is not one of the uplinks`);
+    }
+  }
 }
 
 /** How often a concentrator held off as unreachable is probed. */
@@ -87,6 +102,7 @@ export class Cpe {
   readonly #pending = new Set<Socket>();
   #interception: Interception | undefined;
   #uplinks: UplinkManager | undefined;
+  #pinning: FlowPinning;
   #stopping = false;
   /** Per concentrator address: its key id and secret, read from the secret files at start. */
   #credentials = new Map<string, Credentials>();
@@ -115,6 +131,7 @@ export class Cpe {
       expectedSubflows: () => Math.max(0, (this.#uplinks?.snapshot().filter((u) => u.up && u.mode === 'subflow' && (u.ipv4 ?? u.ipv6) !== null).length ?? 1) - 1),
       count: (event) => deps.metrics.warm.inc({ event }),
     });
+    this.#pinning = new FlowPinning({ kernel: deps.kernel, logger: deps.logger, metrics: deps.metrics });
   }
 
   get selector(): ConcentratorSelector {
@@ -147,8 +164,12 @@ export class Cpe {
         uplinks: () => this.#uplinks?.snapshot() ?? [],
         connections: () => this.#connections.values(),
       });
+      this.#observer.on('sample', () => {
+        if (this.#observer) this.#pinning.noteRtt(this.#observer.pathRtt());
+      });
       this.#observer.start();
       await this.#startDistribution();
+      await this.#pinning.apply(cfg);
       this.#interception = new Interception({ kernel, logger }, interceptionOptions(cfg));
       await this.#interception.start();
       this.#warm.configure(cfg.concentrators);
@@ -196,6 +217,7 @@ export class Cpe {
       config: () => this.#config,
       credentials: (t) => this.#credentials.get(t.address),
       warm: this.#warm,
+      pin: (flow, family) => (this.#config.distribution.classes.length > 0 ? this.#pinning.choose(this.#config, flow, family, this.#uplinks?.snapshot() ?? []) : undefined),
       track: (relay, info) => {
         this.#pending.delete(client);
         this.#relays.add(relay);
@@ -259,14 +281,11 @@ export class Cpe {
    */
   async #startDistribution(): Promise<void> {
     const cfg = this.#config;
-    const o = cfg.distribution.overflow;
-    if (cfg.distribution.scheme === 'overflow' && o && !cfg.uplinks.some((u) => u.interface === o.primary)) {
-      throw new ConfigError(`distribution.overflow.primary: ${o.primary} is not one of the uplinks`);
-    }
+    checkDistributionNames(cfg);
     const quotas = new Map(cfg.uplinks.flatMap((u) => (u.quota ? [[u.interface, u.quota] as const] : [])));
     this.#quota = new QuotaBook(cfg.quotaStateFile, quotas, this.#deps.logger);
     await this.#quota.load();
-    if (cfg.distribution.scheme !== 'overflow' && this.#quota.empty) return;
+    // The sample handler runs whatever the scheme: a reload may switch to overflow or add a quota.
     const first = this.#wantedModes(Date.now());
     await this.#applyModes(new Map([...first].filter(([u, m]) => cfg.uplinks.find((x) => x.interface === u)?.mode !== m)));
     this.#wanted = first;
@@ -316,7 +335,12 @@ export class Cpe {
       const v = this.#quota?.view(u.interface, now);
       return v ? [[u.interface, v] as const] : [];
     }));
-    return { scheme: d.scheme, ...(d.scheme === 'overflow' ? { primary: d.overflow?.primary, joined: this.#overflow.joined } : {}), quotas };
+    return {
+      scheme: d.scheme,
+      ...(d.scheme === 'overflow' ? { primary: d.overflow?.primary, joined: this.#overflow.joined } : {}),
+      quotas,
+      ...(d.classes.length > 0 ? this.#pinning.view(this.#config) : {}),
+    };
   }
 
   /**
@@ -330,20 +354,21 @@ export class Cpe {
    * - the interception (policy, DSCP, MSS clamp, SYN window clamps, NAT, LAN interfaces): the nft table is
    *   replaced in one transaction; a change of LAN interfaces or of the uplink count reinstalls it.
    * Keys read once at start keep their running value and are reported as needing a restart: instance,
-   * tproxyPort, mark, routingTableBase, rulePriorityBase, stateDir, admin, adminTokenFile, quotaStateFile, and `distribution`
-   * when its scheme changes (the overflow thresholds change live).
+   * tproxyPort, mark, routingTableBase, rulePriorityBase, stateDir, admin, adminTokenFile, quotaStateFile. `distribution`
+   * changes live: another scheme starts idle and sets its modes at the next sample (once a second); the overflow
+   * thresholds apply at the next sample; flow classes to new connections (the pin table is replaced).
    */
   async reload(requested: CpeConfig): Promise<ReloadReport> {
     if (this.#stopping || !this.#interception || !this.#uplinks) throw new Error('Cpe.reload() before start or while stopping');
     const old = this.#config;
     const pinned = new Set<string>(RESTART_KEYS);
-    if (old.distribution.scheme !== requested.distribution.scheme) pinned.add('distribution');
     const live = new Set([...Object.keys(old), ...Object.keys(requested)].filter((k) => !pinned.has(k)));
     const report = diffConfig(old, requested, live);
     const next = effectiveConfig(old, requested, report);
     const { logger, kernel } = this.#deps;
     // Before anything changes: secret files that cannot be used keep the running configuration.
     const credentials = await loadCredentials(next.concentrators);
+    checkDistributionNames(next);
 
     const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
     if (!same([old.uplinks, old.uplinkPollMs, old.mptcpLimits], [next.uplinks, next.uplinkPollMs, next.mptcpLimits])) {
@@ -367,6 +392,7 @@ export class Cpe {
       // The uplinks run their configured modes now: the scheme applies its own again at the next sample.
       this.#wanted = new Map(next.uplinks.map((u) => [u.interface, u.mode] as const));
     }
+    await this.#pinning.apply(next);
     const opts = interceptionOptions(next);
     if (!(await this.#interception.update(opts))) {
       const fresh = new Interception({ kernel, logger }, opts);
@@ -374,6 +400,8 @@ export class Cpe {
       this.#interception = fresh;
       await fresh.start();
     }
+    // Another distribution scheme: it starts from its idle state, and the next sample sets the modes it wants.
+    if (old.distribution.scheme !== next.distribution.scheme) this.#overflow = OVERFLOW_IDLE;
     this.#config = next;
     this.#credentials = credentials;
     this.#selector.reconfigure(next.concentrators);
@@ -492,6 +520,7 @@ export class Cpe {
     this.#observer?.stop();
     await this.#quota?.save(Date.now(), true);
     await step(() => this.#interception?.stop());
+    await step(() => this.#pinning.stop());
     for (const s of this.#listeners) s.close();
     for (const s of this.#pending) s.resetAndDestroy();
     const deadline = Date.now() + drainMs;

@@ -157,6 +157,7 @@ export class UplinkObserver extends EventEmitter<{ sample: [UplinkSample] }> {
   readonly #history: UplinkSample[] = [];
   /** Per connection id, per subflow key: the counters at the last sample. */
   #marks = new Map<number, Map<string, SubflowMark>>();
+  readonly #pathRtt = new Map<string, number>();
   #cursor = 0;
   #lastAt = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -245,7 +246,7 @@ export class UplinkObserver extends EventEmitter<{ sample: [UplinkSample] }> {
   #sampleSubflows(uplinks: UplinkState[]): void {
     const { metrics, sockets } = this.#deps;
     const all = [...this.#deps.connections()];
-    const perUplink = new Map<string, { n: number; rtt: number; rttN: number }>();
+    const perUplink = new Map<string, { n: number; rtt: number; rttN: number; minRtt: number }>();
     const n = Math.min(all.length, this.#maxSampled);
     const start = all.length > n ? this.#cursor % all.length : 0;
     this.#cursor = start + n;
@@ -277,11 +278,14 @@ export class UplinkObserver extends EventEmitter<{ sample: [UplinkSample] }> {
         if (dr > 0) metrics.uplinkSubflowBytes.inc({ uplink, direction: 'down' }, dr);
         if (dx > 0) metrics.uplinkRetransmits.inc({ uplink }, dx);
         after.set(key, mark);
-        const p = perUplink.get(uplink) ?? { n: 0, rtt: 0, rttN: 0 };
+        const p = perUplink.get(uplink) ?? { n: 0, rtt: 0, rttN: 0, minRtt: Number.POSITIVE_INFINITY };
         p.n++;
         if (t && t.rttUs > 0 && t.state === 1) {
           p.rtt += t.rttUs / 1000;
           p.rttN++;
+          // The RTT a new connection would see now (flow-class pinning): the lowest smoothed RTT of the uplink's
+          // subflows, queueing included. (tcp_info min_rtt is not used: a join subflow's counts its handshake twice.)
+          p.minRtt = Math.min(p.minRtt, t.rttUs / 1000);
         }
         perUplink.set(uplink, p);
       }
@@ -296,12 +300,18 @@ export class UplinkObserver extends EventEmitter<{ sample: [UplinkSample] }> {
       const tot = this.#total(name);
       tot.subflows = p?.n ?? 0;
       tot.rttMs = p && p.rttN > 0 ? p.rtt / p.rttN : null;
+      if (p && Number.isFinite(p.minRtt) && name !== 'other') this.#pathRtt.set(name, p.minRtt);
       metrics.uplinkSubflows.set({ uplink: name }, tot.subflows);
       if (tot.rttMs !== null) metrics.uplinkRtt.set({ uplink: name }, tot.rttMs / 1000);
       else metrics.uplinkRtt.remove({ uplink: name });
     }
     const sum = [...this.#totals.values()].reduce((a, t) => a + t.sent + t.received, 0);
     for (const [name, t] of this.#totals) if (sum > 0) metrics.uplinkShare.set({ uplink: name }, (t.sent + t.received) / sum);
+  }
+
+  /** The RTT (ms, the lowest smoothed RTT of its established subflows) last measured on each uplink; kept while it has none. */
+  pathRtt(): ReadonlyMap<string, number> {
+    return this.#pathRtt;
   }
 
   history(): UplinkSample[] {

@@ -20,6 +20,8 @@ import { EchoVerifier, type EchoResult } from './echo.js';
 import { TCPI_OPT } from '../platform/structs.js';
 import { WARM_IE } from '../protocol/mp-convert.js';
 import type { WarmPool } from './warm-pool.js';
+import type { Pin } from './pinning.js';
+import type { Flow } from '../policy/flow-class.js';
 
 export interface SessionContext {
   sockets: Sockets;
@@ -39,6 +41,8 @@ export interface SessionContext {
   now?: () => number;
   /** Warm connections to take instead of dialling (src/cpe/warm-pool.ts); absent: always dial. */
   warm?: Pick<WarmPool, 'take'> | undefined;
+  /** The flow-class pin of a connection to a concentrator of that family (src/cpe/pinning.ts); absent: none. */
+  pin?: ((flow: Flow, family: 4 | 6) => Pin | undefined) | undefined;
 }
 
 
@@ -177,15 +181,18 @@ function awaitEcho(sock: Socket, verifier: EchoVerifier, timeoutMs: number, sock
 export interface ClientConversion {
   readonly client: Socket;
   readonly cfg: CpeConfig;
-  /** classify: the original destination, the LAN client, its DSCP (as a TOS byte), a logger naming both. */
+  /** classify: the original destination, the LAN client, its DSCP (and as a TOS byte when preserved), a logger naming both. */
   dst: { address: string; port: number };
   src: { address: string; port: number };
+  dscp: number;
   tos: number;
   log: Logger;
   /** first-data: what the client sent before the conversion, split into what rides in the SYN and the rest. */
   kept: Kept;
   inSyn: Buffer;
   afterEcho: Buffer;
+  /** concentrators: the flow-class pin towards the current candidate, if the flow is in a class. */
+  pin?: Pin | undefined;
 }
 
 type StepResult = 'continue' | 'done';
@@ -209,14 +216,11 @@ function classify(client: Socket, ctx: SessionContext): ClientConversion {
   const dst = ctx.originalDestination?.(client) ?? { address: unmapAddress(client.localAddress ?? ''), port: client.localPort ?? 0 };
   const src = { address: unmapAddress(client.remoteAddress ?? ''), port: client.remotePort ?? 0 };
   const log = ctx.logger.child({ client: `${src.address}:${src.port}`, destination: `${dst.address}:${dst.port}` });
-  let tos = 0;
-  if (cfg.preserveDscp) {
-    // The interception ruleset put the client's DSCP in the SYN's mark (dscp << 8 | bit), inherited on accept.
-    const mark = ctx.sockets.getMark(client);
-    tos = ((mark >> 8) & 0x3f) << 2;
-  }
+  // The interception ruleset put the client's DSCP in the SYN's mark (dscp << 8 | bit), inherited on accept.
+  const dscp = cfg.preserveDscp || cfg.distribution.classes.length > 0 ? (ctx.sockets.getMark(client) >> 8) & 0x3f : 0;
+  const tos = cfg.preserveDscp ? dscp << 2 : 0;
   const none = Buffer.alloc(0);
-  return { client, cfg, dst, src, tos, log, kept: { bytes: none, ended: false }, inSyn: none, afterEcho: none };
+  return { client, cfg, dst, src, dscp, tos, log, kept: { bytes: none, ended: false }, inSyn: none, afterEcho: none };
 }
 
 /** first-data: the client's first bytes (bounded wait), so they can ride in the SYN. */
@@ -232,7 +236,10 @@ async function firstDataStep(conv: ClientConversion): Promise<StepResult> {
 async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): Promise<StepResult> {
   const { client, log } = conv;
   for (const target of ctx.selector.candidates()) {
-    const warm = ctx.warm?.take(target);
+    conv.pin = ctx.pin?.({ dscp: conv.dscp, dst: conv.dst }, parseEndpoint(target.address).family);
+    if (conv.pin) log.debug({ class: conv.pin.class, uplink: conv.pin.uplink }, 'flow class: pinned to one uplink');
+    // A warm connection has its subflows on every uplink already: a pinned flow dials its own.
+    const warm = conv.pin ? undefined : ctx.warm?.take(target);
     let attempt = warm ? await tryWarm(target, warm, conv, ctx) : await tryConcentrator(target, conv, ctx);
     // A warm connection that did not confirm may have died idle: the client's bytes are kept, dial afresh.
     if (warm && attempt.kind !== 'relay' && !client.destroyed) attempt = await tryConcentrator(target, conv, ctx);
@@ -319,6 +326,8 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
       linger: RESET_ON_CLOSE,
       ...(tos ? { tos } : {}),
       ...(cfg.mss ? { maxSeg: cfg.mss } : {}),
+      // Pinned (flow class): the initial subflow leaves from the uplink's address, the mark stops the joins.
+      ...(conv.pin ? { mark: conv.pin.mark, localAddress: conv.pin.localAddress } : {}),
     });
   } catch (err) {
     client.off('close', onClientGone);

@@ -199,7 +199,7 @@ describe('mpconvert doctor', () => {
       }
       assert.match(printed, /FAIL\s+mptcp\s+net\.mptcp\.enabled = 0/);
       assert.match(printed, /fix: Enable MPTCP/);
-      assert.match(printed, /\n3 of 8 checks failed\n?$/);
+      assert.match(printed, /\n3 of 10 checks failed\n?$/);
     } finally {
       ns.remove();
     }

@@ -35,6 +35,16 @@ test('CPE check: NAT uplinks on a host that does not forward IPv4 are named; unk
   assert.deepEqual(checkCpe(transit, { ...host, ipv4Forwarding: false }), []);
 });
 
+test('CPE check: an overflow primary or a flow class uplink that is not an uplink is named (before anything is installed)', () => {
+  const cfg = cpeConfigSchema.parse({
+    lan: ['lan0'],
+    uplinks: [{ interface: 'up1' }, { interface: 'up2' }],
+    concentrators: [{ address: '198.18.200.1:5000' }],
+    distribution: { scheme: 'overflow', overflow: { primary: 'up9', capacityMbit: 50 }, classes: [{ name: 'voice', dscp: [46], uplink: 'lte0' }, { name: 'ssh', destinations: [{ prefix: '0.0.0.0/0', ports: [22] }], uplink: 'up2' }] },
+  });
+  assert.deepEqual(checkCpe(cfg, host), ['distribution.overflow.primary: up9 is not one of the uplinks', 'distribution.classes voice: uplink lte0 is not one of the uplinks']);
+});
+
 test('concentrator check: listen addresses must be local (or a wildcard), no duplicate listener', () => {
   const good = concentratorConfigSchema.parse({ listen: ['198.18.200.1:5000', '0.0.0.0:5001', '[::]:5002'], allow: ['198.18.0.0/15'] });
   assert.deepEqual(checkConcentrator(good, host), []);

@@ -57,3 +57,29 @@ test('CPE reload: live keys applied (log level, fallback, LAN interfaces), resta
     await cpe.stop(0);
   }
 });
+
+test('CPE reload: the distribution changes live: another scheme, flow classes (the pin table replaced, then removed); a bad name keeps the running one', async () => {
+  const { Cpe } = await import('../../../src/cpe/cpe.js');
+  const { cpeConfigSchema } = await import('../../../src/cpe/config.js');
+  const kernel = fakeKernel();
+  const base = { lan: ['lan0'], uplinks: [{ interface: 'up1' }, { interface: 'up2' }], concentrators: [{ address: '198.18.200.1:5000' }] };
+  const cpe = new Cpe(cpeConfigSchema.parse(base), { sockets: fakeSockets(), kernel, logger: silentLogger(), metrics: createMetrics('cpe', { runtime: false }) });
+  await cpe.start();
+  try {
+    const overflow = { ...base, distribution: { scheme: 'overflow', overflow: { primary: 'up1', capacityMbit: 50 }, classes: [{ name: 'voice', dscp: [46] }] } };
+    const r = await cpe.reload(cpeConfigSchema.parse(overflow));
+    assert.deepEqual([r.applied, r.needRestart], [['distribution'], []]);
+    assert.deepEqual(cpe.distribution(), { scheme: 'overflow', primary: 'up1', joined: false, quotas: {}, classes: [{ name: 'voice', pin: 'lowest-rtt', lastUplink: null }], pathRttMs: {} });
+    const applied = kernel.calls.filter((c) => c.startsWith('nft.applyTable') && c.includes('mpconvert_pin_default'));
+    assert.equal(applied.length, 1, kernel.calls.join('\n'));
+    assert.match(applied[0]!, /oifname != \\"up2\\" counter reject with tcp reset/);
+    await assert.rejects(cpe.reload(cpeConfigSchema.parse({ ...overflow, distribution: { ...overflow.distribution, classes: [{ name: 'voice', dscp: [46], uplink: 'wwan0' }] } })), /uplink wwan0 is not one of the uplinks/);
+    assert.equal(cpe.distribution().scheme, 'overflow', 'the running distribution is kept');
+    const back = await cpe.reload(cpeConfigSchema.parse(base));
+    assert.deepEqual(back.applied, ['distribution']);
+    assert.deepEqual(cpe.distribution(), { scheme: 'aggregate', quotas: {} });
+    assert.equal(kernel.calls.filter((c) => c.startsWith('nft.deleteTable') && c.includes('mpconvert_pin_default')).length, 1, 'no class left: the pin table is removed');
+  } finally {
+    await cpe.stop(0);
+  }
+});

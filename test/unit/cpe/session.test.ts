@@ -12,7 +12,7 @@ import { Concentrator } from '../../../src/concentrator/concentrator.js';
 import { concentratorConfigSchema } from '../../../src/concentrator/config.js';
 import { cpeConfigSchema, type CpeConfigInput } from '../../../src/cpe/config.js';
 import { ConcentratorSelector } from '../../../src/cpe/concentrators.js';
-import { handleClient } from '../../../src/cpe/session.js';
+import { handleClient, type SessionContext } from '../../../src/cpe/session.js';
 import { createMetrics } from '../../../src/control/metrics.js';
 import { createLogger, silentLogger } from '../../../src/log.js';
 import { fakeKernel, fakeSockets, type FakeOptions } from '../../support/fake-platform.js';
@@ -70,7 +70,7 @@ describe('CPE conversion (loopback)', () => {
   });
 
   /** A CPE front on loopback: each accepted client is converted as if TPROXY had sent it to `dst`. */
-  async function cpeFront(cfg: Partial<CpeConfigInput>, dst: { address: string; port: number }, fake: FakeOptions = {}) {
+  async function cpeFront(cfg: Partial<CpeConfigInput>, dst: { address: string; port: number }, fake: FakeOptions = {}, extra: Partial<SessionContext> = {}) {
     const config = cpeConfigSchema.parse({ lan: ['lan0'], uplinks: [{ interface: 'up1' }], echoTimeoutMs: 300, ...cfg });
     const sockets = fakeSockets({
       ...fake,
@@ -80,7 +80,7 @@ describe('CPE conversion (loopback)', () => {
     const selector = new ConcentratorSelector(config.concentrators, { capabilityTtlMs: 60_000, unreachableHoldMs: 60_000 });
     const metrics = createMetrics('cpe');
     const front = net.createServer({ allowHalfOpen: true }, (client) => {
-      void handleClient(client, { sockets, logger: process.env['DBG'] ? createLogger({ level: 'debug' }) : silentLogger(), metrics, selector, config: () => config, track: () => {}, originalDestination: () => dst });
+      void handleClient(client, { sockets, logger: process.env['DBG'] ? createLogger({ level: 'debug' }) : silentLogger(), metrics, selector, config: () => config, track: () => {}, originalDestination: () => dst, ...extra });
     });
     front.listen(0, '127.0.0.1');
     await once(front, 'listening');
@@ -106,6 +106,45 @@ describe('CPE conversion (loopback)', () => {
       assert.ok(first.data!.length > 24, 'the client bytes follow the signalling in the SYN');
     } finally {
       front.close();
+    }
+  });
+
+  test('a flow-class connection is dialled bound to its uplink\'s address with its pin mark and takes no warm connection; others unpinned', async () => {
+    const asked: Array<{ dscp: number; port: number; family: number }> = [];
+    let warmTaken = 0;
+    const extra: Partial<SessionContext> = {
+      pin: (flow, family) => {
+        asked.push({ dscp: flow.dscp, port: flow.dst.port, family });
+        return flow.dst.port === 5060 ? { class: 'voice', uplink: 'up2', mark: 0x20000, localAddress: '127.0.0.1' } : undefined;
+      },
+      warm: {
+        take: () => {
+          warmTaken++;
+          return undefined;
+        },
+      },
+    };
+    const concentrators = [{ address: `127.0.0.1:${concPort}` }];
+    const pinned = await cpeFront({ concentrators, distribution: { classes: [{ name: 'voice', destinations: [{ prefix: '0.0.0.0/0', ports: [5060] }] }] } }, { address: '198.19.0.11', port: 5060 }, {}, extra);
+    try {
+      const r = await clientExchange(pinned.port, Buffer.from('INVITE'));
+      assert.equal(sha(r.received), sha(reply), 'bytes first: converted as usual');
+      assert.equal(pinned.sockets.dials[0]!.mark, 0x20000);
+      assert.equal(pinned.sockets.dials[0]!.localAddress, '127.0.0.1');
+      assert.equal(warmTaken, 0, 'a pinned flow dials its own connection');
+      assert.deepEqual(asked, [{ dscp: 0, port: 5060, family: 4 }]);
+    } finally {
+      pinned.front.close();
+    }
+    const free = await cpeFront({ concentrators }, { address: '198.19.0.11', port: 8080 }, {}, extra);
+    try {
+      const r = await clientExchange(free.port, Buffer.from('GET'));
+      assert.equal(sha(r.received), sha(reply));
+      assert.equal(free.sockets.dials[0]!.mark, undefined);
+      assert.equal(free.sockets.dials[0]!.localAddress, undefined);
+      assert.equal(warmTaken, 1, 'an unclassified flow may take a warm connection');
+    } finally {
+      free.front.close();
     }
   });
 
