@@ -9,6 +9,7 @@
  * state.
  */
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { basename } from 'node:path';
 import { MpconvertError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { run, runJson } from '../platform/linux/exec.js';
@@ -29,12 +30,39 @@ export interface FieldBuildContext {
   makeNamespaces: () => Promise<void>;
 }
 
+/** What ISP i's DHCP server sends besides the address and the router (`Lab.dhcpServer`). */
+export interface FieldDhcpServerOptions {
+  /** The concentrators option (draft-boucadair-mptcp-dhc): these IPv4 addresses under `optionV4` (default 224). */
+  mcpV4?: readonly string[];
+  optionV4?: number;
+  /** T1 (option 58): the client renews this often (seconds), so a changed option reaches it soon. */
+  renewS?: number;
+}
+
+/** How the CPE's DHCP client on uplink i runs (`Lab.startDhcpClient`). */
+export interface FieldDhcpClientOptions {
+  /** More dhclient.conf lines (the option declarations of `mpconvert cpe --dhcp-snippet dhclient`). */
+  conf?: string;
+  /**
+   * Exit hooks run by dhclient-script instead of the host's /etc/dhcp/dhclient-exit-hooks.d: Debian's script,
+   * copied into the run directory with its hook directories pointed at the lab's own (nothing on the host runs).
+   */
+  exitHooks?: readonly string[];
+  /** Environment of the script and its hooks (dhclient -e). */
+  env?: Readonly<Record<string, string>>;
+}
+
+const DHCLIENT_SCRIPT = '/sbin/dhclient-script';
+
 /** The access networks' DHCP: a dnsmasq per ISP router, a dhclient per CPE uplink. */
 export class FieldDhcp {
   readonly prefix: string;
   readonly #cpe: LabHost;
   readonly #isps: readonly LabHost[];
   readonly #logger: Logger;
+  /** Per uplink: the options its server and client were last started with (a renumbering or an uplinkUp keeps them). */
+  readonly #serverOpts = new Map<number, FieldDhcpServerOptions>();
+  readonly #clientOpts = new Map<number, FieldDhcpClientOptions>();
 
   constructor(prefix: string, cpe: LabHost, isps: readonly LabHost[], logger: Logger) {
     this.prefix = prefix;
@@ -56,13 +84,31 @@ export class FieldDhcp {
    * default route with metric 100*i) on uplink i and resolves once it holds a lease (dhclient goes to the
    * background then). Lives as long as the CPE namespace; `stopClient` ends it earlier.
    */
-  async startClient(i: number): Promise<string> {
+  async startClient(i: number, opts?: FieldDhcpClientOptions): Promise<string> {
     const a = this.#access(i);
     const f = this.#dhcpFiles(i);
+    if (opts) this.#clientOpts.set(i, opts);
+    const o = this.#clientOpts.get(i) ?? {};
     mkdirSync(runDir(this.prefix), { recursive: true });
     // Only what a router needs from its access network: no DNS, NTP or domain (nothing touches the host).
-    writeFileSync(f.conf, 'request subnet-mask, broadcast-address, routers;\ntimeout 20;\n');
-    await this.#cpe.exec('dhclient', ['-4', '-1', '-e', `IF_METRIC=${a.metric}`, '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { timeoutMs: 30_000 });
+    writeFileSync(f.conf, `request subnet-mask, broadcast-address, routers;\ntimeout 20;\n${o.conf ?? ''}`);
+    const args = ['-4', '-1', '-e', `IF_METRIC=${a.metric}`, ...Object.entries(o.env ?? {}).flatMap(([k, v]) => ['-e', `${k}=${v}`])];
+    if (o.exitHooks) {
+      const hooks = `${f.hooks}/exit`;
+      rmSync(f.hooks, { recursive: true, force: true });
+      mkdirSync(hooks, { recursive: true });
+      mkdirSync(`${f.hooks}/enter`);
+      // run-parts names: letters, digits, _ and - only.
+      o.exitHooks.forEach((h, k) => writeFileSync(`${hooks}/${k}-${basename(h).replace(/[^A-Za-z0-9_-]/g, '_')}`, readFileSync(h)));
+      const script = readFileSync(DHCLIENT_SCRIPT, 'utf8')
+        .replaceAll('/etc/dhcp/dhclient-exit-hooks.d', hooks)
+        .replaceAll('/etc/dhcp/dhclient-enter-hooks.d', `${f.hooks}/enter`)
+        .replaceAll('/etc/dhcp/dhclient-exit-hooks', `${f.hooks}/none`)
+        .replaceAll('/etc/dhcp/dhclient-enter-hooks', `${f.hooks}/none`);
+      writeFileSync(f.script, script, { mode: 0o755 });
+      args.push('-sf', f.script);
+    }
+    await this.#cpe.exec('dhclient', [...args, '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { timeoutMs: 30_000 });
     const got = await this.address(i);
     if (got === null) throw new MpconvertError('MPC_ERR_LAB_UP', `lab ${this.prefix}: dhclient on ${a.cpeDev} reported a lease but the interface has no address`);
     this.#logger.info({ prefix: this.prefix, uplink: i, address: got }, 'lab: DHCP lease');
@@ -73,7 +119,10 @@ export class FieldDhcp {
   async stopClient(i: number, opts: { release?: boolean } = {}): Promise<void> {
     const a = this.#access(i);
     const f = this.#dhcpFiles(i);
-    await this.#cpe.exec('dhclient', ['-4', opts.release ? '-r' : '-x', '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { allowFailure: true, timeoutMs: 15_000 });
+    const o = this.#clientOpts.get(i) ?? {};
+    const script = o.exitHooks ? ['-sf', f.script] : [];
+    const env = Object.entries(o.env ?? {}).flatMap(([k, v]) => ['-e', `${k}=${v}`]);
+    await this.#cpe.exec('dhclient', ['-4', opts.release ? '-r' : '-x', ...env, ...script, '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { allowFailure: true, timeoutMs: 15_000 });
   }
 
   /**
@@ -86,6 +135,7 @@ export class FieldDhcp {
     await this.#stopServer(i);
     rmSync(this.#dhcpFiles(i).leases, { force: true });
     await this.startServer(i, true);
+    this.#renumbered.add(i);
     return this.startClient(i);
   }
 
@@ -103,21 +153,41 @@ export class FieldDhcp {
       serverPid: `${d}/dnsmasq-isp${i}.pid`,
       serverLeases: `${d}/dnsmasq-isp${i}.leases`,
       serverLog: `${d}/dnsmasq-isp${i}.log`,
+      script: `${d}/dhclient-script-up${i}`,
+      hooks: `${d}/dhclient-hooks-up${i}`,
     };
   }
 
   /** dnsmasq as the DHCP server of access network i, in ISP i's namespace (it daemonizes once it serves). */
-  async startServer(i: number, renumbered = false): Promise<void> {
+  async startServer(i: number, renumbered = false, opts?: FieldDhcpServerOptions): Promise<void> {
     const a = fieldAccess(i);
     const f = this.#dhcpFiles(i);
+    if (opts) this.#serverOpts.set(i, opts);
+    const o = this.#serverOpts.get(i) ?? {};
     mkdirSync(runDir(this.prefix), { recursive: true });
     const [lo, hi] = renumbered ? a.renumberedPool : a.pool;
-    await run('dnsmasq', [
+    const extra = [
+      ...(o.mcpV4?.length ? [`--dhcp-option=${o.optionV4 ?? 224},${o.mcpV4.join(',')}`] : []),
+      ...(o.renewS ? [`--dhcp-option=option:T1,${o.renewS}`, `--dhcp-option=option:T2,${Math.max(o.renewS + 1, Math.floor(FIELD.leaseS * 0.875))}`] : []),
+    ];
+    await run('dnsmasq', [...extra,
       '--conf-file=/dev/null', '--port=0', `--interface=${a.ispDev}`, '--bind-interfaces', '--no-ping', '--dhcp-authoritative',
       `--dhcp-range=${lo},${hi},255.255.255.0,${FIELD.leaseS}s`, `--dhcp-option=option:router,${a.gatewayV4}`,
       `--dhcp-leasefile=${f.serverLeases}`, `--pid-file=${f.serverPid}`, `--log-facility=${f.serverLog}`, '--log-dhcp', '--user=root',
     ], { netns: this.#isps[i - 1]!.name, timeoutMs: 10_000 });
   }
+
+  /**
+   * ISP i's DHCP server, restarted with other options (the same pool and leases: the CPE keeps its address);
+   * the CPE's client sees them at its next renewal.
+   */
+  async reconfigureServer(i: number, opts: FieldDhcpServerOptions): Promise<void> {
+    const renumbered = this.#renumbered.has(i);
+    await this.#stopServer(i);
+    await this.startServer(i, renumbered, opts);
+  }
+
+  readonly #renumbered = new Set<number>();
 
   async #stopServer(i: number): Promise<void> {
     let pid: number;
