@@ -584,6 +584,16 @@ export class Lab {
     return this.#fieldDhcp().reconfigureServer(i, opts);
   }
 
+  /** Field topology: a DHCPv6 client (dhclient -6) on uplink i, after `dhcpServer(i, { v6 })`; resolves with a lease. */
+  startDhcp6Client(i: number, opts?: FieldDhcpClientOptions): Promise<void> {
+    return this.#fieldDhcp().startClient6(i, opts);
+  }
+
+  /** Field topology: ends uplink i's DHCPv6 client; `release` gives the lease back. */
+  stopDhcp6Client(i: number, opts: { release?: boolean } = {}): Promise<void> {
+    return this.#fieldDhcp().stopClient6(i, opts);
+  }
+
   /** Field topology: ends uplink i's DHCP client; `release` also gives the lease back (the address goes). */
   stopDhcpClient(i: number, opts: { release?: boolean } = {}): Promise<void> {
     return this.#fieldDhcp().stopClient(i, opts);

@@ -5,7 +5,8 @@
  * prints, and Debian's dhclient-script runs the shipped exit hook (packaging/dhcp/dhclient-exit-hook), which
  * leaves the lease file the CPE follows. Three concentrators on the public segment: S (198.19.0.1, the static
  * list), A and B (198.19.0.2 and .3, only ever named by DHCP); which one carried a download is read from each
- * concentrator's own connection counter.
+ * concentrator's own connection counter. DHCPv6 (dnsmasq and dhclient -6 on the access link, the only IPv6 of this
+ * topology): the CPE lists the IPv6 concentrator the lease names.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -62,7 +63,7 @@ describe('DHCP provisioning: dnsmasq sends the concentrators option, dhclient an
     }
     assert.fail(`the CPE's concentrators did not become ${want.join(', ')}: ${JSON.stringify(s)}\nlease file: ${leaseFile()}\n${cpe?.stderr.slice(-2000)}`);
   }
-  const leaseFile = () => (existsSync(join(leaseDir, 'up1.v4')) ? readFileSync(join(leaseDir, 'up1.v4'), 'utf8') : '(none)');
+  const leaseFile = (family: 'v4' | 'v6' = 'v4') => (existsSync(join(leaseDir, `up1.${family}`)) ? readFileSync(join(leaseDir, `up1.${family}`), 'utf8') : '(none)');
 
   /** A download through the CPE: the hash, and which concentrator's counter moved (exactly one, by one). */
   async function downloadVia(seed: string): Promise<Name> {
@@ -178,6 +179,22 @@ describe('DHCP provisioning: dnsmasq sends the concentrators option, dhclient an
     const s = await cpeStatus();
     assert.deepEqual(s.concentrators.map((c) => c.address), [`${CONCS.A.v4}:5000`, `${CONCS.B.v4}:5000`, `${CONCS.S.v4}:5000`]);
     assert.equal(await downloadVia('after-start'), 'A');
+  });
+
+  test('DHCPv6: the concentrators option (65224) of a dhclient -6 lease is used as well, after the IPv4 ones; released, it goes', { timeout: 60_000 }, async () => {
+    // Only the access link has IPv6 in this topology: the IPv6 concentrator is named and listed, not dialled.
+    const v6 = '2001:db8:100::2';
+    await lab.dhcpServer(1, { mcpV4: [CONCS.A.v4, CONCS.B.v4], renewS: RENEW_S, v6: { mcp: [v6] } });
+    const snippet = execFileSync(process.execPath, [CLI, 'cpe', '--dhcp-snippet', 'dhclient6'], { encoding: 'utf8' });
+    assert.match(snippet, /^option dhcp6\.mpconvert-mcp code 65224 = array of ip6-address;$/m);
+    await lab.startDhcp6Client(1, { conf: snippet, exitHooks: [HOOK], env: { MPCONVERT_DHCP_DIR: leaseDir } });
+    assert.match(leaseFile('v6'), /^# written by the mpconvert dhclient hook \(BOUND6\)\ninterface=up1\nfamily=6\nmcp=2001:db8:100::2\nexpires=\d+$/m);
+    const s = await concentratorsAre([`${CONCS.A.v4}:5000`, `${CONCS.B.v4}:5000`, `[${v6}]:5000`, `${CONCS.S.v4}:5000`]);
+    assert.deepEqual(s.dhcp, [{ uplink: 'up1', v4: [CONCS.A.v4, CONCS.B.v4], v6: [v6] }]);
+    assert.deepEqual(s.concentrators[2]!.sources, ['dhcp:up1']);
+    await lab.stopDhcp6Client(1, { release: true });
+    assert.equal(leaseFile('v6'), '(none)');
+    await concentratorsAre([`${CONCS.A.v4}:5000`, `${CONCS.B.v4}:5000`, `${CONCS.S.v4}:5000`]);
   });
 
   test('the lease released: the hook removes its file, the CPE is back on the static list', { timeout: 60_000 }, async () => {
