@@ -201,6 +201,10 @@ export class Cpe {
    */
   async #onLeases(): Promise<void> {
     if (this.#stopping || !this.#interception) return;
+    if (this.#reloading) {
+      this.#leasesPending = true;
+      return;
+    }
     const cfg = this.#config;
     const learned = this.#dhcp?.learned() ?? [];
     if (!this.#useConcentrators(cfg)) return;
@@ -398,6 +402,24 @@ export class Cpe {
    */
   async reload(requested: CpeConfig): Promise<ReloadReport> {
     if (this.#stopping || !this.#interception || !this.#uplinks) throw new Error('Cpe.reload() before start or while stopping');
+    // A lease change during the reload waits for it (it would apply the old configuration's lists).
+    this.#reloading = true;
+    try {
+      return await this.#reload(requested);
+    } finally {
+      this.#reloading = false;
+      if (this.#leasesPending) {
+        this.#leasesPending = false;
+        await this.#onLeases();
+      }
+    }
+  }
+
+  #reloading = false;
+  #leasesPending = false;
+
+  async #reload(requested: CpeConfig): Promise<ReloadReport> {
+    if (!this.#interception || !this.#uplinks) throw new Error('Cpe.reload() before start');
     const old = this.#config;
     const pinned = new Set<string>(RESTART_KEYS);
     if (old.distribution.scheme !== requested.distribution.scheme) pinned.add('distribution');

@@ -171,3 +171,47 @@ test('configuration: concentratorSource and dhcp defaults; no static concentrato
   assert.equal(cpeConfigSchema.safeParse({ ...base, concentratorSource: 'dhcp', dhcp: { concentrator: { keyId: 'k' } } }).success, false, 'keyId without secretFile');
   assert.equal(cpeConfigSchema.safeParse({ ...base, concentratorSource: 'dhcp', dhcp: { optionV4: 255 } }).success, false);
 });
+
+test('the CPE (fake platform): a lease from before start is in use at once; a changed lease flushes the capability cache; a reload switches the source', async () => {
+  const { Cpe } = await import('../../../src/cpe/cpe.js');
+  const { createMetrics } = await import('../../../src/control/metrics.js');
+  const { fakeKernel, fakeSockets } = await import('../../support/fake-platform.js');
+  const d = join(dir, 'cpe');
+  runHook('dhclient', { reason: 'BOUND', interface: 'up1', new_mpconvert_mcp: '198.19.0.2', new_expiry: '4000000000' }, d);
+  const base = { lan: ['lan0'], uplinks: [{ interface: 'up1' }], concentrators: [{ address: '198.19.0.1:5000' }], tproxyPort: 15998, dhcp: { leaseDir: d, pollMs: 100 } };
+  const cpe = new Cpe(cpeConfigSchema.parse({ ...base, concentratorSource: 'dhcp-first' }), { sockets: fakeSockets(), kernel: fakeKernel(), logger, metrics: createMetrics('cpe', { runtime: false }) });
+  type View = { concentrators: Array<{ address: string; sources: string[] }>; concentratorSource: string; dhcp?: unknown };
+  const view = () => cpe.status() as unknown as View;
+  const addresses = () => view().concentrators.map((c) => c.address);
+  /** Polls (the watcher reads every 100 ms) until the concentrators are `want`. */
+  const until = async (want: string[]) => {
+    for (const deadline = Date.now() + 5_000; JSON.stringify(addresses()) !== JSON.stringify(want); await new Promise((r) => setTimeout(r, 20))) {
+      assert.ok(Date.now() < deadline, `concentrators ${JSON.stringify(addresses())}, not ${JSON.stringify(want)}`);
+    }
+  };
+  await cpe.start();
+  try {
+    assert.deepEqual(view().concentrators.map((c) => [c.address, c.sources]), [['198.19.0.2:5000', ['dhcp:up1']], ['198.19.0.1:5000', ['static']]]);
+    assert.deepEqual(view().dhcp, [{ uplink: 'up1', v4: ['198.19.0.2'], v6: [] }]);
+    // The concentrator A turned out not capable: cached as such...
+    cpe.selector.markNotCapable(cpe.selector.targets[0]!);
+    assert.deepEqual(cpe.selector.candidates().map((t) => t.address), ['198.19.0.1:5000']);
+    // ...until a lease names other concentrators: the cache is flushed with the new list.
+    runHook('dhclient', { reason: 'RENEW', interface: 'up1', new_mpconvert_mcp: '198.19.0.2 198.19.0.3', new_expiry: '4000000000' }, d);
+    await until(['198.19.0.2:5000', '198.19.0.3:5000', '198.19.0.1:5000']);
+    assert.deepEqual(cpe.selector.candidates().map((t) => t.address), ['198.19.0.2:5000', '198.19.0.3:5000', '198.19.0.1:5000']);
+    // A learned concentrator gets the template's settings.
+    assert.equal(cpe.selector.targets[1]!.zeroRtt, true);
+    const r = await cpe.reload(cpeConfigSchema.parse({ ...base, concentratorSource: 'static' }));
+    assert.deepEqual(r.applied, ['concentratorSource']);
+    assert.deepEqual(addresses(), ['198.19.0.1:5000']);
+    assert.equal(view().dhcp, undefined, 'static: the leases are not read');
+    await cpe.reload(cpeConfigSchema.parse({ ...base, concentrators: [], concentratorSource: 'dhcp' }));
+    assert.deepEqual(addresses(), ['198.19.0.2:5000', '198.19.0.3:5000'], 'read again at once on the switch');
+    runHook('dhclient', { reason: 'EXPIRE', interface: 'up1' }, d);
+    await until([]);
+    assert.deepEqual(cpe.readiness(), { ready: true }, 'fallback direct: ready without a concentrator');
+  } finally {
+    await cpe.stop(0);
+  }
+});
