@@ -104,8 +104,8 @@ function showCpe(d) {
     d.uplinks.reduce((a, u) => a + u.subflows, 0) + ' subflows; distribution: ' + d.distribution.scheme +
     (d.distribution.scheme === 'overflow' ? ' (primary ' + d.distribution.primary + (d.distribution.joined ? ', others joined)' : ' only)') : '');
   const now = Date.now();
-  table('#concentrators', ['concentrator', 'format', 'capability cache', 'reachability'], d.concentrators.map((c) => [
-    c.address, c.format,
+  table('#concentrators', ['concentrator', 'from', 'format', 'capability cache', 'reachability'], d.concentrators.map((c) => [
+    c.address, (c.sources || ['static']).join(', '), c.format,
     c.notCapableUntil && c.notCapableUntil > now ? 'not capable for ' + Math.round((c.notCapableUntil - now) / 1000) + ' s' : 'capable',
     c.unreachableUntil && c.unreachableUntil > now ? 'held off ' + Math.round((c.unreachableUntil - now) / 1000) + ' s' : 'reachable',
   ]));
