@@ -25,6 +25,7 @@ if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${m
 
 const MB = 1024 * 1024;
 const HOOK = join(DIST, '..', 'packaging/dhcp/dhclient-exit-hook');
+const DHCPCD_HOOK = join(DIST, '..', 'packaging/dhcp/dhcpcd-hook');
 const SECRET = randomBytes(32);
 /** The three concentrators: the static one, and two that only DHCP names. */
 const CONCS = { S: { v4: FIELD.concentrator.v4, admin: 9090 }, A: { v4: '198.19.0.2', admin: 9092 }, B: { v4: '198.19.0.3', admin: 9093 } } as const;
@@ -202,5 +203,28 @@ describe('DHCP provisioning: dnsmasq sends the concentrators option, dhclient an
     assert.equal(leaseFile(), '(none)');
     const s = await concentratorsAre([`${CONCS.S.v4}:5000`]);
     assert.deepEqual(s.dhcp, [{ uplink: 'up1', v4: [], v6: [] }]);
+  });
+
+  test('dhcpcd, the other client: with the lines --dhcp-snippet dhcpcd prints and the shipped hook, its lease moves the CPE to A; its release back to S', { timeout: 90_000 }, async () => {
+    await lab.dhcpServer(1, { mcpV4: [CONCS.A.v4], renewS: RENEW_S });
+    const conf = join(dir, 'dhcpcd.conf');
+    writeFileSync(conf, execFileSync(process.execPath, [CLI, 'cpe', '--dhcp-snippet', 'dhcpcd'], { encoding: 'utf8' }));
+    // dhcpcd-run-hooks sources every file of /usr/lib/dhcpcd/dhcpcd-hooks (resolv.conf, NTP: the host's); this
+    // one sources only mpconvert's hook, the same way.
+    const runHooks = join(dir, 'dhcpcd-run-hooks');
+    writeFileSync(runHooks, `#!/bin/sh\nMPCONVERT_DHCP_DIR=${leaseDir}\n. ${DHCPCD_HOOK}\n`, { mode: 0o755 });
+    const dhcpcd = new Proc(lab.hosts.cpe.spawn('dhcpcd', ['-4', '-B', '-t', '20', '-f', conf, '-c', runHooks, 'up1']));
+    try {
+      await concentratorsAre([`${CONCS.A.v4}:5000`, `${CONCS.S.v4}:5000`]);
+      assert.match(leaseFile(), /^# written by the mpconvert dhcpcd hook \(BOUND\)\ninterface=up1\nfamily=4\nmcp=198\.19\.0\.2\nexpires=\d+$/m);
+      assert.equal(await downloadVia('via-dhcpcd'), 'A');
+    } finally {
+      // Releases the lease (RELEASE, then dhcpcd exits and removes its pid and lease files).
+      await lab.hosts.cpe.exec('dhcpcd', ['-4', '-k', 'up1'], { allowFailure: true, timeoutMs: 20_000 });
+      // Its privilege-separation helpers with it.
+      assert.equal(await dhcpcd.stop('SIGTERM', 10_000, true), 0, `dhcpcd exited after the release:\n${dhcpcd.output.slice(-2000)}`);
+    }
+    assert.equal(leaseFile(), '(none)');
+    await concentratorsAre([`${CONCS.S.v4}:5000`]);
   });
 });
