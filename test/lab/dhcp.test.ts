@@ -16,7 +16,7 @@ import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FIELD, Lab } from '../../src/lab/index.js';
-import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
+import { labCapabilityMissing, requireTool, IN_CI } from '../support/capabilities.js';
 import { CLI, DIST, Proc, TOOL, start } from '../support/lab-procs.js';
 import { deterministicSha256 } from '../support/tools/stream-util.js';
 
@@ -205,7 +205,8 @@ describe('DHCP provisioning: dnsmasq sends the concentrators option, dhclient an
     assert.deepEqual(s.dhcp, [{ uplink: 'up1', v4: [], v6: [] }]);
   });
 
-  test('dhcpcd, the other client: with the lines --dhcp-snippet dhcpcd prints and the shipped hook, its lease moves the CPE to A; its release back to S', { timeout: 90_000 }, async () => {
+  test('dhcpcd, the other client: with the lines --dhcp-snippet dhcpcd prints and the shipped hook, its lease moves the CPE to A; its release back to S', { timeout: 90_000 }, async (t) => {
+    if (!requireTool(t, 'dhcpcd')) return;
     await lab.dhcpServer(1, { mcpV4: [CONCS.A.v4], renewS: RENEW_S });
     const conf = join(dir, 'dhcpcd.conf');
     writeFileSync(conf, execFileSync(process.execPath, [CLI, 'cpe', '--dhcp-snippet', 'dhcpcd'], { encoding: 'utf8' }));
