@@ -59,6 +59,13 @@ install -m 0644 packaging/systemd/mpconvert-cpe.service packaging/systemd/mpconv
 install -m 0640 packaging/etc/cpe.yaml packaging/etc/concentrator.yaml "$pkg/etc/mpconvert/"
 install -m 0644 README.md docs/service.md docs/cpe.md docs/concentrator.md docs/doctor.md "$pkg/usr/share/doc/mpconvert/"
 [ -f docs/deploy.md ] && install -m 0644 docs/deploy.md "$pkg/usr/share/doc/mpconvert/"
+[ -f docs/operator.md ] && install -m 0644 docs/operator.md "$pkg/usr/share/doc/mpconvert/"
+# DHCP provisioning of the concentrators (docs/operator.md): the hooks of ISC dhclient and dhcpcd, which leave the
+# leases' concentrators in /run/mpconvert-dhcp for the CPE, and the client-side option declarations to include.
+mkdir -p "$pkg/etc/dhcp/dhclient-exit-hooks.d" "$pkg/usr/lib/dhcpcd/dhcpcd-hooks" "$pkg/usr/share/doc/mpconvert/examples"
+install -m 0644 packaging/dhcp/dhclient-exit-hook "$pkg/etc/dhcp/dhclient-exit-hooks.d/mpconvert"
+install -m 0644 packaging/dhcp/dhcpcd-hook "$pkg/usr/lib/dhcpcd/dhcpcd-hooks/60-mpconvert"
+install -m 0644 packaging/dhcp/dhclient-mpconvert.conf packaging/dhcp/dhclient6-mpconvert.conf packaging/dhcp/dhcpcd-mpconvert.conf "$pkg/usr/share/doc/mpconvert/examples/"
 cat > "$pkg/usr/share/doc/mpconvert/copyright" <<COPYRIGHT
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: mpconvert
@@ -71,7 +78,7 @@ License: Apache-2.0
 COPYRIGHT
 
 for f in postinst prerm postrm; do install -m 0755 "packaging/debian/$f" "$pkg/DEBIAN/$f"; done
-printf '/etc/mpconvert/cpe.yaml\n/etc/mpconvert/concentrator.yaml\n' > "$pkg/DEBIAN/conffiles"
+printf '/etc/mpconvert/cpe.yaml\n/etc/mpconvert/concentrator.yaml\n/etc/dhcp/dhclient-exit-hooks.d/mpconvert\n' > "$pkg/DEBIAN/conffiles"
 size=$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
 cat > "$pkg/DEBIAN/control" <<CONTROL
 Package: mpconvert

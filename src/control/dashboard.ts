@@ -105,8 +105,8 @@ function showCpe(d) {
     (d.distribution.scheme === 'overflow' ? ' (primary ' + d.distribution.primary + (d.distribution.joined ? ', others joined)' : ' only)') : '') +
     (d.distribution.classes ? '; classes: ' + d.distribution.classes.map((c) => c.name + ' on ' + (c.lastUplink || c.pin)).join(', ') : '');
   const now = Date.now();
-  table('#concentrators', ['concentrator', 'format', 'capability cache', 'reachability'], d.concentrators.map((c) => [
-    c.address, c.format,
+  table('#concentrators', ['concentrator', 'from', 'format', 'capability cache', 'reachability'], d.concentrators.map((c) => [
+    c.address, (c.sources || ['static']).join(', '), c.format,
     c.notCapableUntil && c.notCapableUntil > now ? 'not capable for ' + Math.round((c.notCapableUntil - now) / 1000) + ' s' : 'capable',
     c.unreachableUntil && c.unreachableUntil > now ? 'held off ' + Math.round((c.unreachableUntil - now) / 1000) + ' s' : 'reachable',
   ]));

@@ -25,7 +25,8 @@ const MPTCP: SysctlNeed = { name: 'net.mptcp.enabled', want: exactly('1'), why: 
 
 export function cpeSysctls(c: CpeConfig): SysctlNeed[] {
   const needs = [MPTCP];
-  if (c.concentrators.some((t) => t.zeroRtt)) needs.push({ name: 'net.ipv4.tcp_fastopen', want: withBits(0x1), why: 'TCP Fast Open client bit (0x1) for zeroRtt' });
+  // DHCP's concentrators are not known before the daemon runs: their template's zeroRtt counts.
+  if (c.concentrators.some((t) => t.zeroRtt) || (c.concentratorSource !== 'static' && c.dhcp.concentrator.zeroRtt)) needs.push({ name: 'net.ipv4.tcp_fastopen', want: withBits(0x1), why: 'TCP Fast Open client bit (0x1) for zeroRtt' });
   if (c.preserveDscp || c.distribution.classes.some((k) => k.dscp !== undefined)) {
     needs.push({ name: 'net.ipv4.tcp_fwmark_accept', want: exactly('1'), why: "accepted sockets carry their SYN's mark (the client's DSCP: preserveDscp, flow classes by DSCP)" });
   }

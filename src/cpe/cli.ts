@@ -13,6 +13,8 @@ import { parseEndpoint } from '../control/address.js';
 import { resolveCpeConfig, type CpeFlags } from './config.js';
 import { Cpe } from './cpe.js';
 import { FileEndpointLedger } from './ledger.js';
+import { DHCP_CLIENT_KINDS, dhcpClientSnippet, type DhcpClientKind } from './dhcp.js';
+import { DHCP_MCP_OPTION_V4_DEFAULT, DHCP_MCP_OPTION_V6_DEFAULT } from '../protocol/dhcp-mcp.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -33,9 +35,14 @@ export function cpeCommand(): Command {
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
     .option('--log-format <format>', `log lines: ${LOG_FORMATS.join('|')} (auto: journald when stderr is the journal, else json)`)
     .option('--prepare', 'as root, before the daemon starts (the unit\'s ExecStartPre): set the sysctls this configuration needs, print them, and exit')
+    .option('--dhcp-snippet <client>', `print the router-side DHCP client configuration for the concentrators option (${DHCP_CLIENT_KINDS.join('|')}), with the codes of --config (else the defaults), and exit`)
     .option('--check', 'check the configuration and this host (interfaces, addresses, kernel MPTCP and the kernel features the role needs), print every problem, and exit: 0 = fine, 2 = problems')
-    .action(async (opts: CpeFlags & { check?: boolean; prepare?: boolean; logFormat?: string }) => {
-      const { check, prepare, logFormat, ...flags } = opts;
+    .action(async (opts: CpeFlags & { check?: boolean; prepare?: boolean; logFormat?: string; dhcpSnippet?: string }) => {
+      const { check, prepare, logFormat, dhcpSnippet, ...flags } = opts;
+      if (dhcpSnippet !== undefined) {
+        process.exitCode = await printDhcpSnippet(dhcpSnippet, flags.config);
+        return;
+      }
       if (logFormat !== undefined && !LOG_FORMATS.includes(logFormat as LogFormat)) {
         process.stderr.write(`mpconvert cpe: --log-format ${logFormat}: one of ${LOG_FORMATS.join(', ')}\n`);
         process.exitCode = 2;
@@ -115,4 +122,23 @@ export function cpeCommand(): Command {
         logger,
       );
     });
+}
+
+/** `--dhcp-snippet`: the dhclient.conf / dhcpcd.conf lines for the configured option codes. */
+async function printDhcpSnippet(kind: string, config: string | undefined): Promise<number> {
+  if (!DHCP_CLIENT_KINDS.includes(kind as DhcpClientKind)) {
+    process.stderr.write(`mpconvert cpe: --dhcp-snippet ${kind}: one of ${DHCP_CLIENT_KINDS.join(', ')}\n`);
+    return 2;
+  }
+  let codes = { optionV4: DHCP_MCP_OPTION_V4_DEFAULT, optionV6: DHCP_MCP_OPTION_V6_DEFAULT };
+  if (config !== undefined) {
+    try {
+      codes = (await resolveCpeConfig({ config })).dhcp;
+    } catch (err) {
+      process.stderr.write(`mpconvert cpe: ${(err as Error).message}\n`);
+      return 2;
+    }
+  }
+  process.stdout.write(dhcpClientSnippet(kind as DhcpClientKind, codes));
+  return 0;
 }

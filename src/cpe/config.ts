@@ -6,6 +6,10 @@ import { endpoint, cidr } from '../control/schema.js';
 import { ConfigError } from '../control/config-file.js';
 import { parseSecret, readSecretFile } from '../control/secret-file.js';
 import { isValidKeyId } from '../protocol/auth.js';
+import { DHCP_MCP_OPTION_V4_DEFAULT, DHCP_MCP_OPTION_V6_DEFAULT } from '../protocol/dhcp-mcp.js';
+
+/** Where the DHCP client hooks (packaging/dhcp) leave the leases' concentrators. */
+export const DHCP_LEASE_DIR_DEFAULT = '/run/mpconvert-dhcp';
 
 const portRange = z.union([
   z.number().int().min(1).max(65535),
@@ -27,6 +31,43 @@ const flowClass = z
   .refine((c) => c.dscp !== undefined || c.destinations !== undefined, 'a class needs dscp or destinations (or both)');
 /** Warm connections kept per concentrator by default (docs/performance.md, "Warm pool"). */
 export const WARM_POOL_DEFAULT = 0;
+
+/** The settings of one concentrator besides its address (a static entry's, and the template of DHCP-learned ones). */
+const concentratorSettings = {
+  format: z.enum(['mp-convert', 'rfc8803']).default('mp-convert'),
+  /** Also send the client's source address (an IE with D = 1), for transparent concentrators. */
+  sourceIe: z.boolean().default(false),
+  /**
+   * Signalling and the client's first bytes in the SYN (TCP Fast Open): the 0-RTT conversion. Off: they go
+   * first thing after the handshake, one round trip more per connection. On a SYN-cookie answer (the
+   * concentrator under a SYN flood) the connection is retried at once without data in the SYN.
+   */
+  zeroRtt: z.boolean().default(true),
+  /**
+   * Clamp the window of the CPE's SYNs to this concentrator (nft, output): the workaround for the Linux
+   * MPTCP passive-TFO window bug when the concentrator does not clamp it itself (a third-party one, or an
+   * mpconvert concentrator with synWindowClamp off). See docs/kernel-tfo-window.md.
+   */
+  synWindowClamp: z.boolean().default(false),
+  /**
+   * Warm pool (docs/cpe.md, "Warm pool"): connections kept open to this concentrator, subflows joined,
+   * so a new LAN connection sends its signalling and first bytes at once. 0 = none. MP_CONVERT only.
+   */
+  warmPool: z.number().int().min(0).max(64).default(WARM_POOL_DEFAULT),
+  /** A warm connection unused for this long is closed and replaced (below the concentrator's signalling.warmIdleS). */
+  warmIdleS: z.number().int().min(1).max(3_000).default(60),
+  /**
+   * Authentication towards this concentrator (docs/cpe.md, "Authentication"): the key id, and the file
+   * that holds its secret (`hex:...` or `base64:...`, mode 600); never the secret itself in this file.
+   */
+  keyId: z.string().refine(isValidKeyId, 'a key id is 1-32 of A-Z a-z 0-9 . _ : -').optional(),
+  secretFile: z.string().min(1).optional(),
+};
+
+type Settings = { format: string; warmPool: number; keyId?: string | undefined; secretFile?: string | undefined };
+/** Rules across a concentrator's settings (a static entry's and DHCP's template). */
+const keysTogether = [(c: Settings) => (c.keyId === undefined) === (c.secretFile === undefined), 'keyId and secretFile go together (both, or neither)'] as const;
+const warmNeedsMpConvert = [(c: Settings) => c.format === 'mp-convert' || c.warmPool === 0, { message: 'warmPool needs format mp-convert (RFC 8803 has no warm connection)', path: ['warmPool'] as PropertyKey[] }] as const;
 
 export const cpeConfigSchema = z.strictObject({
   /** Instance name: names the nft table and routing tables, so two CPE daemons never collide. */
@@ -96,44 +137,35 @@ export const cpeConfigSchema = z.strictObject({
     .refine((d) => d.scheme !== 'overflow' || d.overflow !== undefined, 'scheme overflow needs overflow: {primary, capacityMbit}')
     .refine((d) => new Set(d.classes.map((c) => c.name)).size === d.classes.length, 'class names must be unique')
     .default({ scheme: 'aggregate', classes: [] }),
-  /** Concentrators in order of preference. */
+  /** Concentrators in order of preference (with concentratorSource other than static, combined with DHCP's). */
   concentrators: z
-    .array(
-      z.strictObject({
-        address: endpoint,
-        format: z.enum(['mp-convert', 'rfc8803']).default('mp-convert'),
-        /** Also send the client's source address (an IE with D = 1), for transparent concentrators. */
-        sourceIe: z.boolean().default(false),
-        /**
-         * Signalling and the client's first bytes in the SYN (TCP Fast Open): the 0-RTT conversion. Off: they go
-         * first thing after the handshake, one round trip more per connection. On a SYN-cookie answer (the
-         * concentrator under a SYN flood) the connection is retried at once without data in the SYN.
-         */
-        zeroRtt: z.boolean().default(true),
-        /**
-         * Clamp the window of the CPE's SYNs to this concentrator (nft, output): the workaround for the Linux
-         * MPTCP passive-TFO window bug when the concentrator does not clamp it itself (a third-party one, or an
-         * mpconvert concentrator with synWindowClamp off). See docs/kernel-tfo-window.md.
-         */
-        synWindowClamp: z.boolean().default(false),
-        /**
-         * Warm pool (docs/cpe.md, "Warm pool"): connections kept open to this concentrator, subflows joined,
-         * so a new LAN connection sends its signalling and first bytes at once. 0 = none. MP_CONVERT only.
-         */
-        warmPool: z.number().int().min(0).max(64).default(WARM_POOL_DEFAULT),
-        /** A warm connection unused for this long is closed and replaced (below the concentrator's signalling.warmIdleS). */
-        warmIdleS: z.number().int().min(1).max(3_000).default(60),
-        /**
-         * Authentication towards this concentrator (docs/cpe.md, "Authentication"): the key id, and the file
-         * that holds its secret (`hex:...` or `base64:...`, mode 600); never the secret itself in this file.
-         */
-        keyId: z.string().refine(isValidKeyId, 'a key id is 1-32 of A-Z a-z 0-9 . _ : -').optional(),
-        secretFile: z.string().min(1).optional(),
-      })
-        .refine((c) => (c.keyId === undefined) === (c.secretFile === undefined), 'keyId and secretFile go together (both, or neither)')
-        .refine((c) => c.format === 'mp-convert' || c.warmPool === 0, { message: 'warmPool needs format mp-convert (RFC 8803 has no warm connection)', path: ['warmPool'] }),
-    )
-    .min(1, 'at least one concentrator is needed'),
+    .array(z.strictObject({ address: endpoint, ...concentratorSettings }).refine(...keysTogether).refine(...warmNeedsMpConvert))
+    .default([]),
+  /**
+   * Where the concentrators come from (docs/cpe.md, "Concentrators from DHCP"): `static` the list above only;
+   * `dhcp` only those the uplinks' DHCP leases name (draft-boucadair-mptcp-dhc); `dhcp-first` those, then the
+   * list above (a lease without the option falls back to it); `static-first` the list above, then DHCP's.
+   */
+  concentratorSource: z.enum(['static', 'dhcp', 'dhcp-first', 'static-first']).default('static'),
+  /** DHCP provisioning of the concentrators (docs/operator.md, "DHCP provisioning"). */
+  dhcp: z
+    .strictObject({
+      /** Where the DHCP client hooks leave one file per uplink and family (the hooks' MPCONVERT_DHCP_DIR). */
+      leaseDir: z.string().min(1).default(DHCP_LEASE_DIR_DEFAULT),
+      /** The DHCPv4 option code (site-specific range 224-254 by default, RFC 3942): for the router-side snippets. */
+      optionV4: z.number().int().min(1).max(254).default(DHCP_MCP_OPTION_V4_DEFAULT),
+      /** The DHCPv6 option code (no private-use range exists: one near the top of the space). */
+      optionV6: z.number().int().min(1).max(65_535).default(DHCP_MCP_OPTION_V6_DEFAULT),
+      /** How often the lease directory is read (a changed lease takes effect within this). */
+      pollMs: z.number().int().min(100).max(60_000).default(1_000),
+      /** The settings of every concentrator DHCP names: its port (DHCP carries addresses only) and the per-concentrator keys above. */
+      concentrator: z
+        .strictObject({ port: z.number().int().min(1).max(65_535).default(5_000), ...concentratorSettings })
+        .refine(...keysTogether)
+        .refine(...warmNeedsMpConvert)
+        .prefault({}),
+    })
+    .prefault({}),
   /** Which flows are converted; the rest is forwarded untouched. Exclude wins over include. */
   policy: z
     .strictObject({
@@ -185,6 +217,9 @@ export const cpeConfigSchema = z.strictObject({
   /** The admin API's bearer token (docs/operations.md); without it the admin endpoint must be a loopback address. */
   adminTokenFile: z.string().min(1).optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+}).refine((c) => c.concentrators.length > 0 || c.concentratorSource === 'dhcp', {
+  message: 'at least one concentrator is needed (or concentratorSource: dhcp)',
+  path: ['concentrators'],
 });
 
 export type CpeConfig = z.output<typeof cpeConfigSchema>;

@@ -22,6 +22,10 @@ import { OVERFLOW_IDLE, overflowModes, overflowStep, type OverflowState } from '
 import { diffConfig, effectiveConfig, logReload, type ReloadReport } from '../control/reload.js';
 import { UplinkObserver, subflowView, type ConnectionRecord } from './observer.js';
 import { FlowPinning } from './pinning.js';
+import { DhcpWatcher } from './dhcp.js';
+import { concentratorsInUse } from '../policy/concentrator-source.js';
+import { parseSecret, readSecretFile } from '../control/secret-file.js';
+import type { ConcentratorTarget } from './config.js';
 
 export interface CpeDeps {
   sockets: Sockets;
@@ -106,6 +110,13 @@ export class Cpe {
   #stopping = false;
   /** Per concentrator address: its key id and secret, read from the secret files at start. */
   #credentials = new Map<string, Credentials>();
+  /** The key of the concentrators DHCP names (dhcp.concentrator's keyId and secretFile). */
+  #dhcpCredentials: Credentials | undefined;
+  /** The uplinks' DHCP leases (concentratorSource other than static). */
+  #dhcp: DhcpWatcher | undefined;
+  /** The concentrators in use now (static and DHCP's, by concentratorSource), and where each came from. */
+  #inUse: ConcentratorTarget[] = [];
+  #sources = new Map<string, string[]>();
 
   constructor(config: CpeConfig, deps: CpeDeps) {
     this.#config = config;
@@ -143,7 +154,10 @@ export class Cpe {
     const { logger, kernel } = this.#deps;
     // Before anything is changed on the host: a secret file that cannot be used stops the start cleanly.
     this.#credentials = await loadCredentials(cfg.concentrators);
+    this.#dhcpCredentials = await loadDhcpCredentials(cfg);
     try {
+      await this.#startDhcp(cfg);
+      this.#useConcentrators(cfg);
       for (const [family, host] of [
         [4, '127.0.0.1'],
         [6, '::1'],
@@ -170,14 +184,60 @@ export class Cpe {
       this.#observer.start();
       await this.#startDistribution();
       await this.#pinning.apply(cfg);
-      this.#interception = new Interception({ kernel, logger }, interceptionOptions(cfg));
+      this.#interception = new Interception({ kernel, logger }, interceptionOptions({ ...cfg, concentrators: this.#inUse }));
       await this.#interception.start();
-      this.#warm.configure(cfg.concentrators);
+      this.#warm.configure(this.#inUse);
     } catch (err) {
       await this.stop(0);
       throw err;
     }
-    logger.info({ lan: cfg.lan, uplinks: cfg.uplinks.map((u) => u.interface), concentrators: cfg.concentrators.map((c) => c.address) }, 'cpe started');
+    logger.info({ lan: cfg.lan, uplinks: cfg.uplinks.map((u) => u.interface), concentrators: this.#inUse.map((c) => c.address), concentratorSource: cfg.concentratorSource }, 'cpe started');
+  }
+
+  /** Follows the uplinks' DHCP leases unless the concentrators are static only (src/cpe/dhcp.ts). */
+  async #startDhcp(cfg: CpeConfig): Promise<void> {
+    this.#dhcp?.stop();
+    this.#dhcp = undefined;
+    if (cfg.concentratorSource === 'static') return;
+    const watcher = new DhcpWatcher({ dir: cfg.dhcp.leaseDir, uplinks: () => this.#config.uplinks.map((u) => u.interface), pollMs: cfg.dhcp.pollMs, logger: this.#deps.logger });
+    await watcher.start();
+    watcher.on('change', () => void this.#onLeases());
+    this.#dhcp = watcher;
+  }
+
+  /** Computes the concentrators in use from the configuration and the leases; true when they changed. */
+  #useConcentrators(cfg: CpeConfig): boolean {
+    const { port, ...settings } = cfg.dhcp.concentrator;
+    const next = concentratorsInUse(cfg.concentratorSource, cfg.concentrators, this.#dhcp?.learned() ?? [], (address) => ({ address, ...settings }), port);
+    const changed = JSON.stringify(next.targets) !== JSON.stringify(this.#inUse);
+    this.#inUse = next.targets;
+    this.#sources = next.sources;
+    if (changed) this.#selector.reconfigure(next.targets);
+    return changed;
+  }
+
+  /**
+   * A lease named other concentrators (added, changed, withdrawn, expired): new connections use the new list at
+   * once; the capability cache is flushed, the warm pool refilled, the interception's exclusions follow.
+   */
+  async #onLeases(): Promise<void> {
+    if (this.#stopping || !this.#interception) return;
+    if (this.#reloading) {
+      this.#leasesPending = true;
+      return;
+    }
+    const cfg = this.#config;
+    const learned = this.#dhcp?.learned() ?? [];
+    if (!this.#useConcentrators(cfg)) return;
+    this.#deps.logger.info({ leases: learned, concentrators: this.#inUse.map((c) => ({ address: c.address, sources: this.#sources.get(c.address) })) }, 'dhcp: the leases name other concentrators: in use for new connections');
+    this.#warm.configure(this.#inUse);
+    this.#warm.flush();
+    this.#changes.emit('change');
+    try {
+      await this.#interception.update(interceptionOptions({ ...cfg, concentrators: this.#inUse }));
+    } catch (err) {
+      this.#deps.logger.warn({ err: (err as Error).message }, 'dhcp: cannot update the interception for the new concentrators');
+    }
   }
 
   #newUplinks(cfg: CpeConfig): UplinkManager {
@@ -215,7 +275,7 @@ export class Cpe {
       selector: this.#selector,
       splice: this.#deps.splice,
       config: () => this.#config,
-      credentials: (t) => this.#credentials.get(t.address),
+      credentials: (t) => this.#credentials.get(t.address) ?? (this.#sources.get(t.address)?.includes('static') ? undefined : this.#dhcpCredentials),
       warm: this.#warm,
       pin: (flow, family) => (this.#config.distribution.classes.length > 0 ? this.#pinning.choose(this.#config, flow, family, this.#uplinks?.snapshot() ?? []) : undefined),
       track: (relay, info) => {
@@ -249,12 +309,19 @@ export class Cpe {
     return {
       relays: this.#relays.size,
       pending: this.#pending.size,
-      concentrators: this.#selector.snapshot(),
+      concentrators: this.#concentratorView(),
+      concentratorSource: this.#config.concentratorSource,
+      ...(this.#dhcp ? { dhcp: this.#dhcp.learned() } : {}),
       warmPool: this.#warm.snapshot(),
       uplinks: this.#observer?.view() ?? [],
       distribution: this.distribution(),
       ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),
     };
+  }
+
+  /** The selector's view of each concentrator in use, with where it came from ('static', 'dhcp:<uplink>'). */
+  #concentratorView() {
+    return this.#selector.snapshot().map((c) => ({ ...c, sources: this.#sources.get(c.address) ?? ['static'] }));
   }
 
   #lastReload: ReloadReport | undefined;
@@ -360,6 +427,24 @@ export class Cpe {
    */
   async reload(requested: CpeConfig): Promise<ReloadReport> {
     if (this.#stopping || !this.#interception || !this.#uplinks) throw new Error('Cpe.reload() before start or while stopping');
+    // A lease change during the reload waits for it (it would apply the old configuration's lists).
+    this.#reloading = true;
+    try {
+      return await this.#reload(requested);
+    } finally {
+      this.#reloading = false;
+      if (this.#leasesPending) {
+        this.#leasesPending = false;
+        await this.#onLeases();
+      }
+    }
+  }
+
+  #reloading = false;
+  #leasesPending = false;
+
+  async #reload(requested: CpeConfig): Promise<ReloadReport> {
+    if (!this.#interception || !this.#uplinks) throw new Error('Cpe.reload() before start');
     const old = this.#config;
     const pinned = new Set<string>(RESTART_KEYS);
     const live = new Set([...Object.keys(old), ...Object.keys(requested)].filter((k) => !pinned.has(k)));
@@ -369,6 +454,7 @@ export class Cpe {
     // Before anything changes: secret files that cannot be used keep the running configuration.
     const credentials = await loadCredentials(next.concentrators);
     checkDistributionNames(next);
+    const dhcpCredentials = await loadDhcpCredentials(next);
 
     const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
     if (!same([old.uplinks, old.uplinkPollMs, old.mptcpLimits], [next.uplinks, next.uplinkPollMs, next.mptcpLimits])) {
@@ -392,8 +478,10 @@ export class Cpe {
       // The uplinks run their configured modes now: the scheme applies its own again at the next sample.
       this.#wanted = new Map(next.uplinks.map((u) => [u.interface, u.mode] as const));
     }
+    if (!same([old.concentratorSource, old.dhcp.leaseDir, old.dhcp.pollMs], [next.concentratorSource, next.dhcp.leaseDir, next.dhcp.pollMs])) await this.#startDhcp(next);
+    this.#useConcentrators(next);
     await this.#pinning.apply(next);
-    const opts = interceptionOptions(next);
+    const opts = interceptionOptions({ ...next, concentrators: this.#inUse });
     if (!(await this.#interception.update(opts))) {
       const fresh = new Interception({ kernel, logger }, opts);
       await this.#interception.stop();
@@ -404,9 +492,10 @@ export class Cpe {
     if (old.distribution.scheme !== next.distribution.scheme) this.#overflow = OVERFLOW_IDLE;
     this.#config = next;
     this.#credentials = credentials;
-    this.#selector.reconfigure(next.concentrators);
+    this.#dhcpCredentials = dhcpCredentials;
+    this.#selector.reconfigure(this.#inUse);
     // Warm connections were dialled with the old settings: replaced like the capability cache is flushed.
-    this.#warm.configure(next.concentrators);
+    this.#warm.configure(this.#inUse);
     this.#warm.flush();
     logger.level = next.logLevel;
     logReload(logger, old, next, report);
@@ -437,7 +526,7 @@ export class Cpe {
       connections: this.#relays.size,
       pending: this.#pending.size,
       distribution: this.distribution(),
-      concentrators: this.#selector.snapshot(),
+      concentrators: this.#concentratorView(),
       refusals: await this.#refusals(),
       ready: this.readiness(),
     };
@@ -516,6 +605,7 @@ export class Cpe {
       }
     };
     this.#probe.stop();
+    this.#dhcp?.stop();
     this.#warm.stop();
     this.#observer?.stop();
     await this.#quota?.save(Date.now(), true);
@@ -530,4 +620,13 @@ export class Cpe {
     for (const err of errors) this.#deps.logger.error({ err }, 'error while stopping');
     this.#deps.logger.info('cpe stopped');
   }
+}
+
+/** The key of the concentrators DHCP names, read from dhcp.concentrator.secretFile (when concentratorSource uses DHCP). */
+async function loadDhcpCredentials(cfg: CpeConfig): Promise<Credentials | undefined> {
+  const t = cfg.dhcp.concentrator;
+  if (cfg.concentratorSource === 'static' || t.keyId === undefined || t.secretFile === undefined) return undefined;
+  const s = parseSecret(await readSecretFile(t.secretFile, 'secret file'));
+  if (!s.ok) throw new ConfigError(`secret file ${t.secretFile} (dhcp.concentrator): ${s.why}`);
+  return { keyId: t.keyId, secret: s.secret };
 }

@@ -153,6 +153,10 @@ export function fieldAccess(i: number) {
     /** The DHCP pool, and the one `renumber(i)` switches to. */
     pool: [`198.18.${i}.100`, `198.18.${i}.199`] as const,
     renumberedPool: [`198.18.${i}.200`, `198.18.${i}.249`] as const,
+    /** DHCPv6 on the access link (only with `Lab.dhcpServer(i, { v6 })`): the ISP's address and its pool. */
+    gatewayV6: `2001:db8:${i}::1`,
+    v6Len: 64,
+    pool6: [`2001:db8:${i}::100`, `2001:db8:${i}::1ff`] as const,
     /** ISP i's address on the internet segment (its CGN address, when it has one). */
     coreV4: `198.19.0.${30 + i}`,
     /** Metric the CPE's DHCP client gives uplink i's default route (IF_METRIC). */

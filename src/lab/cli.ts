@@ -7,6 +7,8 @@ import { createLogger } from '../log.js';
 import { FIELD, LAB, fieldAccess } from './addressing.js';
 import { Lab, type LabStatus } from './index.js';
 import { runSelfTest } from './selftest.js';
+import { fileURLToPath } from 'node:url';
+import { dhcpClientSnippet } from '../cpe/dhcp.js';
 
 function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
@@ -150,10 +152,17 @@ export function labCommand(): Command {
     .argument('<action>', 'start | stop | release | renumber')
     .argument('<uplink>', 'uplink index (1..N)', int)
     .option('--prefix <p>', 'the lab (default: the only one)')
-    .action(async (action: string, i: number, o: { prefix?: string }) => {
+    .option('--mcp <addrs>', 'with start: ISP I\'s dnsmasq sends these concentrators (comma-separated IPv4, option 224, T1 5 s) and the client requests them and runs mpconvert\'s dhclient hook (docs/operator.md)')
+    .option('--lease-dir <dir>', 'with --mcp: where the hook writes (the CPE\'s dhcp.leaseDir)', '/run/mpconvert-dhcp')
+    .action(async (action: string, i: number, o: { prefix?: string; mcp?: string; leaseDir: string }) => {
       try {
         const l = pick(o.prefix);
-        if (action === 'start') process.stdout.write(`up${i}: ${await l.startDhcpClient(i)}\n`);
+        if (action === 'start' && o.mcp !== undefined) {
+          await l.dhcpServer(i, { mcpV4: o.mcp.split(',').filter(Boolean), renewS: 5 });
+          const conf = `${dhcpClientSnippet('dhclient', { optionV4: 224, optionV6: 65224 })}also request dhcp-renewal-time, dhcp-rebinding-time;\n`;
+          const hook = fileURLToPath(new URL('../../../packaging/dhcp/dhclient-exit-hook', import.meta.url));
+          process.stdout.write(`up${i}: ${await l.startDhcpClient(i, { conf, exitHooks: [hook], env: { MPCONVERT_DHCP_DIR: o.leaseDir } })} (concentrators ${o.mcp} in ${o.leaseDir}/up${i}.v4)\n`);
+        } else if (action === 'start') process.stdout.write(`up${i}: ${await l.startDhcpClient(i)}\n`);
         else if (action === 'renumber') process.stdout.write(`up${i}: ${await l.renumber(i)}\n`);
         else if (action === 'stop' || action === 'release') await l.stopDhcpClient(i, { release: action === 'release' });
         else throw new Error(`unknown action "${action}" (start, stop, release, renumber)`);

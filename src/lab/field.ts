@@ -9,6 +9,7 @@
  * state.
  */
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { basename } from 'node:path';
 import { MpconvertError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { run, runJson } from '../platform/linux/exec.js';
@@ -29,12 +30,44 @@ export interface FieldBuildContext {
   makeNamespaces: () => Promise<void>;
 }
 
+/** What ISP i's DHCP server sends besides the address and the router (`Lab.dhcpServer`). */
+export interface FieldDhcpServerOptions {
+  /** The concentrators option (draft-boucadair-mptcp-dhc): these IPv4 addresses under `optionV4` (default 224). */
+  mcpV4?: readonly string[];
+  optionV4?: number;
+  /** T1 (option 58): the client renews this often (seconds), so a changed option reaches it soon. */
+  renewS?: number;
+  /**
+   * DHCPv6 on the access link as well (the ISP gets 2001:db8:i::1/64 on it, dnsmasq leases ::100-::1ff), with the
+   * concentrators option `mcp` under `optionV6` (default 65224). Only the access link has IPv6 in this topology.
+   */
+  v6?: { mcp?: readonly string[]; optionV6?: number };
+}
+
+/** How the CPE's DHCP client on uplink i runs (`Lab.startDhcpClient`). */
+export interface FieldDhcpClientOptions {
+  /** More dhclient.conf lines (the option declarations of `mpconvert cpe --dhcp-snippet dhclient`). */
+  conf?: string;
+  /**
+   * Exit hooks run by dhclient-script instead of the host's /etc/dhcp/dhclient-exit-hooks.d: Debian's script,
+   * copied into the run directory with its hook directories pointed at the lab's own (nothing on the host runs).
+   */
+  exitHooks?: readonly string[];
+  /** Environment of the script and its hooks (dhclient -e). */
+  env?: Readonly<Record<string, string>>;
+}
+
+const DHCLIENT_SCRIPT = '/sbin/dhclient-script';
+
 /** The access networks' DHCP: a dnsmasq per ISP router, a dhclient per CPE uplink. */
 export class FieldDhcp {
   readonly prefix: string;
   readonly #cpe: LabHost;
   readonly #isps: readonly LabHost[];
   readonly #logger: Logger;
+  /** Per uplink: the options its server and client were last started with (a renumbering or an uplinkUp keeps them). */
+  readonly #serverOpts = new Map<number, FieldDhcpServerOptions>();
+  readonly #clientOpts = new Map<number, FieldDhcpClientOptions>();
 
   constructor(prefix: string, cpe: LabHost, isps: readonly LabHost[], logger: Logger) {
     this.prefix = prefix;
@@ -56,24 +89,55 @@ export class FieldDhcp {
    * default route with metric 100*i) on uplink i and resolves once it holds a lease (dhclient goes to the
    * background then). Lives as long as the CPE namespace; `stopClient` ends it earlier.
    */
-  async startClient(i: number): Promise<string> {
+  async startClient(i: number, opts?: FieldDhcpClientOptions): Promise<string> {
     const a = this.#access(i);
     const f = this.#dhcpFiles(i);
+    if (opts) this.#clientOpts.set(i, opts);
+    const o = this.#clientOpts.get(i) ?? {};
     mkdirSync(runDir(this.prefix), { recursive: true });
     // Only what a router needs from its access network: no DNS, NTP or domain (nothing touches the host).
-    writeFileSync(f.conf, 'request subnet-mask, broadcast-address, routers;\ntimeout 20;\n');
-    await this.#cpe.exec('dhclient', ['-4', '-1', '-e', `IF_METRIC=${a.metric}`, '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { timeoutMs: 30_000 });
+    writeFileSync(f.conf, `request subnet-mask, broadcast-address, routers;\ntimeout 20;\n${o.conf ?? ''}`);
+    const args = ['-4', '-1', '-e', `IF_METRIC=${a.metric}`, ...Object.entries(o.env ?? {}).flatMap(([k, v]) => ['-e', `${k}=${v}`])];
+    if (o.exitHooks) args.push('-sf', this.#hookScript(i, o.exitHooks));
+    await this.#cpe.exec('dhclient', [...args, '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { timeoutMs: 30_000 });
     const got = await this.address(i);
     if (got === null) throw new MpconvertError('MPC_ERR_LAB_UP', `lab ${this.prefix}: dhclient on ${a.cpeDev} reported a lease but the interface has no address`);
     this.#logger.info({ prefix: this.prefix, uplink: i, address: got }, 'lab: DHCP lease');
     return got;
   }
 
+  /**
+   * Starts a DHCPv6 client (dhclient -6, stateful) on uplink i, with the same kind of options as `startClient`
+   * (its own files); resolves once it holds a lease. Needs `dhcpServer(i, { v6 })` first.
+   */
+  async startClient6(i: number, opts: FieldDhcpClientOptions = {}): Promise<void> {
+    const a = this.#access(i);
+    const f = this.#dhcpFiles(i);
+    mkdirSync(runDir(this.prefix), { recursive: true });
+    writeFileSync(f.conf6, `timeout 20;\n${opts.conf ?? ''}`);
+    const args = ['-6', '-1', ...Object.entries(opts.env ?? {}).flatMap(([k, v]) => ['-e', `${k}=${v}`])];
+    if (opts.exitHooks) args.push('-sf', this.#hookScript(i, opts.exitHooks, 6));
+    this.#client6Args.set(i, args.slice(2));
+    await this.#cpe.exec('dhclient', [...args, '-cf', f.conf6, '-pf', f.pid6, '-lf', f.leases6, a.cpeDev], { timeoutMs: 30_000 });
+  }
+
+  /** Ends uplink i's DHCPv6 client; `release` also gives the lease back. */
+  async stopClient6(i: number, opts: { release?: boolean } = {}): Promise<void> {
+    const a = this.#access(i);
+    const f = this.#dhcpFiles(i);
+    await this.#cpe.exec('dhclient', ['-6', opts.release ? '-r' : '-x', ...(this.#client6Args.get(i) ?? []), '-cf', f.conf6, '-pf', f.pid6, '-lf', f.leases6, a.cpeDev], { allowFailure: true, timeoutMs: 15_000 });
+  }
+
+  readonly #client6Args = new Map<number, string[]>();
+
   /** Ends uplink i's DHCP client; `release` also gives the lease back (the address goes). */
   async stopClient(i: number, opts: { release?: boolean } = {}): Promise<void> {
     const a = this.#access(i);
     const f = this.#dhcpFiles(i);
-    await this.#cpe.exec('dhclient', ['-4', opts.release ? '-r' : '-x', '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { allowFailure: true, timeoutMs: 15_000 });
+    const o = this.#clientOpts.get(i) ?? {};
+    const script = o.exitHooks ? ['-sf', f.script] : [];
+    const env = Object.entries(o.env ?? {}).flatMap(([k, v]) => ['-e', `${k}=${v}`]);
+    await this.#cpe.exec('dhclient', ['-4', opts.release ? '-r' : '-x', ...env, ...script, '-cf', f.conf, '-pf', f.pid, '-lf', f.leases, a.cpeDev], { allowFailure: true, timeoutMs: 15_000 });
   }
 
   /**
@@ -86,7 +150,29 @@ export class FieldDhcp {
     await this.#stopServer(i);
     rmSync(this.#dhcpFiles(i).leases, { force: true });
     await this.startServer(i, true);
+    this.#renumbered.add(i);
     return this.startClient(i);
+  }
+
+  /**
+   * Debian's dhclient-script, copied into the run directory with its hook directories pointed at the lab's own,
+   * which hold only `exitHooks` (run-parts names: letters, digits, _ and -). Returns its path.
+   */
+  #hookScript(i: number, exitHooks: readonly string[], family: 4 | 6 = 4): string {
+    const files = this.#dhcpFiles(i);
+    const f = family === 4 ? files : { hooks: `${files.hooks}6`, script: `${files.script}6` };
+    const hooks = `${f.hooks}/exit`;
+    rmSync(f.hooks, { recursive: true, force: true });
+    mkdirSync(hooks, { recursive: true });
+    mkdirSync(`${f.hooks}/enter`);
+    exitHooks.forEach((h, k) => writeFileSync(`${hooks}/${k}-${basename(h).replace(/[^A-Za-z0-9_-]/g, '_')}`, readFileSync(h)));
+    const script = readFileSync(DHCLIENT_SCRIPT, 'utf8')
+      .replaceAll('/etc/dhcp/dhclient-exit-hooks.d', hooks)
+      .replaceAll('/etc/dhcp/dhclient-enter-hooks.d', `${f.hooks}/enter`)
+      .replaceAll('/etc/dhcp/dhclient-exit-hooks', `${f.hooks}/none`)
+      .replaceAll('/etc/dhcp/dhclient-enter-hooks', `${f.hooks}/none`);
+    writeFileSync(f.script, script, { mode: 0o755 });
+    return f.script;
   }
 
   #access(i: number) {
@@ -103,21 +189,51 @@ export class FieldDhcp {
       serverPid: `${d}/dnsmasq-isp${i}.pid`,
       serverLeases: `${d}/dnsmasq-isp${i}.leases`,
       serverLog: `${d}/dnsmasq-isp${i}.log`,
+      script: `${d}/dhclient-script-up${i}`,
+      conf6: `${d}/dhclient6-up${i}.conf`,
+      pid6: `${d}/dhclient6-up${i}.pid`,
+      leases6: `${d}/dhclient6-up${i}.leases`,
+      hooks: `${d}/dhclient-hooks-up${i}`,
     };
   }
 
   /** dnsmasq as the DHCP server of access network i, in ISP i's namespace (it daemonizes once it serves). */
-  async startServer(i: number, renumbered = false): Promise<void> {
+  async startServer(i: number, renumbered = false, opts?: FieldDhcpServerOptions): Promise<void> {
     const a = fieldAccess(i);
     const f = this.#dhcpFiles(i);
+    if (opts) this.#serverOpts.set(i, opts);
+    const o = this.#serverOpts.get(i) ?? {};
     mkdirSync(runDir(this.prefix), { recursive: true });
     const [lo, hi] = renumbered ? a.renumberedPool : a.pool;
-    await run('dnsmasq', [
+    if (o.v6) {
+      const isp = this.#isps[i - 1]!;
+      const have = await run('ip', ['-6', 'addr', 'show', 'dev', a.ispDev], { netns: isp.name });
+      if (!have.stdout.includes(`${a.gatewayV6}/`)) await run('ip', ['-6', 'addr', 'add', `${a.gatewayV6}/${a.v6Len}`, 'dev', a.ispDev, 'nodad'], { netns: isp.name });
+    }
+    const extra = [
+      ...(o.mcpV4?.length ? [`--dhcp-option=${o.optionV4 ?? 224},${o.mcpV4.join(',')}`] : []),
+      ...(o.v6 ? [`--dhcp-range=${a.pool6[0]},${a.pool6[1]},${a.v6Len},${FIELD.leaseS}s`] : []),
+      ...(o.v6?.mcp?.length ? [`--dhcp-option=option6:${o.v6.optionV6 ?? 65224},${o.v6.mcp.map((x) => `[${x}]`).join(',')}`] : []),
+      ...(o.renewS ? [`--dhcp-option=option:T1,${o.renewS}`, `--dhcp-option=option:T2,${Math.max(o.renewS + 1, Math.floor(FIELD.leaseS * 0.875))}`] : []),
+    ];
+    await run('dnsmasq', [...extra,
       '--conf-file=/dev/null', '--port=0', `--interface=${a.ispDev}`, '--bind-interfaces', '--no-ping', '--dhcp-authoritative',
       `--dhcp-range=${lo},${hi},255.255.255.0,${FIELD.leaseS}s`, `--dhcp-option=option:router,${a.gatewayV4}`,
       `--dhcp-leasefile=${f.serverLeases}`, `--pid-file=${f.serverPid}`, `--log-facility=${f.serverLog}`, '--log-dhcp', '--user=root',
     ], { netns: this.#isps[i - 1]!.name, timeoutMs: 10_000 });
   }
+
+  /**
+   * ISP i's DHCP server, restarted with other options (the same pool and leases: the CPE keeps its address);
+   * the CPE's client sees them at its next renewal.
+   */
+  async reconfigureServer(i: number, opts: FieldDhcpServerOptions): Promise<void> {
+    const renumbered = this.#renumbered.has(i);
+    await this.#stopServer(i);
+    await this.startServer(i, renumbered, opts);
+  }
+
+  readonly #renumbered = new Set<number>();
 
   async #stopServer(i: number): Promise<void> {
     let pid: number;

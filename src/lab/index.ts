@@ -17,7 +17,7 @@ import { run, runJson, type RunResult } from '../platform/linux/exec.js';
 import { DELAY_LINE, FIELD, LAB, LAB_NAMESPACE_RE, PREFIX_RE, fieldAccess, namespaceName, poolAddress, serverAddressing, serverNamespace, uplinkAddressing } from './addressing.js';
 import { checkLossPercent, lossRuleset, parseLossTable } from './loss.js';
 import { batch, sysctl } from './commands.js';
-import { FieldDhcp, buildField } from './field.js';
+import { FieldDhcp, buildField, type FieldDhcpClientOptions, type FieldDhcpServerOptions } from './field.js';
 import { parseRate, tbfArgs } from './shaping.js';
 import { listStates, ownerAlive, processStart, readState, removeState, writeState, type LabState } from './state.js';
 
@@ -25,6 +25,7 @@ export type { RunResult } from '../platform/linux/exec.js';
 export { FIELD, LAB, fieldAccess, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from './addressing.js';
 export { LabProcess, descendants } from './process.js';
 export { readTcpSegments, type TcpSegment } from './pcap.js';
+export type { FieldDhcpClientOptions, FieldDhcpServerOptions } from './field.js';
 
 export interface LabUplinkSpec {
   /** tbf rate at both ends ('50mbit'), 0 = unshaped. */
@@ -571,8 +572,26 @@ export class Lab {
    * Field topology: starts the CPE's DHCP client on uplink i; resolves with the leased address once it has one
    * (src/lab/field.ts).
    */
-  startDhcpClient(i: number): Promise<string> {
-    return this.#fieldDhcp().startClient(i);
+  startDhcpClient(i: number, opts?: FieldDhcpClientOptions): Promise<string> {
+    return this.#fieldDhcp().startClient(i, opts);
+  }
+
+  /**
+   * Field topology: ISP i's DHCP server is restarted with these options (the concentrators option, T1); the CPE's
+   * client keeps its address and sees them at its next renewal.
+   */
+  dhcpServer(i: number, opts: FieldDhcpServerOptions): Promise<void> {
+    return this.#fieldDhcp().reconfigureServer(i, opts);
+  }
+
+  /** Field topology: a DHCPv6 client (dhclient -6) on uplink i, after `dhcpServer(i, { v6 })`; resolves with a lease. */
+  startDhcp6Client(i: number, opts?: FieldDhcpClientOptions): Promise<void> {
+    return this.#fieldDhcp().startClient6(i, opts);
+  }
+
+  /** Field topology: ends uplink i's DHCPv6 client; `release` gives the lease back. */
+  stopDhcp6Client(i: number, opts: { release?: boolean } = {}): Promise<void> {
+    return this.#fieldDhcp().stopClient6(i, opts);
   }
 
   /** Field topology: ends uplink i's DHCP client; `release` also gives the lease back (the address goes). */

@@ -6,3 +6,4 @@ export * from './convert.js';
 export * from './signalling.js';
 export * from './udp-frame.js';
 export * from './proxy-v2.js';
+export * from './dhcp-mcp.js';

@@ -35,7 +35,7 @@ test('the .deb: name, control fields, and Depends on Node.js >= 20 and the tools
   const depends = execFileSync('dpkg-deb', ['-f', deb, 'Depends'], { encoding: 'utf8' }).trim().split(/,\s*/);
   for (const d of ['nodejs (>= 20)', 'nftables', 'iproute2', 'procps', 'adduser']) assert.ok(depends.includes(d), `Depends has ${d}: ${depends.join(', ')}`);
   const conffiles = execFileSync('sh', ['-c', `dpkg-deb --ctrl-tarfile '${deb}' | tar -xOf - ./conffiles`], { encoding: 'utf8' });
-  assert.deepEqual(conffiles.trim().split('\n').sort(), ['/etc/mpconvert/concentrator.yaml', '/etc/mpconvert/cpe.yaml']);
+  assert.deepEqual(conffiles.trim().split('\n').sort(), ['/etc/dhcp/dhclient-exit-hooks.d/mpconvert', '/etc/mpconvert/concentrator.yaml', '/etc/mpconvert/cpe.yaml']);
 });
 
 test('the .deb installed into a clean tree: application, wrapper, units, commented configs, docs; the command runs from it', () => {
@@ -58,6 +58,12 @@ test('the .deb installed into a clean tree: application, wrapper, units, comment
     'etc/mpconvert/concentrator.yaml',
     'usr/share/doc/mpconvert/service.md',
     'usr/share/doc/mpconvert/copyright',
+    // DHCP provisioning of the concentrators (docs/operator.md): both clients' hooks and the option declarations.
+    'etc/dhcp/dhclient-exit-hooks.d/mpconvert',
+    'usr/lib/dhcpcd/dhcpcd-hooks/60-mpconvert',
+    'usr/share/doc/mpconvert/examples/dhclient-mpconvert.conf',
+    'usr/share/doc/mpconvert/examples/dhclient6-mpconvert.conf',
+    'usr/share/doc/mpconvert/examples/dhcpcd-mpconvert.conf',
   ]) {
     assert.ok(existsSync(join(root, f)), `${f} is in the package`);
   }
@@ -81,6 +87,7 @@ test('the .deb installed into a clean tree: application, wrapper, units, comment
   const ctrl = join(work, 'ctrl');
   execFileSync('dpkg-deb', ['-e', deb, ctrl]);
   for (const s of ['postinst', 'prerm', 'postrm']) execFileSync('sh', ['-n', join(ctrl, s)]);
+  for (const h of ['etc/dhcp/dhclient-exit-hooks.d/mpconvert', 'usr/lib/dhcpcd/dhcpcd-hooks/60-mpconvert']) execFileSync('sh', ['-n', join(root, h)]);
   assert.match(readFileSync(join(ctrl, 'postinst'), 'utf8'), /adduser --system .* mpconvert/s);
 });
 
