@@ -44,8 +44,8 @@ export interface ConcentratorDeps {
   kernel: KernelConfig;
   logger: Logger;
   metrics: Metrics;
-  /** Structured session log (one line at open and at close); undefined = off. */
-  sessionLog?: Logger | undefined;
+  /** The session log (src/concentrator/session-log.ts, or any logger): connections, refusals, port blocks; undefined = off. */
+  sessionLog?: { info(line: Record<string, unknown>): void } | undefined;
   now?: () => number;
   /** Zero-copy relaying when the configuration asks for it ('splice'); absent: the stream relay. */
   splice?: SpliceEngine | undefined;
@@ -66,7 +66,7 @@ const CPE_TOTALS_MAX = 10_000;
 /** Sessions whose MPTCP subflow count is read per figure (getsockopt each); beyond, the count is left out. */
 const SUBFLOW_SAMPLE_MAX = 4_096;
 /** Keys a SIGHUP cannot apply (the rest it does, see reload()). */
-const RESTART_KEYS = new Set(['announce', 'manageSysctls', 'preserveDscp', 'sessionLog', 'admin', 'adminTokenFile', 'metrics']);
+const RESTART_KEYS = new Set(['announce', 'manageSysctls', 'preserveDscp', 'sessionLog', 'sessionLogging', 'admin', 'adminTokenFile', 'metrics']);
 
 export interface CpeFigures {
   cpe: string;
@@ -130,7 +130,7 @@ export class Concentrator {
     this.#pending = new SignallingAdmission(config.signalling);
     this.#allow = PrefixSet.from(config.allow);
     this.#destinations = compileDestinationPolicy({ deny: denyPrefixes(config) });
-    this.#sourceAddress = sourceAddressStrategy(config);
+    this.#sourceAddress = sourceAddressStrategy(config, { blockLog: (e) => this.#sessionLog({ ...e }) });
     this.#proxyProtocol = compileProxyProtocolTargets(config.server.proxyProtocol);
     this.#dialer = new ServerDialer({
       sockets: deps.sockets,
@@ -661,8 +661,8 @@ export class Concentrator {
     this.#dialer.setMptcp(next.server.mptcp);
     this.#proxyProtocol = compileProxyProtocolTargets(next.server.proxyProtocol);
     // Connections already open release their address into the strategy they took it from.
-    if (JSON.stringify([old.sourcePool, old.sourceAddress]) !== JSON.stringify([next.sourcePool, next.sourceAddress])) {
-      this.#sourceAddress = sourceAddressStrategy(next);
+    if (JSON.stringify([old.sourcePool, old.sourceAddress, old.portBlocks]) !== JSON.stringify([next.sourcePool, next.sourceAddress, next.portBlocks])) {
+      this.#sourceAddress = sourceAddressStrategy(next, { blockLog: (e) => this.#sessionLog({ ...e }), previous: this.#sourceAddress });
     }
     for (const [text, server] of this.#listeners) {
       if (!next.listen.includes(text)) {
@@ -702,6 +702,8 @@ export class Concentrator {
       else s.ctx.socket.resetAndDestroy();
       s.end();
     }
+    // Port blocks still held go back, each with its release line.
+    this.#sourceAddress.close?.('stop');
     await this.#rules.remove().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the nft table of the listeners'));
     await this.#returnPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the return path'));
     this.#returnPath = undefined;
