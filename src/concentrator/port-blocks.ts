@@ -47,7 +47,7 @@ export interface BlockEvent {
   ports: string;
   /** Blocks the CPE holds on this address after the event. */
   blocks: number;
-  /** release: why (idle, stop, reload). */
+  /** release: why (idle, unusable: the kernel refused every port of it, stop, reload). */
   reason?: string;
   /** release: how long the block was held. */
   heldS?: number;
@@ -263,11 +263,13 @@ export class PortBlockAllocator {
   #free(identity: string, address: string, port: number): void {
     const a = this.#addresses.get(address);
     const block = a?.byCpe.get(identity)?.find((b) => port >= b.first && port <= b.last);
-    if (!block) return;
+    if (!a || !block) return;
     block.inUse.delete(port);
     if (block.inUse.size > 0) return;
-    if (this.#closing !== undefined || this.#o.releaseAfterMs === 0) {
-      this.#releaseBlock(address, block, this.#closing ?? 'idle');
+    // A block whose every port the kernel refused is of no use to its CPE: back at once (it counts to its limit).
+    const unusable = allCooling(a.cooling, block.first, block.last, this.#now());
+    if (this.#closing !== undefined || this.#o.releaseAfterMs === 0 || unusable) {
+      this.#releaseBlock(address, block, this.#closing ?? (unusable ? 'unusable' : 'idle'));
       return;
     }
     block.timer = setTimeout(() => {

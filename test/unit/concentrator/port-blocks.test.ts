@@ -89,19 +89,19 @@ test('a block stays releaseAfterMs after its last connection, a new connection i
   assert.equal(log[1]!.event, 'block-release');
 });
 
-test('a port the kernel refused is cooled down: next() gives another one of the blocks, then a new block, then the refusal', () => {
+test('a port the kernel refused is cooled down: next() gives another one of the blocks, then new blocks, until the address has none', () => {
   const { a, log } = make({ maxBlocksPerCpe: 2, releaseAfterMs: 60_000 });
   const l = lease(a);
-  const tried = new Set([l.port]);
-  for (let i = 0; i < 7; i++) {
-    const p = l.next();
-    assert.ok(p !== undefined, `port ${i + 2}`);
-    assert.ok(!tried.has(p), `never a refused port again (${p})`);
-    tried.add(p);
+  const tried = [l.port];
+  for (let p = l.next(); p !== undefined; p = l.next()) {
+    assert.ok(!tried.includes(p), `never a refused port again (${p})`);
+    tried.push(p);
   }
-  assert.equal(log.length, 2, 'the second block came when the first had no usable port');
-  assert.equal(l.next(), undefined);
-  assert.equal(l.refusal, 'port-block-limit');
+  assert.equal(tried.length, 16, 'every port of the range was tried once');
+  assert.equal(l.refusal, 'port-blocks-exhausted');
+  const events = log.map((e) => `${e.event}:${e.reason ?? ''}`);
+  assert.equal(events.filter((e) => e === 'block-allocate:').length, 4, 'a new block each time the held ones had no usable port');
+  assert.equal(events.filter((e) => e === 'block-release:unusable').length, 4, 'each fully refused block went back at once');
   l.release(); // nothing held: no throw
 });
 
@@ -116,6 +116,22 @@ test('with releaseAfterMs 0, refusing the only port of a block does not hand the
   const again = lease(a);
   assert.equal(again.port, 3001);
   assert.equal(a.lease({ identity: 'c3', cpe: 'c3' }, A), 'port-blocks-exhausted', 'no block is handed out whose every port is cooling');
+});
+
+test('a held block whose every port the kernel refused goes back at once (reason unusable), before releaseAfterMs', () => {
+  const { a, log } = make({ size: 2, first: 4000, last: 4003, maxBlocksPerCpe: 2, releaseAfterMs: 60_000 }, () => 0);
+  const l = lease(a);
+  assert.equal(l.port, 4000);
+  assert.equal(l.next(), 4001);
+  assert.equal(l.next(), 4002, 'the second block');
+  assert.deepEqual(
+    log.map((e) => [e.event, e.ports, e.reason]),
+    [
+      ['block-allocate', '4000-4001', undefined],
+      ['block-allocate', '4002-4003', undefined],
+      ['block-release', '4000-4001', 'unusable'],
+    ],
+  );
 });
 
 test('a change of size keeps the blocks held and never overlaps them; close() releases what is unused', () => {
