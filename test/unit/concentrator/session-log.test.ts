@@ -8,7 +8,10 @@ import { mkdtempSync, readFileSync, renameSync, rmSync, existsSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { concentratorConfigSchema } from '../../../src/concentrator/config.js';
-import { SessionLog, fileSink, redact, syslogMessage, syslogSink, wanted, type SessionLine, type SessionLogSink } from '../../../src/concentrator/session-log.js';
+import { spawn } from 'node:child_process';
+import { closeFd, sendToUnix, unixDatagramSocket } from '../../../src/platform/linux/ffi.js';
+import { requireTool } from '../../support/capabilities.js';
+import { SessionLog, createSessionLog, fileSink, redact, syslogMessage, syslogSink, wanted, type SessionLine, type SessionLogSink } from '../../../src/concentrator/session-log.js';
 import { silentLogger } from '../../../src/log.js';
 
 const base = { listen: ['127.0.0.1:0'], allow: ['127.0.0.0/8'] };
@@ -95,4 +98,39 @@ test('syslog: RFC 3164 framing with facility and tag; a refused send is dropped,
     throw new Error('ENOENT');
   }, silentLogger());
   failing.write({ event: 'x' });
+});
+
+test('syslog sink over a real AF_UNIX datagram socket (socat as the syslog daemon): one datagram per line', async (t) => {
+  if (!requireTool(t, 'socat')) return;
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-syslog-'));
+  const socket = join(dir, 'log');
+  const socat = spawn('socat', ['-u', `UNIX-RECV:${socket}`, 'STDOUT'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  socat.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  let fd: number | undefined;
+  try {
+    const until = async (f: () => boolean, what: string) => {
+      for (const deadline = Date.now() + 5_000; !f(); ) {
+        assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+    await until(() => existsSync(socket), 'socat to bind its socket');
+    const config = concentratorConfigSchema.parse({ ...base, sessionLogging: { sink: 'syslog', syslog: { socket, facility: 'local3', tag: 'mpc-test' } } });
+    const log = createSessionLog(config, { logger: silentLogger(), settings: () => config, sendDatagram: (p, d) => sendToUnix((fd ??= unixDatagramSocket()), p, d) });
+    assert.ok(log);
+    log.info(open);
+    log.info({ event: 'close', session: 1 });
+    // socat writes each datagram as it came, without a separator.
+    const messages = () => out.split(/(?=<158>)/).filter((m) => m.length > 0);
+    await until(() => messages().length === 2, 'two datagrams');
+    const [first, second] = messages() as [string, string];
+    assert.match(first, /^<158>\w{3} [ \d]\d \d\d:\d\d:\d\d \S+ mpc-test\[\d+\]: \{"time":"[^"]+","log":"session","event":"open"/, 'local3.info = 19 * 8 + 6');
+    assert.ok(!first.includes('198.19.0.11'), 'no destination');
+    assert.match(second, /"event":"close"/);
+  } finally {
+    if (fd !== undefined) closeFd(fd);
+    socat.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
