@@ -33,7 +33,7 @@ import { ConfigError } from '../control/config-file.js';
 import { ListenerRules } from './listener-rules.js';
 import type { ConnectionContext } from './context.js';
 import { runPipeline, step, type Step } from './pipeline.js';
-import { needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
+import { PortBlockSourceAddress, needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
 import { ReturnPath } from './return-path.js';
 import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
 
@@ -627,6 +627,7 @@ export class Concentrator {
       connections: this.#limits.total,
       fallbackCache: this.fallbackCache,
       sourceAddress: this.#sourceAddress.name,
+      ...(this.#sourceAddress instanceof PortBlockSourceAddress ? { portBlocks: this.#sourceAddress.allocator.summary() } : {}),
       returnPath: this.#returnPath?.installed ?? false,
       ...(this.#keys ? { auth: { keys: this.#keys.size, replayCache: this.#replay.size } } : {}),
       activeCpes: this.cpeFigures().length,

@@ -170,6 +170,21 @@ export class PortBlockAllocator {
     return out;
   }
 
+  /** Totals for /status: blocks held, CPEs holding them, ports in use. */
+  summary(): { blocks: number; cpes: number; portsInUse: number } {
+    let blocks = 0;
+    let portsInUse = 0;
+    const cpes = new Set<string>();
+    for (const a of this.#addresses.values()) {
+      for (const [identity, list] of a.byCpe) {
+        cpes.add(identity);
+        blocks += list.length;
+        for (const b of list) portsInUse += b.inUse.size;
+      }
+    }
+    return { blocks, cpes: cpes.size, portsInUse };
+  }
+
   /**
    * Gives back every block without a connection now (logged with `reason`); the others go back as soon as
    * their last connection ends. For stop, and for a strategy that a reload replaced.

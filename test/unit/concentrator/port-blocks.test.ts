@@ -30,6 +30,7 @@ test('a CPE gets one block (one log line) for many connections, ports inside it,
   const { a, log } = make();
   const leases = [lease(a), lease(a), lease(a), lease(a)];
   assert.equal(log.length, 1, 'one allocation line for four connections');
+  assert.deepEqual(a.summary(), { blocks: 1, cpes: 1, portsInUse: 4 });
   const [lo, hi] = range(log[0]!);
   assert.equal(hi - lo + 1, 4);
   assert.equal((lo - 2000) % 4, 0, 'blocks are aligned on first');
