@@ -110,11 +110,11 @@ describe('logging for address sharing: port blocks and the session log (lab)', {
    * n concurrent uploads from the LAN client, each `size` bytes of its own text, then open for `holdS` more
    * seconds before its end (so they overlap for certain): how many the server received exactly.
    */
-  async function transfers(n: number, tag: string, holdS = 0, size = 20_000): Promise<{ ok: number; failed: number }> {
+  async function transfers(n: number, tag: string, holdS = 0, size = 20_000, host = srv4): Promise<{ ok: number; failed: number }> {
     const out = join(dir, tag);
     const script = Array.from(
       { length: n },
-      (_, i) => `((yes ${tag}${i} | head -c ${size}; sleep ${holdS}) | curl -sS --fail --max-time 60 -T - 'http://${srv4}:8080/upload' > ${out}.${i}) 2>/dev/null &`,
+      (_, i) => `((yes ${tag}${i} | head -c ${size}; sleep ${holdS}) | curl -sS --fail --max-time 60 -T - 'http://${host.includes(':') ? `[${host}]` : host}:8080/upload' > ${out}.${i}) 2>/dev/null &`,
     ).join('\n');
     await lab.hosts.client.exec('bash', ['-c', `${script}\nwait`], { timeoutMs: 90_000, allowFailure: true });
     let ok = 0;
@@ -312,5 +312,30 @@ describe('logging for address sharing: port blocks and the session log (lab)', {
     }
     const text = readFileSync(logFile, 'utf8');
     assert.ok(!text.includes(srv4) && !text.includes(':8080'), 'the server address appears nowhere in the session log');
+  });
+
+  test('IPv6 server: the server leg leaves from the pool\'s IPv6 address, from a port of a block logged for that address', { timeout: 120_000 }, async () => {
+    const srv6 = lab.hosts.servers[0]!.v6;
+    const pcap = join(dir, 'v6.pcap');
+    const td = new Proc(lab.hosts.servers[0]!.spawn('tcpdump', ['-i', 'any', '--immediate-mode', '-U', '-n', '-w', pcap, 'ip6 and tcp dst port 8080']));
+    await td.until(() => (td.stderr.includes('listening') ? true : undefined), 10_000, 'tcpdump listening');
+    const from = lines().length;
+    const r = await transfers(3, 'six', 0, 20_000, srv6);
+    assert.equal(r.ok, 3, 'every body exact');
+    const l = await poll('three close lines', () => {
+      const x = lines().slice(from);
+      return x.filter((y) => y.event === 'close').length === 3 ? x : undefined;
+    });
+    await poll('the SYNs captured', () => (readTcpSegments(pcap).filter((x) => x.flags.syn).length >= 3 ? true : undefined));
+    await td.stop('SIGINT');
+    const blocks = l.filter((x) => x.event === 'block-allocate' && x.external === POOL.v6).map(blockRange);
+    assert.ok(blocks.length >= 1, 'a block on the IPv6 pool address');
+    const syns = readTcpSegments(pcap).filter((x) => x.flags.syn && !x.flags.ack);
+    assert.equal(new Set(syns.map((x) => `${x.sport}/${x.seq}`)).size, 3);
+    for (const x of syns) {
+      assert.equal(x.src, ipv6ToBytes(POOL.v6).toString('hex').match(/.{4}/g)!.join(':'), 'from the pool IPv6 address');
+      assert.ok(blocks.some(([lo, hi]) => x.sport >= lo && x.sport <= hi), `port ${x.sport} inside the IPv6 address's block`);
+    }
+    for (const o of l.filter((x) => x.event === 'open')) assert.match(o.external ?? '', /^\[2001:db8:100::8000\]:2\d{4}$/);
   });
 });
