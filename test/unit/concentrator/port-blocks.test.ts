@@ -157,3 +157,36 @@ test('options are checked', () => {
   assert.throws(() => make({ first: 10, last: 5 }), /port range/);
   assert.throws(() => make({ size: 17 }), /blocks of 17/);
 });
+
+test('a reload keeps the allocator (held blocks, no overlap); turning port blocks off releases the blocks as their connections end', async () => {
+  const { concentratorConfigSchema } = await import('../../../src/concentrator/config.js');
+  const { PortBlockSourceAddress, sourceAddressStrategy } = await import('../../../src/concentrator/source-address.js');
+  const log: BlockEvent[] = [];
+  const cfg = (portBlocks?: Record<string, number>) =>
+    concentratorConfigSchema.parse({ listen: ['127.0.0.1:0'], allow: ['127.0.0.0/8'], sourcePool: { addresses: [A] }, ...(portBlocks ? { portBlocks } : {}) });
+  const first = sourceAddressStrategy(cfg({ size: 4, first: 2000, last: 2015 }), { blockLog: (e) => log.push(e) });
+  assert.ok(first instanceof PortBlockSourceAddress);
+  const ctx = (identity: string) => {
+    const releases: Array<() => void> = [];
+    const c = { identity, cpe: identity, destination: { address: '198.19.0.11', port: 80, family: 4 as const }, own: (r: () => void) => releases.push(r) } as unknown as Parameters<typeof first.acquire>[0];
+    return { c, end: () => releases.reverse().forEach((r) => r()) };
+  };
+  const one = ctx('198.18.1.2');
+  assert.equal(first.acquire(one.c), undefined);
+  assert.equal(one.c.external, A);
+  assert.ok(one.c.ports && one.c.ports.port >= 2000 && one.c.ports.port <= 2015);
+  const second = sourceAddressStrategy(cfg({ size: 8, first: 2000, last: 2015 }), { blockLog: (e) => log.push(e), previous: first });
+  assert.ok(second instanceof PortBlockSourceAddress && second.allocator === first.allocator, 'the same allocator');
+  const two = ctx('198.18.2.2');
+  assert.equal(second.acquire(two.c), undefined);
+  const [lo1, hi1] = range(log[0]!);
+  const [lo2, hi2] = range(log[1]!);
+  assert.equal(hi2 - lo2 + 1, 8, 'the new size');
+  assert.ok(hi1 < lo2 || hi2 < lo1, 'no overlap with the block held from before the reload');
+  const off = sourceAddressStrategy(cfg(), { blockLog: (e) => log.push(e), previous: second });
+  assert.equal(off instanceof PortBlockSourceAddress, false);
+  assert.equal(log.length, 2, 'blocks in use stay until their connections end');
+  one.end();
+  two.end();
+  assert.deepEqual(log.slice(2).map((e) => [e.event, e.reason]), [['block-release', 'reload'], ['block-release', 'reload']]);
+});
