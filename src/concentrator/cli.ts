@@ -63,11 +63,18 @@ export function concentratorCommand(): Command {
       const metrics = createMetrics('concentrator', { perCpe: config.metrics.perCpe });
       // The syslog sink's socket, opened at its first line.
       let syslogFd: number | undefined;
-      const sessionLog = createSessionLog(config, {
-        logger,
-        settings: () => concentrator.config,
-        sendDatagram: (path, data) => sendToUnix((syslogFd ??= unixDatagramSocket()), path, data),
-      });
+      let sessionLog;
+      try {
+        sessionLog = createSessionLog(config, {
+          logger,
+          settings: () => concentrator.config,
+          sendDatagram: (path, data) => sendToUnix((syslogFd ??= unixDatagramSocket()), path, data),
+        });
+      } catch (err) {
+        process.stderr.write(`mpconvert concentrator: ${(err as Error).message}\n`);
+        process.exitCode = 2;
+        return;
+      }
       const concentrator: Concentrator = new Concentrator(config, {
         sockets: platform.sockets,
         kernel: platform.kernel,

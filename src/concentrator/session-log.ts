@@ -9,7 +9,10 @@
  * (move the file away, SIGHUP, the next line goes to a new file: logrotate without copytruncate); or syslog,
  * one datagram per line to a local socket (/dev/log: rsyslog or journald), RFC 3164 framing.
  */
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { dirname } from 'node:path';
+import { ConfigError } from '../control/config-file.js';
 import { pino, type Logger } from 'pino';
 import type { ConcentratorConfig } from './config.js';
 
@@ -77,6 +80,14 @@ export function loggerSink(logger: Logger): SessionLogSink {
  * away by logrotate keeps what was written and the next line starts a new file.
  */
 export function fileSink(path: string, logger: Logger, now: () => number = Date.now): SessionLogSink {
+  // Opened once here, synchronously: a file that cannot be written stops the start with a reason, instead of
+  // a concentrator that shares addresses without its log. Created 0640 (the umask may narrow it).
+  try {
+    mkdirSync(dirname(path), { recursive: true });
+    closeSync(openSync(path, 'a', 0o640));
+  } catch (err) {
+    throw new ConfigError(`sessionLogging.file ${path}: cannot open it for appending (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err });
+  }
   const dest = pino.destination({ dest: path, append: true, mkdir: true, sync: false });
   dest.on('error', (err: unknown) => logger.error({ err, file: path }, 'session log file: write failed'));
   return {

@@ -4,7 +4,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, renameSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, renameSync, rmSync, existsSync, statSync, writeFileSync } from 'node:fs';
+import { ConfigError } from '../../../src/control/config-file.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { concentratorConfigSchema } from '../../../src/concentrator/config.js';
@@ -81,6 +82,20 @@ test('file sink: JSON lines with an ISO time; after a move and reopen() the next
     await sink.close();
     assert.equal(readFileSync(`${file}.1`, 'utf8').trim().split('\n').length, 1, 'the moved file kept its line and got no more');
     assert.equal(readFileSync(file, 'utf8').trim().split('\n').length, 1);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('file sink: a path that cannot be opened for appending is a configuration error at start, with the path', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-sesslog-'));
+  try {
+    const file = join(dir, 'plain');
+    writeFileSync(file, '');
+    assert.throws(() => fileSink(join(file, 'sessions.log'), silentLogger()), (err: unknown) => err instanceof ConfigError && err.message.includes(join(file, 'sessions.log')));
+    const ok = join(dir, 'sessions.log');
+    await fileSink(ok, silentLogger()).close();
+    assert.equal(statSync(ok).mode & 0o777 & ~0o640, 0, 'created no wider than 0640');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
