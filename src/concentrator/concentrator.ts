@@ -520,6 +520,7 @@ export class Concentrator {
     const m = this.#deps.metrics;
     const figures = this.cpeFigures();
     m.activeCpes.set(figures.length);
+    m.portBlocks.set(this.#sourceAddress instanceof PortBlockSourceAddress ? this.#sourceAddress.allocator.summary().blocks : 0);
     if (!m.perCpe) return;
     m.cpeConnections.reset();
     m.cpeSubflows.reset();

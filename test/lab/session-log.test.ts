@@ -258,6 +258,7 @@ describe('logging for address sharing: port blocks and the session log (lab)', {
     // One block of 8 with 4 usable ports: four uploads held open take them, then two more are refused.
     const held = transfers(4, 'held', 8);
     await poll('four relayed connections', async () => ((await metric('mpconvert_active_connections')) === 4 ? true : undefined));
+    await poll('the gauge of blocks held at 1', async () => ((await metric('mpconvert_port_blocks')) === 1 ? true : undefined));
     const extra = await transfers(2, 'over');
     const first = await held;
     assert.equal(first.ok, 4, 'the four within the block are exact');
