@@ -1,5 +1,5 @@
 /**
- * Port-block allocation for address sharing (RFC 6888 REQ-14 / section 4, "Logging"; dynamic blocks as RFC
+ * Port-block allocation for address sharing (RFC 6888 sections 4 and 5, logging and port allocation; dynamic blocks as RFC
  * 7422 section 1 and RFC 7753 describe them): each CPE gets blocks of `size` consecutive source ports on its
  * paired external address, and its server legs bind explicit ports from them. The session log then needs
  * one line per block allocation and release instead of one per connection, and still names, for any
@@ -119,10 +119,6 @@ export class PortBlockAllocator {
     checkOptions(options);
     this.#o = { ...options };
     this.#closing = undefined;
-  }
-
-  get options(): Readonly<PortBlockOptions> {
-    return this.#o;
   }
 
   /** A port for a new connection of `holder` from `address`, or why there is none. */

@@ -1,5 +1,5 @@
 /**
- * The session log: what an operator sharing addresses must keep (RFC 6888 section 4, REQ-12 to REQ-14): the
+ * The session log: what an operator sharing addresses must keep (RFC 6888 section 4, "Logging"): the
  * time, the CPE (its address, or its key id with authentication), and the external address with its port or
  * port block. With port blocks (./port-blocks.ts) it holds one line per block allocation and release; per
  * connection lines (open, close) are on without port blocks and can be kept with them. Server addresses are

@@ -208,7 +208,7 @@ describe('logging for address sharing: port blocks and the session log (lab)', {
     const td = new Proc(lab.hosts.servers[0]!.spawn('tcpdump', ['-i', 'any', '--immediate-mode', '-U', '-n', '-w', pcap, 'tcp dst port 8080 and tcp[13] & 2 != 0']));
     await td.until(() => (td.stderr.includes('listening') ? true : undefined), 10_000, 'tcpdump listening');
     const legsBefore = await metric('mpconvert_server_leg_total');
-    const r = await transfers(40, 'pb', 3);
+    const r = await transfers(40, 'pb', 5);
     assert.equal(r.ok, 40, 'every body exact');
     assert.equal((await metric('mpconvert_server_leg_total')) - legsBefore, 40, 'forty server legs');
     // Every block goes back releaseAfterS after its last connection: the log then has both lines of each.
