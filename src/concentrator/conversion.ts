@@ -104,12 +104,15 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       event: 'open',
       session: ctx.id,
       cpe: ctx.cpe,
+      // The CPE's side of the MPTCP connection (RFC 6888 section 4: the internal address and port).
+      ...(socket.remotePort !== undefined ? { cpePort: socket.remotePort } : {}),
       ...(ctx.keyId ? { keyId: ctx.keyId } : {}),
       external,
       destination,
       format: read.format,
       transport,
       ...(read.source ? { source: read.source.address } : {}),
+      ...(read.source?.port !== undefined ? { sourcePort: read.source.port } : {}),
       ...(header ? { proxyProtocol: 'v2' } : {}),
     });
     deps.metrics.active.inc();

@@ -309,6 +309,8 @@ describe('logging for address sharing: port blocks and the session log (lab)', {
       assert.match(o.cpe ?? '', /^198\.18\.[12]\.2$/);
       assert.match(o.external ?? '', new RegExp(`^${POOL.v4.replace(/\./g, '\\.')}:2\\d{4}$`), 'the external address and port');
       assert.equal(o['source'], CLIENT4, 'the LAN host from the source IE');
+      assert.ok(Number(o['sourcePort']) > 0, 'and its port');
+      assert.ok(Number(o['cpePort']) > 0, "the CPE's port of the MPTCP connection");
       assert.equal(o['destination'], undefined, 'no destination by default');
     }
     const text = readFileSync(logFile, 'utf8');
