@@ -23,6 +23,7 @@ export const ERROR_CODES = {
   MPC_ERR_WARM_UNUSED: 'a warm connection (a CPE pool entry) was closed by the CPE before a LAN connection used it',
   MPC_ERR_WARM_IDLE: 'a warm connection was not used within signalling.warmIdleS',
   MPC_ERR_WARM_LIMIT: 'a CPE opened more than signalling.warmMaxPerCpe warm connections, or all CPEs together signalling.warmMax',
+  MPC_ERR_PORT_BLOCKS: "no source port left in a CPE's port blocks that the kernel accepts (portBlocks): the connection is refused",
   MPC_ERR_LAB_SPEC: 'a lab specification (rate, uplink index, loss, host name) is invalid',
   MPC_ERR_LAB_EXISTS: 'a namespace of the requested lab prefix exists already',
   MPC_ERR_LAB_UP: 'building the lab failed (everything it made was removed)',

@@ -12,6 +12,8 @@ import { ConfigError } from '../control/config-file.js';
 import { parseEndpoint } from '../control/address.js';
 import { resolveConcentratorConfig, type ConcentratorFlags } from './config.js';
 import { Concentrator } from './concentrator.js';
+import { createSessionLog } from './session-log.js';
+import { closeFd, sendToUnix, unixDatagramSocket } from '../platform/linux/ffi.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -61,12 +63,26 @@ export function concentratorCommand(): Command {
       let running = config;
       const platform = createLinuxPlatform();
       const metrics = createMetrics('concentrator', { perCpe: config.metrics.perCpe });
-      const concentrator = new Concentrator(config, {
+      // The syslog sink's socket, opened at its first line.
+      let syslogFd: number | undefined;
+      let sessionLog;
+      try {
+        sessionLog = createSessionLog(config, {
+          logger,
+          settings: () => concentrator.config,
+          sendDatagram: (path, data) => sendToUnix((syslogFd ??= unixDatagramSocket()), path, data),
+        });
+      } catch (err) {
+        process.stderr.write(`mpconvert concentrator: ${(err as Error).message}\n`);
+        process.exitCode = 2;
+        return;
+      }
+      const concentrator: Concentrator = new Concentrator(config, {
         sockets: platform.sockets,
         kernel: platform.kernel,
         logger,
         metrics,
-        sessionLog: config.sessionLog ? logger.child({ log: 'session' }) : undefined,
+        sessionLog,
         splice: platform.splice,
         resources: platform.resources,
       });
@@ -100,8 +116,12 @@ export function concentratorCommand(): Command {
             await concentrator.stop(reason === 'start failed' ? 0 : undefined);
             await platform.splice?.close();
             await admin?.close();
+            await sessionLog?.close();
+            if (syslogFd !== undefined) closeFd(syslogFd);
           },
           reload: async () => {
+            // First: rotation works even when the configuration does not load (or there is none).
+            sessionLog?.reopen();
             if (!flags.config) {
               logger.warn('SIGHUP: no config file to reload');
               return;

@@ -33,7 +33,7 @@ import { ConfigError } from '../control/config-file.js';
 import { ListenerRules } from './listener-rules.js';
 import type { ConnectionContext } from './context.js';
 import { runPipeline, step, type Step } from './pipeline.js';
-import { needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
+import { PortBlockSourceAddress, needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
 import { ReturnPath } from './return-path.js';
 import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
 import { RadiusService } from './radius.js';
@@ -45,8 +45,8 @@ export interface ConcentratorDeps {
   kernel: KernelConfig;
   logger: Logger;
   metrics: Metrics;
-  /** Structured session log (one line at open and at close); undefined = off. */
-  sessionLog?: Logger | undefined;
+  /** The session log (src/concentrator/session-log.ts, or any logger): connections, refusals, port blocks; undefined = off. */
+  sessionLog?: { info(line: Record<string, unknown>): void } | undefined;
   now?: () => number;
   /** Zero-copy relaying when the configuration asks for it ('splice'); absent: the stream relay. */
   splice?: SpliceEngine | undefined;
@@ -67,7 +67,7 @@ const CPE_TOTALS_MAX = 10_000;
 /** Sessions whose MPTCP subflow count is read per figure (getsockopt each); beyond, the count is left out. */
 const SUBFLOW_SAMPLE_MAX = 4_096;
 /** Keys a SIGHUP cannot apply (the rest it does, see reload()). */
-const RESTART_KEYS = new Set(['announce', 'manageSysctls', 'preserveDscp', 'sessionLog', 'admin', 'adminTokenFile', 'metrics']);
+const RESTART_KEYS = new Set(['announce', 'manageSysctls', 'preserveDscp', 'sessionLog', 'sessionLogging', 'admin', 'adminTokenFile', 'metrics']);
 
 export interface CpeFigures {
   cpe: string;
@@ -133,7 +133,7 @@ export class Concentrator {
     this.#pending = new SignallingAdmission(config.signalling);
     this.#allow = PrefixSet.from(config.allow);
     this.#destinations = compileDestinationPolicy({ deny: denyPrefixes(config) });
-    this.#sourceAddress = sourceAddressStrategy(config);
+    this.#sourceAddress = sourceAddressStrategy(config, { blockLog: (e) => this.#sessionLog({ ...e }) });
     this.#proxyProtocol = compileProxyProtocolTargets(config.server.proxyProtocol);
     this.#dialer = new ServerDialer({
       sockets: deps.sockets,
@@ -564,6 +564,7 @@ export class Concentrator {
     const m = this.#deps.metrics;
     const figures = this.cpeFigures();
     m.activeCpes.set(figures.length);
+    m.portBlocks.set(this.#sourceAddress instanceof PortBlockSourceAddress ? this.#sourceAddress.allocator.summary().blocks : 0);
     if (!m.perCpe) return;
     m.cpeConnections.reset();
     m.cpeSubflows.reset();
@@ -671,6 +672,7 @@ export class Concentrator {
       connections: this.#limits.total,
       fallbackCache: this.fallbackCache,
       sourceAddress: this.#sourceAddress.name,
+      ...(this.#sourceAddress instanceof PortBlockSourceAddress ? { portBlocks: this.#sourceAddress.allocator.summary() } : {}),
       returnPath: this.#returnPath?.installed ?? false,
       ...(this.#keys ? { auth: { keys: this.#keys.size, replayCache: this.#replay.size } } : {}),
       ...(this.#radius ? { radius: this.#radius.status() } : {}),
@@ -707,8 +709,8 @@ export class Concentrator {
     this.#dialer.setMptcp(next.server.mptcp);
     this.#proxyProtocol = compileProxyProtocolTargets(next.server.proxyProtocol);
     // Connections already open release their address into the strategy they took it from.
-    if (JSON.stringify([old.sourcePool, old.sourceAddress]) !== JSON.stringify([next.sourcePool, next.sourceAddress])) {
-      this.#sourceAddress = sourceAddressStrategy(next);
+    if (JSON.stringify([old.sourcePool, old.sourceAddress, old.portBlocks]) !== JSON.stringify([next.sourcePool, next.sourceAddress, next.portBlocks])) {
+      this.#sourceAddress = sourceAddressStrategy(next, { blockLog: (e) => this.#sessionLog({ ...e }), previous: this.#sourceAddress });
     }
     for (const [text, server] of this.#listeners) {
       if (!next.listen.includes(text)) {
@@ -751,6 +753,8 @@ export class Concentrator {
       s.end();
     }
     await radiusStopped;
+    // Port blocks still held go back, each with its release line.
+    this.#sourceAddress.close?.('stop');
     await this.#rules.remove().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the nft table of the listeners'));
     await this.#returnPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the return path'));
     this.#returnPath = undefined;

@@ -154,6 +154,38 @@ export const concentratorConfigSchema = z.strictObject({
    */
   preserveDscp: z.boolean().default(true),
   sessionLog: z.boolean().default(true),
+  /** Where the session log goes and what it holds (docs/operator.md, "Logging for address sharing"). */
+  sessionLogging: z
+    .strictObject({
+      /** stderr: the daemon's own log stream (lines with "log":"session"); file: `file`, reopened on SIGHUP; syslog: a datagram socket. */
+      sink: z.enum(['stderr', 'file', 'syslog']).default('stderr'),
+      file: z.string().min(1).optional(),
+      syslog: z
+        .strictObject({
+          socket: z.string().min(1).default('/dev/log'),
+          facility: z.enum(['daemon', 'user', 'local0', 'local1', 'local2', 'local3', 'local4', 'local5', 'local6', 'local7']).default('local0'),
+          tag: z.string().regex(/^[A-Za-z0-9._-]{1,32}$/, 'letters, digits, . _ - (at most 32)').default('mpconvert'),
+        })
+        .default({ socket: '/dev/log', facility: 'local0', tag: 'mpconvert' }),
+      /** Log server addresses and ports too (RFC 6888 REQ-12: not by default). */
+      destinations: z.boolean().default(false),
+      /** One line per connection (open, close); absent: on without port blocks, off with them. */
+      connections: z.boolean().optional(),
+    })
+    .default({ sink: 'stderr', syslog: { socket: '/dev/log', facility: 'local0', tag: 'mpconvert' }, destinations: false }),
+  /**
+   * Port blocks (RFC 6888 section 4, RFC 7422): each CPE's server legs take their source ports from blocks of
+   * `size` ports on its pool address; the session log has a line per block instead of per connection.
+   */
+  portBlocks: z
+    .strictObject({
+      size: z.number().int().min(1).max(65_535).default(256),
+      maxBlocksPerCpe: z.number().int().min(1).default(4),
+      first: z.number().int().min(1).max(65_535).default(1_024),
+      last: z.number().int().min(1).max(65_535).default(65_535),
+      releaseAfterS: z.number().int().min(0).default(120),
+    })
+    .optional(),
   /** Admin endpoint (metrics, health, status) ADDR:PORT; keep it on a management address. */
   admin: endpoint.optional(),
   /** The admin API's bearer token (docs/operations.md); without it the admin endpoint must be a loopback address. */
@@ -180,6 +212,15 @@ export const concentratorConfigSchema = z.strictObject({
     } catch (err) {
       issue.addIssue({ code: 'custom', path: ['sourceAddress', 'nptv6', 'prefixes'], message: (err as Error).message });
     }
+  }
+  if (c.sessionLogging.sink === 'file' && !c.sessionLogging.file) {
+    issue.addIssue({ code: 'custom', path: ['sessionLogging', 'file'], message: 'sessionLogging.sink file needs sessionLogging.file (the session log path)' });
+  }
+  const pb = c.portBlocks;
+  if (pb) {
+    if (sourceAddressMode(c) !== 'pool') issue.addIssue({ code: 'custom', path: ['portBlocks'], message: 'port blocks need the pool source-address mode (sourcePool.addresses)' });
+    if (pb.first > pb.last) issue.addIssue({ code: 'custom', path: ['portBlocks', 'first'], message: `first (${pb.first}) is above last (${pb.last})` });
+    else if (pb.size > pb.last - pb.first + 1) issue.addIssue({ code: 'custom', path: ['portBlocks', 'size'], message: `a block of ${pb.size} ports does not fit in ${pb.first}-${pb.last}` });
   }
   // Checked here so a start and a SIGHUP reload both refuse it with the other configuration problems.
   const open = openAllowProblem(c.allow, c.auth);

@@ -9,6 +9,7 @@ import type { Endpoint } from '../control/address.js';
 import type { SignallingFormat } from '../policy/refusals.js';
 import type { RelayHandle } from '../relay/index.js';
 import type { ReadSignalling } from './signalling.js';
+import type { PortLease } from './port-blocks.js';
 
 export interface Destination {
   address: string;
@@ -41,6 +42,8 @@ export interface ConnectionContext {
   external?: string | undefined;
   /** Set with `external` when it is not an address of this host (transparent, NPTv6): bind with IP_TRANSPARENT. */
   externalTransparent?: boolean;
+  /** Set with `external` under port blocks: the source port to bind, from the CPE's blocks. */
+  ports?: PortLease | undefined;
   /** Set by the conversion once the pair is relayed; from then on the relay owns both sockets. */
   relay?: RelayHandle;
   /** Registers a release; run once when the connection ends. */

@@ -13,7 +13,7 @@ import { refuse, type Refusal } from '../policy/refusals.js';
 import { createRelay, type RelayStats } from '../relay/index.js';
 import type { ConnectionContext } from './context.js';
 import { proxyHeader } from './proxy-header.js';
-import type { ServerDialer, ServerTransport } from './server-dialer.js';
+import { PortBlocksError, type ServerDialer, type ServerTransport } from './server-dialer.js';
 import { confirmation } from './signalling.js';
 
 export interface ConversionStrategy {
@@ -61,11 +61,13 @@ export class ExplicitTcpConversion implements ConversionStrategy {
         family: dest.family,
         localAddress: ctx.external,
         transparent: ctx.externalTransparent,
+        ports: ctx.ports,
         tos: tos > 0 ? tos : undefined,
         signal: abort.signal,
       }));
     } catch (err) {
       if (socket.destroyed) return refuse('client-gone');
+      if (err instanceof PortBlocksError) return refuse(err.refusal);
       const errno = (err as { code?: string }).code ?? 'EUNKNOWN';
       return refuse('dial', { qualifier: errno, convertError: dialErrorCode(errno), detail: { destination: formatEndpoint(dest.address, dest.port) } });
     } finally {
@@ -102,12 +104,15 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       event: 'open',
       session: ctx.id,
       cpe: ctx.cpe,
+      // The CPE's side of the MPTCP connection (RFC 6888 section 4: the internal address and port).
+      ...(socket.remotePort !== undefined ? { cpePort: socket.remotePort } : {}),
       ...(ctx.keyId ? { keyId: ctx.keyId } : {}),
       external,
       destination,
       format: read.format,
       transport,
       ...(read.source ? { source: read.source.address } : {}),
+      ...(read.source?.port !== undefined ? { sourcePort: read.source.port } : {}),
       ...(header ? { proxyProtocol: 'v2' } : {}),
     });
     deps.metrics.active.inc();

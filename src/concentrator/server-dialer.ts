@@ -8,6 +8,9 @@ import type { Socket } from 'node:net';
 import type { Sockets } from '../platform/types.js';
 import type { Logger } from '../log.js';
 import { RESET_ON_CLOSE } from '../relay/index.js';
+import type { DialSpec } from '../platform/types.js';
+import { MpconvertError } from '../errors.js';
+import type { PortBlockRefusal, PortLease } from './port-blocks.js';
 
 export type ServerTransport = 'mptcp' | 'tcp-fallback' | 'tcp-cached' | 'tcp';
 
@@ -36,6 +39,18 @@ export interface ServerDialRequest {
   transparent?: boolean | undefined;
   tos?: number | undefined;
   signal?: AbortSignal | undefined;
+  /** Bind this source port (with localAddress) instead of letting the kernel pick one at connect. */
+  ports?: PortLease | undefined;
+}
+
+/** Ports tried for one dial before giving up (each refused port is cooled down by the lease). */
+const MAX_PORT_TRIES = 32;
+
+/** The CPE's port blocks have no port left that the kernel accepts. */
+export class PortBlocksError extends MpconvertError {
+  constructor(readonly refusal: PortBlockRefusal, tried: number) {
+    super('MPC_ERR_PORT_BLOCKS', `Cannot bind a source port from the CPE's port blocks: ${refusal} (${tried} tried)`);
+  }
 }
 
 /** A bounded map with expiry: the oldest entry goes first when full. */
@@ -98,6 +113,27 @@ export class ServerDialer {
     this.#o.mptcp = enabled;
   }
 
+  /**
+   * One dial. With a port lease, the source port is bound explicitly (IP_BIND_ADDRESS_NO_PORT cannot choose
+   * within a range) with SO_REUSEADDR, so a port whose last connection is in TIME_WAIT can be bound again; a
+   * port the kernel refuses (EADDRINUSE at bind: another socket holds it; EADDRNOTAVAIL at connect: the same
+   * 4-tuple is still in TIME_WAIT) is cooled down and the next one from the blocks is tried.
+   */
+  async #dial(spec: DialSpec, ports: PortLease | undefined): Promise<Socket> {
+    if (!ports) return this.#o.sockets.dial(spec);
+    let port: number | undefined = ports.port;
+    for (let tried = 1; ; tried++) {
+      try {
+        return await this.#o.sockets.dial({ ...spec, localPort: port, bindAddressNoPort: false, reuseAddr: true });
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        if (code !== 'EADDRINUSE' && code !== 'EADDRNOTAVAIL') throw err;
+        port = tried < MAX_PORT_TRIES ? ports.next() : undefined;
+        if (port === undefined) throw new PortBlocksError(ports.refusal ?? 'port-block-limit', tried);
+      }
+    }
+  }
+
   async dial(req: ServerDialRequest): Promise<ServerDialResult> {
     const base = {
       family: req.family,
@@ -111,19 +147,19 @@ export class ServerDialer {
       ...(req.tos !== undefined ? { tos: req.tos } : {}),
       ...(req.signal !== undefined ? { signal: req.signal } : {}),
     };
-    if (!this.#o.mptcp) return { socket: await this.#o.sockets.dial({ ...base, protocol: 'tcp' }), transport: 'tcp' };
+    if (!this.#o.mptcp) return { socket: await this.#dial({ ...base, protocol: 'tcp' }, req.ports), transport: 'tcp' };
     if (this.brokenMptcp.has(req.host)) {
-      return { socket: await this.#o.sockets.dial({ ...base, protocol: 'tcp' }), transport: 'tcp-cached' };
+      return { socket: await this.#dial({ ...base, protocol: 'tcp' }, req.ports), transport: 'tcp-cached' };
     }
     const started = this.#now();
     let socket: Socket;
     try {
-      socket = await this.#o.sockets.dial({ ...base, protocol: 'mptcp' });
+      socket = await this.#dial({ ...base, protocol: 'mptcp' }, req.ports);
     } catch (err) {
       // A timeout may be a middlebox that drops MPTCP SYNs while TCP passes: try TCP once, and remember the
       // server only if TCP gets through (an unreachable server is not an MPTCP problem).
       if ((err as { code?: string }).code === 'ETIMEDOUT' && !req.signal?.aborted) {
-        const socket = await this.#o.sockets.dial({ ...base, protocol: 'tcp' });
+        const socket = await this.#dial({ ...base, protocol: 'tcp' }, req.ports);
         this.#remember(req.host, 'MPTCP connect timed out, TCP did not');
         return { socket, transport: 'tcp-cached' };
       }

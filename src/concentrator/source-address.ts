@@ -22,11 +22,14 @@ import {
 } from '../policy/transparent.js';
 import type { Nptv6Mapping } from '../policy/nptv6.js';
 import { sourceAddressMode, type ConcentratorConfig } from './config.js';
+import { PortBlockAllocator, type BlockEvent, type PortBlockOptions } from './port-blocks.js';
 
 export interface SourceAddressStrategy {
   readonly name: string;
   /** Sets ctx.external and registers its release, or refuses. Needs ctx.destination. */
   acquire(ctx: ConnectionContext): Refusal | undefined;
+  /** The strategy is no longer used for new connections (stop, or a reload replaced it). */
+  close?(reason: string): void;
 }
 
 /** No pool: the kernel picks the source address by routing. */
@@ -54,6 +57,43 @@ export class PoolSourceAddress implements SourceAddressStrategy {
     }
     return undefined;
   }
+}
+
+/**
+ * The paired pool address, and a source port from the CPE's port blocks on it (./port-blocks.ts): one
+ * session-log line per block instead of one per connection (RFC 6888 section 4). A family without pool
+ * addresses is left to the kernel, as in `pool`.
+ */
+export class PortBlockSourceAddress implements SourceAddressStrategy {
+  readonly name = 'pool+port-blocks';
+  readonly #pool: PoolSourceAddress;
+  readonly allocator: PortBlockAllocator;
+
+  constructor(pool: PoolSourceAddress, allocator: PortBlockAllocator) {
+    this.#pool = pool;
+    this.allocator = allocator;
+  }
+
+  acquire(ctx: ConnectionContext): Refusal | undefined {
+    const refused = this.#pool.acquire(ctx);
+    if (refused || ctx.external === undefined) return refused;
+    const lease = this.allocator.lease({ identity: ctx.identity, cpe: ctx.cpe, keyId: ctx.keyId }, ctx.external);
+    if (typeof lease === 'string') return refuse(lease);
+    ctx.ports = lease;
+    ctx.own(() => lease.release());
+    return undefined;
+  }
+
+  close(reason: string): void {
+    this.allocator.close(reason);
+  }
+}
+
+/** The port-block settings of a configuration, in the allocator's terms (undefined: no port blocks). */
+export function portBlockOptions(config: Pick<ConcentratorConfig, 'portBlocks'>): PortBlockOptions | undefined {
+  const pb = config.portBlocks;
+  if (!pb) return undefined;
+  return { size: pb.size, first: pb.first, last: pb.last, maxBlocksPerCpe: pb.maxBlocksPerCpe, releaseAfterMs: pb.releaseAfterS * 1000 };
 }
 
 /** The anti-spoofing gate, then the choice input: what both non-local strategies start from. */
@@ -119,14 +159,42 @@ function poolOrKernel(pool: { addresses: readonly string[]; mode: PoolMode }): S
   return pool.addresses.length === 0 ? kernelSourceAddress : new PoolSourceAddress(pool.addresses, pool.mode);
 }
 
+export interface StrategyOptions {
+  /** Where port-block allocations and releases are logged (the session log). */
+  blockLog?: (e: BlockEvent) => void;
+  /** The strategy this one replaces (a reload): its port-block allocator is kept, so blocks never overlap. */
+  previous?: SourceAddressStrategy | undefined;
+}
+
 /** The strategy of a configuration (an absent `sourceAddress` keeps the `sourcePool` behaviour). */
-export function sourceAddressStrategy(config: Pick<ConcentratorConfig, 'sourceAddress' | 'sourcePool'>): SourceAddressStrategy {
+export function sourceAddressStrategy(
+  config: Pick<ConcentratorConfig, 'sourceAddress' | 'sourcePool' | 'portBlocks'>,
+  options: StrategyOptions = {},
+): SourceAddressStrategy {
+  const next = build(config, options);
+  // Port blocks turned off (or the mode changed): the old blocks go back as their connections end.
+  const old = options.previous;
+  if (old instanceof PortBlockSourceAddress && !(next instanceof PortBlockSourceAddress && next.allocator === old.allocator)) old.close('reload');
+  return next;
+}
+
+function build(config: Pick<ConcentratorConfig, 'sourceAddress' | 'sourcePool' | 'portBlocks'>, options: StrategyOptions): SourceAddressStrategy {
   const sa = config.sourceAddress;
   switch (sourceAddressMode(config)) {
     case 'kernel':
       return kernelSourceAddress;
-    case 'pool':
-      return poolOrKernel(config.sourcePool);
+    case 'pool': {
+      const blocks = portBlockOptions(config);
+      if (!blocks || config.sourcePool.addresses.length === 0) return poolOrKernel(config.sourcePool);
+      let allocator: PortBlockAllocator;
+      if (options.previous instanceof PortBlockSourceAddress) {
+        allocator = options.previous.allocator;
+        allocator.reconfigure(blocks);
+      } else {
+        allocator = new PortBlockAllocator(blocks, { log: options.blockLog ?? (() => {}) });
+      }
+      return new PortBlockSourceAddress(new PoolSourceAddress(config.sourcePool.addresses, config.sourcePool.mode), allocator);
+    }
     case 'transparent':
       return new TransparentSourceAddress(new CustomerPrefixes(sa?.customers ?? []), {
         ipv4: sa?.ipv4 ?? 'cpe',

@@ -143,13 +143,15 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   });
   const radiusCached = new Gauge({ name: 'mpconvert_radius_cache_entries', help: 'Concentrator: CPE identities with a cached RADIUS answer', registers: concOnly });
   const radiusSessions = new Gauge({ name: 'mpconvert_radius_accounting_sessions', help: 'Concentrator: RADIUS accounting sessions open (CPEs between Start and Stop)', registers: concOnly });
+  // Concentrator, port blocks (portBlocks; 0 without them).
+  const portBlocks = new Gauge({ name: 'mpconvert_port_blocks', help: 'Concentrator: port blocks held by CPEs now (portBlocks)', registers: concOnly });
   // The UDP channel's families (channels and mappings, issue 11) go here, documented in docs/operations.md.
   // Admin API.
   const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
   return {
     registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback,
     uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit, flowClass,
-    activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm,
+    activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm, portBlocks,
     radiusRequests, radiusAuthorizations, radiusAccounting, radiusCached, radiusSessions,
   };
 }

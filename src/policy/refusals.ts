@@ -61,6 +61,11 @@ export const REFUSALS = {
     meaning: 'transparent and nptv6 modes: no address of the destination\'s family to source the server leg from (no source IE or CPE address of that family, no customer prefix, an NPTv6 address that cannot be mapped)',
     convertError: ConvertErrorCode.NetworkFailure,
   },
+  'port-block-limit': {
+    meaning: 'port blocks: every port of this CPE\'s `portBlocks.maxBlocksPerCpe` blocks is in use (or refused by the kernel)',
+    convertError: ConvertErrorCode.ResourceExceeded,
+  },
+  'port-blocks-exhausted': { meaning: 'port blocks: the CPE needs another block and its pool address has no free one left', convertError: ConvertErrorCode.ResourceExceeded },
   'pool-exhausted': { meaning: 'no source pool address free for this CPE (1:1 pool)', convertError: ConvertErrorCode.ResourceExceeded },
   dial: { meaning: 'the server connection failed; the label carries the errno (`dial:ECONNREFUSED`), the Error TLV code follows it', convertError: ConvertErrorCode.NetworkFailure },
   'handshake-timeout': { meaning: "the CPE's handshake ACK did not arrive within 5 s of its 0-RTT SYN", convertError: ConvertErrorCode.NetworkFailure },

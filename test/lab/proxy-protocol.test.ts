@@ -58,7 +58,7 @@ describe('PROXY protocol v2 to a real HAProxy (lab)', { skip: missing ?? false, 
   function writeConcentratorConfig(extra: string): void {
     writeFileSync(
       concFile,
-      `listen: ["${CONC4}:5000", "[${CONC6}]:5000"]\nallow: ["198.18.0.0/15", "2001:db8::/32"]\nadmin: "127.0.0.1:9090"\nshutdownDrainS: 1\n${extra}`,
+      `listen: ["${CONC4}:5000", "[${CONC6}]:5000"]\nallow: ["198.18.0.0/15", "2001:db8::/32"]\nadmin: "127.0.0.1:9090"\nshutdownDrainS: 1\nsessionLogging:\n  destinations: true\n${extra}`,
     );
   }
 

@@ -51,6 +51,8 @@ describe('adversarial: deny lists and NAT64 forms (lab)', { skip: missing ?? fal
   const dir = mkdtempSync(join(tmpdir(), 'mpc-deny-'));
   const config = (c: { port: number; admin: string }, deny: string[]) =>
     `listen: ["${CONC}:${c.port}"]\nallow: ["198.18.0.0/16"]\nadmin: "${c.admin}"\nshutdownDrainS: 1\n` +
+    // The refused lines name the destination only when asked (RFC 6888 REQ-12).
+    `sessionLogging:\n  destinations: true\n` +
     `server:\n  connectTimeoutMs: 2000\ndeny:\n${deny.map((p) => `  - "${p}"`).join('\n')}\n`;
   const metric = async (admin: string, name: string, labels = ''): Promise<number> => {
     const text = (await lab.hosts.concentrator.exec('curl', ['-s', `http://${admin}/metrics`])).stdout;

@@ -27,6 +27,7 @@ async function populated(role: 'cpe' | 'concentrator'): Promise<{ text: string; 
   m.uplinkQuotaUsed.set({ uplink: 'up1' }, 5);
   m.uplinkQuotaLimit.set({ uplink: 'up1' }, 10);
   m.activeCpes.set(1);
+  m.portBlocks.set(2);
   m.cpeConnections.set({ cpe: '198.18.0.1' }, 1);
   m.cpeSubflows.set({ cpe: '198.18.0.1' }, 2);
   m.cpeBytes.inc({ cpe: '198.18.0.1', direction: 'up' }, 10);
