@@ -36,6 +36,8 @@ import { runPipeline, step, type Step } from './pipeline.js';
 import { needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
 import { ReturnPath } from './return-path.js';
 import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
+import { Bindings } from './bindings.js';
+import { PoolSourceAddress } from './source-address.js';
 
 export { dialErrorCode } from './conversion.js';
 
@@ -103,6 +105,8 @@ export class Concentrator {
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
   readonly #steps: readonly Step[];
+  /** Inbound bindings: reverse connections from CPEs and the external ports they claim. */
+  readonly #bindings: Bindings;
   /** The nft table of the listeners (SYN window clamp, SYN-flood guards). */
   readonly #rules: ListenerRules;
   readonly #listeners = new Map<string, ListeningServer>();
@@ -153,6 +157,24 @@ export class Concentrator {
       stopping: () => this.#stopping,
       proxyProtocol: () => this.#proxyProtocol,
     });
+    this.#bindings = new Bindings({
+      sockets: deps.sockets,
+      logger: deps.logger,
+      metrics: deps.metrics,
+      splice: deps.splice,
+      settings: () => this.#config.bindings,
+      relaySettings: () => this.#config,
+      ownServices: () => [...this.addresses.map((a) => ({ host: a.host, port: a.port })), ...(this.#config.admin ? [parseEndpoint(this.#config.admin)] : [])],
+      pinPoolAddress: (identity) => {
+        const pool = this.#sourceAddress;
+        if (!(pool instanceof PoolSourceAddress)) return undefined;
+        return pool.pin(identity, 4) ?? pool.pin(identity, 6);
+      },
+      onRelay: (ctx, relay) => relay.once('close', (stats: RelayStats) => {
+        this.#countClosed(ctx.identity, stats.aToB, stats.bToA);
+        this.#sessionOf.get(ctx)?.end();
+      }),
+    });
     this.#steps = this.#pipeline();
   }
 
@@ -169,6 +191,8 @@ export class Concentrator {
         if (!refused) ctx.own(() => this.#limits.release(who));
         return refused;
       }),
+      // A reverse connection (binding IE) is parked here for an inbound binding; the steps below are for conversions.
+      step('binding', (ctx) => this.#bindings.claim(ctx)),
       step('destination', (ctx) => {
         const dest = ctx.signalling?.destination;
         const address = dest ? unmapAddress(dest.address) : undefined;
@@ -624,6 +648,7 @@ export class Concentrator {
       activeSessions: this.#sessions.size,
       signallingPending: this.#pending.size,
       warm: this.#warm.total,
+      bindings: this.#bindings.snapshot(),
       connections: this.#limits.total,
       fallbackCache: this.fallbackCache,
       sourceAddress: this.#sourceAddress.name,
@@ -660,6 +685,7 @@ export class Concentrator {
     this.#pending.reconfigure(next.signalling);
     this.#dialer.setMptcp(next.server.mptcp);
     this.#proxyProtocol = compileProxyProtocolTargets(next.server.proxyProtocol);
+    this.#bindings.reconfigure();
     // Connections already open release their address into the strategy they took it from.
     if (JSON.stringify([old.sourcePool, old.sourceAddress]) !== JSON.stringify([next.sourcePool, next.sourceAddress])) {
       this.#sourceAddress = sourceAddressStrategy(next);
@@ -693,6 +719,7 @@ export class Concentrator {
     // close() stops accepting at once; its callback would wait for every connection, which the drain handles.
     for (const s of this.#listeners.values()) s.close();
     this.#listeners.clear();
+    this.#bindings.stop();
     // Sessions still in signalling or dialing have nothing to drain.
     for (const s of [...this.#sessions]) if (!s.ctx.relay) s.ctx.socket.resetAndDestroy();
     const deadline = Date.now() + drainMs;

@@ -121,6 +121,20 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   const cpeConnections = new Gauge({ name: 'mpconvert_cpe_connections', help: 'Concentrator: connections open now, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
   const cpeSubflows = new Gauge({ name: 'mpconvert_cpe_subflows', help: 'Concentrator: subflows of the open connections, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
   const cpeBytes = new Counter({ name: 'mpconvert_cpe_bytes_total', help: 'Concentrator: bytes relayed (counted at close), per CPE and direction (up = towards the server) (metrics.perCpe)', labelNames: ['cpe', 'direction'] as const, registers: perCpe });
+  // Inbound bindings (src/concentrator/bindings.ts, src/cpe/bindings.ts).
+  const bindingReverse = new Counter({
+    name: 'mpconvert_binding_reverse_total',
+    help: 'Reverse connections of inbound bindings, by event (CPE: opened, used, retired, died, failed; concentrator: claimed, used, closed, idle)',
+    labelNames: ['event'] as const,
+    registers: [registry],
+  });
+  const bindingInbound = new Counter({
+    name: 'mpconvert_binding_inbound_total',
+    help: 'Concentrator: internet connections to inbound bindings, by outcome (relayed, no-reverse, stopping)',
+    labelNames: ['outcome'] as const,
+    registers: concOnly,
+  });
+  const bindingsOpen = new Gauge({ name: 'mpconvert_bindings', help: 'Concentrator: inbound bindings open now', registers: concOnly });
   // The UDP channel's families (channels and mappings, issue 11) go here, documented in docs/operations.md.
   // Admin API.
   const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
@@ -128,6 +142,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
     registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback,
     uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit,
     activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm,
+    bindingReverse, bindingInbound, bindingsOpen,
   };
 }
 

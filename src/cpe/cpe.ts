@@ -16,6 +16,7 @@ import { handleClient } from './session.js';
 import { Interception, type InterceptionOptions } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
 import { WarmPool } from './warm-pool.js';
+import { ReverseBindings } from './bindings.js';
 import { ConfigError } from '../control/config-file.js';
 import { QuotaBook } from './quota.js';
 import { OVERFLOW_IDLE, overflowModes, overflowStep, type OverflowState } from '../policy/distribution.js';
@@ -76,6 +77,8 @@ export class Cpe {
   readonly #selector: ConcentratorSelector;
   readonly #probe: ConcentratorProbe;
   readonly #warm: WarmPool;
+  /** Inbound bindings: the reverse connections kept open to the concentrators. */
+  readonly #bindings: ReverseBindings;
   readonly #listeners: Server[] = [];
   readonly #relays = new Set<RelayHandle>();
   /** The relayed connections by id, for the operator (admin API, dashboard). */
@@ -115,6 +118,20 @@ export class Cpe {
       expectedSubflows: () => Math.max(0, (this.#uplinks?.snapshot().filter((u) => u.up && u.mode === 'subflow' && (u.ipv4 ?? u.ipv6) !== null).length ?? 1) - 1),
       count: (event) => deps.metrics.warm.inc({ event }),
     });
+    this.#bindings = new ReverseBindings({
+      sockets: deps.sockets,
+      logger: deps.logger,
+      metrics: deps.metrics,
+      splice: deps.splice,
+      connectTimeoutMs: () => this.#config.connectTimeoutMs,
+      maxSeg: () => this.#config.mss,
+      credentials: (t) => this.#credentials.get(t.address),
+      relaySettings: () => this.#config,
+      track: (relay) => {
+        this.#relays.add(relay);
+        relay.once('close', () => this.#relays.delete(relay));
+      },
+    });
   }
 
   get selector(): ConcentratorSelector {
@@ -152,6 +169,7 @@ export class Cpe {
       this.#interception = new Interception({ kernel, logger }, interceptionOptions(cfg));
       await this.#interception.start();
       this.#warm.configure(cfg.concentrators);
+      this.#bindings.configure(cfg.bindings, cfg.concentrators);
     } catch (err) {
       await this.stop(0);
       throw err;
@@ -175,6 +193,7 @@ export class Cpe {
       logger.info('uplink change: flushing the concentrator capability cache and the warm pool');
       this.#selector.flush();
       this.#warm.flush();
+      this.#bindings.flush();
       this.#changes.emit('change');
     });
     return uplinks;
@@ -229,6 +248,7 @@ export class Cpe {
       pending: this.#pending.size,
       concentrators: this.#selector.snapshot(),
       warmPool: this.#warm.snapshot(),
+      bindings: this.#bindings.snapshot(),
       uplinks: this.#observer?.view() ?? [],
       distribution: this.distribution(),
       ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),
@@ -380,6 +400,7 @@ export class Cpe {
     // Warm connections were dialled with the old settings: replaced like the capability cache is flushed.
     this.#warm.configure(next.concentrators);
     this.#warm.flush();
+    this.#bindings.configure(next.bindings, next.concentrators);
     logger.level = next.logLevel;
     logReload(logger, old, next, report);
     this.#lastReload = report;
@@ -489,6 +510,7 @@ export class Cpe {
     };
     this.#probe.stop();
     this.#warm.stop();
+    this.#bindings.stop();
     this.#observer?.stop();
     await this.#quota?.save(Date.now(), true);
     await step(() => this.#interception?.stop());
