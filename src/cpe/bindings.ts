@@ -293,8 +293,9 @@ export class ReverseBindings {
       this.#fill(slot);
       void this.#relay(slot, socket, { address: src.address, port: src.port }, buf.subarray(header.length));
     };
-    // The concentrator closed it before use (its idle time, the binding removed, a restart): replace it.
-    const onEnd = () => this.#lost(entry, slot, 'died');
+    // Before the echo: the claim was refused (a reset: docs/concentrator.md, the binding-* refusals). After:
+    // the concentrator closed it before use (its idle time, the binding removed, a restart). Replaced either way.
+    const onEnd = () => this.#lost(entry, slot, entry.state === 'echo' ? 'failed' : 'died');
     socket.on('data', onData);
     socket.once('end', onEnd);
     socket.once('close', onEnd);
