@@ -9,6 +9,7 @@
  * `graceS` (its CPE went away): the port is free again.
  */
 import { isIP, isIPv4, type Socket } from 'node:net';
+import { formatEndpoint } from '../control/address.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import type { ListeningServer, Sockets, SpliceEngine } from '../platform/types.js';
@@ -41,6 +42,8 @@ export interface BindingsDeps {
   ownServices: () => Array<{ host: string; port: number }>;
   /** The CPE's paired pool address held for the binding's life (pool mode); undefined: no pool. */
   pinPoolAddress: (identity: string) => { address: string; release: () => void } | null | undefined;
+  /** One line at open and at close of each inbound connection (the session log). */
+  sessionLog: (line: Record<string, unknown>) => void;
   /** A reverse connection was handed an internet client: the session is relayed from now on. */
   onRelay: (ctx: ConnectionContext, relay: RelayHandle) => void;
 }
@@ -290,6 +293,16 @@ export class Bindings {
     entry.ctx.relay = relay;
     entry.ctx.destination = { address, port, family: isIPv4(address) ? 4 : 6 };
     binding.active++;
+    const ctx = entry.ctx;
+    const line = {
+      kind: 'inbound',
+      session: ctx.id,
+      cpe: ctx.cpe,
+      ...(ctx.keyId ? { keyId: ctx.keyId } : {}),
+      binding: formatEndpoint(unmapAddress(client.localAddress ?? ''), binding.port),
+      client: formatEndpoint(address, port),
+    };
+    this.#deps.sessionLog({ event: 'open', ...line });
     const m = this.#deps.metrics;
     m.bindingReverse.inc({ event: 'used' });
     m.bindingInbound.inc({ outcome: 'relayed' });
@@ -301,6 +314,8 @@ export class Bindings {
       m.relayed.inc({ engine: relay.mode });
       m.bytes.inc({ direction: 'up' }, stats.aToB);
       m.bytes.inc({ direction: 'down' }, stats.bToA);
+      // up = from the CPE (the LAN server's bytes towards the internet client), as for conversions.
+      this.#deps.sessionLog({ event: 'close', ...line, bytesUp: stats.aToB, bytesDown: stats.bToA, durationMs: stats.durationMs, outcome: stats.outcome, relay: relay.mode });
       binding.active--;
       this.#maybeRemove(binding);
     });

@@ -164,6 +164,7 @@ export class Concentrator {
       splice: deps.splice,
       settings: () => this.#config.bindings,
       relaySettings: () => this.#config,
+      sessionLog: (line) => this.#sessionLog(line),
       ownServices: () => [...this.addresses.map((a) => ({ host: a.host, port: a.port })), ...(this.#config.admin ? [parseEndpoint(this.#config.admin)] : [])],
       pinPoolAddress: (identity) => {
         const pool = this.#sourceAddress;
@@ -601,7 +602,7 @@ export class Concentrator {
           cpe: c.identity,
           source: `${c.cpe}`,
           destination: c.destination ? `${c.destination.address}:${c.destination.port}` : null,
-          state: c.relay ? 'relayed' : 'setting up',
+          state: c.relay ? 'relayed' : c.signalling?.binding !== undefined ? 'reverse idle' : 'setting up',
           ageS: Math.round((now - c.started) / 100) / 10,
           bytesUp: c.relay?.bytesAToB ?? 0,
           bytesDown: c.relay?.bytesBToA ?? 0,

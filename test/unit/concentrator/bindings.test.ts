@@ -14,7 +14,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Concentrator } from '../../../src/concentrator/concentrator.js';
 import { concentratorConfigSchema, type ConcentratorConfigInput } from '../../../src/concentrator/config.js';
 import { createMetrics, type Metrics } from '../../../src/control/metrics.js';
-import { silentLogger } from '../../../src/log.js';
+import { silentLogger, type Logger } from '../../../src/log.js';
 import { parseMpConvert } from '../../../src/protocol/index.js';
 import { ReverseBindings, claimFor } from '../../../src/cpe/bindings.js';
 import { cpeConfigSchema } from '../../../src/cpe/config.js';
@@ -43,9 +43,11 @@ async function poll(what: string, ok: () => boolean | Promise<boolean>, ms = 5_0
 async function startConcentrator(bindings: ConcentratorConfigInput['bindings']) {
   const metrics = createMetrics('concentrator', { runtime: false });
   const config = concentratorConfigSchema.parse({ listen: ['127.0.0.1:0'], allow: ['127.0.0.0/8'], relayEngine: 'streams', bindings });
-  const c = new Concentrator(config, { sockets: fakeSockets(), kernel: fakeKernel(), logger: silentLogger(), metrics });
+  const sessions: Array<Record<string, unknown>> = [];
+  const sessionLog = { info: (line: Record<string, unknown>) => sessions.push(line) } as unknown as Logger;
+  const c = new Concentrator(config, { sockets: fakeSockets(), kernel: fakeKernel(), logger: silentLogger(), metrics, sessionLog });
   await c.start();
-  return { c, metrics, port: c.addresses[0]!.port };
+  return { c, metrics, config, sessions, port: c.addresses[0]!.port };
 }
 
 /** A reverse connection as a CPE opens it (from `from`, a loopback address = a CPE without auth). */
@@ -78,7 +80,7 @@ const refusedWith = async (metrics: Metrics, r: Awaited<ReturnType<typeof revers
 describe('inbound bindings, concentrator (loopback)', () => {
   test('claim echoed; an internet connection gets the reverse connection with a source IE naming it, then bytes both ways', { timeout: 15_000 }, async () => {
     const bindPort = await freePort();
-    const { c, metrics, port } = await startConcentrator({ addresses: ['127.0.0.1'], ports: { from: 1024, to: 65535 } });
+    const { c, metrics, sessions, port } = await startConcentrator({ addresses: ['127.0.0.1'], ports: { from: 1024, to: 65535 } });
     try {
       const r = await reverse(port, bindPort);
       await claimed(r);
@@ -87,6 +89,7 @@ describe('inbound bindings, concentrator (loopback)', () => {
       const down = randomBytes(200_000);
       const client = net.connect({ host: '127.0.0.1', port: bindPort, localAddress: '127.0.0.9', allowHalfOpen: true });
       await once(client, 'connect');
+      const clientPort = client.localPort;
       const clientGot: Buffer[] = [];
       client.on('data', (d: Buffer) => clientGot.push(d));
       client.end(up);
@@ -96,7 +99,7 @@ describe('inbound bindings, concentrator (loopback)', () => {
       const h = parseMpConvert(after);
       assert.equal(h.status, 'done');
       if (h.status !== 'done') return;
-      assert.deepEqual(h.signalling.source, { address: '127.0.0.9', port: client.localPort });
+      assert.deepEqual(h.signalling.source, { address: '127.0.0.9', port: clientPort });
       assert.equal(h.signalling.ies.length, 1);
       assert.equal(createHash('sha256').update(after.subarray(h.length)).digest('hex'), createHash('sha256').update(up).digest('hex'), 'client bytes intact');
       r.s.end(down);
@@ -104,6 +107,28 @@ describe('inbound bindings, concentrator (loopback)', () => {
       assert.equal(createHash('sha256').update(Buffer.concat(clientGot)).digest('hex'), createHash('sha256').update(down).digest('hex'), 'LAN bytes intact');
       assert.equal(await value(metrics, 'mpconvert_binding_inbound_total', 'outcome="relayed"'), 1);
       assert.equal(await value(metrics, 'mpconvert_binding_reverse_total', 'event="used"'), 1);
+      await poll('the close line', () => sessions.some((l) => l['event'] === 'close'));
+      const [open, close] = [sessions.find((l) => l['event'] === 'open'), sessions.find((l) => l['event'] === 'close')];
+      assert.deepEqual(open, { event: 'open', kind: 'inbound', session: open?.['session'], cpe: '127.0.0.2', binding: `127.0.0.1:${bindPort}`, client: `127.0.0.9:${clientPort}` });
+      assert.equal(close?.['bytesUp'], down.length, 'up = from the CPE');
+      assert.equal(close?.['bytesDown'], up.length);
+    } finally {
+      await c.stop(0);
+    }
+  });
+
+  test('a reload without bindings closes them; the port is refused', { timeout: 15_000 }, async () => {
+    const bindPort = await freePort();
+    const { c, config, port } = await startConcentrator({ addresses: ['127.0.0.1'] });
+    try {
+      const r = await reverse(port, bindPort);
+      await claimed(r);
+      await c.reload({ ...config, bindings: undefined });
+      assert.equal(c.status().bindings.length, 0);
+      assert.equal(await r.ended, 'reset', 'the idle reverse connection ends');
+      const probe = net.connect({ host: '127.0.0.1', port: bindPort });
+      const [err] = (await once(probe, 'error')) as [NodeJS.ErrnoException];
+      assert.equal(err.code, 'ECONNREFUSED');
     } finally {
       await c.stop(0);
     }
@@ -224,6 +249,12 @@ describe('inbound bindings, CPE ReverseBindings against the concentrator (loopba
       assert.equal(createHash('sha256').update(Buffer.concat(parts)).digest('hex'), createHash('sha256').update(body).digest('hex'));
       await poll('refilled', () => rb.snapshot()[0]?.ready === 2 && c.status().bindings[0]?.idle === 2);
       assert.equal(await value(metrics, 'mpconvert_binding_reverse_total', 'event="used"'), 1);
+      // A reload that drops the binding closes its reverse connections (FIN): the concentrator closes the binding.
+      rb.configure([], cfg.concentrators);
+      assert.deepEqual(rb.snapshot(), []);
+      await poll('the binding closed at the concentrator', () => c.status().bindings.length === 0);
+      rb.configure(cfg.bindings, cfg.concentrators);
+      await poll('claimed again', () => rb.snapshot()[0]?.ready === 2 && c.status().bindings[0]?.idle === 2);
       rb.stop();
       await poll('the binding closed at the concentrator', () => c.status().bindings.length === 0);
     } finally {
