@@ -40,9 +40,9 @@ async function poll(what: string, ok: () => boolean | Promise<boolean>, ms = 5_0
   assert.fail(`timed out waiting for ${what}`);
 }
 
-async function startConcentrator(bindings: ConcentratorConfigInput['bindings']) {
+async function startConcentrator(bindings: ConcentratorConfigInput['bindings'], extra: Partial<ConcentratorConfigInput> = {}) {
   const metrics = createMetrics('concentrator', { runtime: false });
-  const config = concentratorConfigSchema.parse({ listen: ['127.0.0.1:0'], allow: ['127.0.0.0/8'], relayEngine: 'streams', bindings });
+  const config = concentratorConfigSchema.parse({ listen: ['127.0.0.1:0'], allow: ['127.0.0.0/8'], relayEngine: 'streams', bindings, ...extra });
   const sessions: Array<Record<string, unknown>> = [];
   const sessionLog = { info: (line: Record<string, unknown>) => sessions.push(line) } as unknown as Logger;
   const c = new Concentrator(config, { sockets: fakeSockets(), kernel: fakeKernel(), logger: silentLogger(), metrics, sessionLog });
@@ -112,6 +112,32 @@ describe('inbound bindings, concentrator (loopback)', () => {
       assert.deepEqual(open, { event: 'open', kind: 'inbound', session: open?.['session'], cpe: '127.0.0.2', binding: `127.0.0.1:${bindPort}`, client: `127.0.0.9:${clientPort}` });
       assert.equal(close?.['bytesUp'], down.length, 'up = from the CPE');
       assert.equal(close?.['bytesDown'], up.length);
+    } finally {
+      await c.stop(0);
+    }
+  });
+
+  test('pool mode: each CPE\'s binding opens on its paired pool address, so two CPEs may claim the same port', { timeout: 15_000 }, async () => {
+    const bindPort = await freePort();
+    const { c, metrics, port } = await startConcentrator({}, { sourcePool: { addresses: ['127.0.0.50', '127.0.0.51'], mode: 'dedicated' } });
+    try {
+      const a = await reverse(port, bindPort, '127.0.0.2');
+      await claimed(a);
+      const b = await reverse(port, bindPort, '127.0.0.3');
+      await claimed(b);
+      const views = c.status().bindings.map((v) => [v.owner, v.addresses.join(',')]).sort();
+      assert.deepEqual(views, [['127.0.0.2', '127.0.0.50'], ['127.0.0.3', '127.0.0.51']]);
+      // Both pool addresses are held by the bindings: a third CPE has none (dedicated pool).
+      const before = await value(metrics, 'mpconvert_refused_total', 'reason="binding-no-address"');
+      await refusedWith(metrics, await reverse(port, bindPort, '127.0.0.4'), 'binding-no-address', before);
+      const client = net.connect({ host: '127.0.0.51', port: bindPort });
+      client.on('error', () => {});
+      await once(client, 'connect');
+      await poll('B\'s reverse connection used', () => b.received().length > b.claim.length);
+      assert.equal(a.received().length, a.claim.length, 'not A\'s');
+      client.destroy();
+      a.s.destroy();
+      b.s.destroy();
     } finally {
       await c.stop(0);
     }
