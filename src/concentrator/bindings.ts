@@ -40,6 +40,8 @@ export interface BindingsDeps {
   relaySettings: () => { idleTimeoutS: number; relayEngine: 'splice' | 'streams' };
   /** The concentrator's own services (listeners, admin), for the binding gate. */
   ownServices: () => Array<{ host: string; port: number }>;
+  /** Transparent mode: the CPE's preserved address (its own), where its bindings open; undefined: other modes. */
+  preservedAddress: (ctx: ConnectionContext) => string | undefined;
   /** The CPE's paired pool address held for the binding's life (pool mode); undefined: no pool. */
   pinPoolAddress: (identity: string) => { address: string; release: () => void } | null | undefined;
   /** One line at open and at close of each inbound connection (the session log). */
@@ -111,8 +113,10 @@ export class Bindings {
     if (port === undefined) return undefined;
     const settings = this.#deps.settings();
     if (!settings || this.#stopped) return refuse('binding-off');
-    const pin = settings.addresses.length === 0 ? this.#deps.pinPoolAddress(ctx.identity) : undefined;
-    const addresses = settings.addresses.length > 0 ? settings.addresses : pin ? [pin.address] : [];
+    // The address: configured ones, else the CPE's own (transparent: not this host's, IP_TRANSPARENT), else its pool address.
+    const preserved = settings.addresses.length === 0 ? this.#deps.preservedAddress(ctx) : undefined;
+    const pin = settings.addresses.length === 0 && preserved === undefined ? this.#deps.pinPoolAddress(ctx.identity) : undefined;
+    const addresses = settings.addresses.length > 0 ? settings.addresses : preserved !== undefined ? [preserved] : pin ? [pin.address] : [];
     if (addresses.length === 0) return refuse('binding-no-address');
     const key = bindingKey(addresses, port);
     const gate = bindingGate(
@@ -130,7 +134,7 @@ export class Bindings {
     } else {
       let opening = this.#opening.get(key);
       if (!opening) {
-        opening = this.#open(key, ctx.identity, addresses, port, pin?.release);
+        opening = this.#open(key, ctx.identity, addresses, port, preserved !== undefined, pin?.release);
         this.#opening.set(key, opening);
         void opening.finally(() => this.#opening.delete(key));
       } else {
@@ -147,7 +151,7 @@ export class Bindings {
     return HANDED_OFF;
   }
 
-  async #open(key: string, owner: string, addresses: string[], port: number, release: (() => void) | undefined): Promise<Binding | Refusal> {
+  async #open(key: string, owner: string, addresses: string[], port: number, transparent: boolean, release: (() => void) | undefined): Promise<Binding | Refusal> {
     const binding: Binding = { key, owner, addresses, port, servers: [], idle: [], active: 0, waiting: [], grace: undefined, release };
     try {
       for (const host of addresses) {
@@ -158,6 +162,8 @@ export class Bindings {
           port,
           backlog: 1024,
           reuseAddr: true,
+          // The CPE's own address: the return path (src/concentrator/return-path.ts) delivers its SYNs here.
+          ...(transparent ? { transparent: true } : {}),
           // Inherited by the internet connections: if this process dies, the internet clients see a reset.
           linger: RESET_ON_CLOSE,
         });

@@ -166,6 +166,7 @@ export class Concentrator {
       relaySettings: () => this.#config,
       sessionLog: (line) => this.#sessionLog(line),
       ownServices: () => [...this.addresses.map((a) => ({ host: a.host, port: a.port })), ...(this.#config.admin ? [parseEndpoint(this.#config.admin)] : [])],
+      preservedAddress: (ctx) => (sourceAddressMode(this.#config) === 'transparent' ? unmapAddress(ctx.cpe) : undefined),
       pinPoolAddress: (identity) => {
         const pool = this.#sourceAddress;
         if (!(pool instanceof PoolSourceAddress)) return undefined;

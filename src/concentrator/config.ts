@@ -132,7 +132,7 @@ export const concentratorConfigSchema = z.strictObject({
    */
   bindings: z
     .strictObject({
-      /** Addresses the external ports open on (one port on each); empty: the CPE's paired sourcePool address. */
+      /** Addresses the external ports open on (one port on each); empty: the CPE's own address (transparent) or its paired sourcePool address. */
       addresses: z.array(ip).default([]),
       /** The ports CPEs may claim (the concentrator's own listeners and admin port are refused anyway). */
       ports: z
@@ -203,8 +203,12 @@ export const concentratorConfigSchema = z.strictObject({
       issue.addIssue({ code: 'custom', path: ['sourceAddress', 'nptv6', 'prefixes'], message: (err as Error).message });
     }
   }
-  if (c.bindings && c.bindings.addresses.length === 0 && sourceAddressMode(c) !== 'pool') {
-    issue.addIssue({ code: 'custom', path: ['bindings', 'addresses'], message: 'list the addresses bindings open on (or use a source pool: then each CPE\'s binding opens on its pool address)' });
+  if (c.bindings && c.bindings.addresses.length === 0 && sourceAddressMode(c) !== 'pool' && sourceAddressMode(c) !== 'transparent') {
+    issue.addIssue({
+      code: 'custom',
+      path: ['bindings', 'addresses'],
+      message: 'list the addresses bindings open on (or use a source pool or the transparent mode: then each CPE\'s binding opens on its pool address, or on its own)',
+    });
   }
   // Checked here so a start and a SIGHUP reload both refuse it with the other configuration problems.
   const open = openAllowProblem(c.allow, c.auth);

@@ -192,3 +192,50 @@ describe('inbound bindings (field lab: DSL + LTE behind a CGN, authenticated con
     assert.match(r.stderr, /Connection refused|Failed to connect/, r.stderr);
   });
 });
+
+/**
+ * Transparent mode (the classic lab, where the concentrator is the access router): with `bindings: {}` a CPE's
+ * binding opens on the CPE's own address, an address that is not the concentrator's. The return path's socket
+ * match delivers the internet client's SYN to the concentrator's IP_TRANSPARENT listener instead of forwarding
+ * it to the CPE, and the download arrives through the reverse connection.
+ */
+describe('inbound bindings on the CPE\'s own address (transparent mode, classic lab)', { skip: missing ?? false, concurrency: false }, () => {
+  let lab: Lab;
+  const procs: Proc[] = [];
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-bind-t-'));
+  const concMetrics = async () => (await lab.hosts.concentrator.exec('curl', ['-s', 'http://127.0.0.1:9090/metrics'])).stdout;
+
+  before(async () => {
+    lab = await Lab.up({ uplinks: [{ rate: 0 }, { rate: 0 }], servers: 1 });
+    writeFileSync(join(dir, 'conc.yaml'), 'listen: ["198.18.200.1:5000"]\nallow: ["198.18.0.0/15"]\nadmin: "127.0.0.1:9090"\nsourceAddress: { mode: transparent }\nbindings: {}\n');
+    writeFileSync(
+      join(dir, 'cpe.yaml'),
+      `lan: [lan0]\nuplinks: [{interface: up1}, {interface: up2}]\nconcentrators: [{ address: "198.18.200.1:5000" }]\nbindings: [{ port: ${PORT}, to: "${lab.hosts.client.v4}:8080", pool: 2 }]\nadmin: "127.0.0.1:9091"\n`,
+    );
+    const http = start(lab.hosts.client, [TOOL('http-server'), JSON.stringify({ host: lab.hosts.client.v4, port: 8080 })]);
+    const conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--config', join(dir, 'conc.yaml')]);
+    procs.push(http, conc);
+    await Promise.all([conc.waitLine((l) => l.startsWith('ready'), 30_000), http.waitLine((l) => l.includes('ready'))]);
+    const cpe = start(lab.hosts.cpe, [CLI, 'cpe', '--config', join(dir, 'cpe.yaml')]);
+    procs.push(cpe);
+    await cpe.waitLine((l) => l.startsWith('ready'), 30_000);
+  });
+  after(async () => {
+    for (const p of procs.reverse()) await p.stop();
+    await lab?.down();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('the binding opens on the CPE\'s WAN address; 20 MB from the LAN server reach a client in a server namespace through it', { timeout: 120_000 }, async () => {
+    let bound = '';
+    for (const t0 = Date.now(); Date.now() - t0 < 20_000 && !bound; await new Promise((r) => setTimeout(r, 100))) {
+      const s = JSON.parse((await lab.hosts.concentrator.exec('curl', ['-s', 'http://127.0.0.1:9090/status'])).stdout) as ConcStatus;
+      if (s.bindings[0]?.idle === 2) bound = s.bindings[0].addresses[0] ?? '';
+    }
+    assert.ok(['198.18.1.2', '198.18.2.2'].includes(bound), `the binding is on a CPE WAN address: '${bound}'`);
+    const before = metric(await concMetrics(), 'mpconvert_binding_inbound_total', 'outcome="relayed"');
+    const r = await lab.hosts.servers[0]!.exec('bash', ['-o', 'pipefail', '-c', `curl -sS --fail --max-time 60 'http://${bound}:${PORT}/bytes/${20 * MB}?seed=transparent' | sha256sum`], { timeoutMs: 90_000 });
+    assert.equal(r.stdout.split(' ')[0], deterministicSha256('transparent', 20 * MB), 'every byte');
+    assert.equal(metric(await concMetrics(), 'mpconvert_binding_inbound_total', 'outcome="relayed"') - before, 1, 'through the concentrator\'s binding');
+  });
+});
