@@ -202,7 +202,13 @@ export class Bindings {
       entry.detach();
       this.#deps.metrics.bindingReverse.inc({ event });
       // The CPE retires an entry with a FIN: answered with a FIN. Anything else (data, a reset): reset.
-      if (event === 'idle') socket.end();
+      if (event === 'idle') {
+        socket.end();
+        // A CPE that vanished never answers the FIN: do not keep its socket for the kernel's retransmissions.
+        const t = setTimeout(() => socket.destroy(), 5_000);
+        t.unref();
+        socket.once('close', () => clearTimeout(t));
+      }
       this.#maybeRemove(binding);
     };
     const onData = () => {
