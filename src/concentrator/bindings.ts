@@ -113,6 +113,8 @@ export class Bindings {
     if (port === undefined) return undefined;
     const settings = this.#deps.settings();
     if (!settings || this.#stopped) return refuse('binding-off');
+    // Nothing may follow a claim before the concentrator's header (docs/protocol.md section 1.6).
+    if ((ctx.signalling?.rest.length ?? 0) > 0) return refuse('binding-data', { detail: { port, bytes: ctx.signalling?.rest.length } });
     // The address: configured ones, else the CPE's own (transparent: not this host's, IP_TRANSPARENT), else its pool address.
     const preserved = settings.addresses.length === 0 ? this.#deps.preservedAddress(ctx) : undefined;
     const pin = settings.addresses.length === 0 && preserved === undefined ? this.#deps.pinPoolAddress(ctx.identity) : undefined;

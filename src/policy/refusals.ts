@@ -61,6 +61,7 @@ export const REFUSALS = {
   'client-gone': { meaning: 'the CPE closed the connection while the server was being dialled: nothing to answer' },
   stopping: { meaning: 'the concentrator is stopping' },
   'binding-off': { meaning: 'a reverse connection (binding IE) to a concentrator without `bindings`' },
+  'binding-data': { meaning: 'a reverse connection sent bytes after its claim (nothing may follow it before the concentrator\'s header)' },
   'binding-port': { meaning: 'the binding gate (the destination gate in reverse): the port is outside `bindings.ports`, or a service of the concentrator (a listener, the admin endpoint) uses it' },
   'binding-taken': { meaning: 'another CPE owns the binding on that port (and address): a second claim' },
   'binding-limit': { meaning: 'the CPE already owns `bindings.maxPerCpe` bindings' },

@@ -180,6 +180,13 @@ describe('inbound bindings, concentrator (loopback)', () => {
       await claimed(a3);
       before = await value(metrics, 'mpconvert_refused_total', 'reason="binding-idle-limit"');
       await refusedWith(metrics, await reverse(port, p1, '127.0.0.2'), 'binding-idle-limit', before);
+      before = await value(metrics, 'mpconvert_refused_total', 'reason="binding-data"');
+      const withData = net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.5', allowHalfOpen: true });
+      withData.on('error', () => {});
+      await once(withData, 'connect');
+      withData.write(Buffer.concat([claimFor(p3), Buffer.from('early')]));
+      await new Promise((resolve) => withData.once('close', resolve));
+      assert.equal((await value(metrics, 'mpconvert_refused_total', 'reason="binding-data"')) - before, 1, 'bytes after the claim: refused');
       assert.equal(c.status().bindings.length, 2, 'no binding was opened by a refused claim');
       for (const r of [a1, a2, a3]) r.s.destroy();
     } finally {
