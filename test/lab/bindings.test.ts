@@ -31,6 +31,7 @@ const SECRET = randomBytes(32);
 const OTHER_SECRET = randomBytes(32);
 const RATE = '50mbit';
 const PORT = 8080;
+const RTT_MS = 40;
 
 interface CpeStatus {
   bindings: Array<{ port: number; ready: number; pool: number; relayed: number }>;
@@ -194,10 +195,12 @@ describe('inbound bindings (field lab: DSL + LTE behind a CGN, authenticated con
 });
 
 /**
- * Transparent mode (the classic lab, where the concentrator is the access router): with `bindings: {}` a CPE's
- * binding opens on the CPE's own address, an address that is not the concentrator's. The return path's socket
- * match delivers the internet client's SYN to the concentrator's IP_TRANSPARENT listener instead of forwarding
- * it to the CPE, and the download arrives through the reverse connection.
+ * Transparent mode (the classic lab, where the concentrator is the access router; uplinks with a 40 ms round
+ * trip): with `bindings: {}` a CPE's binding opens on the CPE's own address, an address that is not the
+ * concentrator's. The return path's socket match delivers the internet client's SYN to the concentrator's
+ * IP_TRANSPARENT listener instead of forwarding it to the CPE, and the download arrives through the reverse
+ * connection. The internet client's first byte comes about one uplink round trip after it connected: the
+ * binding adds no round trip over the uplinks (a direct connection to the CPE needs two: handshake, request).
  */
 describe('inbound bindings on the CPE\'s own address (transparent mode, classic lab)', { skip: missing ?? false, concurrency: false }, () => {
   let lab: Lab;
@@ -206,7 +209,7 @@ describe('inbound bindings on the CPE\'s own address (transparent mode, classic 
   const concMetrics = async () => (await lab.hosts.concentrator.exec('curl', ['-s', 'http://127.0.0.1:9090/metrics'])).stdout;
 
   before(async () => {
-    lab = await Lab.up({ uplinks: [{ rate: 0 }, { rate: 0 }], servers: 1 });
+    lab = await Lab.up({ uplinks: [{ rate: 0, rttMs: RTT_MS }, { rate: 0, rttMs: RTT_MS }], servers: 1 });
     writeFileSync(join(dir, 'conc.yaml'), 'listen: ["198.18.200.1:5000"]\nallow: ["198.18.0.0/15"]\nadmin: "127.0.0.1:9090"\nsourceAddress: { mode: transparent }\nbindings: {}\n');
     writeFileSync(
       join(dir, 'cpe.yaml'),
@@ -237,5 +240,29 @@ describe('inbound bindings on the CPE\'s own address (transparent mode, classic 
     const r = await lab.hosts.servers[0]!.exec('bash', ['-o', 'pipefail', '-c', `curl -sS --fail --max-time 60 'http://${bound}:${PORT}/bytes/${20 * MB}?seed=transparent' | sha256sum`], { timeoutMs: 90_000 });
     assert.equal(r.stdout.split(' ')[0], deterministicSha256('transparent', 20 * MB), 'every byte');
     assert.equal(metric(await concMetrics(), 'mpconvert_binding_inbound_total', 'outcome="relayed"') - before, 1, 'through the concentrator\'s binding');
+  });
+
+  test('the first byte comes one uplink round trip after the client connected, not two', { timeout: 120_000 }, async () => {
+    let bound = '';
+    for (const t0 = Date.now(); Date.now() - t0 < 20_000 && !bound; await new Promise((r) => setTimeout(r, 100))) {
+      const s = JSON.parse((await lab.hosts.concentrator.exec('curl', ['-s', 'http://127.0.0.1:9090/status'])).stdout) as ConcStatus;
+      if (s.bindings[0]?.idle === 2) bound = s.bindings[0].addresses[0] ?? '';
+    }
+    assert.ok(bound, 'the binding is ready');
+    const ttfb: number[] = [];
+    for (let i = 0; i < 7; i++) {
+      for (const t0 = Date.now(); Date.now() - t0 < 10_000; await new Promise((r) => setTimeout(r, 50))) {
+        const s = JSON.parse((await lab.hosts.concentrator.exec('curl', ['-s', 'http://127.0.0.1:9090/status'])).stdout) as ConcStatus;
+        if ((s.bindings[0]?.idle ?? 0) >= 2) break;
+      }
+      // time_starttransfer - time_connect: from the client's handshake done to its first byte.
+      const r = await lab.hosts.servers[0]!.exec('curl', ['-sS', '--fail', '-o', '/dev/null', '-w', '%{time_connect} %{time_starttransfer}', `http://${bound}:${PORT}/bytes/1000?seed=t${i}`]);
+      const [connect, first] = r.stdout.split(' ').map(Number) as [number, number];
+      ttfb.push((first - connect) * 1000);
+    }
+    const median = [...ttfb].sort((a, b) => a - b)[3]!;
+    process.stdout.write(`# first byte after connect, ms: ${ttfb.map((x) => x.toFixed(1)).join(', ')} (median ${median.toFixed(1)}; uplink RTT ${RTT_MS})\n`);
+    assert.ok(median >= RTT_MS * 0.9, `the request did cross the uplinks (${median.toFixed(1)} ms)`);
+    assert.ok(median < RTT_MS * 1.5, `median ${median.toFixed(1)} ms: at most one uplink round trip plus the LAN (${ttfb.join(', ')})`);
   });
 });
