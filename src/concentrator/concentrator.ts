@@ -33,11 +33,10 @@ import { ConfigError } from '../control/config-file.js';
 import { ListenerRules } from './listener-rules.js';
 import type { ConnectionContext } from './context.js';
 import { runPipeline, step, type Step } from './pipeline.js';
-import { needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
+import { PoolSourceAddress, needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
 import { ReturnPath } from './return-path.js';
 import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
 import { Bindings } from './bindings.js';
-import { PoolSourceAddress } from './source-address.js';
 
 export { dialErrorCode } from './conversion.js';
 
