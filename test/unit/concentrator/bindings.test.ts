@@ -15,7 +15,7 @@ import { Concentrator } from '../../../src/concentrator/concentrator.js';
 import { concentratorConfigSchema, type ConcentratorConfigInput } from '../../../src/concentrator/config.js';
 import { createMetrics, type Metrics } from '../../../src/control/metrics.js';
 import { silentLogger, type Logger } from '../../../src/log.js';
-import { parseMpConvert } from '../../../src/protocol/index.js';
+import { encodeMpConvert, parseMpConvert } from '../../../src/protocol/index.js';
 import { ReverseBindings, claimFor } from '../../../src/cpe/bindings.js';
 import { cpeConfigSchema } from '../../../src/cpe/config.js';
 import { fakeKernel, fakeSockets } from '../../support/fake-platform.js';
@@ -294,6 +294,44 @@ describe('inbound bindings, CPE ReverseBindings against the concentrator (loopba
       rb.stop();
       lan.close();
       await c.stop(0);
+    }
+  });
+
+  test('a header that is not one source IE with a port, or a wrong echo: the CPE resets the reverse connection and replaces it', { timeout: 15_000 }, async () => {
+    // A hand-driven concentrator: the first connection gets a wrong echo, the second a destination IE as header.
+    const seen: Array<'reset' | 'end'> = [];
+    let n = 0;
+    const fake = net.createServer({ allowHalfOpen: true }, (s) => {
+      const nth = n++;
+      s.on('error', () => {});
+      s.once('close', (hadError) => seen.push(hadError ? 'reset' : 'end'));
+      s.once('data', (claim: Buffer) => {
+        if (nth === 0) s.write(Buffer.from(claim).fill(0, 4, 5)); // Type byte changed
+        else if (nth === 1) s.write(Buffer.concat([claim, encodeMpConvert([{ type: 0, direction: 'destination', address: '198.19.0.11', port: 80 }])]));
+        else s.write(claim);
+      });
+    });
+    fake.listen(0, '127.0.0.1');
+    await once(fake, 'listening');
+    const metrics = createMetrics('cpe', { runtime: false });
+    const cfg = cpeConfigSchema.parse({
+      lan: ['lo'],
+      uplinks: [{ interface: 'lo' }],
+      concentrators: [{ address: `127.0.0.1:${(fake.address() as net.AddressInfo).port}` }],
+      bindings: [{ port: 8080, to: '127.0.0.1:9', pool: 1 }],
+    });
+    const rb = new ReverseBindings({ sockets: fakeSockets(), logger: silentLogger(), metrics, connectTimeoutMs: () => 2_000, credentials: () => undefined, relaySettings: () => cfg });
+    try {
+      rb.configure(cfg.bindings, cfg.concentrators);
+      // 1: wrong echo (failed, backoff 1 s); 2: bad header (died); 3: good, stays ready.
+      await poll('a ready entry after two bad ones', () => n >= 3 && rb.snapshot()[0]?.ready === 1, 10_000);
+      assert.deepEqual(seen, ['reset', 'reset'], 'both bad ones reset by the CPE');
+      assert.equal(await value(metrics, 'mpconvert_binding_reverse_total', 'event="failed"'), 1, 'the wrong echo');
+      assert.equal(await value(metrics, 'mpconvert_binding_reverse_total', 'event="died"'), 1, 'the bad header');
+      assert.equal(await value(metrics, 'mpconvert_binding_reverse_total', 'event="used"'), 0, 'nothing relayed');
+    } finally {
+      rb.stop();
+      fake.close();
     }
   });
 });
