@@ -33,10 +33,11 @@ import { ConfigError } from '../control/config-file.js';
 import { ListenerRules } from './listener-rules.js';
 import type { ConnectionContext } from './context.js';
 import { runPipeline, step, type Step } from './pipeline.js';
-import { PortBlockSourceAddress, needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
+import { PoolSourceAddress, PortBlockSourceAddress, needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
 import { ReturnPath } from './return-path.js';
 import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
 import { RadiusService } from './radius.js';
+import { Bindings } from './bindings.js';
 
 export { dialErrorCode } from './conversion.js';
 
@@ -106,6 +107,8 @@ export class Concentrator {
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
   readonly #steps: readonly Step[];
+  /** Inbound bindings: reverse connections from CPEs and the external ports they claim. */
+  readonly #bindings: Bindings;
   /** The nft table of the listeners (SYN window clamp, SYN-flood guards). */
   readonly #rules: ListenerRules;
   readonly #listeners = new Map<string, ListeningServer>();
@@ -156,6 +159,26 @@ export class Concentrator {
       stopping: () => this.#stopping,
       proxyProtocol: () => this.#proxyProtocol,
     });
+    this.#bindings = new Bindings({
+      sockets: deps.sockets,
+      logger: deps.logger,
+      metrics: deps.metrics,
+      splice: deps.splice,
+      settings: () => this.#config.bindings,
+      relaySettings: () => this.#config,
+      sessionLog: (line) => this.#sessionLog(line),
+      ownServices: () => [...this.addresses.map((a) => ({ host: a.host, port: a.port })), ...(this.#config.admin ? [parseEndpoint(this.#config.admin)] : [])],
+      preservedAddress: (ctx) => (sourceAddressMode(this.#config) === 'transparent' ? unmapAddress(ctx.cpe) : undefined),
+      pinPoolAddress: (identity) => {
+        const pool = this.#sourceAddress;
+        if (!(pool instanceof PoolSourceAddress)) return undefined;
+        return pool.pin(identity, 4) ?? pool.pin(identity, 6);
+      },
+      onRelay: (ctx, relay) => relay.once('close', (stats: RelayStats) => {
+        this.#countClosed(ctx.identity, stats.aToB, stats.bToA);
+        this.#sessionOf.get(ctx)?.end();
+      }),
+    });
     this.#steps = this.#pipeline();
   }
 
@@ -174,6 +197,8 @@ export class Concentrator {
       }),
       // After limits: a CPE's connections waiting for its RADIUS answer hold its limits slots (bounded per CPE).
       step('radius', (ctx) => this.#radius?.authorize(ctx)),
+      // A reverse connection (binding IE) is parked here for an inbound binding; the steps below are for conversions.
+      step('binding', (ctx) => this.#bindings.claim(ctx)),
       step('destination', (ctx) => {
         const dest = ctx.signalling?.destination;
         const address = dest ? unmapAddress(dest.address) : undefined;
@@ -622,7 +647,7 @@ export class Concentrator {
           cpe: c.identity,
           source: `${c.cpe}`,
           destination: c.destination ? `${c.destination.address}:${c.destination.port}` : null,
-          state: c.relay ? 'relayed' : 'setting up',
+          state: c.relay ? 'relayed' : c.signalling?.binding !== undefined ? 'reverse idle' : 'setting up',
           ageS: Math.round((now - c.started) / 100) / 10,
           bytesUp: c.relay?.bytesAToB ?? 0,
           bytesDown: c.relay?.bytesBToA ?? 0,
@@ -669,6 +694,7 @@ export class Concentrator {
       activeSessions: this.#sessions.size,
       signallingPending: this.#pending.size,
       warm: this.#warm.total,
+      bindings: this.#bindings.snapshot(),
       connections: this.#limits.total,
       fallbackCache: this.fallbackCache,
       sourceAddress: this.#sourceAddress.name,
@@ -708,6 +734,7 @@ export class Concentrator {
     this.#pending.reconfigure(next.signalling);
     this.#dialer.setMptcp(next.server.mptcp);
     this.#proxyProtocol = compileProxyProtocolTargets(next.server.proxyProtocol);
+    this.#bindings.reconfigure();
     // Connections already open release their address into the strategy they took it from.
     if (JSON.stringify([old.sourcePool, old.sourceAddress, old.portBlocks]) !== JSON.stringify([next.sourcePool, next.sourceAddress, next.portBlocks])) {
       this.#sourceAddress = sourceAddressStrategy(next, { blockLog: (e) => this.#sessionLog({ ...e }), previous: this.#sourceAddress });
@@ -741,6 +768,7 @@ export class Concentrator {
     // close() stops accepting at once; its callback would wait for every connection, which the drain handles.
     for (const s of this.#listeners.values()) s.close();
     this.#listeners.clear();
+    this.#bindings.stop();
     // Sessions still in signalling or dialing have nothing to drain.
     for (const s of [...this.#sessions]) if (!s.ctx.relay) s.ctx.socket.resetAndDestroy();
     const deadline = Date.now() + drainMs;

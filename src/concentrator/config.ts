@@ -129,6 +129,31 @@ export const concentratorConfigSchema = z.strictObject({
     .optional(),
   /** RADIUS authorization and accounting of CPEs (docs/operator.md, "RADIUS"; src/concentrator/radius.ts). */
   radius: radiusConfigSchema.optional(),
+  /**
+   * Inbound bindings (docs/concentrator.md, "Inbound bindings"): external ports CPEs claim with reverse
+   * connections (docs/protocol.md section 1.6). Absent: every reverse connection is refused (`binding-off`).
+   */
+  bindings: z
+    .strictObject({
+      /** Addresses the external ports open on (one port on each); empty: the CPE's own address (transparent) or its paired sourcePool address. */
+      addresses: z.array(ip).default([]),
+      /** The ports CPEs may claim (the concentrator's own listeners and admin port are refused anyway). */
+      ports: z
+        .strictObject({ from: z.number().int().min(1).max(65_535), to: z.number().int().min(1).max(65_535) })
+        .refine((p) => p.from <= p.to, 'from must not be above to')
+        .default({ from: 1024, to: 65_535 }),
+      /** Bindings one CPE may own at once. */
+      maxPerCpe: z.number().int().min(0).default(8),
+      /** Idle reverse connections one binding may hold. */
+      idlePerBinding: z.number().int().min(1).max(256).default(8),
+      /** An idle reverse connection is closed after this long (the CPE retires and replaces its own sooner). */
+      idleS: z.number().int().min(1).max(86_400).default(600),
+      /** A binding without reverse connections is closed after this long (its CPE is gone). */
+      graceS: z.number().min(0).max(3_600).default(10),
+      /** How long an internet connection may wait for a reverse connection when none is idle; then reset. */
+      waitMs: z.number().int().min(0).max(60_000).default(2_000),
+    })
+    .optional(),
   limits: z
     .strictObject({
       maxConnections: z.number().int().min(1).default(100_000),
@@ -221,6 +246,13 @@ export const concentratorConfigSchema = z.strictObject({
     if (sourceAddressMode(c) !== 'pool') issue.addIssue({ code: 'custom', path: ['portBlocks'], message: 'port blocks need the pool source-address mode (sourcePool.addresses)' });
     if (pb.first > pb.last) issue.addIssue({ code: 'custom', path: ['portBlocks', 'first'], message: `first (${pb.first}) is above last (${pb.last})` });
     else if (pb.size > pb.last - pb.first + 1) issue.addIssue({ code: 'custom', path: ['portBlocks', 'size'], message: `a block of ${pb.size} ports does not fit in ${pb.first}-${pb.last}` });
+  }
+  if (c.bindings && c.bindings.addresses.length === 0 && sourceAddressMode(c) !== 'pool' && sourceAddressMode(c) !== 'transparent') {
+    issue.addIssue({
+      code: 'custom',
+      path: ['bindings', 'addresses'],
+      message: 'list the addresses bindings open on (or use a source pool or the transparent mode: then each CPE\'s binding opens on its pool address, or on its own)',
+    });
   }
   // Checked here so a start and a SIGHUP reload both refuse it with the other configuration problems.
   const open = openAllowProblem(c.allow, c.auth);

@@ -57,6 +57,13 @@ export class PoolSourceAddress implements SourceAddressStrategy {
     }
     return undefined;
   }
+
+  /** Holds the CPE's paired address of `family` outside any connection (an inbound binding opens on it). */
+  pin(identity: string, family: 4 | 6): { address: string; release: () => void } | null | undefined {
+    const address = this.#pool.acquire(identity, family);
+    if (address === null || address === undefined) return address;
+    return { address, release: () => this.#pool.release(identity, family) };
+  }
 }
 
 /**

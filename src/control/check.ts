@@ -95,6 +95,10 @@ export function checkConcentrator(c: ConcentratorConfig, host: HostFacts): strin
     const any = ep.host === '0.0.0.0' || ep.host === '::';
     if (!any && !host.addresses.has(ep.host)) problems.push(`listen ${text}: the address is not an address of this host (listen addresses must be local)`);
   }
+  // Bindings open TCP listeners on these addresses (docs/concentrator.md, "Inbound bindings").
+  for (const a of c.bindings?.addresses ?? []) {
+    if (!host.addresses.has(a)) problems.push(`bindings.addresses: ${a} is not an address of this host (bindings listen on it)`);
+  }
   if (!host.mptcp) problems.push(MPTCP_OFF);
   problems.push(...adminProblems(c));
   return problems;

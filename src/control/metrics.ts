@@ -145,6 +145,20 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   const radiusSessions = new Gauge({ name: 'mpconvert_radius_accounting_sessions', help: 'Concentrator: RADIUS accounting sessions open (CPEs between Start and Stop)', registers: concOnly });
   // Concentrator, port blocks (portBlocks; 0 without them).
   const portBlocks = new Gauge({ name: 'mpconvert_port_blocks', help: 'Concentrator: port blocks held by CPEs now (portBlocks)', registers: concOnly });
+  // Inbound bindings (src/concentrator/bindings.ts, src/cpe/bindings.ts).
+  const bindingReverse = new Counter({
+    name: 'mpconvert_binding_reverse_total',
+    help: 'Reverse connections of inbound bindings, by event (CPE: opened, used, retired, died, failed; concentrator: claimed, used, closed, idle)',
+    labelNames: ['event'] as const,
+    registers: [registry],
+  });
+  const bindingInbound = new Counter({
+    name: 'mpconvert_binding_inbound_total',
+    help: 'Concentrator: internet connections to inbound bindings, by outcome (relayed, no-reverse, stopping)',
+    labelNames: ['outcome'] as const,
+    registers: concOnly,
+  });
+  const bindingsOpen = new Gauge({ name: 'mpconvert_bindings', help: 'Concentrator: inbound bindings open now', registers: concOnly });
   // The UDP channel's families (channels and mappings, issue 11) go here, documented in docs/operations.md.
   // Admin API.
   const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
@@ -153,6 +167,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
     uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit, flowClass,
     activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm, portBlocks,
     radiusRequests, radiusAuthorizations, radiusAccounting, radiusCached, radiusSessions,
+    bindingReverse, bindingInbound, bindingsOpen,
   };
 }
 

@@ -166,6 +166,26 @@ export const cpeConfigSchema = z.strictObject({
         .prefault({}),
     })
     .prefault({}),
+  /**
+   * Inbound bindings (docs/cpe.md, "Inbound bindings"): an external port on the concentrator carried to a LAN
+   * host over reverse MPTCP connections that the CPE opens (so it works behind a CGN, over every uplink).
+   */
+  bindings: z
+    .array(
+      z.strictObject({
+        /** The external port claimed on the concentrator (its address is the concentrator's choice). */
+        port: z.number().int().min(1).max(65_535),
+        /** The LAN host and port the binding leads to (ADDR:PORT, [V6]:PORT). */
+        to: endpoint,
+        /** The concentrator (its `address` in `concentrators`); default: the first one. */
+        concentrator: z.string().optional(),
+        /** Idle reverse connections kept ready (each internet connection uses one; refilled at once). */
+        pool: z.number().int().min(1).max(64).default(2),
+        /** An idle reverse connection is closed and replaced after this long (below the concentrator's bindings.idleS). */
+        idleS: z.number().int().min(1).max(86_400).default(240),
+      }),
+    )
+    .default([]),
   /** Which flows are converted; the rest is forwarded untouched. Exclude wins over include. */
   policy: z
     .strictObject({
@@ -220,11 +240,19 @@ export const cpeConfigSchema = z.strictObject({
 }).refine((c) => c.concentrators.length > 0 || c.concentratorSource === 'dhcp', {
   message: 'at least one concentrator is needed (or concentratorSource: dhcp)',
   path: ['concentrators'],
+}).superRefine((c, issue) => {
+  c.bindings.forEach((b, i) => {
+    const target = b.concentrator === undefined ? c.concentrators[0] : c.concentrators.find((t) => t.address === b.concentrator);
+    if (!target) issue.addIssue({ code: 'custom', path: ['bindings', i, 'concentrator'], message: `no concentrator with address ${b.concentrator} in concentrators` });
+    else if (target.format !== 'mp-convert') issue.addIssue({ code: 'custom', path: ['bindings', i, 'concentrator'], message: 'bindings need a concentrator with format mp-convert (RFC 8803 has no binding)' });
+    if (c.bindings.findIndex((o) => o.port === b.port && o.concentrator === b.concentrator) !== i) issue.addIssue({ code: 'custom', path: ['bindings', i, 'port'], message: `port ${b.port} is bound twice` });
+  });
 });
 
 export type CpeConfig = z.output<typeof cpeConfigSchema>;
 export type CpeConfigInput = z.input<typeof cpeConfigSchema>;
 export type ConcentratorTarget = CpeConfig['concentrators'][number];
+export type BindingConfig = CpeConfig['bindings'][number];
 
 /** The uplinks that NAT: `nat` where given, else on in router mode. */
 export function natUplinks(cfg: Pick<CpeConfig, 'mode' | 'uplinks'>): string[] {

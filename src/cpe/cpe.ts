@@ -16,6 +16,7 @@ import { handleClient } from './session.js';
 import { Interception, type InterceptionOptions } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
 import { WarmPool } from './warm-pool.js';
+import { ReverseBindings } from './bindings.js';
 import { ConfigError } from '../control/config-file.js';
 import { QuotaBook } from './quota.js';
 import { OVERFLOW_IDLE, overflowModes, overflowStep, type OverflowState } from '../policy/distribution.js';
@@ -95,6 +96,8 @@ export class Cpe {
   readonly #selector: ConcentratorSelector;
   readonly #probe: ConcentratorProbe;
   readonly #warm: WarmPool;
+  /** Inbound bindings: the reverse connections kept open to the concentrators. */
+  readonly #bindings: ReverseBindings;
   readonly #listeners: Server[] = [];
   readonly #relays = new Set<RelayHandle>();
   /** The relayed connections by id, for the operator (admin API, dashboard). */
@@ -143,6 +146,20 @@ export class Cpe {
       count: (event) => deps.metrics.warm.inc({ event }),
     });
     this.#pinning = new FlowPinning({ kernel: deps.kernel, logger: deps.logger, metrics: deps.metrics });
+    this.#bindings = new ReverseBindings({
+      sockets: deps.sockets,
+      logger: deps.logger,
+      metrics: deps.metrics,
+      splice: deps.splice,
+      connectTimeoutMs: () => this.#config.connectTimeoutMs,
+      maxSeg: () => this.#config.mss,
+      credentials: (t) => this.#credentials.get(t.address),
+      relaySettings: () => this.#config,
+      track: (relay) => {
+        this.#relays.add(relay);
+        relay.once('close', () => this.#relays.delete(relay));
+      },
+    });
   }
 
   get selector(): ConcentratorSelector {
@@ -187,6 +204,7 @@ export class Cpe {
       this.#interception = new Interception({ kernel, logger }, interceptionOptions({ ...cfg, concentrators: this.#inUse }));
       await this.#interception.start();
       this.#warm.configure(this.#inUse);
+      this.#bindings.configure(cfg.bindings, cfg.concentrators);
     } catch (err) {
       await this.stop(0);
       throw err;
@@ -256,6 +274,7 @@ export class Cpe {
       logger.info('uplink change: flushing the concentrator capability cache and the warm pool');
       this.#selector.flush();
       this.#warm.flush();
+      this.#bindings.flush();
       this.#changes.emit('change');
     });
     return uplinks;
@@ -313,6 +332,7 @@ export class Cpe {
       concentratorSource: this.#config.concentratorSource,
       ...(this.#dhcp ? { dhcp: this.#dhcp.learned() } : {}),
       warmPool: this.#warm.snapshot(),
+      bindings: this.#bindings.snapshot(),
       uplinks: this.#observer?.view() ?? [],
       distribution: this.distribution(),
       ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),
@@ -497,6 +517,7 @@ export class Cpe {
     // Warm connections were dialled with the old settings: replaced like the capability cache is flushed.
     this.#warm.configure(this.#inUse);
     this.#warm.flush();
+    this.#bindings.configure(next.bindings, next.concentrators);
     logger.level = next.logLevel;
     logReload(logger, old, next, report);
     this.#lastReload = report;
@@ -607,6 +628,7 @@ export class Cpe {
     this.#probe.stop();
     this.#dhcp?.stop();
     this.#warm.stop();
+    this.#bindings.stop();
     this.#observer?.stop();
     await this.#quota?.save(Date.now(), true);
     await step(() => this.#interception?.stop());

@@ -71,6 +71,14 @@ export const REFUSALS = {
   'handshake-timeout': { meaning: "the CPE's handshake ACK did not arrive within 5 s of its 0-RTT SYN", convertError: ConvertErrorCode.NetworkFailure },
   'client-gone': { meaning: 'the CPE closed the connection while the server was being dialled: nothing to answer' },
   stopping: { meaning: 'the concentrator is stopping' },
+  'binding-off': { meaning: 'a reverse connection (binding IE) to a concentrator without `bindings`' },
+  'binding-data': { meaning: 'a reverse connection sent bytes after its claim (nothing may follow it before the concentrator\'s header)' },
+  'binding-port': { meaning: 'the binding gate (the destination gate in reverse): the port is outside `bindings.ports`, or a service of the concentrator (a listener, the admin endpoint) uses it' },
+  'binding-taken': { meaning: 'another CPE owns the binding on that port (and address): a second claim' },
+  'binding-limit': { meaning: 'the CPE already owns `bindings.maxPerCpe` bindings' },
+  'binding-idle-limit': { meaning: 'the binding already has `bindings.idlePerBinding` idle reverse connections' },
+  'binding-no-address': { meaning: 'no address to open the binding on: no `bindings.addresses` of any family and no source-pool address for this CPE' },
+  'binding-listen': { meaning: 'the binding\'s port could not be opened; the label carries the errno (`binding-listen:EADDRINUSE`)' },
 } as const satisfies Record<string, RefusalSpec>;
 
 export type RefusalCode = keyof typeof REFUSALS;

@@ -21,6 +21,12 @@
  * A channel has no single destination (each frame names its own), so a transport IE and a destination
  * address IE never go together, in either order (MPC_ERR_IE_CONFLICT): a receiver that ignored one of them
  * would relay the connection as something the sender did not mean.
+ *
+ * mpconvert private Type 0x83 (binding: a reverse connection for an inbound binding, docs/protocol.md
+ * section 1.6), Length 6:
+ * | magic | 0x83 | 6 | Reserved |0|M| | External port (16) | zero padding (2) |
+ * A reverse connection carries no destination: it waits for the concentrator to hand it an internet
+ * client. With a destination, transport or warm IE it would mean two things at once (MPC_ERR_IE_CONFLICT).
  */
 import { addressToBytes, bytesToIpv4, bytesToIpv6 } from './address.js';
 import { ProtocolErrorCode, abortError } from './errors.js';
@@ -33,6 +39,8 @@ export const IE_TYPE_TRANSPORT = 0x80;
 export const IPPROTO_UDP = 17;
 /** mpconvert private IE: the connection was opened ahead of use (the CPE's warm pool). */
 export const IE_TYPE_WARM = 0x82;
+/** mpconvert private IE: a reverse connection offered for the inbound binding on this external port. */
+export const IE_TYPE_BINDING = 0x83;
 const FLAG_M = 0x1;
 const FLAG_D = 0x2;
 const MAGIC_BYTES = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8]);
@@ -40,6 +48,7 @@ const MAGIC_BYTES = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8]);
 const ADDRESS_LENGTHS: Readonly<Record<number, readonly [4 | 16, boolean]>> = { 8: [4, false], 10: [4, true], 20: [16, false], 22: [16, true] };
 const TRANSPORT_LENGTH = 5;
 const WARM_LENGTH = 4;
+const BINDING_LENGTH = 6;
 /** The warm IE on the wire (8 bytes): what a warm connection sends first, alone. */
 export const WARM_IE = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8, IE_TYPE_WARM, WARM_LENGTH, 0, 0]);
 
@@ -74,7 +83,13 @@ export interface WarmIe {
   type: 0x82;
 }
 
-export type Ie = AddressIe | TransportIe | WarmIe | UnknownIe;
+/** mpconvert private IE (Type 0x83): a reverse connection for the binding on `port` (docs/protocol.md 1.6). */
+export interface BindingIe {
+  type: 0x83;
+  port: number;
+}
+
+export type Ie = AddressIe | TransportIe | WarmIe | BindingIe | UnknownIe;
 
 export interface SignalledAddress {
   address: string;
@@ -90,11 +105,14 @@ export interface MpConvertSignalling {
   protocol?: number;
   /** From a Type 0x82 IE: a warm connection (opened by the CPE's pool before it was used). */
   warm?: true;
+  /** From a Type 0x83 IE: a reverse connection for the binding on this external port. */
+  binding?: number;
 }
 
 export const isAddressIe = (ie: Ie): ie is AddressIe => ie.type === IE_TYPE_ADDRESS && 'address' in ie;
 export const isTransportIe = (ie: Ie): ie is TransportIe => ie.type === IE_TYPE_TRANSPORT && 'protocol' in ie;
 export const isWarmIe = (ie: Ie): ie is WarmIe => ie.type === IE_TYPE_WARM;
+export const isBindingIe = (ie: Ie): ie is BindingIe => ie.type === IE_TYPE_BINDING && 'port' in ie;
 
 /** Bytes one IE takes on the wire for a given Length: magic + Length, padded to 32 bits. */
 export const ieWireSize = (length: number): number => 4 + Math.ceil(length / 4) * 4;
@@ -115,9 +133,15 @@ function ieBody(ie: Ie): { body: Buffer; direction: IeDirection } {
     return { body: Buffer.from([ie.protocol]), direction: 'destination' };
   }
   if (isWarmIe(ie)) return { body: Buffer.alloc(0), direction: 'destination' };
+  if (isBindingIe(ie)) {
+    if (!Number.isInteger(ie.port) || ie.port < 1 || ie.port > 65535) throw new TypeError(`Cannot encode MP_CONVERT: binding port ${ie.port} is out of range 1-65535`);
+    const body = Buffer.alloc(2);
+    body.writeUInt16BE(ie.port, 0);
+    return { body, direction: 'destination' };
+  }
   const u = ie as UnknownIe;
   if (!Number.isInteger(u.type) || u.type < 0 || u.type > 255) throw new TypeError(`Cannot encode MP_CONVERT: Type ${u.type}`);
-  if (u.type === IE_TYPE_ADDRESS || u.type === IE_TYPE_TRANSPORT) throw new TypeError(`Cannot encode MP_CONVERT: Type ${u.type} needs its own fields`);
+  if (u.type === IE_TYPE_ADDRESS || u.type === IE_TYPE_TRANSPORT || u.type === IE_TYPE_BINDING) throw new TypeError(`Cannot encode MP_CONVERT: Type ${u.type} needs its own fields`);
   return { body: u.body, direction: u.direction };
 }
 
@@ -177,6 +201,8 @@ export function parseMpConvert(buf: Buffer): MpConvertParse {
     } else if (type === IE_TYPE_WARM) {
       if (length !== WARM_LENGTH) throw fail(ProtocolErrorCode.BadLength, `Length ${length} is not valid for a warm IE (4)`);
       if (off !== 0) throw fail(ProtocolErrorCode.MisplacedWarm, `a warm IE at byte ${off}: it may only be the first IE`);
+    } else if (type === IE_TYPE_BINDING) {
+      if (length !== BINDING_LENGTH) throw fail(ProtocolErrorCode.BadLength, `Length ${length} is not valid for a binding IE (6)`);
     } else if (length < 4) {
       throw fail(ProtocolErrorCode.BadLength, `Length ${length} of Type ${type} is shorter than the IE header (4)`);
     }
@@ -199,18 +225,27 @@ export function parseMpConvert(buf: Buffer): MpConvertParse {
         where.port = port;
       }
       if (result[direction]) throw fail(ProtocolErrorCode.DuplicateAddress, `a second ${direction} address IE at byte ${off}`);
+      if (direction === 'destination' && result.binding !== undefined) throw fail(ProtocolErrorCode.TransportWithDestination, `a destination address IE at byte ${off} after a binding IE`);
       if (direction === 'destination' && result.protocol !== undefined) throw fail(ProtocolErrorCode.TransportWithDestination, `a destination address IE at byte ${off} after a transport IE`);
       result[direction] = where;
       ies.push(ie);
     } else if (type === IE_TYPE_TRANSPORT) {
       if (result.protocol !== undefined) throw fail(ProtocolErrorCode.DuplicateAddress, `a second transport IE at byte ${off}`);
       if (result.destination) throw fail(ProtocolErrorCode.TransportWithDestination, `a transport IE at byte ${off} after a destination address IE`);
+      if (result.binding !== undefined) throw fail(ProtocolErrorCode.TransportWithDestination, `a transport IE at byte ${off} after a binding IE`);
       result.protocol = body[0] as number;
       ies.push({ type: IE_TYPE_TRANSPORT, protocol: result.protocol });
     } else if (type === IE_TYPE_WARM) {
       if (flags & FLAG_M) throw fail(ProtocolErrorCode.MisplacedWarm, 'a warm IE with M = 1: no destination follows');
       result.warm = true;
       ies.push({ type: IE_TYPE_WARM });
+    } else if (type === IE_TYPE_BINDING) {
+      if (result.binding !== undefined) throw fail(ProtocolErrorCode.DuplicateAddress, `a second binding IE at byte ${off}`);
+      if (result.destination || result.protocol !== undefined || result.warm) throw fail(ProtocolErrorCode.TransportWithDestination, `a binding IE at byte ${off} after a destination, transport or warm IE`);
+      const port = body.readUInt16BE(0);
+      if (port === 0) throw fail(ProtocolErrorCode.BadPort, `port 0 in the binding IE at byte ${off}`);
+      result.binding = port;
+      ies.push({ type: IE_TYPE_BINDING, port });
     } else {
       ies.push({ type, direction, body: Buffer.from(body) });
     }

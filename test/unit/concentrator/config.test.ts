@@ -57,3 +57,22 @@ test('server.proxyProtocol: none by default; prefixes and ports checked, every b
     return true;
   });
 });
+
+test('bindings: off by default; addresses needed unless a source pool gives each CPE its own', async () => {
+  const base = { listen: ['198.18.200.1:5000'], allow: ['198.18.0.0/16'] };
+  assert.equal((await resolveConcentratorConfig(base)).bindings, undefined);
+  const f = join(dir, 'bindings.yaml');
+  writeFileSync(f, 'listen: ["198.18.200.1:5000"]\nallow: ["198.18.0.0/16"]\nbindings: { addresses: ["198.19.0.1"] }\n');
+  assert.deepEqual((await resolveConcentratorConfig({ config: f })).bindings, {
+    addresses: ['198.19.0.1'], ports: { from: 1024, to: 65535 }, maxPerCpe: 8, idlePerBinding: 8, idleS: 600, graceS: 10, waitMs: 2000,
+  });
+  writeFileSync(f, 'listen: ["198.18.200.1:5000"]\nallow: ["198.18.0.0/16"]\nsourcePool: { addresses: ["198.19.0.128"] }\nbindings: {}\n');
+  assert.deepEqual((await resolveConcentratorConfig({ config: f })).bindings?.addresses, []);
+  writeFileSync(f, 'listen: ["198.18.200.1:5000"]\nallow: ["198.18.0.0/16"]\nbindings: { ports: { from: 9000, to: 8000 } }\n');
+  await assert.rejects(resolveConcentratorConfig({ config: f }), (err: Error) => {
+    assert.match(err.message, /bindings\.addresses: list the addresses bindings open on/);
+    assert.match(err.message, /bindings\.ports: from must not be above to/);
+    return true;
+  });
+});
+

@@ -55,6 +55,11 @@ test('concentrator check: listen addresses must be local (or a wildcard), no dup
   ]);
 });
 
+test('concentrator check: bindings.addresses must be local', () => {
+  const c = concentratorConfigSchema.parse({ listen: ['198.18.200.1:5000'], allow: ['198.18.0.0/15'], bindings: { addresses: ['198.18.200.1', '198.19.0.9'] } });
+  assert.deepEqual(checkConcentrator(c, host), ['bindings.addresses: 198.19.0.9 is not an address of this host (bindings listen on it)']);
+});
+
 test('--check report: problems on stderr, one a line, exit code 2; none: one OK line, 0', () => {
   const out: string[] = [];
   const err: string[] = [];

@@ -45,3 +45,26 @@ test('nat: on by default on every uplink in router mode, off in transit mode (th
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('bindings: none by default; a binding names a known MP_CONVERT concentrator and a port bound once', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-cpe-config-'));
+  try {
+    const file = join(dir, 'cpe.yaml');
+    const head = 'lan: [lan0]\nuplinks: [{interface: up1}]\nconcentrators:\n  - { address: "198.18.200.1:5000" }\n  - { address: "198.18.200.2:5000", format: rfc8803 }\n';
+    writeFileSync(file, head);
+    assert.deepEqual((await resolveCpeConfig({ config: file })).bindings, []);
+    writeFileSync(file, `${head}bindings:\n  - { port: 8080, to: "198.18.0.2:80" }\n`);
+    assert.deepEqual((await resolveCpeConfig({ config: file })).bindings, [{ port: 8080, to: '198.18.0.2:80', pool: 2, idleS: 240 }]);
+    writeFileSync(file, `${head}bindings:\n  - { port: 8080, to: "198.18.0.2:80", concentrator: "198.18.200.9:5000" }\n  - { port: 8081, to: "198.18.0.2:80", concentrator: "198.18.200.2:5000" }\n  - { port: 8082, to: "198.18.0.2:80" }\n  - { port: 8082, to: "198.18.0.3:80" }\n  - { port: 0, to: "nowhere" }\n`);
+    await assert.rejects(resolveCpeConfig({ config: file }), (err: Error) => {
+      assert.match(err.message, /bindings\.0\.concentrator: no concentrator with address 198\.18\.200\.9:5000/);
+      assert.match(err.message, /bindings\.1\.concentrator: bindings need a concentrator with format mp-convert/);
+      assert.match(err.message, /bindings\.3\.port: port 8082 is bound twice/);
+      assert.match(err.message, /bindings\.4\.port/);
+      assert.match(err.message, /bindings\.4\.to/);
+      return true;
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
