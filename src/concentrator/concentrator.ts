@@ -36,6 +36,7 @@ import { runPipeline, step, type Step } from './pipeline.js';
 import { needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
 import { ReturnPath } from './return-path.js';
 import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
+import { OnPath } from './onpath.js';
 
 export { dialErrorCode } from './conversion.js';
 
@@ -66,7 +67,7 @@ const CPE_TOTALS_MAX = 10_000;
 /** Sessions whose MPTCP subflow count is read per figure (getsockopt each); beyond, the count is left out. */
 const SUBFLOW_SAMPLE_MAX = 4_096;
 /** Keys a SIGHUP cannot apply (the rest it does, see reload()). */
-const RESTART_KEYS = new Set(['announce', 'manageSysctls', 'preserveDscp', 'sessionLog', 'admin', 'adminTokenFile', 'metrics']);
+const RESTART_KEYS = new Set(['onPath', 'announce', 'manageSysctls', 'preserveDscp', 'sessionLog', 'admin', 'adminTokenFile', 'metrics']);
 
 export interface CpeFigures {
   cpe: string;
@@ -103,6 +104,8 @@ export class Concentrator {
   readonly #conversion: ConversionStrategy;
   readonly #dialer: ServerDialer;
   readonly #steps: readonly Step[];
+  /** Implicit (on-path) mode (./onpath.ts): created at start when `onPath` is configured. */
+  #onPath: OnPath | undefined;
   /** The nft table of the listeners (SYN window clamp, SYN-flood guards). */
   readonly #rules: ListenerRules;
   readonly #listeners = new Map<string, ListeningServer>();
@@ -278,7 +281,9 @@ export class Concentrator {
     await this.#prepareKernel();
     for (const text of this.#config.listen) await this.#openListener(text);
     // After the listeners are bound: the rules name their actual ports (port 0 resolved).
+    await this.#startOnPath();
     await this.#rules.apply(this.#config, this.addresses);
+    await this.#onPath?.resync();
     this.#sampleDescriptors();
     this.#sweeper = setInterval(() => {
       this.#limits.sweep();
@@ -289,6 +294,27 @@ export class Concentrator {
     this.#figuresTimer = setInterval(() => this.#updateFigures(), 1_000);
     this.#figuresTimer.unref();
     this.#deps.logger.info({ listen: this.#config.listen, allow: this.#config.allow }, 'concentrator started');
+  }
+
+  /** The on-path listener before the rules that send it SYNs (./onpath.ts); a change of `onPath` needs a restart. */
+  async #startOnPath(): Promise<void> {
+    if (!this.#config.onPath || this.#onPath) return;
+    const onPath = new OnPath({
+      sockets: this.#deps.sockets,
+      kernel: this.#deps.kernel,
+      logger: this.#deps.logger,
+      metrics: this.#deps.metrics,
+      dialer: this.#dialer,
+      limits: this.#limits,
+      now: this.#now,
+      splice: this.#deps.splice,
+      config: () => this.#config,
+      own: () => this.#ownAddresses(),
+      destinations: () => this.#destinations,
+      stopping: () => this.#stopping,
+    });
+    this.#onPath = onPath;
+    await onPath.start();
   }
 
   /** Reads the keys file (start, SIGHUP) before anything changes: a file that does not load keeps the running keys. */
@@ -341,7 +367,7 @@ export class Concentrator {
    * and it touches nothing but the packets of transparent sockets.
    */
   async #ensureReturnPath(config: ConcentratorConfig): Promise<void> {
-    if (!needsReturnPath(config) || this.#returnPath) return;
+    if ((!needsReturnPath(config) && !config.onPath) || this.#returnPath) return;
     const sa = config.sourceAddress;
     const rp = new ReturnPath(this.#deps, { mark: sa?.returnMark ?? 0x6d70, table: sa?.returnTable ?? 4_242, rulePriority: sa?.returnRulePriority ?? 9_100 });
     await rp.start();
@@ -628,6 +654,7 @@ export class Concentrator {
       fallbackCache: this.fallbackCache,
       sourceAddress: this.#sourceAddress.name,
       returnPath: this.#returnPath?.installed ?? false,
+      ...(this.#onPath ? { onPath: this.#onPath.status() } : {}),
       ...(this.#keys ? { auth: { keys: this.#keys.size, replayCache: this.#replay.size } } : {}),
       activeCpes: this.cpeFigures().length,
       topCpes: this.cpeFigures().slice(0, this.#config.metrics.topCpes),
@@ -671,7 +698,9 @@ export class Concentrator {
       }
     }
     for (const text of next.listen) if (!this.#listeners.has(text)) await this.#openListener(text);
+    this.#onPath?.reconfigure(next);
     await this.#rules.apply(next, this.addresses);
+    await this.#onPath?.resync();
     if (report.applied.includes('logLevel')) this.#deps.logger.level = next.logLevel;
     logReload(this.#deps.logger, old, wanted, report);
     this.#lastReload = report;
@@ -702,6 +731,7 @@ export class Concentrator {
       else s.ctx.socket.resetAndDestroy();
       s.end();
     }
+    await this.#onPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not stop the on-path interception'));
     await this.#rules.remove().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the nft table of the listeners'));
     await this.#returnPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the return path'));
     this.#returnPath = undefined;

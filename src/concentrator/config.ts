@@ -36,6 +36,32 @@ export const concentratorConfigSchema = z.strictObject({
       synRateLimit: z.number().int().min(0).default(0),
     })
     .default({ dropNonCustomers: false, synRateLimit: 0 }),
+  /**
+   * Implicit (on-path) mode (docs/implicit.md): this box is on the forwarding path of MPTCP hosts that run no
+   * mpconvert software; their MPTCP SYNs from `sources` are taken (nft TPROXY) by a transparent MPTCP listener
+   * that terminates them as the destination and dials the server as explicit mode does. Absent: off.
+   */
+  onPath: z
+    .strictObject({
+      /** Hosts (or access networks) whose MPTCP connections are proxied; MPTCP SYNs from elsewhere are routed untouched. */
+      sources: z.array(cidr).min(1, 'list the prefixes of the hosts whose MPTCP connections are proxied'),
+      /** The transparent listener's port on 127.0.0.1 / [::1] (the TPROXY target). */
+      port: z.number().int().min(1).max(65_535).default(4_243),
+      /**
+       * draft-boucadair-mptcp-plain-mode section 5.6.1 (MCP withdrawal): `maintain` proxies every MPTCP connection
+       * from `sources`; `withdraw` leaves connections to servers known to speak MPTCP end to end (routed untouched).
+       */
+      withdrawal: z.enum(['maintain', 'withdraw']).default('maintain'),
+      /** withdraw: servers taken as MPTCP-capable from the start (prefixes), besides the ones learned. */
+      nativeServers: z.array(cidr).default([]),
+      /** withdraw: how long a server learned as MPTCP-capable (its server leg came up with MPTCP) stays known. */
+      learnTtlS: z.number().int().min(1).max(604_800).default(3_600),
+      /** Sets net.mptcp.allow_join_initial_addr_port=0 (the C bit): hosts join the announced addresses, never the server's. */
+      denyJoinInitial: z.boolean().default(true),
+      /** Intercepted MPTCP SYNs per second, in total; beyond, dropped (0 = no limit). */
+      synRateLimit: z.number().int().min(0).default(0),
+    })
+    .optional(),
   /** Accept signalling on a connection that fell back to plain TCP (the seeds say ignore it). */
   acceptFallback: z.boolean().default(false),
   signalling: z

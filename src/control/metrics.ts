@@ -121,13 +121,19 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   const cpeConnections = new Gauge({ name: 'mpconvert_cpe_connections', help: 'Concentrator: connections open now, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
   const cpeSubflows = new Gauge({ name: 'mpconvert_cpe_subflows', help: 'Concentrator: subflows of the open connections, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
   const cpeBytes = new Counter({ name: 'mpconvert_cpe_bytes_total', help: 'Concentrator: bytes relayed (counted at close), per CPE and direction (up = towards the server) (metrics.perCpe)', labelNames: ['cpe', 'direction'] as const, registers: perCpe });
+  const onPath = new Counter({
+    name: 'mpconvert_onpath_connections_total',
+    help: 'Concentrator, implicit mode: intercepted connections relayed, by what the server leg spoke (mptcp, tcp)',
+    labelNames: ['server'] as const,
+    registers: concOnly,
+  });
   // The UDP channel's families (channels and mappings, issue 11) go here, documented in docs/operations.md.
   // Admin API.
   const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
   return {
     registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback,
     uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit,
-    activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm,
+    activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm, onPath,
   };
 }
 
