@@ -56,6 +56,13 @@ export const concentratorConfigSchema = z.strictObject({
       nativeServers: z.array(cidr).default([]),
       /** withdraw: how long a server learned as MPTCP-capable (its server leg came up with MPTCP) stays known. */
       learnTtlS: z.number().int().min(1).max(604_800).default(3_600),
+      /**
+       * This box's addresses advertised (ADD_ADDR, with `joinPort`) to every MPTCP connection, the intercepted ones
+       * included: where the hosts' additional subflows go. Kernel `signal` endpoints with a port, added at start.
+       */
+      announce: z.array(ip).default([]),
+      /** The port the announced addresses take MP_JOINs on (the kernel listens there for the endpoints). */
+      joinPort: z.number().int().min(1).max(65_535).default(4_244),
       /** Sets net.mptcp.allow_join_initial_addr_port=0 (the C bit): hosts join the announced addresses, never the server's. */
       denyJoinInitial: z.boolean().default(true),
       /** Intercepted MPTCP SYNs per second, in total; beyond, dropped (0 = no limit). */

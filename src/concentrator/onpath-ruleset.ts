@@ -107,8 +107,8 @@ export function buildOnPathRules(o: OnPathRuleOptions): OnPathRules {
   }
   const intercept = `counter accept comment ${q(ONPATH_RULE_COMMENTS.intercept)}`;
   chain.push(
-    `meta nfproto ipv4 tproxy ip to 127.0.0.1:${o.port} meta mark set meta mark | ${mark} ${intercept}`,
-    `meta nfproto ipv6 tproxy ip6 to [::1]:${o.port} meta mark set meta mark | ${mark} ${intercept}`,
+    `meta nfproto ipv4 meta l4proto tcp tproxy ip to 127.0.0.1:${o.port} meta mark set meta mark | ${mark} ${intercept}`,
+    `meta nfproto ipv6 meta l4proto tcp tproxy ip6 to [::1]:${o.port} meta mark set meta mark | ${mark} ${intercept}`,
   );
   return { sets, preroutingHead, chain: ['  chain onpath_syn {', ...chain.map((r) => `    ${r}`), '  }'] };
 }

@@ -14,8 +14,7 @@
  * the table's set of native servers (address . port, `learnTtlS`), and later MPTCP SYNs to it are routed
  * untouched: end-to-end MPTCP. Reloading the table empties the set; the learned entries are added back.
  */
-import type { Socket } from 'node:net';
-import { isIP } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import { formatEndpoint } from '../control/address.js';
@@ -82,6 +81,8 @@ export class OnPath {
   /** The sysctl's value before start (restored at stop); undefined: not changed. */
   #joinBefore: string | undefined;
   #intercepted = 0;
+  /** Endpoint ids this instance added (removed at stop). */
+  readonly #endpoints: number[] = [];
 
   constructor(deps: OnPathDeps) {
     this.#deps = deps;
@@ -109,9 +110,10 @@ export class OnPath {
         logger.info(`set ${JOIN_SYSCTL}=0: the MP_CAPABLE this box returns carries the C bit (hosts join the announced addresses only)`);
       }
     }
-    if (this.#deps.config().announce.length === 0) {
-      logger.warn('onPath without announce: hosts are never told an address of this box, so their extra subflows have nowhere to go (one path only)');
+    if (o.announce.length === 0) {
+      logger.warn('onPath.announce is empty: hosts are never told an address of this box, so their extra subflows have nowhere to go (one path only)');
     }
+    await this.#announce(o);
     for (const [family, host] of [[4, '127.0.0.1'], [6, '::1']] as const) {
       const server = await sockets.listen({ family, protocol: 'mptcp', host, port: o.port, transparent: true, reuseAddr: true, backlog: 4096, linger: RESET_ON_CLOSE });
       server.allowHalfOpen = true;
@@ -120,6 +122,26 @@ export class OnPath {
       this.#listeners.push(server);
     }
     logger.info({ port: o.port, sources: o.sources, withdrawal: o.withdrawal }, 'on-path interception listening');
+  }
+
+  /**
+   * One `signal` endpoint with `joinPort` per announced address: the ADD_ADDR carries the port, and the kernel
+   * listens there for MP_JOINs (an intercepted connection's own port, the server's, has no listener here).
+   */
+  async #announce(o: OnPathConfig): Promise<void> {
+    const { kernel, logger } = this.#deps;
+    const existing = await kernel.mptcp.endpoints();
+    for (const address of o.announce) {
+      const same = existing.find((e) => e.address === address);
+      if (same) {
+        logger.warn({ address, port: same.port, flags: same.flags }, 'onPath.announce: an endpoint for this address exists already; left as it is');
+        continue;
+      }
+      await kernel.mptcp.addEndpoint({ address, port: o.joinPort, flags: ['signal'] });
+      const added = (await kernel.mptcp.endpoints()).find((e) => e.address === address);
+      if (added) this.#endpoints.push(added.id);
+      logger.info({ address, joinPort: o.joinPort }, 'on-path: announcing this address to MPTCP hosts (ADD_ADDR with port)');
+    }
   }
 
   /** SIGHUP: the source prefixes (the rules are replaced by the concentrator's table). */
@@ -154,6 +176,9 @@ export class OnPath {
     for (const s of [...this.#sessions]) {
       if (s.relay) s.relay.destroy();
       else s.socket.resetAndDestroy();
+    }
+    for (const id of this.#endpoints.splice(0)) {
+      await this.#deps.kernel.mptcp.deleteEndpoint(id).catch((err: unknown) => this.#deps.logger.warn({ err, id }, 'could not remove an on-path announce endpoint'));
     }
     if (this.#joinBefore !== undefined) {
       await this.#deps.kernel.sysctl.set(JOIN_SYSCTL, this.#joinBefore).catch((err: unknown) => this.#deps.logger.warn({ err }, `could not restore ${JOIN_SYSCTL}`));

@@ -24,7 +24,7 @@ import { listStates, ownerAlive, processStart, readState, removeState, writeStat
 export type { RunResult } from '../platform/linux/exec.js';
 export { FIELD, LAB, fieldAccess, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from './addressing.js';
 export { LabProcess, descendants } from './process.js';
-export { readTcpSegments, type TcpSegment } from './pcap.js';
+export { MPTCP_SUBTYPE, mpCapableCBit, mptcpSubtype, readTcpSegments, type TcpSegment } from './pcap.js';
 
 export interface LabUplinkSpec {
   /** tbf rate at both ends ('50mbit'), 0 = unshaped. */
@@ -759,7 +759,9 @@ export class Lab {
         cpeV4.push(
           `rule add from ${u.cpeV4} table ${u.table}`,
           `route add default via ${u.concV4} dev ${u.cpeDev} table ${u.table}`,
-          `mptcp endpoint add ${u.cpeV4} dev ${u.cpeDev} subflow`,
+          // On-path host: `fullmesh` beyond uplink 1, so the concentrator's ADD_ADDR (with the C bit, no join to
+          // the server's address) gets a subflow from each further path, not only from the initial one's.
+          `mptcp endpoint add ${u.cpeV4} dev ${u.cpeDev} subflow${this.topology === 'onpath' && i > 1 ? ' fullmesh' : ''}`,
         );
         cpeV6.push(
           `rule add from ${u.cpeV6} table ${u.table}`,
