@@ -30,6 +30,7 @@ import { RESET_ON_CLOSE, createRelay, type RelayHandle, type RelayStats } from '
 import type { ConcentratorConfig } from './config.js';
 import { nativeElement, type OnPathRuleOptions } from './onpath-ruleset.js';
 import { concentratorTableName } from './ruleset.js';
+import { ConfigError } from '../control/config-file.js';
 import type { ServerDialer, ServerTransport } from './server-dialer.js';
 
 export type OnPathConfig = NonNullable<ConcentratorConfig['onPath']>;
@@ -105,7 +106,11 @@ export class OnPath {
     if (o.denyJoinInitial) {
       const before = (await kernel.sysctl.get(JOIN_SYSCTL)).trim();
       if (before !== '0') {
-        await kernel.sysctl.set(JOIN_SYSCTL, '0');
+        try {
+          await kernel.sysctl.set(JOIN_SYSCTL, '0');
+        } catch (err) {
+          throw new ConfigError(`onPath.denyJoinInitial: cannot set ${JOIN_SYSCTL}=0 (${(err as Error).message}). Try 'sysctl -w ${JOIN_SYSCTL}=0' as root, or 'mpconvert concentrator --prepare'`);
+        }
         this.#joinBefore = before;
         logger.info(`set ${JOIN_SYSCTL}=0: the MP_CAPABLE this box returns carries the C bit (hosts join the announced addresses only)`);
       }
