@@ -724,8 +724,9 @@ export class Concentrator {
     this.#listeners.clear();
     // Sessions still in signalling or dialing have nothing to drain.
     for (const s of [...this.#sessions]) if (!s.ctx.relay) s.ctx.socket.resetAndDestroy();
+    this.#onPath?.closeListeners();
     const deadline = Date.now() + drainMs;
-    while (this.#sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (this.#sessions.size + (this.#onPath?.active ?? 0) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const s of [...this.#sessions]) {
       if (s.ctx.relay) s.ctx.relay.destroy();
       else s.ctx.socket.resetAndDestroy();

@@ -176,8 +176,20 @@ export class OnPath {
     return [...this.#learned].filter(([, until]) => until > now).map(([k]) => k.replace('|', ' port '));
   }
 
-  async stop(): Promise<void> {
+  /** Relayed or in setup now. */
+  get active(): number {
+    return this.#sessions.size;
+  }
+
+  /** Stop taking connections (the drain at stop); those in setup are reset, relayed ones go on. */
+  closeListeners(): void {
     for (const s of this.#listeners.splice(0)) s.close();
+    for (const s of [...this.#sessions]) if (!s.relay) s.socket.resetAndDestroy();
+  }
+
+  /** Resets what is left, removes the endpoints, restores the sysctl. */
+  async stop(): Promise<void> {
+    this.closeListeners();
     for (const s of [...this.#sessions]) {
       if (s.relay) s.relay.destroy();
       else s.socket.resetAndDestroy();

@@ -766,7 +766,7 @@ export class Lab {
         cpeV6.push(
           `rule add from ${u.cpeV6} table ${u.table}`,
           `route add ::/0 via ${u.concV6} dev ${u.cpeDev} table ${u.table}`,
-          `mptcp endpoint add ${u.cpeV6} dev ${u.cpeDev} subflow`,
+          `mptcp endpoint add ${u.cpeV6} dev ${u.cpeDev} subflow${this.topology === 'onpath' && i > 1 ? ' fullmesh' : ''}`,
         );
       }
     }

@@ -30,6 +30,8 @@ const MB = 1024 * 1024;
 /** The concentrator's address announced to the hosts (on lo in its namespace), and the join port. */
 const CONC = '198.18.200.1';
 const JOIN_PORT = 4244;
+const CONC6 = '2001:db8:200::1';
+const CONC_SERVER_SIDE6 = '2001:db8:100::1';
 const HOST = ['198.18.1.2', '198.18.2.2'];
 /** The `client` namespace behind the host: an MPTCP host outside onPath.sources (native, never proxied). */
 const NATIVE_HOST = '198.18.0.2';
@@ -60,7 +62,7 @@ describe('implicit (on-path) mode (lab)', { skip: missing ?? false, concurrency:
     const file = join(dir, `conc-${Date.now()}.yaml`);
     writeFileSync(
       file,
-      `listen: ["${CONC}:5000"]\nallow: ["198.18.0.0/15"]\nadmin: "127.0.0.1:9090"\nonPath:\n  sources: ["198.18.1.0/24", "198.18.2.0/24"]\n  announce: ["${CONC}"]\n  joinPort: ${JOIN_PORT}\n${onPath}`,
+      `listen: ["${CONC}:5000"]\nallow: ["198.18.0.0/15"]\nadmin: "127.0.0.1:9090"\nonPath:\n  sources: ["198.18.1.0/24", "198.18.2.0/24", "2001:db8:1::/64", "2001:db8:2::/64"]\n  announce: ["${CONC}", "${CONC6}"]\n  joinPort: ${JOIN_PORT}\n${onPath}`,
     );
     conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--config', file]);
     await conc.waitLine((l) => l.startsWith('ready'), 30_000);
@@ -82,7 +84,8 @@ describe('implicit (on-path) mode (lab)', { skip: missing ?? false, concurrency:
   async function download(who: 'host' | 'native', server: string, size: number, seed: string, opts: { mptcp: boolean }): Promise<{ sha256: string; peer: string; rate: number }> {
     const headers = join(dir, `h-${seed}`);
     const ns = who === 'host' ? lab.hosts.cpe : lab.hosts.client;
-    const curl = `curl -sS --fail -D '${headers}' -w '%{stderr}%{speed_download}' 'http://${server}:8080/bytes/${size}?seed=${seed}'`;
+    const url = `http://${server.includes(':') ? `[${server}]` : server}:8080/bytes/${size}?seed=${seed}`;
+    const curl = `curl -sS --fail -D '${headers}' -w '%{stderr}%{speed_download}' '${url}'`;
     const r = await ns.exec('bash', ['-o', 'pipefail', '-c', `${opts.mptcp ? 'mptcpize run ' : ''}${curl} | sha256sum`], { timeoutMs: 120_000 });
     const peer = /^x-peer: *(\S+)/im.exec(readFileSync(headers, 'utf8'))?.[1] ?? '';
     return { sha256: r.stdout.split(' ')[0] ?? '', peer, rate: Number(r.stderr.trim()) };
@@ -102,7 +105,7 @@ describe('implicit (on-path) mode (lab)', { skip: missing ?? false, concurrency:
     lab = await Lab.up({ topology: 'onpath', uplinks: [{ rate: '50mbit' }, { rate: '50mbit' }], servers: 2 });
     plain = lab.hosts.servers[0]!.v4;
     mptcp = lab.hosts.servers[1]!.v4;
-    const args = JSON.stringify({ host: '0.0.0.0', port: 8080 });
+    const args = JSON.stringify({ host: '::', port: 8080 });
     servers.push(new Proc(lab.hosts.servers[0]!.spawn(process.execPath, [TOOL('http-server'), args])));
     // The same server, its sockets made MPTCP by mptcpize (LD_PRELOAD): an MPTCP-capable server.
     servers.push(new Proc(lab.hosts.servers[1]!.spawn('mptcpize', ['run', process.execPath, TOOL('http-server'), args])));
@@ -197,7 +200,8 @@ describe('implicit (on-path) mode (lab)', { skip: missing ?? false, concurrency:
     const dl = download('host', mptcp, 100 * MB, 'e2e', { mptcp: true });
     let seen = '';
     const peers = await waitFor('both host subflows at the server', async () => {
-      const ss = (await lab.hosts.servers[1]!.exec('ss', ['-tnH', 'state', 'established', '( sport = :8080 )'])).stdout;
+      // Dual-stack listener: IPv4 peers print as [::ffff:a.b.c.d]:port.
+      const ss = (await lab.hosts.servers[1]!.exec('ss', ['-tnH', 'state', 'established', '( sport = :8080 )'])).stdout.replaceAll('[::ffff:', '').replaceAll(']:', ':');
       const mss = (await lab.hosts.servers[1]!.exec('ss', ['-MnH'])).stdout;
       seen = `${ss}\n${mss}`;
       return HOST.every((h) => ss.includes(`${h}:`)) && mss.trim() !== '' ? ss : undefined;
@@ -214,6 +218,21 @@ describe('implicit (on-path) mode (lab)', { skip: missing ?? false, concurrency:
     const p = await download('host', plain, MB, 'plainw', { mptcp: true });
     assert.equal(p.peer, CONC_SERVER_SIDE, 'a TCP-only server is still reached through the box');
     await startConcentrator('');
+  });
+
+  labTest('IPv6: the host\'s MPTCP connection is intercepted and joined over its second path as well', async () => {
+    const nstat = async () => {
+      const out = (await lab.hosts.cpe.exec('nstat', ['-az', '-j', 'MPTcpExtMPJoinSynAckRx'])).stdout;
+      return Number(/"MPTcpExtMPJoinSynAckRx":\s*(\d+)/.exec(out)?.[1] ?? 0);
+    };
+    const joins = await nstat();
+    const before = await onPathCount('');
+    const server6 = lab.hosts.servers[0]!.v6;
+    const r = await download('host', server6, 20 * MB, 'v6', { mptcp: true });
+    assert.equal(r.sha256, deterministicSha256('v6', 20 * MB), '20 MB intact over IPv6');
+    assert.equal(r.peer, CONC_SERVER_SIDE6, 'the server saw the concentrator\'s IPv6 address');
+    assert.equal((await onPathCount('')) - before, 1, 'one on-path connection');
+    assert.ok((await nstat()) > joins, 'the host completed an MP_JOIN (to the announced IPv6 address)');
   });
 
   labTest('an MPTCP SYN flood through the box stays within the on-path SYN limit; plain TCP keeps flowing', async () => {
