@@ -115,6 +115,10 @@ export class OnPath {
         logger.info(`set ${JOIN_SYSCTL}=0: the MP_CAPABLE this box returns carries the C bit (hosts join the announced addresses only)`);
       }
     }
+    for (const fwd of ['net.ipv4.ip_forward', 'net.ipv6.conf.all.forwarding']) {
+      const v = (await kernel.sysctl.get(fwd).catch(() => '1')).trim();
+      if (v !== '1') logger.warn(`onPath: ${fwd} is ${v}: this box must route what it does not take (native MPTCP, plain TCP). Try 'sysctl -w ${fwd}=1'`);
+    }
     if (o.announce.length === 0) {
       logger.warn('onPath.announce is empty: hosts are never told an address of this box, so their extra subflows have nowhere to go (one path only)');
     }

@@ -145,6 +145,10 @@ describe('OnPath in the Concentrator (fake kernel)', () => {
       assert.ok(applied?.includes(`tproxy ip to 127.0.0.1:${port}`), applied);
       assert.ok(kernel.calls.some((x) => x.startsWith('routes.addRule')), 'the return path\'s fwmark rule (local delivery of intercepted packets)');
       assert.deepEqual((conc.status() as { onPath?: unknown }).onPath, { port, active: 0, intercepted: 0, learned: [] });
+      const changed = concentratorConfigSchema.parse({ ...config, onPath: { ...config.onPath, withdrawal: 'withdraw' } });
+      const report = await conc.reload(changed);
+      assert.deepEqual(report.needRestart, ['onPath'], 'a change of onPath is reported as needing a restart');
+      assert.equal(conc.config.onPath?.withdrawal, 'maintain', 'and keeps the running value');
     } finally {
       await conc.stop(0);
     }
