@@ -312,6 +312,7 @@ export class Concentrator {
       own: () => this.#ownAddresses(),
       destinations: () => this.#destinations,
       stopping: () => this.#stopping,
+      sessionLog: (line) => this.#sessionLog(line),
     });
     this.#onPath = onPath;
     await onPath.start();

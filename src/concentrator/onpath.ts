@@ -65,6 +65,8 @@ export interface OnPathDeps {
   own: () => AddressSet;
   destinations: () => DestinationPolicy;
   stopping: () => boolean;
+  /** One line at open and at close, as explicit connections (the concentrator's session log). */
+  sessionLog: (line: Record<string, unknown>) => void;
 }
 
 interface OnPathSession {
@@ -277,8 +279,11 @@ export class OnPath {
     deps.metrics.active.inc();
     const relay = createRelay(socket, server, { idleTimeoutMs: settings.idleTimeoutS * 1000, sockets: deps.sockets }, settings.relayEngine === 'splice' ? deps.splice : undefined);
     session.relay = relay;
-    deps.logger.debug({ source, destination: formatEndpoint(address, port), transport }, 'on-path connection relayed');
+    const destination = formatEndpoint(address, port);
+    const external = server.localAddress ? formatEndpoint(unmapAddress(server.localAddress), server.localPort ?? 0) : undefined;
+    deps.sessionLog({ event: 'open', mode: 'onpath', host: source, external, destination, transport });
     relay.once('close', (stats: RelayStats) => {
+      deps.sessionLog({ event: 'close', mode: 'onpath', host: source, external, destination, bytesUp: stats.aToB, bytesDown: stats.bToA, durationMs: stats.durationMs, outcome: stats.outcome, relay: relay.mode });
       deps.metrics.active.dec();
       deps.metrics.connections.inc({ outcome: stats.outcome });
       deps.metrics.relayed.inc({ engine: relay.mode });
