@@ -181,6 +181,7 @@ describe('implicit (on-path) mode (lab)', { skip: missing ?? false, concurrency:
     assert.equal(r.sha256, deterministicSha256('maintain', 20 * MB));
     assert.equal(r.peer, CONC_SERVER_SIDE, 'the box stayed in the connection');
     assert.equal((await onPathCount('mptcp')) - before, 1, 'its server leg was MPTCP');
+    await conc!.waitFor(/"event":"close","mode":"onpath","host":"198\.18\.1\.2","external":"198\.19\.0\.1:\d+","destination":"198\.19\.0\.12:8080","bytesUp":\d+,"bytesDown":2097\d{4}/, 10_000);
     const second = await download('host', mptcp, MB, 'maintain2', { mptcp: true });
     assert.equal(second.peer, CONC_SERVER_SIDE, 'and stays for the next connection to the same server');
   });
