@@ -91,7 +91,19 @@ export function checkConcentrator(c: ConcentratorConfig, host: HostFacts): strin
     if (!any && !host.addresses.has(ep.host)) problems.push(`listen ${text}: the address is not an address of this host (listen addresses must be local)`);
   }
   if (!host.mptcp) problems.push(MPTCP_OFF);
+  problems.push(...onPathProblems(c, host));
   problems.push(...adminProblems(c));
+  return problems;
+}
+
+/** Implicit mode: the box routes, its announced addresses are its own, the two ports differ (docs/implicit.md). */
+function onPathProblems(c: ConcentratorConfig, host: HostFacts): string[] {
+  const o = c.onPath;
+  if (!o) return [];
+  const problems: string[] = [];
+  for (const a of o.announce) if (!host.addresses.has(a)) problems.push(`onPath.announce ${a}: not an address of this host (hosts join it: it must be local)`);
+  if (o.joinPort === o.port) problems.push(`onPath.joinPort and onPath.port are both ${o.port}: the join listener and the transparent listener need their own ports`);
+  if (host.ipv4Forwarding === false) problems.push("onPath: this host does not forward IPv4 (net.ipv4.ip_forward is 0), so it cannot route what it does not take: try 'sysctl -w net.ipv4.ip_forward=1'");
   return problems;
 }
 
