@@ -90,6 +90,11 @@ export const concentratorConfigSchema = z.strictObject({
     .strictObject({
       /** Dial servers with MPTCP (servers that speak it get end-to-end MPTCP). */
       mptcp: z.boolean().default(true),
+      /**
+       * RFC 8803 replies say when the server leg came up with MPTCP (an Extended TCP Header TLV with MP_CAPABLE),
+       * so CPEs with `directMptcp` can dial that server themselves next time (docs/protocol.md).
+       */
+      reportMptcp: z.boolean().default(false),
       connectTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
       /** Lifetime of an entry in the cache of servers that broke or delayed MPTCP (draft-nam-mptcp-deployment-considerations section 5.6.1). */
       fallbackCacheTtlS: z.number().int().min(1).default(86_400),
@@ -110,7 +115,7 @@ export const concentratorConfigSchema = z.strictObject({
         )
         .default([]),
     })
-    .default({ mptcp: true, connectTimeoutMs: 10_000, fallbackCacheTtlS: 86_400, fallbackCacheSize: 100_000, slowFallbackMs: 900, proxyProtocol: [] }),
+    .default({ mptcp: true, reportMptcp: false, connectTimeoutMs: 10_000, fallbackCacheTtlS: 86_400, fallbackCacheSize: 100_000, slowFallbackMs: 900, proxyProtocol: [] }),
   sourcePool: z
     .strictObject({
       addresses: z.array(ip).default([]),

@@ -12,6 +12,7 @@ import { parseEndpoint } from '../control/address.js';
 import { loadCredentials, natUplinks, type CpeConfig, type Credentials } from './config.js';
 import { ConcentratorSelector } from './concentrators.js';
 import { ConcentratorProbe } from './probe.js';
+import { ExpiringSet } from '../concentrator/server-dialer.js';
 import { handleClient } from './session.js';
 import { Interception, type InterceptionOptions } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
@@ -74,6 +75,8 @@ export class Cpe {
   #config: CpeConfig;
   readonly #deps: CpeDeps;
   readonly #selector: ConcentratorSelector;
+  /** Servers a concentrator reported MPTCP-capable (directMptcp; docs/cpe.md, "Direct MPTCP"). */
+  readonly #mptcpServers: ExpiringSet;
   readonly #probe: ConcentratorProbe;
   readonly #warm: WarmPool;
   readonly #listeners: Server[] = [];
@@ -94,6 +97,7 @@ export class Cpe {
   constructor(config: CpeConfig, deps: CpeDeps) {
     this.#config = config;
     this.#deps = deps;
+    this.#mptcpServers = new ExpiringSet(config.directMptcp.cacheTtlS * 1000, config.directMptcp.cacheSize);
     this.#selector = new ConcentratorSelector(config.concentrators, {
       capabilityTtlMs: config.capabilityCacheTtlS * 1000,
       unreachableHoldMs: config.unreachableHoldS * 1000,
@@ -196,6 +200,7 @@ export class Cpe {
       config: () => this.#config,
       credentials: (t) => this.#credentials.get(t.address),
       warm: this.#warm,
+      mptcpServers: this.#mptcpServers,
       track: (relay, info) => {
         this.#pending.delete(client);
         this.#relays.add(relay);
