@@ -38,6 +38,7 @@ import { ReturnPath } from './return-path.js';
 import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
 import { RadiusService } from './radius.js';
 import { Bindings } from './bindings.js';
+import { OnPath } from './onpath.js';
 
 export { dialErrorCode } from './conversion.js';
 
@@ -68,7 +69,7 @@ const CPE_TOTALS_MAX = 10_000;
 /** Sessions whose MPTCP subflow count is read per figure (getsockopt each); beyond, the count is left out. */
 const SUBFLOW_SAMPLE_MAX = 4_096;
 /** Keys a SIGHUP cannot apply (the rest it does, see reload()). */
-const RESTART_KEYS = new Set(['announce', 'manageSysctls', 'preserveDscp', 'sessionLog', 'sessionLogging', 'admin', 'adminTokenFile', 'metrics']);
+const RESTART_KEYS = new Set(['onPath', 'announce', 'manageSysctls', 'preserveDscp', 'sessionLog', 'sessionLogging', 'admin', 'adminTokenFile', 'metrics']);
 
 export interface CpeFigures {
   cpe: string;
@@ -109,6 +110,8 @@ export class Concentrator {
   readonly #steps: readonly Step[];
   /** Inbound bindings: reverse connections from CPEs and the external ports they claim. */
   readonly #bindings: Bindings;
+  /** Implicit (on-path) mode (./onpath.ts): created at start when `onPath` is configured. */
+  #onPath: OnPath | undefined;
   /** The nft table of the listeners (SYN window clamp, SYN-flood guards). */
   readonly #rules: ListenerRules;
   readonly #listeners = new Map<string, ListeningServer>();
@@ -309,7 +312,9 @@ export class Concentrator {
     await this.#prepareKernel();
     for (const text of this.#config.listen) await this.#openListener(text);
     // After the listeners are bound: the rules name their actual ports (port 0 resolved).
+    await this.#startOnPath();
     await this.#rules.apply(this.#config, this.addresses);
+    await this.#onPath?.resync();
     this.#sampleDescriptors();
     this.#sweeper = setInterval(() => {
       this.#limits.sweep();
@@ -320,6 +325,28 @@ export class Concentrator {
     this.#figuresTimer = setInterval(() => this.#updateFigures(), 1_000);
     this.#figuresTimer.unref();
     this.#deps.logger.info({ listen: this.#config.listen, allow: this.#config.allow }, 'concentrator started');
+  }
+
+  /** The on-path listener before the rules that send it SYNs (./onpath.ts); a change of `onPath` needs a restart. */
+  async #startOnPath(): Promise<void> {
+    if (!this.#config.onPath || this.#onPath) return;
+    const onPath = new OnPath({
+      sockets: this.#deps.sockets,
+      kernel: this.#deps.kernel,
+      logger: this.#deps.logger,
+      metrics: this.#deps.metrics,
+      dialer: this.#dialer,
+      limits: this.#limits,
+      now: this.#now,
+      splice: this.#deps.splice,
+      config: () => this.#config,
+      own: () => this.#ownAddresses(),
+      destinations: () => this.#destinations,
+      stopping: () => this.#stopping,
+      sessionLog: (line) => this.#sessionLog(line),
+    });
+    this.#onPath = onPath;
+    await onPath.start();
   }
 
   /** Reads the keys file (start, SIGHUP) before anything changes: a file that does not load keeps the running keys. */
@@ -405,7 +432,7 @@ export class Concentrator {
    * and it touches nothing but the packets of transparent sockets.
    */
   async #ensureReturnPath(config: ConcentratorConfig): Promise<void> {
-    if (!needsReturnPath(config) || this.#returnPath) return;
+    if ((!needsReturnPath(config) && !config.onPath) || this.#returnPath) return;
     const sa = config.sourceAddress;
     const rp = new ReturnPath(this.#deps, { mark: sa?.returnMark ?? 0x6d70, table: sa?.returnTable ?? 4_242, rulePriority: sa?.returnRulePriority ?? 9_100 });
     await rp.start();
@@ -700,6 +727,7 @@ export class Concentrator {
       sourceAddress: this.#sourceAddress.name,
       ...(this.#sourceAddress instanceof PortBlockSourceAddress ? { portBlocks: this.#sourceAddress.allocator.summary() } : {}),
       returnPath: this.#returnPath?.installed ?? false,
+      ...(this.#onPath ? { onPath: this.#onPath.status() } : {}),
       ...(this.#keys ? { auth: { keys: this.#keys.size, replayCache: this.#replay.size } } : {}),
       ...(this.#radius ? { radius: this.#radius.status() } : {}),
       activeCpes: this.cpeFigures().length,
@@ -746,7 +774,9 @@ export class Concentrator {
       }
     }
     for (const text of next.listen) if (!this.#listeners.has(text)) await this.#openListener(text);
+    this.#onPath?.reconfigure(next);
     await this.#rules.apply(next, this.addresses);
+    await this.#onPath?.resync();
     if (report.applied.includes('logLevel')) this.#deps.logger.level = next.logLevel;
     logReload(this.#deps.logger, old, wanted, report);
     this.#lastReload = report;
@@ -771,8 +801,9 @@ export class Concentrator {
     this.#bindings.stop();
     // Sessions still in signalling or dialing have nothing to drain.
     for (const s of [...this.#sessions]) if (!s.ctx.relay) s.ctx.socket.resetAndDestroy();
+    this.#onPath?.closeListeners();
     const deadline = Date.now() + drainMs;
-    while (this.#sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (this.#sessions.size + (this.#onPath?.active ?? 0) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     // Accounting Stops are built now, while the connections left still count their live bytes; sent meanwhile.
     const radiusStopped = this.#radius?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not send the RADIUS accounting Stop records'));
     for (const s of [...this.#sessions]) {
@@ -783,6 +814,7 @@ export class Concentrator {
     await radiusStopped;
     // Port blocks still held go back, each with its release line.
     this.#sourceAddress.close?.('stop');
+    await this.#onPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not stop the on-path interception'));
     await this.#rules.remove().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the nft table of the listeners'));
     await this.#returnPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the return path'));
     this.#returnPath = undefined;

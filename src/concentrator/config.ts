@@ -37,6 +37,39 @@ export const concentratorConfigSchema = z.strictObject({
       synRateLimit: z.number().int().min(0).default(0),
     })
     .default({ dropNonCustomers: false, synRateLimit: 0 }),
+  /**
+   * Implicit (on-path) mode (docs/implicit.md): this box is on the forwarding path of MPTCP hosts that run no
+   * mpconvert software; their MPTCP SYNs from `sources` are taken (nft TPROXY) by a transparent MPTCP listener
+   * that terminates them as the destination and dials the server as explicit mode does. Absent: off.
+   */
+  onPath: z
+    .strictObject({
+      /** Hosts (or access networks) whose MPTCP connections are proxied; MPTCP SYNs from elsewhere are routed untouched. */
+      sources: z.array(cidr).min(1, 'list the prefixes of the hosts whose MPTCP connections are proxied'),
+      /** The transparent listener's port on 127.0.0.1 / [::1] (the TPROXY target). */
+      port: z.number().int().min(1).max(65_535).default(4_243),
+      /**
+       * draft-boucadair-mptcp-plain-mode section 5.6.1 (MCP withdrawal): `maintain` proxies every MPTCP connection
+       * from `sources`; `withdraw` leaves connections to servers known to speak MPTCP end to end (routed untouched).
+       */
+      withdrawal: z.enum(['maintain', 'withdraw']).default('maintain'),
+      /** withdraw: servers taken as MPTCP-capable from the start (prefixes), besides the ones learned. */
+      nativeServers: z.array(cidr).default([]),
+      /** withdraw: how long a server learned as MPTCP-capable (its server leg came up with MPTCP) stays known. */
+      learnTtlS: z.number().int().min(1).max(604_800).default(3_600),
+      /**
+       * This box's addresses advertised (ADD_ADDR, with `joinPort`) to every MPTCP connection, the intercepted ones
+       * included: where the hosts' additional subflows go. Kernel `signal` endpoints with a port, added at start.
+       */
+      announce: z.array(ip).default([]),
+      /** The port the announced addresses take MP_JOINs on (the kernel listens there for the endpoints). */
+      joinPort: z.number().int().min(1).max(65_535).default(4_244),
+      /** Sets net.mptcp.allow_join_initial_addr_port=0 (the C bit): hosts join the announced addresses, never the server's. */
+      denyJoinInitial: z.boolean().default(true),
+      /** Intercepted MPTCP SYNs per second, in total; beyond, dropped (0 = no limit). */
+      synRateLimit: z.number().int().min(0).default(0),
+    })
+    .optional(),
   /** Accept signalling on a connection that fell back to plain TCP (the seeds say ignore it). */
   acceptFallback: z.boolean().default(false),
   signalling: z
@@ -58,6 +91,11 @@ export const concentratorConfigSchema = z.strictObject({
     .strictObject({
       /** Dial servers with MPTCP (servers that speak it get end-to-end MPTCP). */
       mptcp: z.boolean().default(true),
+      /**
+       * RFC 8803 replies say when the server leg came up with MPTCP (an Extended TCP Header TLV with MP_CAPABLE),
+       * so CPEs with `directMptcp` can dial that server themselves next time (docs/protocol.md).
+       */
+      reportMptcp: z.boolean().default(false),
       connectTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
       /** Lifetime of an entry in the cache of servers that broke or delayed MPTCP (draft-nam-mptcp-deployment-considerations section 5.6.1). */
       fallbackCacheTtlS: z.number().int().min(1).default(86_400),
@@ -78,7 +116,7 @@ export const concentratorConfigSchema = z.strictObject({
         )
         .default([]),
     })
-    .default({ mptcp: true, connectTimeoutMs: 10_000, fallbackCacheTtlS: 86_400, fallbackCacheSize: 100_000, slowFallbackMs: 900, proxyProtocol: [] }),
+    .default({ mptcp: true, reportMptcp: false, connectTimeoutMs: 10_000, fallbackCacheTtlS: 86_400, fallbackCacheSize: 100_000, slowFallbackMs: 900, proxyProtocol: [] }),
   sourcePool: z
     .strictObject({
       addresses: z.array(ip).default([]),

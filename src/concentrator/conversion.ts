@@ -30,7 +30,7 @@ export interface ExplicitTcpDeps {
   now: () => number;
   splice?: SpliceEngine | undefined;
   /** Read per connection, so a reload applies to new connections. */
-  settings: () => { preserveDscp: boolean; idleTimeoutS: number; relayEngine: 'splice' | 'streams' };
+  settings: () => { preserveDscp: boolean; idleTimeoutS: number; relayEngine: 'splice' | 'streams'; server: { reportMptcp: boolean } };
   stopping: () => boolean;
   /** Destinations whose server leg starts with a PROXY v2 header (compiled once per configuration). */
   proxyProtocol: () => ProxyProtocolTargets;
@@ -92,7 +92,7 @@ export class ExplicitTcpConversion implements ConversionStrategy {
     // Confirm (echo the IEs byte for byte / Convert reply), then what the client sent after its signalling,
     // behind the PROXY header if this destination wants one (header and early bytes in one write: the spec
     // asks for the header at once).
-    socket.write(confirmation(read));
+    socket.write(confirmation(read, settings.server.reportMptcp && transport === 'mptcp'));
     const header = deps.proxyProtocol().wants(dest.address, dest.port) ? proxyHeader(ctx, dest) : undefined;
     const first = header ? (read.rest.length > 0 ? Buffer.concat([header, read.rest]) : header) : read.rest;
     if (first.length > 0) server.write(first);

@@ -7,6 +7,7 @@ import type { KernelConfig } from '../platform/types.js';
 import type { Logger } from '../log.js';
 import type { Endpoint } from '../control/address.js';
 import type { ConcentratorConfig } from './config.js';
+import { onPathRuleOptions } from './onpath.js';
 import { buildConcentratorRuleset, concentratorRulesetWanted, concentratorTableName, type ConcentratorRulesetOptions } from './ruleset.js';
 
 export class ListenerRules {
@@ -24,6 +25,7 @@ export class ListenerRules {
       allow: config.allow,
       dropNonCustomers: config.synFlood.dropNonCustomers,
       synRateLimit: config.synFlood.synRateLimit,
+      onPath: onPathRuleOptions(config),
     };
   }
 

@@ -21,6 +21,7 @@
 import { isIP } from 'node:net';
 import { parseCidr } from '../policy/cidr.js';
 import { MpconvertError } from '../errors.js';
+import { buildOnPathRules, type OnPathRuleOptions } from './onpath-ruleset.js';
 
 export interface ConcentratorListener {
   family: 4 | 6;
@@ -40,6 +41,8 @@ export interface ConcentratorRulesetOptions {
   dropNonCustomers: boolean;
   /** SYNs per second to the listeners accepted in total (burst: the same number); 0 = no limit. */
   synRateLimit: number;
+  /** Implicit (on-path) mode: intercept forwarded MPTCP SYNs (./onpath-ruleset.ts); undefined = off. */
+  onPath?: OnPathRuleOptions | undefined;
 }
 
 /** The MPTCP send window edge a clamped SYN leaves the listener with, in bytes (SYN window << scale). */
@@ -64,7 +67,7 @@ export function concentratorTableName(instance: string): string {
 
 /** Whether the options ask for any rule at all (no table is installed otherwise). */
 export function concentratorRulesetWanted(o: ConcentratorRulesetOptions): boolean {
-  return o.listeners.length > 0 && (o.synWindowClamp || o.dropNonCustomers || o.synRateLimit > 0);
+  return o.onPath !== undefined || (o.listeners.length > 0 && (o.synWindowClamp || o.dropNonCustomers || o.synRateLimit > 0));
 }
 
 function listenerMatch(l: ConcentratorListener): string {
@@ -79,13 +82,14 @@ function listenerMatch(l: ConcentratorListener): string {
 /** The nft text of the whole table; call only when concentratorRulesetWanted(). */
 export function buildConcentratorRuleset(o: ConcentratorRulesetOptions): string {
   const table = concentratorTableName(o.instance);
-  if (o.listeners.length === 0) throw new ConcentratorRulesetError('no listener');
+  if (o.listeners.length === 0 && !o.onPath) throw new ConcentratorRulesetError('no listener');
   if (!Number.isInteger(o.synRateLimit) || o.synRateLimit < 0) throw new ConcentratorRulesetError(`synRateLimit ${o.synRateLimit} must be a whole number >= 0`);
   const matches = [...new Set(o.listeners.map(listenerMatch))];
   const q = (s: string) => `"${s}"`;
-  const lines = [`table inet ${table} {`];
+  const onPath = o.onPath ? buildOnPathRules(o.onPath) : undefined;
+  const lines = [`table inet ${table} {`, ...(onPath?.sets ?? [])];
   // Only SYNs to a listener go on to listener_syn; everything else leaves at once.
-  const pre = ['tcp flags & (syn | ack) != syn accept', ...matches.map((m) => `${m} goto listener_syn`)];
+  const pre = [...(onPath?.preroutingHead ?? []), 'tcp flags & (syn | ack) != syn accept', ...matches.map((m) => `${m} goto listener_syn`)];
   lines.push('  chain prerouting {', '    type filter hook prerouting priority mangle; policy accept;', ...pre.map((r) => `    ${r}`), '  }');
   const syn: string[] = [];
   if (o.dropNonCustomers) {
@@ -114,6 +118,7 @@ export function buildConcentratorRuleset(o: ConcentratorRulesetOptions): string 
     }
   }
   lines.push('  chain listener_syn {', ...syn.map((r) => `    ${r}`), '  }');
+  if (onPath) lines.push(...onPath.chain);
   lines.push('}');
   return `${lines.join('\n')}\n`;
 }

@@ -2,6 +2,7 @@
  * The concentrator's side of the signalling: read it from the start of an accepted connection (bounded in
  * time and size, split across reads or not), then confirm or refuse it on the wire.
  */
+import { mptcpSynAckHeader } from '../protocol/server-options.js';
 import type { Socket } from 'node:net';
 import type { Sockets } from '../platform/types.js';
 import { MpconvertError } from '../errors.js';
@@ -136,9 +137,11 @@ export function readSignalling(socket: Socket, timeoutMs: number, warm?: WarmWai
 }
 
 /** What the concentrator sends first once the server connection is up. */
-export function confirmation(read: ReadSignalling): Buffer {
-  // MP_CONVERT: every IE back, byte for byte. RFC 8803: a Convert message with no TLV (header only).
-  return read.format === 'mp-convert' ? read.raw : encodeConvertMessage({ tlvs: [] });
+export function confirmation(read: ReadSignalling, serverMptcp = false): Buffer {
+  // MP_CONVERT: every IE back, byte for byte. RFC 8803: a Convert message, with an Extended TCP Header TLV
+  // saying MP_CAPABLE when the server leg is MPTCP (src/protocol/server-options.ts), else header only.
+  if (read.format === 'mp-convert') return read.raw;
+  return encodeConvertMessage({ tlvs: serverMptcp ? [{ type: 'extended-tcp-header', header: mptcpSynAckHeader() }] : [] });
 }
 
 /** Silent abort (RST / MP_FASTCLOSE), or an RFC 8803 Error TLV followed by a close. */

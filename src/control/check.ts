@@ -100,6 +100,7 @@ export function checkConcentrator(c: ConcentratorConfig, host: HostFacts): strin
     if (!host.addresses.has(a)) problems.push(`bindings.addresses: ${a} is not an address of this host (bindings listen on it)`);
   }
   if (!host.mptcp) problems.push(MPTCP_OFF);
+  problems.push(...onPathProblems(c, host));
   problems.push(...adminProblems(c));
   return problems;
 }
@@ -124,6 +125,7 @@ export function kernelProblems(role: 'cpe' | 'concentrator', c: CpeConfig | Conc
     const mode = sourceAddressMode(conc);
     if (mode === 'transparent' || mode === 'nptv6') needs.push(['tproxy', `sourceAddress.mode ${mode} (the return path's nft socket expression)`], ['ip-transparent', `sourceAddress.mode ${mode} (server legs bound with IP_TRANSPARENT)`]);
     // With manageSysctls the daemon (or its --prepare) sets the server bit itself.
+    if (conc.onPath) needs.push(['tproxy', 'onPath (TPROXY of the intercepted SYNs)'], ['ip-transparent', 'onPath (the transparent MPTCP listener)']);
     if (!conc.manageSysctls) needs.push(['tfo-server', 'accepting the signalling in the SYN with manageSysctls: false']);
   }
   const problems: string[] = [];
@@ -131,6 +133,17 @@ export function kernelProblems(role: 'cpe' | 'concentrator', c: CpeConfig | Conc
     const p = probes.find((x) => x.name === name);
     if (p && !p.ok) problems.push(`kernel: ${what} cannot work here: ${p.detail}${p.fix ? `; ${p.fix}` : ''}`);
   }
+  return problems;
+}
+
+/** Implicit mode: the box routes, its announced addresses are its own, the two ports differ (docs/implicit.md). */
+function onPathProblems(c: ConcentratorConfig, host: HostFacts): string[] {
+  const o = c.onPath;
+  if (!o) return [];
+  const problems: string[] = [];
+  for (const a of o.announce) if (!host.addresses.has(a)) problems.push(`onPath.announce ${a}: not an address of this host (hosts join it: it must be local)`);
+  if (o.joinPort === o.port) problems.push(`onPath.joinPort and onPath.port are both ${o.port}: the join listener and the transparent listener need their own ports`);
+  if (host.ipv4Forwarding === false) problems.push("onPath: this host does not forward IPv4 (net.ipv4.ip_forward is 0), so it cannot route what it does not take: try 'sysctl -w net.ipv4.ip_forward=1'");
   return problems;
 }
 

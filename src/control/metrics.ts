@@ -159,13 +159,19 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
     registers: concOnly,
   });
   const bindingsOpen = new Gauge({ name: 'mpconvert_bindings', help: 'Concentrator: inbound bindings open now', registers: concOnly });
+  const onPath = new Counter({
+    name: 'mpconvert_onpath_connections_total',
+    help: 'Concentrator, implicit mode: intercepted connections relayed, by what the server leg spoke (mptcp, tcp)',
+    labelNames: ['server'] as const,
+    registers: concOnly,
+  });
   // The UDP channel's families (channels and mappings, issue 11) go here, documented in docs/operations.md.
   // Admin API.
   const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
   return {
     registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback,
     uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit, flowClass,
-    activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm, portBlocks,
+    activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm, portBlocks, onPath,
     radiusRequests, radiusAuthorizations, radiusAccounting, radiusCached, radiusSessions,
     bindingReverse, bindingInbound, bindingsOpen,
   };

@@ -39,6 +39,9 @@ export function concentratorSysctls(c: ConcentratorConfig): SysctlNeed[] {
     needs.push({ name: 'net.ipv4.tcp_fastopen', want: withBits(0x2), why: 'TCP Fast Open server bit (0x2): the signalling in the SYN' });
     if (c.preserveDscp) needs.push({ name: 'net.ipv4.tcp_reflect_tos', want: exactly('1'), why: "accepted sockets take their SYN's DSCP (preserveDscp)" });
   }
+  if (c.onPath?.denyJoinInitial) {
+    needs.push({ name: 'net.mptcp.allow_join_initial_addr_port', want: exactly('0'), why: 'on-path: the C bit on the MP_CAPABLE the box returns (hosts join its announced addresses only)' });
+  }
   return needs;
 }
 

@@ -197,6 +197,19 @@ export const cpeConfigSchema = z.strictObject({
     .default({ include: [{ prefix: '0.0.0.0/0' }, { prefix: '::/0' }], exclude: [], nativeMptcp: 'passthrough' }),
   /** When no concentrator works: connect directly (plain TCP) or refuse the client connection. */
   fallback: z.enum(['direct', 'refuse']).default('direct'),
+  /**
+   * Servers a concentrator reported as MPTCP-capable (RFC 8803 concentrators: the Extended TCP Header TLV of
+   * the Convert reply) are dialled from the CPE itself with MPTCP, over every uplink (docs/cpe.md, "Direct
+   * MPTCP"). Off by default: through the concentrator (maintain), for private IPv4 uplinks, IPv6-only uplinks
+   * towards IPv4 servers and quotas. The cache's lifetime and size apply at start.
+   */
+  directMptcp: z
+    .strictObject({
+      enabled: z.boolean().default(false),
+      cacheTtlS: z.number().int().min(1).max(604_800).default(3_600),
+      cacheSize: z.number().int().min(1).max(1_000_000).default(10_000),
+    })
+    .default({ enabled: false, cacheTtlS: 3_600, cacheSize: 10_000 }),
   /** How long to wait for the client's first bytes so they ride in the SYN with the signalling. */
   firstDataWaitMs: z.number().int().min(0).max(1_000).default(20),
   /** Most client bytes put in the SYN (the rest follows after the echo). */

@@ -12,6 +12,7 @@ import { parseEndpoint } from '../control/address.js';
 import { loadCredentials, natUplinks, type CpeConfig, type Credentials } from './config.js';
 import { ConcentratorSelector } from './concentrators.js';
 import { ConcentratorProbe } from './probe.js';
+import { ExpiringSet } from '../concentrator/server-dialer.js';
 import { handleClient } from './session.js';
 import { Interception, type InterceptionOptions } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
@@ -94,6 +95,8 @@ export class Cpe {
   #config: CpeConfig;
   readonly #deps: CpeDeps;
   readonly #selector: ConcentratorSelector;
+  /** Servers a concentrator reported MPTCP-capable (directMptcp; docs/cpe.md, "Direct MPTCP"). */
+  readonly #mptcpServers: ExpiringSet;
   readonly #probe: ConcentratorProbe;
   readonly #warm: WarmPool;
   /** Inbound bindings: the reverse connections kept open to the concentrators. */
@@ -124,6 +127,7 @@ export class Cpe {
   constructor(config: CpeConfig, deps: CpeDeps) {
     this.#config = config;
     this.#deps = deps;
+    this.#mptcpServers = new ExpiringSet(config.directMptcp.cacheTtlS * 1000, config.directMptcp.cacheSize);
     this.#selector = new ConcentratorSelector(config.concentrators, {
       capabilityTtlMs: config.capabilityCacheTtlS * 1000,
       unreachableHoldMs: config.unreachableHoldS * 1000,
@@ -297,6 +301,7 @@ export class Cpe {
       credentials: (t) => this.#credentials.get(t.address) ?? (this.#sources.get(t.address)?.includes('static') ? undefined : this.#dhcpCredentials),
       warm: this.#warm,
       pin: (flow, family) => (this.#config.distribution.classes.length > 0 ? this.#pinning.choose(this.#config, flow, family, this.#uplinks?.snapshot() ?? []) : undefined),
+      mptcpServers: this.#mptcpServers,
       track: (relay, info) => {
         this.#pending.delete(client);
         this.#relays.add(relay);

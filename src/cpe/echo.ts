@@ -4,10 +4,12 @@
  * message, which may carry an Error TLV. The bytes after the confirmation are the server's.
  */
 import { decodeConvertMessage } from '../protocol/index.js';
+import { headerHasMpCapable } from '../protocol/server-options.js';
 
 export type EchoResult =
   | { status: 'need-more' }
-  | { status: 'confirmed'; leftover: Buffer }
+  /** `serverMptcp`: RFC 8803, the reply's Extended TCP Header TLV carries MP_CAPABLE (the server speaks MPTCP). */
+  | { status: 'confirmed'; leftover: Buffer; serverMptcp?: boolean }
   /** Not a converter: the bytes differ from what a converter sends. */
   | { status: 'mismatch' }
   /** A converter that refused (RFC 8803 Error TLV): the destination failed. */
@@ -57,6 +59,7 @@ export class EchoVerifier {
       return { status: 'mismatch' };
     }
     if (msg.error) return { status: 'refused', errorCode: msg.error.code };
-    return { status: 'confirmed', leftover: b.subarray(total) };
+    const serverMptcp = msg.extendedTcpHeader !== undefined && headerHasMpCapable(msg.extendedTcpHeader);
+    return { status: 'confirmed', leftover: b.subarray(total), ...(serverMptcp ? { serverMptcp } : {}) };
   }
 }

@@ -43,6 +43,8 @@ export interface SessionContext {
   warm?: Pick<WarmPool, 'take'> | undefined;
   /** The flow-class pin of a connection to a concentrator of that family (src/cpe/pinning.ts); absent: none. */
   pin?: ((flow: Flow, family: 4 | 6) => Pin | undefined) | undefined;
+  /** Servers reported MPTCP-capable by a concentrator (`address|port`), for `directMptcp`; absent: none kept. */
+  mptcpServers?: { has(key: string): boolean; add(key: string): void; delete(key: string): void } | undefined;
 }
 
 
@@ -130,7 +132,8 @@ export function signallingFor(
  * then refused it (reset, RFC 8803 Error TLV): it is reachable, only this connection is refused, and the
  * client is reset. `next`: no conversion through it (unreachable, or not capable): try the next one.
  */
-type Attempt = { kind: 'relay'; socket: Socket; leftover: Buffer } | { kind: 'next' } | { kind: 'refused'; why: string };
+/** `serverMptcp`: the concentrator reported that the server speaks MPTCP (RFC 8803 reply). */
+type Attempt = { kind: 'relay'; socket: Socket; leftover: Buffer; serverMptcp?: boolean } | { kind: 'next' } | { kind: 'refused'; why: string };
 
 /**
  * A dial error means "no handshake with the concentrator" (its SYN refused, timed out, not routable) unless
@@ -206,6 +209,7 @@ export async function handleClient(client: Socket, ctx: SessionContext): Promise
   client.on('error', () => {});
   const conv = classify(client, ctx);
   if ((await firstDataStep(conv)) === 'done') return;
+  if ((await directMptcpStep(conv, ctx)) === 'done') return;
   if ((await concentratorsStep(conv, ctx)) === 'done') return;
   await fallbackStep(conv, ctx);
 }
@@ -255,6 +259,7 @@ async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): P
     }
     if (attempt.kind === 'relay') {
       ctx.metrics.capability.inc({ result: 'ok' });
+      if (attempt.serverMptcp && conv.cfg.directMptcp.enabled) ctx.mptcpServers?.add(serverKey(conv.dst));
       if (attempt.leftover.length > 0) client.write(attempt.leftover);
       if (conv.afterEcho.length > 0) attempt.socket.write(conv.afterEcho);
       startRelay(conv, attempt.socket, ctx, `concentrator ${target.address}`);
@@ -262,6 +267,50 @@ async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): P
     }
   }
   return 'continue';
+}
+
+const serverKey = (dst: { address: string; port: number }) => `${dst.address}|${dst.port}`;
+
+/**
+ * direct-mptcp: a server a concentrator reported MPTCP-capable is dialled from the CPE itself with MPTCP (the
+ * uplinks' endpoints add a subflow per uplink), replaying the kept bytes. A dial that fails or falls back to TCP
+ * forgets the server and goes on to the concentrators; nothing was sent on it.
+ */
+async function directMptcpStep(conv: ClientConversion, ctx: SessionContext): Promise<StepResult> {
+  const { client, cfg, dst, tos, log, kept } = conv;
+  const key = serverKey(dst);
+  if (!cfg.directMptcp.enabled || !ctx.mptcpServers?.has(key)) return 'continue';
+  let sock: Socket;
+  try {
+    sock = await ctx.sockets.dial({
+      family: isIP(dst.address) as 4 | 6,
+      protocol: 'mptcp',
+      host: dst.address,
+      port: dst.port,
+      timeoutMs: cfg.connectTimeoutMs,
+      linger: RESET_ON_CLOSE,
+      ...(tos ? { tos } : {}),
+    });
+  } catch (err) {
+    ctx.mptcpServers.delete(key);
+    log.debug({ err: (err as Error).message }, 'direct MPTCP connection failed: through the concentrator');
+    return client.destroyed ? 'done' : 'continue';
+  }
+  sock.on('error', () => {});
+  if (client.destroyed) {
+    sock.resetAndDestroy();
+    return 'done';
+  }
+  if (!ctx.sockets.isMptcp(sock)) {
+    ctx.mptcpServers.delete(key);
+    sock.resetAndDestroy();
+    log.debug('direct connection came up without MPTCP: the server is forgotten, through the concentrator');
+    return 'continue';
+  }
+  ctx.metrics.fallback.inc({ to: 'direct-mptcp' });
+  if (kept.bytes.length > 0) sock.write(kept.bytes);
+  startRelay(conv, sock, ctx, 'direct-mptcp');
+  return 'done';
 }
 
 /** fallback: no concentrator converted it: refuse, or plain TCP from the CPE itself, replaying every kept byte. */
@@ -369,7 +418,7 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
   }
   const r = await awaitEcho(sock, new EchoVerifier(target.format, signalling), cfg.echoTimeoutMs, ctx.sockets);
   client.off('close', onClientGone);
-  if (r.status === 'confirmed') return { kind: 'relay', socket: sock, leftover: r.leftover };
+  if (r.status === 'confirmed') return { kind: 'relay', socket: sock, leftover: r.leftover, ...(r.serverMptcp ? { serverMptcp: true } : {}) };
   sock.resetAndDestroy();
   if (r.status === 'reset') return { kind: 'refused', why: 'concentrator aborted before confirming' };
   if (r.status === 'refused') return { kind: 'refused', why: `Convert Error TLV ${r.errorCode}` };

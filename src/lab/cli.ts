@@ -35,7 +35,7 @@ function pick(prefix: string | undefined): Lab {
 
 export function describeStatus(s: LabStatus): string[] {
   const lines = [
-    `lab ${s.prefix}: ${s.healthy ? 'healthy' : 'INCOMPLETE'}${s.topology === 'field' ? ', field topology' : ''}${s.ownerPid === null ? ' (persistent)' : ` (owned by pid ${s.ownerPid})`}${s.mptcpRouting ? ', mptcp routing' : ''}`,
+    `lab ${s.prefix}: ${s.healthy ? 'healthy' : 'INCOMPLETE'}${s.topology === 'field' ? ', field topology' : s.topology === 'onpath' ? ', on-path topology (the cpe namespace is the MPTCP host)' : ''}${s.ownerPid === null ? ' (persistent)' : ` (owned by pid ${s.ownerPid})`}${s.mptcpRouting ? ', mptcp routing' : ''}`,
     `  namespaces: ${s.namespaces.map((n) => (n.present ? n.name : `${n.name} (missing)`)).join(' ')}`,
     s.topology === 'field'
       ? `  client ${LAB.lan.client.v4}  cpe lan0 ${LAB.lan.cpe.v4}  concentrator (public) ${FIELD.concentrator.v4}`
@@ -60,12 +60,13 @@ export function labCommand(): Command {
     .description('Build a lab and leave it running; prints its prefix')
     .option('--uplink <rate[@rtt][,cgn][,mtu=N]>', 'an uplink, its rate and optionally its round-trip time, e.g. 50mbit or 50mbit@40ms; 0 = unshaped; field topology: ,cgn and ,mtu=1492 (repeatable; default two of 50mbit; with --field a DSL 50mbit,mtu=1492 and an LTE 50mbit,cgn)', collect, [])
     .option('--field', 'the field topology: ISP routers with DHCP (dnsmasq), a CGN, a public concentrator, a private LAN (docs/lab.md)')
+    .option('--onpath', 'the on-path topology: the CPE namespace is a dual-homed MPTCP host (no mpconvert), both paths routed through the concentrator (docs/implicit.md)')
     .option('--no-dhcp', 'field topology: do not start the CPE\'s DHCP clients (mpconvert lab dhcp start I does it later)')
     .option('--servers <k>', 'servers on the internet segment', int, 1)
     .option('--prefix <p>', 'namespace prefix: mpc + 1..9 of [a-z0-9] (default random)')
     .option('--mptcp-routing', 'plain kernel MPTCP on the CPE: policy routing + subflow endpoints + limits')
     .option('--json', 'print the status as JSON')
-    .action(async (o: { uplink: string[]; servers: number; prefix?: string; mptcpRouting?: boolean; json?: boolean; field?: boolean; dhcp: boolean }) => {
+    .action(async (o: { uplink: string[]; servers: number; prefix?: string; mptcpRouting?: boolean; json?: boolean; field?: boolean; onpath?: boolean; dhcp: boolean }) => {
       try {
         const rates = o.uplink.length > 0 ? o.uplink : o.field ? ['50mbit,mtu=1492', '50mbit,cgn'] : ['50mbit', '50mbit'];
         const l = await Lab.up(
@@ -73,7 +74,7 @@ export function labCommand(): Command {
             uplinks: rates.map(parseUplinkFlag),
             servers: o.servers,
             mptcpRouting: o.mptcpRouting ?? false,
-            ...(o.field ? { topology: 'field' as const, dhcpClients: o.dhcp } : {}),
+            ...(o.field ? { topology: 'field' as const, dhcpClients: o.dhcp } : o.onpath ? { topology: 'onpath' as const } : {}),
             ...(o.prefix !== undefined ? { prefix: o.prefix } : {}),
           },
           { logger: createLogger({ name: 'lab', level: process.env['MPCONVERT_LOG_LEVEL'] ?? 'warn' }) },

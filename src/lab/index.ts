@@ -24,7 +24,7 @@ import { listStates, ownerAlive, processStart, readState, removeState, writeStat
 export type { RunResult } from '../platform/linux/exec.js';
 export { FIELD, LAB, fieldAccess, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from './addressing.js';
 export { LabProcess, descendants } from './process.js';
-export { readTcpSegments, type TcpSegment } from './pcap.js';
+export { MPTCP_SUBTYPE, mpCapableCBit, mptcpSubtype, readTcpSegments, type TcpSegment } from './pcap.js';
 export type { FieldDhcpClientOptions, FieldDhcpServerOptions } from './field.js';
 
 export interface LabUplinkSpec {
@@ -53,8 +53,11 @@ export interface LabSpec {
    * 'classic' (default): the concentrator is the access router of every uplink, all addresses static.
    * 'field': ISP routers with DHCP (dnsmasq), optional CGN, a concentrator on a public address, a private
    * LAN, IPv4 only (docs/lab.md, "The field topology").
+   * 'onpath': the classic namespaces and links with `mptcpRouting` on; the `cpe` namespace is a dual-homed MPTCP
+   * host that runs no mpconvert software and the concentrator is the router both its paths cross (implicit
+   * mode, docs/implicit.md; `lab.host('host')`).
    */
-  topology?: 'classic' | 'field';
+  topology?: 'classic' | 'field' | 'onpath';
   /** Field topology: start the CPE's DHCP client on every uplink during up() (default true). */
   dhcpClients?: boolean;
 }
@@ -113,7 +116,7 @@ export interface UplinkStatus {
 
 export interface LabStatus {
   prefix: string;
-  topology: 'classic' | 'field';
+  topology: 'classic' | 'field' | 'onpath';
   /** pid of the process that removes the lab on exit; null = persistent (`mpconvert lab up`). */
   ownerPid: number | null;
   mptcpRouting: boolean;
@@ -161,7 +164,7 @@ function randomPrefix(): string {
   return `${LAB.namePrefix}${randomBytes(3).toString('hex')}`;
 }
 
-function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRouting: boolean; field: boolean } {
+function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRouting: boolean; field: boolean; onpath: boolean } {
   const bad = (msg: string) => new MpconvertError('MPC_ERR_LAB_SPEC', `Invalid lab spec: ${msg}`);
   if (!Array.isArray(spec.uplinks) || spec.uplinks.length < 1 || spec.uplinks.length > LAB.maxUplinks) {
     throw bad(`expected 1..${LAB.maxUplinks} uplinks, got ${Array.isArray(spec.uplinks) ? spec.uplinks.length : 'none'}`);
@@ -173,13 +176,15 @@ function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRoutin
     if (spec.topology === 'field' && u.rttMs) throw bad('the field topology has no delay lines (rttMs)');
     if (u.mtu !== undefined && (!Number.isInteger(u.mtu) || u.mtu < 1280 || u.mtu > 9000)) throw bad(`uplink mtu ${u.mtu}: expected 1280..9000`);
   }
-  if (spec.topology !== undefined && spec.topology !== 'classic' && spec.topology !== 'field') throw bad(`unknown topology "${String(spec.topology)}" (classic, field)`);
+  if (spec.topology !== undefined && spec.topology !== 'classic' && spec.topology !== 'field' && spec.topology !== 'onpath') throw bad(`unknown topology "${String(spec.topology)}" (classic, field, onpath)`);
   if (spec.topology === 'field' && spec.mptcpRouting) throw bad('mptcpRouting is for the classic topology (in the field the CPE daemon sets up its routing)');
   const servers = spec.servers ?? 1;
   if (!Number.isInteger(servers) || servers < 1 || servers > LAB.maxServers) throw bad(`expected 1..${LAB.maxServers} servers, got ${servers}`);
   const prefix = spec.prefix ?? randomPrefix();
   if (!PREFIX_RE.test(prefix)) throw bad(`prefix "${prefix}" must be "mpc" followed by 1..9 of [a-z0-9]`);
-  return { prefix, servers, mptcpRouting: spec.mptcpRouting ?? false, field: spec.topology === 'field' };
+  // The on-path host is plain kernel MPTCP over both paths: its routing and endpoints are mptcpRouting's.
+  const onpath = spec.topology === 'onpath';
+  return { prefix, servers, mptcpRouting: onpath || (spec.mptcpRouting ?? false), field: spec.topology === 'field', onpath };
 }
 
 export async function listNamespaces(): Promise<string[]> {
@@ -248,7 +253,7 @@ export class Lab {
   readonly inet: LabHost;
   readonly uplinks: ReadonlyArray<LabUplinkSpec>;
   readonly mptcpRouting: boolean;
-  readonly topology: 'classic' | 'field';
+  readonly topology: 'classic' | 'field' | 'onpath';
   /** Every namespace of the lab, in creation order. */
   readonly namespaces: readonly string[];
   readonly #logger: Logger;
@@ -295,7 +300,7 @@ export class Lab {
 
   /** Builds a lab; on any failure removes everything it made and rethrows (code MPC_ERR_LAB_UP). */
   static async up(spec: LabSpec, deps: LabDeps = {}): Promise<Lab> {
-    const { prefix, servers, mptcpRouting, field } = validate(spec);
+    const { prefix, servers, mptcpRouting, field, onpath } = validate(spec);
     const logger = deps.logger ?? silentLogger();
     const start = processStart(process.pid);
     const state: LabState = {
@@ -304,7 +309,7 @@ export class Lab {
       uplinks: spec.uplinks.map((u) => ({ rate: u.rate, ...(u.rttMs ? { rttMs: u.rttMs } : {}), ...(u.cgn ? { cgn: true } : {}), ...(u.mtu !== undefined ? { mtu: u.mtu } : {}) })),
       servers,
       mptcpRouting,
-      ...(field ? { topology: 'field' as const } : {}),
+      ...(field ? { topology: 'field' as const } : onpath ? { topology: 'onpath' as const } : {}),
       namespaces: [],
       owner: start === null ? null : { pid: process.pid, start },
       createdAt: new Date().toISOString(),
@@ -633,6 +638,8 @@ export class Lab {
   host(name: string): LabHost {
     if (name === 'client') return this.hosts.client;
     if (name === 'cpe') return this.hosts.cpe;
+    // The on-path topology's dual-homed MPTCP host lives in the `cpe` namespace.
+    if (name === 'host' && this.topology === 'onpath') return this.hosts.cpe;
     if (name === 'concentrator' || name === 'conc') return this.hosts.concentrator;
     if (name === 'inet') return this.inet;
     const isp = /^isp(\d+)$/.exec(name);
@@ -771,12 +778,14 @@ export class Lab {
         cpeV4.push(
           `rule add from ${u.cpeV4} table ${u.table}`,
           `route add default via ${u.concV4} dev ${u.cpeDev} table ${u.table}`,
-          `mptcp endpoint add ${u.cpeV4} dev ${u.cpeDev} subflow`,
+          // On-path host: `fullmesh` beyond uplink 1, so the concentrator's ADD_ADDR (with the C bit, no join to
+          // the server's address) gets a subflow from each further path, not only from the initial one's.
+          `mptcp endpoint add ${u.cpeV4} dev ${u.cpeDev} subflow${this.topology === 'onpath' && i > 1 ? ' fullmesh' : ''}`,
         );
         cpeV6.push(
           `rule add from ${u.cpeV6} table ${u.table}`,
           `route add ::/0 via ${u.concV6} dev ${u.cpeDev} table ${u.table}`,
-          `mptcp endpoint add ${u.cpeV6} dev ${u.cpeDev} subflow`,
+          `mptcp endpoint add ${u.cpeV6} dev ${u.cpeDev} subflow${this.topology === 'onpath' && i > 1 ? ' fullmesh' : ''}`,
         );
       }
     }

@@ -16,6 +16,8 @@ export interface TcpSegment {
   window: number;
   /** TCP option kinds present (30 = MPTCP). */
   options: number[];
+  /** The MPTCP option (kind 30), whole (kind and length included), when the segment has one. */
+  mptcp?: Buffer | undefined;
   /** The captured payload (cut short by the capture's snap length). */
   payload: Buffer;
   /** The payload's length on the wire, from the IP header. */
@@ -70,6 +72,7 @@ export function readTcpSegments(file: string): TcpSegment[] {
     const doff = (((pkt[l4 + 12] as number) >> 4) & 0xf) * 4;
     const fl = pkt[l4 + 13] as number;
     const options: number[] = [];
+    let mptcp: Buffer | undefined;
     for (let o = l4 + 20; o < l4 + doff; ) {
       const kind = pkt[o] as number;
       if (kind === 0) break;
@@ -78,7 +81,9 @@ export function readTcpSegments(file: string): TcpSegment[] {
         continue;
       }
       options.push(kind);
-      o += Math.max(2, pkt[o + 1] as number);
+      const len = Math.max(2, pkt[o + 1] as number);
+      if (kind === 30 && o + len <= l4 + doff) mptcp = Buffer.from(pkt.subarray(o, o + len));
+      o += len;
     }
     out.push({
       src,
@@ -90,9 +95,27 @@ export function readTcpSegments(file: string): TcpSegment[] {
       flags: { fin: (fl & 1) !== 0, syn: (fl & 2) !== 0, rst: (fl & 4) !== 0, ack: (fl & 16) !== 0 },
       window: pkt.readUInt16BE(l4 + 14),
       options,
+      ...(mptcp ? { mptcp } : {}),
       payload: Buffer.from(pkt.subarray(l4 + doff, end)),
       length: end - l4 - doff,
     });
   }
   return out;
+}
+
+/** MPTCP option subtypes (RFC 8684 section 3): 0 MP_CAPABLE, 1 MP_JOIN, 3 ADD_ADDR, ... */
+export const MPTCP_SUBTYPE = { capable: 0, join: 1, dss: 2, addAddr: 3 } as const;
+
+/** The MPTCP option's subtype (the high nibble of its third byte); undefined without one. */
+export function mptcpSubtype(seg: TcpSegment): number | undefined {
+  return seg.mptcp && seg.mptcp.length >= 3 ? (seg.mptcp[2] as number) >> 4 : undefined;
+}
+
+/**
+ * The C bit of an MP_CAPABLE (RFC 8684 section 3.1, flags A B C D E F G H, C = 0x20): the sender takes no
+ * MP_JOIN to the address and port of this connection. undefined when the segment has no MP_CAPABLE.
+ */
+export function mpCapableCBit(seg: TcpSegment): boolean | undefined {
+  if (mptcpSubtype(seg) !== MPTCP_SUBTYPE.capable || !seg.mptcp || seg.mptcp.length < 4) return undefined;
+  return ((seg.mptcp[3] as number) & 0x20) !== 0;
 }

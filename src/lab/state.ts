@@ -15,7 +15,7 @@ export interface LabState {
   servers: number;
   mptcpRouting: boolean;
   /** Absent: the classic topology. */
-  topology?: 'field';
+  topology?: 'field' | 'onpath';
   namespaces: string[];
   /** The process that removes the lab on exit; null = persistent (made by `mpconvert lab up`). */
   owner: { pid: number; start: string } | null;

@@ -276,6 +276,8 @@ export interface KernelConfig {
     listTables(): Promise<NftTableRef[]>;
     /** `nft -j list table`: the JSON objects (table, chains, rules, sets), or null when it does not exist. */
     getTable(family: NftFamily, name: string): Promise<unknown[] | null>;
+    /** `nft add element`: adds elements (`addr . port timeout 60s`) to a set of a table (optional: fakes may leave it out). */
+    addSetElements?(family: NftFamily, name: string, set: string, elements: readonly string[]): Promise<void>;
   };
   mptcp: {
     endpoints(): Promise<MptcpEndpoint[]>;

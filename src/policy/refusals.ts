@@ -21,6 +21,7 @@ interface RefusalSpec {
 
 export const REFUSALS = {
   'not-customer': { meaning: 'the source address is in no `allow` prefix; nothing is read' },
+  'onpath-source': { meaning: 'implicit mode: an intercepted connection from outside `onPath.sources` (rules of an earlier configuration); reset' },
   'tcp-fallback': { meaning: 'the connection fell back to plain TCP (no MPTCP), with `acceptFallback: false`' },
   'signalling-per-cpe': { meaning: 'this CPE already has `signalling.maxPendingPerCpe` connections waiting for their signalling' },
   'signalling-total': { meaning: '`signalling.maxPending` connections are waiting for their signalling' },

@@ -185,6 +185,15 @@ export function createLinuxKernelConfig(opts: { netns?: string } = {}): KernelCo
           throw err;
         }
       },
+      async addSetElements(family, name, set, elements) {
+        const c = 'nft addSetElements';
+        checkTable(c, family, name);
+        if (!NAME.test(set)) throw invalid(c, `bad nft set name '${set}'`);
+        if (elements.length === 0) return;
+        // Elements are addresses, ports and a timeout: `198.19.0.12 . 80 timeout 3600s`.
+        for (const e of elements) if (!/^[0-9A-Za-z.:/ ]{1,128}$/.test(e)) throw invalid(c, `bad set element '${e}'`);
+        await nft(`add element ${family} ${name} ${set} { ${elements.join(', ')} }\n`);
+      },
     },
     mptcp: {
       async endpoints() {

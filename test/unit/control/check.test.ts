@@ -60,6 +60,17 @@ test('concentrator check: bindings.addresses must be local', () => {
   assert.deepEqual(checkConcentrator(c, host), ['bindings.addresses: 198.19.0.9 is not an address of this host (bindings listen on it)']);
 });
 
+test('concentrator check, onPath: announced addresses local, distinct ports, IPv4 forwarding on', () => {
+  const good = concentratorConfigSchema.parse({ listen: ['198.18.200.1:5000'], allow: ['198.18.0.0/15'], onPath: { sources: ['198.18.1.0/24'], announce: ['198.18.200.1'] } });
+  assert.deepEqual(checkConcentrator(good, { ...host, ipv4Forwarding: true }), []);
+  const bad = concentratorConfigSchema.parse({ listen: ['198.18.200.1:5000'], allow: ['198.18.0.0/15'], onPath: { sources: ['198.18.1.0/24'], announce: ['198.18.250.1'], port: 4244 } });
+  assert.deepEqual(checkConcentrator(bad, { ...host, ipv4Forwarding: false }), [
+    'onPath.announce 198.18.250.1: not an address of this host (hosts join it: it must be local)',
+    'onPath.joinPort and onPath.port are both 4244: the join listener and the transparent listener need their own ports',
+    "onPath: this host does not forward IPv4 (net.ipv4.ip_forward is 0), so it cannot route what it does not take: try 'sysctl -w net.ipv4.ip_forward=1'",
+  ]);
+});
+
 test('--check report: problems on stderr, one a line, exit code 2; none: one OK line, 0', () => {
   const out: string[] = [];
   const err: string[] = [];

@@ -33,6 +33,16 @@ test('concentrator --prepare: the TFO server bit and tcp_reflect_tos with manage
   assert.deepEqual(concentratorSysctls({ ...c, manageSysctls: false }).map((n) => n.name), ['net.mptcp.enabled']);
 });
 
+test('concentrator --prepare with onPath: the C-bit sysctl (allow_join_initial_addr_port=0), unless denyJoinInitial is off', async () => {
+  const c = concentratorConfigSchema.parse({ listen: ['198.18.200.1:5000'], allow: ['198.18.0.0/15'], onPath: { sources: ['198.18.1.0/24'] } });
+  const k = fakeKernel();
+  k.sysctls.set('net.mptcp.allow_join_initial_addr_port', '1');
+  await applySysctls(concentratorSysctls(c), k.sysctl);
+  assert.equal(k.sysctls.get('net.mptcp.allow_join_initial_addr_port'), '0');
+  const off = concentratorConfigSchema.parse({ listen: ['198.18.200.1:5000'], allow: ['198.18.0.0/15'], onPath: { sources: ['198.18.1.0/24'], denyJoinInitial: false } });
+  assert.ok(!concentratorSysctls(off).some((n) => n.name === 'net.mptcp.allow_join_initial_addr_port'));
+});
+
 test('--prepare output: one line per sysctl, exit 0; a failure names itself and says to run it as root, exit 1', async () => {
   const out: string[] = [];
   const err: string[] = [];
