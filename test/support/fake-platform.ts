@@ -58,6 +58,7 @@ export function fakeSockets(opts: FakeOptions = {}): Sockets & { dials: DialSpec
     getMark: (s: net.Socket) => marks.get(s) ?? 0,
     setLinger: () => {},
     takeError: () => null,
+    setNotSentLowat: () => {},
   };
   return impl as unknown as Sockets & { dials: DialSpec[] };
 }
