@@ -16,6 +16,8 @@ export interface ReadSignalling {
   format: 'mp-convert' | 'rfc8803';
   destination?: SignalledAddress | undefined;
   source?: SignalledAddress | undefined;
+  /** A channel of this IANA protocol (transport IE, 17 = UDP); undefined = a TCP connection to `destination`. */
+  protocol?: number | undefined;
   /** The signalling bytes exactly as received (the MP_CONVERT echo repeats them). */
   raw: Buffer;
   /** Application bytes that followed the signalling. */
@@ -77,7 +79,7 @@ export interface WarmWait {
 function fromDone(done: Extract<SignallingResult, { status: 'done' }>): ReadSignalling {
   const s = done.signalling;
   if (s.format === 'mp-convert') {
-    return { format: 'mp-convert', destination: s.destination, source: s.source, raw: done.raw, rest: done.rest };
+    return { format: 'mp-convert', destination: s.destination, source: s.source, protocol: s.protocol, raw: done.raw, rest: done.rest };
   }
   return {
     format: 'rfc8803',

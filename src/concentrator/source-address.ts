@@ -27,12 +27,24 @@ export interface SourceAddressStrategy {
   readonly name: string;
   /** Sets ctx.external and registers its release, or refuses. Needs ctx.destination. */
   acquire(ctx: ConnectionContext): Refusal | undefined;
+  /**
+   * For a UDP mapping (no connection context, a family of its own): the local address for this CPE, held
+   * until `release`. Absent: the strategy cannot source UDP (transparent and NPTv6 modes).
+   */
+  acquireFor?(identity: string, family: 4 | 6): SourceHold | Refusal;
+}
+
+export interface SourceHold {
+  /** undefined: the kernel picks. */
+  address: string | undefined;
+  release: () => void;
 }
 
 /** No pool: the kernel picks the source address by routing. */
 export const kernelSourceAddress: SourceAddressStrategy = {
   name: 'kernel',
   acquire: () => undefined,
+  acquireFor: () => ({ address: undefined, release: () => {} }),
 };
 
 /** The CPE's paired pool address of the destination's family (a family without pool addresses: the kernel's). */
@@ -53,6 +65,20 @@ export class PoolSourceAddress implements SourceAddressStrategy {
       ctx.own(() => this.#pool.release(ctx.identity, family));
     }
     return undefined;
+  }
+
+  acquireFor(identity: string, family: 4 | 6): SourceHold | Refusal {
+    const external = this.#pool.acquire(identity, family);
+    if (external === null) return refuse('pool-exhausted');
+    if (external === undefined) return { address: undefined, release: () => {} };
+    let held = true;
+    return {
+      address: external,
+      release: () => {
+        if (held) this.#pool.release(identity, family);
+        held = false;
+      },
+    };
   }
 }
 

@@ -121,13 +121,39 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   const cpeConnections = new Gauge({ name: 'mpconvert_cpe_connections', help: 'Concentrator: connections open now, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
   const cpeSubflows = new Gauge({ name: 'mpconvert_cpe_subflows', help: 'Concentrator: subflows of the open connections, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
   const cpeBytes = new Counter({ name: 'mpconvert_cpe_bytes_total', help: 'Concentrator: bytes relayed (counted at close), per CPE and direction (up = towards the server) (metrics.perCpe)', labelNames: ['cpe', 'direction'] as const, registers: perCpe });
-  // The UDP channel's families (channels and mappings, issue 11) go here, documented in docs/operations.md.
+  const udpChannels = new Gauge({ name: 'mpconvert_udp_channels', help: 'UDP channels open now', registers: [registry] });
+  const udpMappings = new Gauge({ name: 'mpconvert_udp_mappings', help: 'UDP flows with a mapping now (concentrator: external sockets; CPE: LAN flows)', registers: [registry] });
+  const udpDatagrams = new Counter({
+    name: 'mpconvert_udp_datagrams_total',
+    help: 'UDP datagrams carried over channels, by direction (up = towards the server)',
+    labelNames: ['direction'] as const,
+    registers: [registry],
+  });
+  const udpBytes = new Counter({
+    name: 'mpconvert_udp_bytes_total',
+    help: 'UDP payload bytes carried over channels, by direction (up = towards the server)',
+    labelNames: ['direction'] as const,
+    registers: [registry],
+  });
+  const udpDropped = new Counter({
+    name: 'mpconvert_udp_dropped_total',
+    help: 'UDP datagrams dropped, by reason (docs/concentrator.md and docs/cpe.md list them)',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
+  const udpChannelAborts = new Counter({
+    name: 'mpconvert_udp_channel_aborts_total',
+    help: 'UDP channels aborted, by reason (a framing error code, or why the CPE gave a channel up)',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
   // Admin API.
   const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
   return {
     registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback,
     uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit,
     activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm,
+    udpChannels, udpMappings, udpDatagrams, udpBytes, udpDropped, udpChannelAborts,
   };
 }
 

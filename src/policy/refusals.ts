@@ -58,6 +58,9 @@ export const REFUSALS = {
   'pool-exhausted': { meaning: 'no source pool address free for this CPE (1:1 pool)', convertError: ConvertErrorCode.ResourceExceeded },
   dial: { meaning: 'the server connection failed; the label carries the errno (`dial:ECONNREFUSED`), the Error TLV code follows it', convertError: ConvertErrorCode.NetworkFailure },
   'handshake-timeout': { meaning: "the CPE's handshake ACK did not arrive within 5 s of its 0-RTT SYN", convertError: ConvertErrorCode.NetworkFailure },
+  'udp-not-offered': { meaning: 'a UDP channel (transport IE, protocol 17) while `transports` does not list udp, or a transport IE of another protocol: the CPE takes the abort as "UDP not offered"' },
+  'udp-source-mode': { meaning: 'a UDP channel while `sourceAddress.mode` is transparent or nptv6 (UDP is sourced from the pool or by the kernel only)' },
+  'tcp-not-offered': { meaning: 'a TCP conversion while `transports` does not list tcp', convertError: ConvertErrorCode.UnsupportedMessage },
   'client-gone': { meaning: 'the CPE closed the connection while the server was being dialled: nothing to answer' },
   stopping: { meaning: 'the concentrator is stopping' },
 } as const satisfies Record<string, RefusalSpec>;
