@@ -61,7 +61,7 @@ export function cpeCommand(): Command {
       const platform = createLinuxPlatform();
       const metrics = createMetrics('cpe');
       const ledger = new FileEndpointLedger(config.stateDir, config.instance);
-      const cpe = new Cpe(config, { sockets: platform.sockets, kernel: platform.kernel, logger, metrics, splice: platform.splice, ledger });
+      const cpe = new Cpe(config, { sockets: platform.sockets, kernel: platform.kernel, logger, metrics, splice: platform.splice, transparentUdp: platform.transparentUdp, ledger });
       let admin: AdminServer | undefined;
       let running = config;
       await runDaemon(

@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Server, Socket } from 'node:net';
-import type { KernelConfig, Sockets, SpliceEngine } from '../platform/types.js';
+import type { KernelConfig, Sockets, SpliceEngine, TransparentUdpFactory } from '../platform/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import { RESET_ON_CLOSE, type RelayHandle } from '../relay/index.js';
@@ -21,6 +21,7 @@ import { QuotaBook } from './quota.js';
 import { OVERFLOW_IDLE, overflowModes, overflowStep, type OverflowState } from '../policy/distribution.js';
 import { diffConfig, effectiveConfig, logReload, type ReloadReport } from '../control/reload.js';
 import { UplinkObserver, subflowView, type ConnectionRecord } from './observer.js';
+import { UdpChannelClient } from './udp-channels.js';
 
 export interface CpeDeps {
   sockets: Sockets;
@@ -31,10 +32,12 @@ export interface CpeDeps {
   splice?: SpliceEngine | undefined;
   /** Endpoint ownership across restarts (src/cpe/ledger.ts); absent: this run's only. */
   ledger?: EndpointLedger | undefined;
+  /** Transparent UDP interception; needed when `transports` lists udp. */
+  transparentUdp?: TransparentUdpFactory | undefined;
 }
 
 /** Settings read once at start: a reload keeps their running value (restart to change them). */
-export const RESTART_KEYS = ['instance', 'tproxyPort', 'mark', 'routingTableBase', 'rulePriorityBase', 'stateDir', 'admin', 'adminTokenFile', 'quotaStateFile'] as const satisfies ReadonlyArray<keyof CpeConfig>;
+export const RESTART_KEYS = ['instance', 'tproxyPort', 'mark', 'routingTableBase', 'rulePriorityBase', 'stateDir', 'admin', 'adminTokenFile', 'quotaStateFile', 'transports'] as const satisfies ReadonlyArray<keyof CpeConfig>;
 
 /** The interception for a configuration (its tables after the uplinks': routingTableBase + number of uplinks). */
 export function interceptionOptions(cfg: CpeConfig): InterceptionOptions {
@@ -58,6 +61,7 @@ export function interceptionOptions(cfg: CpeConfig): InterceptionOptions {
     ],
     nativeMptcp: cfg.policy.nativeMptcp,
     dscpToMark: cfg.preserveDscp,
+    ...(cfg.transports.includes('udp') ? { udpTproxyPort: cfg.tproxyPort } : {}),
     ...(cfg.mssClamp === 'off' ? {} : { mssClamp: cfg.mssClamp }),
     natInterfaces: natUplinks(cfg),
     synWindowClamp: cfg.concentrators.filter((c) => c.synWindowClamp).map((c) => {
@@ -87,6 +91,7 @@ export class Cpe {
   readonly #pending = new Set<Socket>();
   #interception: Interception | undefined;
   #uplinks: UplinkManager | undefined;
+  #udp: UdpChannelClient | undefined;
   #stopping = false;
   /** Per concentrator address: its key id and secret, read from the secret files at start. */
   #credentials = new Map<string, Credentials>();
@@ -126,6 +131,8 @@ export class Cpe {
     const { logger, kernel } = this.#deps;
     // Before anything is changed on the host: a secret file that cannot be used stops the start cleanly.
     this.#credentials = await loadCredentials(cfg.concentrators);
+    const udp = cfg.transports.includes('udp');
+    if (udp && !this.#deps.transparentUdp) throw new Error('transports lists udp, but this platform has no transparent UDP sockets');
     try {
       for (const [family, host] of [
         [4, '127.0.0.1'],
@@ -152,6 +159,18 @@ export class Cpe {
       this.#interception = new Interception({ kernel, logger }, interceptionOptions(cfg));
       await this.#interception.start();
       this.#warm.configure(cfg.concentrators);
+      if (udp && this.#deps.transparentUdp) {
+        this.#udp = new UdpChannelClient({
+          sockets: this.#deps.sockets,
+          logger,
+          metrics: this.#deps.metrics,
+          transparentUdp: this.#deps.transparentUdp,
+          selector: this.#selector,
+          config: () => this.#config,
+          credentials: (t) => this.#credentials.get(t.address),
+        });
+        this.#udp.start();
+      }
     } catch (err) {
       await this.stop(0);
       throw err;
@@ -175,6 +194,7 @@ export class Cpe {
       logger.info('uplink change: flushing the concentrator capability cache and the warm pool');
       this.#selector.flush();
       this.#warm.flush();
+      this.#udp?.refresh();
       this.#changes.emit('change');
     });
     return uplinks;
@@ -232,6 +252,7 @@ export class Cpe {
       uplinks: this.#observer?.view() ?? [],
       distribution: this.distribution(),
       ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),
+      ...(this.#udp ? { udp: this.#udp.status() } : {}),
     };
   }
 
@@ -330,7 +351,7 @@ export class Cpe {
    * - the interception (policy, DSCP, MSS clamp, SYN window clamps, NAT, LAN interfaces): the nft table is
    *   replaced in one transaction; a change of LAN interfaces or of the uplink count reinstalls it.
    * Keys read once at start keep their running value and are reported as needing a restart: instance,
-   * tproxyPort, mark, routingTableBase, rulePriorityBase, stateDir, admin, adminTokenFile, quotaStateFile, and `distribution`
+   * tproxyPort, mark, routingTableBase, rulePriorityBase, stateDir, admin, adminTokenFile, quotaStateFile, transports, and `distribution`
    * when its scheme changes (the overflow thresholds change live).
    */
   async reload(requested: CpeConfig): Promise<ReloadReport> {
@@ -380,6 +401,8 @@ export class Cpe {
     // Warm connections were dialled with the old settings: replaced like the capability cache is flushed.
     this.#warm.configure(next.concentrators);
     this.#warm.flush();
+    // The UDP channels reopen towards the concentrators now configured.
+    this.#udp?.refresh();
     logger.level = next.logLevel;
     logReload(logger, old, next, report);
     this.#lastReload = report;
@@ -492,6 +515,7 @@ export class Cpe {
     this.#observer?.stop();
     await this.#quota?.save(Date.now(), true);
     await step(() => this.#interception?.stop());
+    await step(() => this.#udp?.stop());
     for (const s of this.#listeners) s.close();
     for (const s of this.#pending) s.resetAndDestroy();
     const deadline = Date.now() + drainMs;
