@@ -1,0 +1,177 @@
+/**
+ * UDP over MPTCP, end to end with real applications: LAN client (dig, iperf3 -u, UDP probes) -> CPE (2 uplinks
+ * of 50 Mbit/s, UDP channel) -> concentrator (RFC 4787 mappings) -> servers (dnsmasq, iperf3, a UDP echo).
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Lab } from '../../src/lab/index.js';
+import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
+import { CLI, Proc, TOOL, runTool, start } from '../support/lab-procs.js';
+import { byLabel, delta, metric } from '../support/metrics.js';
+
+const labTest = (name: string, fn: () => Promise<void>) => test(name, { timeout: 150_000 }, fn);
+const missing = labCapabilityMissing();
+if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);
+
+const CONC4 = '198.18.200.1';
+
+interface Probe {
+  sent: number;
+  received: number;
+  p50: number;
+  p95: number;
+  max: number;
+  maxGapMs: number;
+}
+
+describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false }, () => {
+  let lab: Lab;
+  let conc: Proc;
+  let cpe: Proc;
+  let dns: Proc;
+  let echo: Proc;
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-udp-'));
+  let srv4: string;
+
+  const scrape = async (host: 'cpe' | 'concentrator') => (await lab.hosts[host].exec('curl', ['-s', `http://127.0.0.1:${host === 'cpe' ? 9091 : 9090}/metrics`])).stdout;
+  const until = async (what: string, f: () => Promise<boolean>, ms = 20_000) => {
+    for (const deadline = Date.now() + ms; Date.now() < deadline; ) {
+      if (await f()) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.fail(`timed out waiting for ${what}`);
+  };
+  const channelUp = () => until('the CPE UDP channel', async () => metric(await scrape('cpe'), 'mpconvert_udp_channels') >= 1);
+  const dig = async (name: string) =>
+    (await lab.hosts.client.exec('dig', [`@${srv4}`, name, '+short', '+time=2', '+tries=1'], { timeoutMs: 10_000 })).stdout.trim();
+
+  before(async () => {
+    lab = await Lab.up({ uplinks: [{ rate: '50mbit' }, { rate: '50mbit' }], servers: 1 });
+    srv4 = lab.hosts.servers[0]!.v4;
+    const concFile = join(dir, 'conc.yaml');
+    writeFileSync(
+      concFile,
+      `listen: ["${CONC4}:5000"]\nallow: ["198.18.0.0/15", "2001:db8::/32"]\nadmin: "127.0.0.1:9090"\ntransports: [tcp, udp]\nudp: {maxMappingsPerCpe: 300, maxDatagram: 1472}\n`,
+    );
+    conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--config', concFile]);
+    dns = new Proc(
+      lab.hosts.servers[0]!.spawn('dnsmasq', ['-k', '--conf-file=/dev/null', '--no-resolv', '--no-hosts', '--pid-file=', '--user=root', `--listen-address=${srv4}`, '--bind-interfaces', '--log-queries', '--log-facility=-', '--host-record=www.example.test,198.18.77.7']),
+    );
+    echo = start(lab.hosts.servers[0]!, [TOOL('udp-echo'), JSON.stringify({ host: srv4, port: 7007 })]);
+    await Promise.all([conc.waitLine((l) => l.startsWith('ready')), echo.waitLine((l) => l.includes('ready'))]);
+    const cpeFile = join(dir, 'cpe.yaml');
+    writeFileSync(cpeFile, `lan: [lan0]\nuplinks: [{interface: up1}, {interface: up2}]\nadmin: "127.0.0.1:9091"\ntransports: [tcp, udp]\nconcentrators:\n  - address: "${CONC4}:5000"\n`);
+    cpe = start(lab.hosts.cpe, [CLI, 'cpe', '--config', cpeFile]);
+    await cpe.waitLine((l) => l.startsWith('ready'), 30_000);
+    await channelUp();
+  });
+
+  after(async () => {
+    await cpe?.stop();
+    await conc?.stop();
+    await dns?.stop();
+    await echo?.stop();
+    await lab?.down();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  labTest('DNS: dig in the LAN gets its answer from dnsmasq through the UDP channel (the server sees the concentrator, not the client)', async () => {
+    const before = byLabel(await scrape('concentrator'), 'mpconvert_udp_datagrams_total', 'direction');
+    assert.equal(await dig('www.example.test'), '198.18.77.7');
+    const d = delta(before, byLabel(await scrape('concentrator'), 'mpconvert_udp_datagrams_total', 'direction'));
+    assert.ok((d['up'] ?? 0) >= 1 && (d['down'] ?? 0) >= 1, `the query went through the concentrator: ${JSON.stringify(d)}`);
+    await until('the dnsmasq log line', async () => dns.stderr.includes('query[A] www.example.test'));
+    const from = /query\[A\] www\.example\.test from (\S+)/.exec(dns.stderr)?.[1];
+    assert.notEqual(from, lab.hosts.client.v4, `dnsmasq saw the query from ${from}, the converted source`);
+  });
+
+  labTest('200 concurrent UDP flows from 4 LAN addresses: every answer reaches its own client', async () => {
+    const extra = ['198.18.0.20', '198.18.0.21', '198.18.0.22'];
+    for (const a of extra) await lab.hosts.client.exec('ip', ['addr', 'replace', `${a}/24`, 'dev', 'lan0']);
+    const r = await runTool<{ own: number; foreign: number; expected: number }>(lab.hosts.client, 'udp-client', {
+      mode: 'flows', host: srv4, port: 7007, flows: 200, rounds: 3, localAddresses: [lab.hosts.client.v4, ...extra], timeoutMs: 20_000,
+    });
+    assert.equal(r.foreign, 0, 'no answer reached another flow');
+    assert.ok(r.own >= r.expected * 0.99, `answers to their own flow: ${r.own} of ${r.expected}`);
+  });
+
+  labTest('iperf3 -u at 80% of the two uplinks: aggregated (over one uplink), loss under 1%', async () => {
+    const srv = new Proc(lab.hosts.servers[0]!.spawn('iperf3', ['-s', '-1', '--forceflush', '-B', srv4]));
+    await srv.waitLine((l) => l.includes('Server listening'));
+    const r = await lab.hosts.client.exec('iperf3', ['-c', srv4, '-u', '-b', '80M', '-l', '1200', '-t', '6', '-J'], { timeoutMs: 60_000 });
+    await srv.stop();
+    const j = JSON.parse(r.stdout) as { end: { sum: { bits_per_second: number; lost_percent: number } } };
+    const received = (j.end.sum.bits_per_second * (100 - j.end.sum.lost_percent)) / 100 / 1e6;
+    process.stdout.write(`# iperf3 -u 80M: received ${received.toFixed(1)} Mbit/s, loss ${j.end.sum.lost_percent.toFixed(2)}%\n`);
+    assert.ok(j.end.sum.lost_percent < 1, `loss ${j.end.sum.lost_percent}%`);
+    assert.ok(received >= 1.55 * 50, `received ${received.toFixed(1)} Mbit/s: more than one 50 Mbit/s uplink carries`);
+  });
+
+  labTest('iperf3 -u at 150%: a 20 pps probe sharing the channel keeps a bounded latency, drops are counted', async () => {
+    const before = byLabel(await scrape('cpe'), 'mpconvert_udp_dropped_total', 'reason');
+    const srv = new Proc(lab.hosts.servers[0]!.spawn('iperf3', ['-s', '-1', '--forceflush', '-B', srv4]));
+    await srv.waitLine((l) => l.includes('Server listening'));
+    const load = lab.hosts.client.exec('iperf3', ['-c', srv4, '-u', '-b', '150M', '-l', '1200', '-t', '7', '-J'], { timeoutMs: 60_000 });
+    await new Promise((r) => setTimeout(r, 1_500));
+    const p = await runTool<Probe>(lab.hosts.client, 'udp-client', { mode: 'probe', host: srv4, port: 7007, pps: 20, durationMs: 4_000 });
+    await load;
+    await srv.stop();
+    const d = delta(before, byLabel(await scrape('cpe'), 'mpconvert_udp_dropped_total', 'reason'));
+    process.stdout.write(`# probe under 150% load: p50 ${p.p50.toFixed(1)} ms, p95 ${p.p95.toFixed(1)} ms, max ${p.max.toFixed(1)} ms, ${p.received}/${p.sent}; drops ${JSON.stringify(d)}\n`);
+    assert.ok(p.received >= p.sent * 0.5, `probe answers: ${p.received} of ${p.sent}`);
+    assert.ok(p.p95 < 400, `probe p95 ${p.p95.toFixed(1)} ms: the channel does not queue seconds`);
+    assert.ok((d['queue-full'] ?? 0) + (d['stale'] ?? 0) > 0, `drops counted: ${JSON.stringify(d)}`);
+  });
+
+  labTest('bad input: malformed, wrong-direction and oversized frames, a flood of new mappings: dropped or aborted and counted; the CPE is unaffected', async () => {
+    const channelIe = 'faa8faa88005000111000000';
+    const hdr = (flags: number, len: number, flow: number, port: number) => {
+      const b = Buffer.alloc(12);
+      b[0] = 0xd7;
+      b[1] = flags;
+      b.writeUInt16BE(len, 2);
+      b.writeUInt32BE(flow, 4);
+      b.writeUInt16BE(port, 8);
+      return b;
+    };
+    const addr = Buffer.from(srv4.split('.').map(Number));
+    const rogue = async (app: Buffer) =>
+      runTool<{ error?: string; head?: string }>(lab.hosts.client, 'mpc-client', { host: CONC4, port: 5000, protocol: 'mptcp', signallingHex: channelIe, appHex: app.toString('hex'), head: 12, send: 0, timeoutMs: 10_000, holdMs: 300 });
+    const aborts0 = byLabel(await scrape('concentrator'), 'mpconvert_udp_channel_aborts_total', 'reason');
+    const drops0 = byLabel(await scrape('concentrator'), 'mpconvert_udp_dropped_total', 'reason');
+    await rogue(Buffer.concat([hdr(0x11, 1, 1, 7007), addr, Buffer.from('x')]).fill(0x00, 0, 1)); // bad magic
+    await rogue(Buffer.concat([hdr(0x10, 1, 1, 7007), addr, Buffer.from('x')])); // downstream frame from a CPE
+    await rogue(Buffer.concat([hdr(0x01, 1, 1, 7007), addr, Buffer.from('x')])); // version 0
+    const big = Buffer.alloc(4000, 1);
+    const flood = Buffer.concat(Array.from({ length: 400 }, (_, i) => Buffer.concat([hdr(0x11, 1, i + 1, 7007), addr, Buffer.from('f')])));
+    await rogue(Buffer.concat([hdr(0x11, big.length, 1, 7007), addr, big, flood]));
+    const aborts = delta(aborts0, byLabel(await scrape('concentrator'), 'mpconvert_udp_channel_aborts_total', 'reason'));
+    const drops = delta(drops0, byLabel(await scrape('concentrator'), 'mpconvert_udp_dropped_total', 'reason'));
+    assert.deepEqual(aborts, { MPC_ERR_UDP_MAGIC: 1, MPC_ERR_UDP_DIRECTION: 1, MPC_ERR_UDP_VERSION: 1 });
+    assert.equal(drops['oversized'], 1, JSON.stringify(drops));
+    assert.equal(drops['mappings-per-cpe'], 100, `the flood beyond udp.maxMappingsPerCpe (300) is dropped: ${JSON.stringify(drops)}`);
+    assert.ok(conc.running, 'the concentrator is alive');
+    assert.equal(await dig('www.example.test'), '198.18.77.7', 'the real CPE still gets its answers');
+  });
+
+  labTest('an uplink is cut during an iperf3 -u run: the flows continue, gap under 1 s', async () => {
+    const srv = new Proc(lab.hosts.servers[0]!.spawn('iperf3', ['-s', '-1', '--forceflush', '-B', srv4]));
+    await srv.waitLine((l) => l.includes('Server listening'));
+    const load = lab.hosts.client.exec('iperf3', ['-c', srv4, '-u', '-b', '30M', '-l', '1200', '-t', '8', '-J'], { timeoutMs: 60_000 });
+    const probe = runTool<Probe>(lab.hosts.client, 'udp-client', { mode: 'probe', host: srv4, port: 7007, pps: 100, durationMs: 7_000 });
+    await new Promise((r) => setTimeout(r, 2_500));
+    await lab.uplinkDown(1);
+    const p = await probe;
+    const r = await load;
+    await srv.stop();
+    await lab.uplinkUp(1);
+    process.stdout.write(`# uplink cut: longest gap ${p.maxGapMs.toFixed(0)} ms, ${p.received}/${p.sent} probes answered\n`);
+    const j = JSON.parse(r.stdout) as { end: { sum: { lost_percent: number } } };
+    assert.ok(j.end.sum.lost_percent < 50, `iperf3 -u went on: loss ${j.end.sum.lost_percent}%`);
+    assert.ok(p.maxGapMs < 1_000, `longest gap ${p.maxGapMs.toFixed(0)} ms`);
+    await channelUp();
+  });
+});
