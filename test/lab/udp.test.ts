@@ -4,15 +4,21 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, rmSync, readFileSync } from 'node:fs';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Lab } from '../../src/lab/index.js';
-import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
+import { labCapabilityMissing, requireTool, IN_CI } from '../support/capabilities.js';
 import { CLI, Proc, TOOL, runTool, start } from '../support/lab-procs.js';
 import { byLabel, delta, metric } from '../support/metrics.js';
 
-const labTest = (name: string, fn: () => Promise<void>) => test(name, { timeout: 150_000 }, fn);
+/** A lab test that needs these tools (a skip here, a failure under CI=true, like a missing capability). */
+const labTest = (name: string, tools: string[], fn: () => Promise<void>) =>
+  test(name, { timeout: 150_000 }, async (t) => {
+    for (const tool of tools) if (!requireTool(t, tool)) return;
+    await fn();
+  });
 const missing = labCapabilityMissing();
 if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);
 
@@ -78,7 +84,7 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     rmSync(dir, { recursive: true, force: true });
   });
 
-  labTest('DNS: dig in the LAN gets its answer from dnsmasq through the UDP channel (the server sees the concentrator, not the client)', async () => {
+  labTest('DNS: dig in the LAN gets its answer from dnsmasq through the UDP channel (the server sees the concentrator, not the client)', ['dig', 'dnsmasq'], async () => {
     const before = byLabel(await scrape('concentrator'), 'mpconvert_udp_datagrams_total', 'direction');
     assert.equal(await dig('www.example.test'), '198.18.77.7');
     const d = delta(before, byLabel(await scrape('concentrator'), 'mpconvert_udp_datagrams_total', 'direction'));
@@ -88,7 +94,7 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     assert.notEqual(from, lab.hosts.client.v4, `dnsmasq saw the query from ${from}, the converted source`);
   });
 
-  labTest('200 concurrent UDP flows from 4 LAN addresses: every answer reaches its own client', async () => {
+  labTest('200 concurrent UDP flows from 4 LAN addresses: every answer reaches its own client', [], async () => {
     const extra = ['198.18.0.20', '198.18.0.21', '198.18.0.22'];
     for (const a of extra) await lab.hosts.client.exec('ip', ['addr', 'replace', `${a}/24`, 'dev', 'lan0']);
     const r = await runTool<{ own: number; foreign: number; expected: number }>(lab.hosts.client, 'udp-client', {
@@ -98,7 +104,7 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     assert.ok(r.own >= r.expected * 0.99, `answers to their own flow: ${r.own} of ${r.expected}`);
   });
 
-  labTest('iperf3 -u at 80% of the two uplinks: aggregated (over one uplink), loss under 1%', async () => {
+  labTest('iperf3 -u at 80% of the two uplinks: aggregated (over one uplink), loss under 1%', ['iperf3'], async () => {
     const srv = new Proc(lab.hosts.servers[0]!.spawn('iperf3', ['-s', '-1', '--forceflush', '-B', srv4]));
     await srv.waitLine((l) => l.includes('Server listening'));
     const r = await lab.hosts.client.exec('iperf3', ['-c', srv4, '-u', '-b', '80M', '-l', '1200', '-t', '6', '-J'], { timeoutMs: 60_000 });
@@ -110,7 +116,7 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     assert.ok(received >= 1.55 * 50, `received ${received.toFixed(1)} Mbit/s: more than one 50 Mbit/s uplink carries`);
   });
 
-  labTest('iperf3 -u at 150%: a 20 pps probe sharing the channel keeps a bounded latency, drops are counted', async () => {
+  labTest('iperf3 -u at 150%: a 20 pps probe sharing the channel keeps a bounded latency, drops are counted', ['iperf3'], async () => {
     const before = byLabel(await scrape('cpe'), 'mpconvert_udp_dropped_total', 'reason');
     const srv = new Proc(lab.hosts.servers[0]!.spawn('iperf3', ['-s', '-1', '--forceflush', '-B', srv4]));
     await srv.waitLine((l) => l.includes('Server listening'));
@@ -126,7 +132,7 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     assert.ok((d['queue-full'] ?? 0) + (d['stale'] ?? 0) > 0, `drops counted: ${JSON.stringify(d)}`);
   });
 
-  labTest('bad input: malformed, wrong-direction and oversized frames, a flood of new mappings: dropped or aborted and counted; the CPE is unaffected', async () => {
+  labTest('bad input: malformed, wrong-direction and oversized frames, a flood of new mappings: dropped or aborted and counted; the CPE is unaffected', ['dig'], async () => {
     const channelIe = 'faa8faa88005000111000000';
     const hdr = (flags: number, len: number, flow: number, port: number) => {
       const b = Buffer.alloc(12);
@@ -157,7 +163,63 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     assert.equal(await dig('www.example.test'), '198.18.77.7', 'the real CPE still gets its answers');
   });
 
-  labTest('an uplink is cut during an iperf3 -u run: the flows continue, gap under 1 s', async () => {
+  labTest('a wireguard-go tunnel from the LAN client to the server: a 50 MB TCP upload inside it, hash equal, aggregated', ['wireguard-go', 'wg', 'curl'], async () => {
+    // Userspace WireGuard (the kernel here has TUN but no wireguard module), configured with wg(8). The UAPI
+    // sockets live in /var/run/wireguard, shared by all namespaces: the names are this run's own.
+    const names = { client: `wgc${process.pid}`.slice(0, 15), server: `wgs${process.pid}`.slice(0, 15) };
+    const tunnel = { client: '198.19.250.2', server: '198.19.250.1' };
+    const key = () => {
+      const { privateKey, publicKey } = generateKeyPairSync('x25519');
+      const b64 = (k: typeof privateKey, part: 'd' | 'x') => Buffer.from(k.export({ format: 'jwk' })[part] as string, 'base64url').toString('base64');
+      return { priv: b64(privateKey, 'd'), pub: b64(publicKey, 'x') };
+    };
+    const kc = key();
+    const ks = key();
+    writeFileSync(join(dir, 'wgc.key'), kc.priv + '\n', { mode: 0o600 });
+    writeFileSync(join(dir, 'wgs.key'), ks.priv + '\n', { mode: 0o600 });
+    const client = lab.hosts.client;
+    const server = lab.hosts.servers[0]!;
+    const env = { ...process.env, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD: '1' };
+    const wgs = new Proc(server.spawn('wireguard-go', ['-f', names.server], { env }));
+    const wgc = new Proc(client.spawn('wireguard-go', ['-f', names.client], { env }));
+    let http: Proc | undefined;
+    try {
+      await until('the wireguard-go interfaces', async () =>
+        (await server.exec('ip', ['link', 'show', names.server], { allowFailure: true })).code === 0 &&
+        (await client.exec('ip', ['link', 'show', names.client], { allowFailure: true })).code === 0 &&
+        (await server.exec('wg', ['show', names.server], { allowFailure: true })).code === 0 &&
+        (await client.exec('wg', ['show', names.client], { allowFailure: true })).code === 0);
+      await server.exec('wg', ['set', names.server, 'listen-port', '51820', 'private-key', join(dir, 'wgs.key'), 'peer', kc.pub, 'allowed-ips', `${tunnel.client}/32`]);
+      await client.exec('wg', ['set', names.client, 'private-key', join(dir, 'wgc.key'), 'peer', ks.pub, 'allowed-ips', `${tunnel.server}/32`, 'endpoint', `${srv4}:51820`]);
+      for (const [h, dev, a] of [[server, names.server, tunnel.server], [client, names.client, tunnel.client]] as const) {
+        await h.exec('ip', ['addr', 'add', `${a}/24`, 'dev', dev]);
+        await h.exec('ip', ['link', 'set', dev, 'up']);
+      }
+      http = start(server, [TOOL('http-server'), JSON.stringify({ host: tunnel.server, port: 8080 })]);
+      await http.waitLine((l) => l.includes('ready'));
+      const file = join(dir, 'upload.bin');
+      writeFileSync(file, randomBytes(50 * 1024 * 1024));
+      const sha = createHash('sha256').update(readFileSync(file)).digest('hex');
+      const up0 = byLabel(await scrape('concentrator'), 'mpconvert_udp_bytes_total', 'direction');
+      const r = await client.exec('curl', ['-sS', '--max-time', '60', '--retry', '3', '--retry-connrefused', '-T', file, '-w', '\\n%{speed_upload}', `http://${tunnel.server}:8080/upload`], { timeoutMs: 90_000 });
+      const [body = '', speed = '0'] = r.stdout.trim().split('\n');
+      const got = JSON.parse(body) as { bytes: number; sha256: string };
+      const mbit = (Number(speed) * 8) / 1e6;
+      const up = delta(up0, byLabel(await scrape('concentrator'), 'mpconvert_udp_bytes_total', 'direction'));
+      process.stdout.write(`# wireguard-go: 50 MiB upload inside the tunnel at ${mbit.toFixed(1)} Mbit/s; the channel carried ${((up['up'] ?? 0) / 2 ** 20).toFixed(1)} MiB up\n`);
+      assert.equal(got.bytes, 50 * 1024 * 1024);
+      assert.equal(got.sha256, sha, 'the server received the same bytes');
+      assert.ok((up['up'] ?? 0) >= 50 * 1024 * 1024, 'the tunnel went through the UDP channel');
+      assert.ok(mbit >= 1.6 * 50, `${mbit.toFixed(1)} Mbit/s inside the tunnel: more than one 50 Mbit/s uplink carries`);
+    } finally {
+      await http?.stop();
+      await wgc.stop();
+      await wgs.stop();
+      rmSync(join(dir, 'upload.bin'), { force: true });
+    }
+  });
+
+  labTest('an uplink is cut during an iperf3 -u run: the flows continue, gap under 1 s', ['iperf3'], async () => {
     const srv = new Proc(lab.hosts.servers[0]!.spawn('iperf3', ['-s', '-1', '--forceflush', '-B', srv4]));
     await srv.waitLine((l) => l.includes('Server listening'));
     const load = lab.hosts.client.exec('iperf3', ['-c', srv4, '-u', '-b', '30M', '-l', '1200', '-t', '8', '-J'], { timeoutMs: 60_000 });
@@ -173,5 +235,26 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     assert.ok(j.end.sum.lost_percent < 50, `iperf3 -u went on: loss ${j.end.sum.lost_percent}%`);
     assert.ok(p.maxGapMs < 1_000, `longest gap ${p.maxGapMs.toFixed(0)} ms`);
     await channelUp();
+  });
+
+  labTest('a concentrator without udp in transports: the CPE sees UDP not offered, stops intercepting, and LAN UDP is forwarded untouched', ['dig'], async () => {
+    const cpeAborts0 = byLabel(await scrape('cpe'), 'mpconvert_udp_channel_aborts_total', 'reason');
+    await conc.stop();
+    const tcpOnly = join(dir, 'conc-tcp.yaml');
+    writeFileSync(tcpOnly, `listen: ["${CONC4}:5000"]\nallow: ["198.18.0.0/15", "2001:db8::/32"]\nadmin: "127.0.0.1:9090"\ntransports: [tcp]\n`);
+    conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--config', tcpOnly]);
+    await conc.waitLine((l) => l.startsWith('ready'));
+    await until('the CPE to count the refusal as not-offered', async () => (delta(cpeAborts0, byLabel(await scrape('cpe'), 'mpconvert_udp_channel_aborts_total', 'reason'))['not-offered'] ?? 0) >= 1);
+    const status = async () => JSON.parse((await lab.hosts.cpe.exec('curl', ['-s', 'http://127.0.0.1:9091/status'])).stdout) as { udp?: { intercepting: boolean; channel: unknown } };
+    await until('the CPE to stop intercepting UDP', async () => (await status()).udp?.intercepting === false);
+    assert.equal((await status()).udp?.channel, null);
+    const refused = byLabel(await scrape('concentrator'), 'mpconvert_refused_total', 'reason');
+    assert.ok((refused['udp-not-offered'] ?? 0) >= 1, `the concentrator refused the channel: ${JSON.stringify(refused)}`);
+    const seen = dns.stderr.length;
+    assert.equal(await dig('untouched.example.test'), '', 'dnsmasq answers (no such name: empty)');
+    await until('the dnsmasq log line', async () => dns.stderr.slice(seen).includes('query[A] untouched.example.test'));
+    const from = /query\[A\] untouched\.example\.test from (\S+)/.exec(dns.stderr.slice(seen))?.[1];
+    assert.equal(byLabel(await scrape('concentrator'), 'mpconvert_udp_datagrams_total', 'direction')['up'] ?? 0, 0, 'nothing went through a channel');
+    assert.equal(from, lab.hosts.client.v4, 'dnsmasq saw the LAN client itself: forwarded untouched, not converted');
   });
 });
