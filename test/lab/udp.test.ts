@@ -132,7 +132,7 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     assert.ok((d['queue-full'] ?? 0) + (d['stale'] ?? 0) > 0, `drops counted: ${JSON.stringify(d)}`);
   });
 
-  labTest('bad input: malformed, wrong-direction and oversized frames, a flood of new mappings: dropped or aborted and counted; the CPE is unaffected', ['dig'], async () => {
+  labTest('bad input: malformed, wrong-direction and oversized frames, refused destinations, a flood of new mappings: dropped or aborted and counted; the CPE is unaffected', ['dig'], async () => {
     const channelIe = 'faa8faa88005000111000000';
     const hdr = (flags: number, len: number, flow: number, port: number) => {
       const b = Buffer.alloc(12);
@@ -151,6 +151,9 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     await rogue(Buffer.concat([hdr(0x11, 1, 1, 7007), addr, Buffer.from('x')]).fill(0x00, 0, 1)); // bad magic
     await rogue(Buffer.concat([hdr(0x10, 1, 1, 7007), addr, Buffer.from('x')])); // downstream frame from a CPE
     await rogue(Buffer.concat([hdr(0x01, 1, 1, 7007), addr, Buffer.from('x')])); // version 0
+    // The TCP destination gate, per datagram: loopback and the concentrator's own address are never relayed.
+    const x = Buffer.from('x');
+    await rogue(Buffer.concat([hdr(0x11, 1, 1, 7007), Buffer.from([127, 0, 0, 1]), x, hdr(0x11, 1, 1, 5000), Buffer.from(CONC4.split('.').map(Number)), x]));
     const big = Buffer.alloc(4000, 1);
     const flood = Buffer.concat(Array.from({ length: 400 }, (_, i) => Buffer.concat([hdr(0x11, 1, i + 1, 7007), addr, Buffer.from('f')])));
     await rogue(Buffer.concat([hdr(0x11, big.length, 1, 7007), addr, big, flood]));
@@ -158,6 +161,7 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     const drops = delta(drops0, byLabel(await scrape('concentrator'), 'mpconvert_udp_dropped_total', 'reason'));
     assert.deepEqual(aborts, { MPC_ERR_UDP_MAGIC: 1, MPC_ERR_UDP_DIRECTION: 1, MPC_ERR_UDP_VERSION: 1 });
     assert.equal(drops['oversized'], 1, JSON.stringify(drops));
+    assert.equal(drops['destination'], 2, `loopback and the concentrator itself refused: ${JSON.stringify(drops)}`);
     assert.equal(drops['mappings-per-cpe'], 100, `the flood beyond udp.maxMappingsPerCpe (300) is dropped: ${JSON.stringify(drops)}`);
     assert.ok(conc.running, 'the concentrator is alive');
     assert.equal(await dig('www.example.test'), '198.18.77.7', 'the real CPE still gets its answers');
