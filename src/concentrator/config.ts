@@ -149,6 +149,12 @@ export const concentratorConfigSchema = z.strictObject({
       queueMs: z.number().int().min(1).max(10_000).default(50),
       /** TCP_NOTSENT_LOWAT on the channel's socket: unsent bytes the kernel may hold. */
       notsentLowat: z.number().int().min(1_024).default(32_768),
+      /**
+       * SO_SNDBUF of the channel, applied by the kernel to each subflow: bounds what waits in a subflow's queue
+       * (the largest part of a channel's delay under load). About the uplinks' bandwidth-delay product
+       * (50 Mbit/s x 20 ms = 125 KB); 0 = the kernel's autotuning (megabytes: fine for bulk, not for latency).
+       */
+      sendBuffer: z.number().int().min(0).max(64 << 20).default(131_072),
     })
     .default({
       mappingLifetimeS: 300,
@@ -159,6 +165,7 @@ export const concentratorConfigSchema = z.strictObject({
       queueBytes: 262_144,
       queueMs: 50,
       notsentLowat: 32_768,
+      sendBuffer: 131_072,
     }),
   limits: z
     .strictObject({

@@ -175,6 +175,7 @@ export class UdpChannelService {
     } catch (err) {
       deps.logger.debug({ err }, 'TCP_NOTSENT_LOWAT not set on a UDP channel');
     }
+    if (settings.sendBuffer > 0) deps.sockets.setSendBuffer(socket, settings.sendBuffer);
     socket.setNoDelay(true);
     const m = deps.metrics;
     const channel = new Channel(ctx.id, ctx.identity, socket, settings, deps.now, (reason, n) => m.udpDropped.inc({ reason }, n));

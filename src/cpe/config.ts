@@ -140,10 +140,16 @@ export const cpeConfigSchema = z.strictObject({
       queueMs: z.number().int().min(1).max(10_000).default(50),
       /** TCP_NOTSENT_LOWAT on the channel's socket. */
       notsentLowat: z.number().int().min(1_024).default(32_768),
+      /**
+       * SO_SNDBUF of the channel, applied by the kernel to each subflow: bounds what waits in a subflow's queue
+       * (the largest part of a channel's delay under load). About the uplinks' bandwidth-delay product
+       * (50 Mbit/s x 20 ms = 125 KB); 0 = the kernel's autotuning (megabytes: fine for bulk, not for latency).
+       */
+      sendBuffer: z.number().int().min(0).max(64 << 20).default(131_072),
       /** After a concentrator refused a channel (UDP not offered), how long until it is asked again. */
       notOfferedRetryS: z.number().int().min(1).default(60),
     })
-    .default({ flowIdleS: 300, maxFlows: 16_384, queueBytes: 262_144, queueMs: 50, notsentLowat: 32_768, notOfferedRetryS: 60 }),
+    .default({ flowIdleS: 300, maxFlows: 16_384, queueBytes: 262_144, queueMs: 50, notsentLowat: 32_768, sendBuffer: 131_072, notOfferedRetryS: 60 }),
   /** When no concentrator works: connect directly (plain TCP) or refuse the client connection. */
   fallback: z.enum(['direct', 'refuse']).default('direct'),
   /** How long to wait for the client's first bytes so they ride in the SYN with the signalling. */

@@ -281,6 +281,7 @@ export class UdpChannelClient {
     } catch (err) {
       this.#log.debug({ err }, 'TCP_NOTSENT_LOWAT not set on the UDP channel');
     }
+    if (cfg.udp.sendBuffer > 0) this.#deps.sockets.setSendBuffer(socket, cfg.udp.sendBuffer);
     socket.setNoDelay(true);
     const channel: Channel = {
       id: this.#nextChannel++,

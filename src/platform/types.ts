@@ -174,6 +174,12 @@ export interface Sockets {
    * keeps its queue in the application, where old datagrams can be dropped). Throws when the socket has none.
    */
   setNotSentLowat(socket: net.Socket, bytes: number): void;
+  /**
+   * SO_SNDBUF (the kernel doubles it for its bookkeeping). On an MPTCP socket the kernel applies it to every
+   * subflow, whose send queue (unsent and in flight) it then bounds: without it a subflow queues up to its
+   * autotuned buffer (megabytes), and a UDP channel's datagrams wait behind it.
+   */
+  setSendBuffer(socket: net.Socket, bytes: number): void;
 }
 
 export type NftFamily = 'ip' | 'ip6' | 'inet' | 'arp' | 'bridge' | 'netdev';

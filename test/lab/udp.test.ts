@@ -128,7 +128,10 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     const d = delta(before, byLabel(await scrape('cpe'), 'mpconvert_udp_dropped_total', 'reason'));
     process.stdout.write(`# probe under 150% load: p50 ${p.p50.toFixed(1)} ms, p95 ${p.p95.toFixed(1)} ms, max ${p.max.toFixed(1)} ms, ${p.received}/${p.sent}; drops ${JSON.stringify(d)}\n`);
     assert.ok(p.received >= p.sent * 0.5, `probe answers: ${p.received} of ${p.sent}`);
-    assert.ok(p.p95 < 400, `probe p95 ${p.p95.toFixed(1)} ms: the channel does not queue seconds`);
+    // Unloaded, the probe's round trip is about 1 ms: the bound is what the bulk flow may add (the channel's
+    // application queue, udp.queueMs = 50 ms at most, and the subflows' send queues, bounded by udp.sendBuffer;
+    // without sendBuffer the subflows queue a megabyte each: p95 about 350 ms).
+    assert.ok(p.p95 < 100, `probe p95 ${p.p95.toFixed(1)} ms: a bulk flow adds only tens of milliseconds`);
     assert.ok((d['queue-full'] ?? 0) + (d['stale'] ?? 0) > 0, `drops counted: ${JSON.stringify(d)}`);
   });
 

@@ -59,6 +59,7 @@ export function fakeSockets(opts: FakeOptions = {}): Sockets & { dials: DialSpec
     setLinger: () => {},
     takeError: () => null,
     setNotSentLowat: () => {},
+    setSendBuffer: () => {},
   };
   return impl as unknown as Sockets & { dials: DialSpec[] };
 }

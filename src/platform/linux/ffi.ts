@@ -20,7 +20,7 @@ export const SOL_IPV6 = 41;
 export const SOL_TCP = 6;
 export const SOL_MPTCP = 284;
 
-export const SO = { REUSEADDR: 2, ERROR: 4, LINGER: 13, REUSEPORT: 15, MARK: 36, PROTOCOL: 38, DOMAIN: 39 } as const;
+export const SO = { REUSEADDR: 2, ERROR: 4, SNDBUF: 7, LINGER: 13, REUSEPORT: 15, MARK: 36, PROTOCOL: 38, DOMAIN: 39 } as const;
 export const IP = { TOS: 1, FREEBIND: 15, TRANSPARENT: 19, BIND_ADDRESS_NO_PORT: 24 } as const;
 export const IPV6 = { V6ONLY: 26, TCLASS: 67, TRANSPARENT: 75, FREEBIND: 78 } as const;
 export const TCP = { MAXSEG: 2, INFO: 11, FASTOPEN: 23, NOTSENT_LOWAT: 25, FASTOPEN_CONNECT: 30, FASTOPEN_NO_COOKIE: 34 } as const;

@@ -43,12 +43,13 @@ function setup(over: Partial<UdpSettings> = {}) {
     queueBytes: 262_144,
     queueMs: 1_000,
     notsentLowat: 32_768,
+    sendBuffer: 0,
     ...over,
   };
   let clock = 1_000_000;
   const metrics = createMetrics('concentrator');
   const service = new UdpChannelService({
-    sockets: { setNotSentLowat: () => {} } as unknown as Sockets,
+    sockets: { setNotSentLowat: () => {}, setSendBuffer: () => {} } as unknown as Sockets,
     metrics,
     logger: silentLogger(),
     now: () => clock,
