@@ -27,6 +27,7 @@ export function cpeCommand(): Command {
     .option('--no-zero-rtt', 'signalling after the handshake for --concentrator (one round trip more)')
     .option('--warm-pool <n>', 'warm connections kept open to each --concentrator (0 = none; see docs/cpe.md, "Warm pool")', (v: string) => Number(v))
     .option('--fallback <mode>', 'when no concentrator works: direct|refuse')
+    .option('--transports <list>', 'transport protocols converted, comma-separated: tcp, udp (see docs/cpe.md, "UDP")', (v: string) => v.split(','))
     .option('--instance <name>', 'instance name (nft table, routing tables)')
     .option('--admin <addr:port>', 'admin endpoint: /metrics, /healthz, /status')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')

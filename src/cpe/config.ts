@@ -212,6 +212,7 @@ export interface CpeFlags {
   zeroRtt?: boolean;
   warmPool?: number;
   fallback?: 'direct' | 'refuse';
+  transports?: string[];
   admin?: string;
   logLevel?: string;
   instance?: string;
@@ -235,6 +236,7 @@ export async function resolveCpeConfig(flags: CpeFlags): Promise<CpeConfig> {
       ...(flags.warmPool !== undefined ? { warmPool: flags.warmPool } : {}),
     }));
   if (flags.fallback) raw['fallback'] = flags.fallback;
+  if (flags.transports?.length) raw['transports'] = flags.transports;
   if (flags.admin) raw['admin'] = flags.admin;
   if (flags.logLevel) raw['logLevel'] = flags.logLevel;
   if (flags.instance) raw['instance'] = flags.instance;
