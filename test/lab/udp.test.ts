@@ -104,6 +104,21 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     assert.ok(r.own >= r.expected * 0.99, `answers to their own flow: ${r.own} of ${r.expected}`);
   });
 
+  labTest('IPv6: a probe to the server\'s IPv6 address is answered through the channel (IPV6_RECVORIGDSTADDR, F bit)', [], async () => {
+    const srv6 = lab.hosts.servers[0]!.v6;
+    const echo6 = start(lab.hosts.servers[0]!, [TOOL('udp-echo'), JSON.stringify({ host: srv6, port: 7008 })]);
+    try {
+      await echo6.waitLine((l) => l.includes('ready'));
+      const before = byLabel(await scrape('concentrator'), 'mpconvert_udp_datagrams_total', 'direction');
+      const p = await runTool<Probe>(lab.hosts.client, 'udp-client', { mode: 'probe', host: srv6, port: 7008, pps: 50, durationMs: 1_000 });
+      const d = delta(before, byLabel(await scrape('concentrator'), 'mpconvert_udp_datagrams_total', 'direction'));
+      assert.ok(p.received >= p.sent - 1 && p.sent >= 45, `answers: ${p.received} of ${p.sent}`);
+      assert.ok((d['up'] ?? 0) >= p.sent && (d['down'] ?? 0) >= p.received, `through the concentrator: ${JSON.stringify(d)}`);
+    } finally {
+      await echo6.stop();
+    }
+  });
+
   labTest('iperf3 -u at 80% of the two uplinks: aggregated (over one uplink), loss under 1%', ['iperf3'], async () => {
     const srv = new Proc(lab.hosts.servers[0]!.spawn('iperf3', ['-s', '-1', '--forceflush', '-B', srv4]));
     await srv.waitLine((l) => l.includes('Server listening'));
