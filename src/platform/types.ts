@@ -420,7 +420,10 @@ export interface TransparentUdpSpec {
   replyIdleMs: number;
   /** At most this many reply sockets; beyond, the oldest is closed. */
   maxReplySockets: number;
-  /** Receive and send buffer of the TPROXY sockets (default 256 KiB: a buffer is a queue, kept short). */
+  /**
+   * Receive and send buffer of the TPROXY sockets (default 512 KiB: a buffer is a queue, kept short; it fills
+   * only while the thread cannot read, and 256 KiB overflowed under CPU contention at 80 Mbit/s).
+   */
   bufferBytes?: number;
 }
 

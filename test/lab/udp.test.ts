@@ -122,7 +122,7 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
   labTest('iperf3 -u at 80% of the two uplinks: aggregated (over one uplink), loss under 1%', ['iperf3'], async () => {
     const srv = new Proc(lab.hosts.servers[0]!.spawn('iperf3', ['-s', '-1', '--forceflush', '-B', srv4]));
     await srv.waitLine((l) => l.includes('Server listening'));
-    const r = await lab.hosts.client.exec('iperf3', ['-c', srv4, '-u', '-b', '80M', '-l', '1200', '-t', '6', '-J'], { timeoutMs: 60_000 });
+    const r = await lab.hosts.client.exec('iperf3', ['-c', srv4, '-u', '-b', '80M', '-l', '1200', '-w', '2M', '-t', '6', '-J'], { timeoutMs: 60_000 });
     await srv.stop();
     const j = JSON.parse(r.stdout) as { end: { sum: { bits_per_second: number; lost_percent: number } } };
     const received = (j.end.sum.bits_per_second * (100 - j.end.sum.lost_percent)) / 100 / 1e6;
@@ -135,7 +135,7 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     const before = byLabel(await scrape('cpe'), 'mpconvert_udp_dropped_total', 'reason');
     const srv = new Proc(lab.hosts.servers[0]!.spawn('iperf3', ['-s', '-1', '--forceflush', '-B', srv4]));
     await srv.waitLine((l) => l.includes('Server listening'));
-    const load = lab.hosts.client.exec('iperf3', ['-c', srv4, '-u', '-b', '150M', '-l', '1200', '-t', '7', '-J'], { timeoutMs: 60_000 });
+    const load = lab.hosts.client.exec('iperf3', ['-c', srv4, '-u', '-b', '150M', '-l', '1200', '-w', '2M', '-t', '7', '-J'], { timeoutMs: 60_000 });
     await new Promise((r) => setTimeout(r, 1_500));
     const p = await runTool<Probe>(lab.hosts.client, 'udp-client', { mode: 'probe', host: srv4, port: 7007, pps: 20, durationMs: 4_000 });
     await load;

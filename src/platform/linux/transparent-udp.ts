@@ -105,7 +105,7 @@ export const linuxTransparentUdp: TransparentUdpFactory = {
       port: port2,
       eventFd: fd,
       listen: spec.families.map((family) => ({ family, address: family === 4 ? '127.0.0.1' : '::1', port: spec.port })),
-      bufferBytes: spec.bufferBytes ?? 256 << 10,
+      bufferBytes: spec.bufferBytes ?? 512 << 10,
       replyIdleMs: spec.replyIdleMs,
       maxReplySockets: spec.maxReplySockets,
     };
