@@ -326,7 +326,7 @@ export class UdpChannelService {
     this.#deps.metrics.udpDatagrams.inc({ direction: 'down' });
     this.#deps.metrics.udpBytes.inc({ direction: 'down' }, payload.length);
     channel.bytesBToA += frame.length;
-    channel.queue.push(frame);
+    channel.queue.push(frame, m.flow);
   }
 
   #closeMapping(m: Mapping, why: string): void {

@@ -370,7 +370,7 @@ export class UdpChannelClient {
       }
       m.udpDatagrams.inc({ direction: 'up' });
       m.udpBytes.inc({ direction: 'up' }, d.payload.length);
-      c.queue.push(frame);
+      c.queue.push(frame, flow.id);
     }
   }
 

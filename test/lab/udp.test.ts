@@ -142,7 +142,7 @@ describe('UDP over MPTCP (lab)', { skip: missing ?? false, concurrency: false },
     await srv.stop();
     const d = delta(before, byLabel(await scrape('cpe'), 'mpconvert_udp_dropped_total', 'reason'));
     process.stdout.write(`# probe under 150% load: p50 ${p.p50.toFixed(1)} ms, p95 ${p.p95.toFixed(1)} ms, max ${p.max.toFixed(1)} ms, ${p.received}/${p.sent}; drops ${JSON.stringify(d)}\n`);
-    assert.ok(p.received >= p.sent * 0.5, `probe answers: ${p.received} of ${p.sent}`);
+    assert.ok(p.received >= p.sent * 0.95, `probe answers: ${p.received} of ${p.sent} (the bulk flow pays for its excess, not the probe)`);
     // Unloaded, the probe's round trip is about 1 ms: the bound is what the bulk flow may add (the channel's
     // application queue, udp.queueMs = 50 ms at most, and the subflows' send queues, bounded by udp.sendBuffer;
     // without sendBuffer the subflows queue a megabyte each: p95 about 350 ms).

@@ -60,3 +60,31 @@ test('datagram queue: a frame older than maxAgeMs when its turn comes is dropped
   q.close();
   close();
 });
+
+test('datagram queue: when full, a flow over its share loses its own frames; a small flow sharing the queue loses none', async () => {
+  const { a, b, close } = await pair();
+  let full = 0;
+  const q = new DatagramQueue(a, { maxBytes: 20_000, maxAgeMs: 60_000, onDrop: (r, k) => r === 'queue-full' && (full += k) });
+  const BULK = 1;
+  const SMALL = 2;
+  let got = 0;
+  b.on('data', (d: Buffer) => {
+    for (const x of d) if (x === SMALL) got++;
+  });
+  // Each turn of the event loop the bulk flow offers 100 kB, more than the socket drains in a turn; the
+  // small flow offers one 100-byte frame. (Plain drop-oldest, frames pushed without their flow, loses most of
+  // the small flow's frames here.)
+  const turns = 300;
+  for (let t = 0; t < turns; t++) {
+    // The small frame waits behind a batch in flight, and the bulk flow overflows the queue behind it.
+    for (let i = 0; i < 10; i++) q.push(Buffer.alloc(1_000, BULK), BULK);
+    q.push(Buffer.alloc(100, SMALL), SMALL);
+    for (let i = 0; i < 90; i++) q.push(Buffer.alloc(1_000, BULK), BULK);
+    await new Promise((r) => setImmediate(r));
+  }
+  for (const deadline = Date.now() + 5_000; got < turns * 100 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(full > 1_000, `the bulk flow's excess was dropped: ${full} frames`);
+  assert.equal(got, turns * 100, 'every frame of the small flow arrived');
+  q.close();
+  close();
+});
