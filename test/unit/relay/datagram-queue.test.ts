@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { once } from 'node:events';
+import fc from 'fast-check';
 import { DatagramQueue, type DatagramDropReason } from '../../../src/relay/datagram-queue.js';
 
 async function pair(): Promise<{ a: net.Socket; b: net.Socket; close: () => void }> {
@@ -87,4 +88,60 @@ test('datagram queue: when full, a flow over its share loses its own frames; a s
   assert.equal(got, turns * 100, 'every frame of the small flow arrived');
   q.close();
   close();
+});
+
+test('datagram queue (property): whatever the flows, sizes and stalls, frames arrive whole, in order, each at most once, and every frame is either delivered or counted as dropped', { timeout: 120_000 }, async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(fc.record({ flow: fc.option(fc.integer({ min: 1, max: 5 }), { nil: undefined }), size: fc.integer({ min: 6, max: 3_000 }), stall: fc.boolean() }), { minLength: 1, maxLength: 400 }),
+      fc.integer({ min: 3_000, max: 20_000 }),
+      async (ops, maxBytes) => {
+        const { a, b, close } = await pair();
+        let dropped = 0;
+        const q = new DatagramQueue(a, { maxBytes, maxAgeMs: 60_000, onDrop: (_, k) => (dropped += k) });
+        const parts: Buffer[] = [];
+        b.on('data', (d: Buffer) => parts.push(d));
+        b.pause();
+        let seq = 0;
+        for (const op of ops) {
+          // A frame: [u32 seq][u16 length][filler = seq & 0xff]: self-describing, so the stream can be checked.
+          const f = Buffer.alloc(op.size, seq & 0xff);
+          f.writeUInt32BE(seq, 0);
+          f.writeUInt16BE(op.size, 4);
+          q.push(f, op.flow);
+          seq++;
+          assert.ok(q.queuedBytes <= maxBytes);
+          if (op.stall) b.pause();
+          else b.resume();
+        }
+        b.resume();
+        // Until the queue is empty and nothing more arrives (a queue that miscounts gives up after 2 s).
+        for (const deadline = Date.now() + 2_000; Date.now() < deadline; ) {
+          const got = parts.reduce((n, p) => n + p.length, 0);
+          await new Promise((r) => setTimeout(r, 10));
+          if (q.queuedFrames === 0 && got === parts.reduce((n, p) => n + p.length, 0)) break;
+        }
+        const stream = Buffer.concat(parts);
+        let off = 0;
+        let last = -1;
+        let delivered = 0;
+        while (off < stream.length) {
+          assert.ok(off + 6 <= stream.length, 'a whole header');
+          const s = stream.readUInt32BE(off);
+          const len = stream.readUInt16BE(off + 4);
+          assert.ok(s > last, `in order, once: ${s} after ${last}`);
+          assert.equal(len, ops[s]!.size, 'the frame of that sequence number');
+          assert.ok(off + len <= stream.length, 'a whole frame');
+          assert.ok(stream.subarray(off + 6, off + len).every((x) => x === (s & 0xff)), 'its own bytes');
+          last = s;
+          off += len;
+          delivered++;
+        }
+        assert.equal(delivered + dropped, ops.length, 'every frame delivered or counted');
+        q.close();
+        close();
+      },
+    ),
+    { numRuns: 40 },
+  );
 });
