@@ -449,7 +449,7 @@ async function udpFigure(o: Options, r: Results): Promise<void> {
           } finally {
             await d.stop();
           }
-          log(`udp ${sys}: ${runs[sys]!.map((x) => `${x.goodputMbps.toFixed(1)} Mbit/s (loss ${x.lossPercent.toFixed(1)}%), probe p50 ${x.probeP50Ms.toFixed(1)} ms p95 ${x.probeP95Ms.toFixed(1)} ms`).join('; ')}`);
+          log(`udp ${sys}: ${runs[sys]!.map((x) => `${x.goodputMbps.toFixed(1)} Mbit/s (loss ${x.lossPercent.toFixed(1)}%), probe p50 ${x.probeP50Ms.toFixed(1)} ms p95 ${x.probeP95Ms.toFixed(1)} ms, ${(100 * x.probeAnswered).toFixed(0)}% answered`).join('; ')}`);
         } catch (e) {
           errors[sys] = errText(e);
           log(`udp ${sys}: ERROR ${errText(e)}`);
@@ -461,8 +461,13 @@ async function udpFigure(o: Options, r: Results): Promise<void> {
   for (const sys of UDP_SYSTEMS) {
     const got = runs[sys] ?? [];
     r.udp.systems[sys] = errors[sys] || got.length === 0
-      ? { goodputMbps: null, probeP50Ms: null, probeP95Ms: null, error: errors[sys] ?? 'no run' }
-      : { goodputMbps: stat(got.map((x) => x.goodputMbps)), probeP50Ms: stat(got.map((x) => x.probeP50Ms)), probeP95Ms: stat(got.map((x) => x.probeP95Ms)) };
+      ? { goodputMbps: null, probeP50Ms: null, probeP95Ms: null, probeAnsweredPercent: null, error: errors[sys] ?? 'no run' }
+      : {
+          goodputMbps: stat(got.map((x) => x.goodputMbps)),
+          probeP50Ms: stat(got.map((x) => x.probeP50Ms)),
+          probeP95Ms: stat(got.map((x) => x.probeP95Ms)),
+          probeAnsweredPercent: stat(got.map((x) => 100 * x.probeAnswered)),
+        };
   }
 }
 

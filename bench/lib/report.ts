@@ -81,7 +81,7 @@ export interface Results {
     topology: Topology;
     cc: string;
     loadMbps: number;
-    systems: Partial<Record<UdpSystemName, { goodputMbps: Stat | null; probeP50Ms: Stat | null; probeP95Ms: Stat | null; error?: string }>>;
+    systems: Partial<Record<UdpSystemName, { goodputMbps: Stat | null; probeP50Ms: Stat | null; probeP95Ms: Stat | null; probeAnsweredPercent?: Stat | null; error?: string }>>;
     deployments: Partial<Record<UdpSystemName, string>>;
   } | null;
   /** met: 'tie' = below the goal by less than the bench resolves (1%, or each median inside the other's min–max range). */
@@ -191,6 +191,7 @@ export function markdown(r: Results): string {
     uline('UDP goodput, Mbit/s', (x) => u.systems[x]?.goodputMbps, 1, false);
     uline('probe round trip under load p50, ms', (x) => u.systems[x]?.probeP50Ms, 1, true);
     uline('probe round trip under load p95, ms', (x) => u.systems[x]?.probeP95Ms, 1, true);
+    uline('probe datagrams answered under load, %', (x) => u.systems[x]?.probeAnsweredPercent, 0, false);
     for (const x of UDP_SYSTEMS) if (u.deployments[x]) L.push(`- ${UDP_NAMES[x]}: ${u.deployments[x]}`);
     for (const x of UDP_SYSTEMS) if (u.systems[x]?.error) L.push(`- ${UDP_NAMES[x]}: error: ${u.systems[x]!.error}`);
   }
