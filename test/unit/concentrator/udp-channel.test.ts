@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { once } from 'node:events';
+import fc from 'fast-check';
 import { createMetrics } from '../../../src/control/metrics.js';
 import { silentLogger } from '../../../src/log.js';
 import { refuse } from '../../../src/policy/refusals.js';
@@ -31,6 +32,8 @@ afterEach(() => {
 interface Cpe {
   frames: UdpFrame[];
   send(flow: number, port: number, payload: string, address?: string): void;
+  raw(bytes: Buffer): void;
+  closed(): boolean;
 }
 
 function setup(over: Partial<UdpSettings> = {}) {
@@ -75,6 +78,8 @@ function setup(over: Partial<UdpSettings> = {}) {
     }
     const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
     const [socket] = (await once(server, 'connection')) as [net.Socket];
+    // A channel the service aborts (framing error) is reset.
+    client.on('error', () => {});
     cleanups.push(() => (client.destroy(), socket.destroy()));
     const ctx = {
       id: ++id,
@@ -102,6 +107,8 @@ function setup(over: Partial<UdpSettings> = {}) {
     return {
       frames,
       send: (flow, port, payload, address = '127.0.0.1') => client.write(encodeUdpFrame({ direction: 'upstream', flow, address, port, payload: Buffer.from(payload) })),
+      raw: (bytes: Buffer) => client.write(bytes),
+      closed: () => client.destroyed || client.readableEnded,
     };
   };
 
@@ -109,6 +116,7 @@ function setup(over: Partial<UdpSettings> = {}) {
     service,
     settings,
     channel,
+    metrics,
     advance: (ms: number) => (clock += ms),
     drops: async () => byLabel(await metrics.registry.metrics(), 'mpconvert_udp_dropped_total', 'reason'),
   };
@@ -241,4 +249,53 @@ test('oversized datagrams are dropped and counted, not relayed', async () => {
   await until('the small datagram', () => server.got.length === 1);
   assert.equal(server.got[0]!.payload, 'small');
   assert.equal((await drops())['oversized'], 1);
+});
+
+test('fuzz (time-boxed): valid frames and garbage mixed on channels: the valid ones before the garbage go out, nothing reaches a refused destination, the service keeps serving new channels', async () => {
+  const { channel, service } = setup();
+  const allowed = await udpServer('127.0.0.1');
+  const denied = await udpServer(DENIED);
+  let cpe = 0;
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(
+        fc.oneof(
+          fc.record({ flow: fc.integer({ min: 1, max: 20 }), to: fc.constantFrom('allowed', 'denied'), payload: fc.uint8Array({ maxLength: 64 }) }),
+          fc.uint8Array({ minLength: 1, maxLength: 40 }),
+        ),
+        { minLength: 1, maxLength: 30 },
+      ),
+      async (items) => {
+        const before = allowed.got.length;
+        const c = await channel(`fuzz-${++cpe}`);
+        let valid = 0;
+        let clean = true;
+        const prefix: Buffer[] = [];
+        const rest: Buffer[] = [];
+        for (const it of items) {
+          if (it instanceof Uint8Array) clean = false;
+          const b = it instanceof Uint8Array
+            ? Buffer.from(it)
+            : encodeUdpFrame({ direction: 'upstream', flow: it.flow, address: it.to === 'allowed' ? '127.0.0.1' : DENIED, port: it.to === 'allowed' ? allowed.port : denied.port, payload: Buffer.from(it.payload) });
+          if (clean && !(it instanceof Uint8Array) && it.to === 'allowed') valid++;
+          (clean ? prefix : rest).push(b);
+        }
+        // The frames before the first garbage, then the rest (a framing error drops what arrived with it).
+        c.raw(Buffer.concat(prefix));
+        for (const deadline = Date.now() + 1_000; allowed.got.length - before < valid && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 5));
+        assert.ok(allowed.got.length - before >= valid, `the ${valid} valid datagrams before any garbage arrived`);
+        if (rest.length > 0) c.raw(Buffer.concat(rest));
+        await new Promise((r) => setTimeout(r, 5));
+        assert.equal(denied.got.length, 0, 'nothing reached the refused destination');
+      },
+    ),
+    { numRuns: 60, interruptAfterTimeLimit: 8_000 },
+  );
+  // Alive: a new CPE's datagram still goes through.
+  const fresh = await channel('after-the-fuzz');
+  const n = allowed.got.length;
+  fresh.send(1, allowed.port, 'still-here');
+  await until('the datagram after the fuzz', () => allowed.got.slice(n).some((g) => g.payload === 'still-here'));
+  assert.ok(service.channels >= 1);
+  assert.equal(denied.got.length, 0, 'nothing reached the refused destination, late ones included');
 });
