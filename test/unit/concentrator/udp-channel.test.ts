@@ -14,7 +14,7 @@ import fc from 'fast-check';
 import { createMetrics } from '../../../src/control/metrics.js';
 import { silentLogger } from '../../../src/log.js';
 import { refuse } from '../../../src/policy/refusals.js';
-import { kernelSourceAddress } from '../../../src/concentrator/source-address.js';
+import { PoolSourceAddress, kernelSourceAddress, type SourceAddressStrategy } from '../../../src/concentrator/source-address.js';
 import { UdpChannelService, type UdpSettings } from '../../../src/concentrator/udp-channel.js';
 import type { ConnectionContext } from '../../../src/concentrator/context.js';
 import type { Sockets } from '../../../src/platform/types.js';
@@ -36,7 +36,7 @@ interface Cpe {
   closed(): boolean;
 }
 
-function setup(over: Partial<UdpSettings> = {}) {
+function setup(over: Partial<UdpSettings> = {}, source: SourceAddressStrategy = kernelSourceAddress) {
   const settings: UdpSettings = {
     mappingLifetimeS: 300,
     filtering: 'address-dependent',
@@ -59,7 +59,7 @@ function setup(over: Partial<UdpSettings> = {}) {
     settings: () => settings,
     // The gate itself is unit-tested in test/unit/policy/destination.test.ts; here: that each datagram meets it.
     destination: (a) => (a === DENIED ? refuse('destination') : undefined),
-    source: () => kernelSourceAddress,
+    source: () => source,
     sessionLog: () => {},
     established: async () => true,
     stopping: () => false,
@@ -298,4 +298,24 @@ test('fuzz (time-boxed): valid frames and garbage mixed on channels: the valid o
   await until('the datagram after the fuzz', () => allowed.got.slice(n).some((g) => g.payload === 'still-here'));
   assert.ok(service.channels >= 1);
   assert.equal(denied.got.length, 0, 'nothing reached the refused destination, late ones included');
+});
+
+test('source pool: a CPE\'s UDP mappings leave from its paired pool address, the one its TCP connections get', async () => {
+  const pool = new PoolSourceAddress(['127.0.0.5', '127.0.0.6'], 'shared');
+  const { channel } = setup({}, pool);
+  const a = await channel('cpe-a');
+  const b = await channel('cpe-b');
+  const server = await udpServer();
+  a.send(1, server.port, 'a-1');
+  a.send(2, server.port, 'a-2');
+  b.send(1, server.port, 'b-1');
+  await until('three datagrams', () => server.got.length === 3);
+  const from = Object.fromEntries(server.got.map((g) => [g.payload, g.from.split(':')[0]]));
+  assert.ok(['127.0.0.5', '127.0.0.6'].includes(from['a-1']!), `from the pool: ${from['a-1']}`);
+  assert.equal(from['a-2'], from['a-1'], 'every mapping of a CPE from the same address');
+  // A TCP connection of the same CPE is paired with the same address.
+  const ctx = { identity: 'cpe-a', destination: { address: '127.0.0.1', port: 1, family: 4 }, own: () => {} } as unknown as ConnectionContext;
+  assert.equal(pool.acquire(ctx), undefined);
+  assert.equal(ctx.external, from['a-1']);
+  assert.ok(['127.0.0.5', '127.0.0.6'].includes(from['b-1']!));
 });
