@@ -3,7 +3,7 @@
  * same lab topologies. Writes bench/results/latest.{json,md}, aggregation.svg, failover.svg and prints the table.
  *
  *   node dist/bench/main.js [--runs 3] [--seconds 3] [--quick] [--systems kernel,mpconvert,...]
- *                           [--only relay,setup,memory,aggregation,failover] [--concurrency N]
+ *                           [--only relay,setup,memory,aggregation,failover,udp] [--concurrency N]
  *                           [--connections N] [--failover-runs N] [--profile] [--render] [--out DIR]
  *                           [--topologies 50+50,80+20,4x25] [--cc cubic,bbr]
  * Experiments: MPC_BENCH_CONCENTRATOR_YAML (lines appended to the mpconvert concentrator's configuration) and
@@ -20,8 +20,9 @@ import { failover, roundTrips, goodput, idleMemory, requestResponse, startServer
 import { aggregationSvg, failoverSvg, markdown, stat, type Results, type Stat, type Topology } from './lib/report.js';
 import { deploy, needsLabMptcpRouting, SYSTEMS, type Deployment, type SystemName } from './lib/systems.js';
 import { summariseProfile } from './lib/profile.js';
+import { UDP_SYSTEMS, deployUdp, udpNeedsLabMptcpRouting, udpRun, type UdpRun, type UdpSystemName } from './lib/udp.js';
 
-const FIGURES = ['relay', 'setup', 'memory', 'aggregation', 'failover'] as const;
+const FIGURES = ['relay', 'setup', 'memory', 'aggregation', 'failover', 'udp'] as const;
 type Figure = (typeof FIGURES)[number];
 
 interface Options {
@@ -201,6 +202,7 @@ async function main(): Promise<void> {
         iperf3: version('iperf3', ['--version'], /iperf (\S+)/),
         'shadowsocks-libev': version('ss-server', ['-h'], /shadowsocks-libev (\S+)/),
         socat: version('socat', ['-V'], /socat version (\S+)/),
+        openvpn: version('openvpn', ['--version'], /OpenVPN (\S+)/),
       },
       settings: {
         runs: o.runs,
@@ -227,6 +229,7 @@ async function main(): Promise<void> {
         'Memory: 9,500 rather than 10,000 connections: a relay holds 2 descriptors per relayed connection, and the hard RLIMIT_NOFILE of this machine is 20,000 (not raisable inside its container). socat forks a process per connection: 1,000 connections, sum of PSS.',
         'Bench-wide namespace settings for every system: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 10000–65000, tcp_fastopen=3 on the concentrator.',
         'mpconvert runs with sessionLog off, log level warn and its admission limits lifted (defaults: 500 new connections/s and 4096 connections per CPE).',
+        'UDP: on two 50 Mbit/s uplinks under the first congestion control, iperf3 -u at 150 Mbit/s (1,200-byte datagrams) from the LAN client to the server, its received rate as goodput; at the same time a 20 pps probe to a UDP echo server on the server, its round-trip times (p50, p95) as the latency of a small flow under that load.',
       ],
     },
     aggregation: [],
@@ -417,6 +420,8 @@ async function main(): Promise<void> {
     }
   }
 
+  if (o.only.has('udp')) await udpFigure(o, r);
+
   r.targets = targets(r);
   r.meta.tools['lab'] = labImplementation;
   r.meta.settings['loadAverageAtEnd'] = loadavg()[0];
@@ -424,6 +429,49 @@ async function main(): Promise<void> {
   writeFileSync(join(o.out, 'latest.json'), JSON.stringify(r, null, 2) + '\n');
   writeOutputs(o.out, r);
   log(`done in ${r.meta.durationSeconds} s; results in ${o.out}`);
+}
+
+/** The UDP figure (bench/lib/udp.ts): each system's runs on two 50 Mbit/s uplinks, one lab per routing mode. */
+async function udpFigure(o: Options, r: Results): Promise<void> {
+  const topology: Topology = { name: '50+50', ratesMbps: [50, 50] };
+  const loadMbps = 150;
+  const cc = o.ccs[0]!;
+  const runs: Partial<Record<UdpSystemName, UdpRun[]>> = {};
+  const errors: Partial<Record<UdpSystemName, string>> = {};
+  const notes: Partial<Record<UdpSystemName, string>> = {};
+  for (const mptcpRouting of [true, false]) {
+    const systems = UDP_SYSTEMS.filter((s) => udpNeedsLabMptcpRouting(s) === mptcpRouting);
+    log(`lab: UDP, uplinks ${topology.name} Mbit/s, ${cc} (${mptcpRouting ? 'lab MPTCP routing' : 'routing by the mpconvert CPE'})`);
+    await withLab(topology.ratesMbps, mptcpRouting, async (lab) => {
+      for (const sys of systems) {
+        try {
+          const d = await deployUdp(sys, lab, topology.ratesMbps.length);
+          notes[sys] = d.note;
+          try {
+            runs[sys] = await repeat(o.runs, () => udpRun(d, Math.max(6, o.seconds + 3), loadMbps));
+          } finally {
+            await d.stop();
+          }
+          log(`udp ${sys}: ${runs[sys]!.map((x) => `${x.goodputMbps.toFixed(1)} Mbit/s (loss ${x.lossPercent.toFixed(1)}%), probe p50 ${x.probeP50Ms.toFixed(1)} ms p95 ${x.probeP95Ms.toFixed(1)} ms, ${(100 * x.probeAnswered).toFixed(0)}% answered`).join('; ')}`);
+        } catch (e) {
+          errors[sys] = errText(e);
+          log(`udp ${sys}: ERROR ${errText(e)}`);
+        }
+      }
+    }, cc);
+  }
+  r.udp = { topology, cc, loadMbps, systems: {}, deployments: notes };
+  for (const sys of UDP_SYSTEMS) {
+    const got = runs[sys] ?? [];
+    r.udp.systems[sys] = errors[sys] || got.length === 0
+      ? { goodputMbps: null, probeP50Ms: null, probeP95Ms: null, probeAnsweredPercent: null, error: errors[sys] ?? 'no run' }
+      : {
+          goodputMbps: stat(got.map((x) => x.goodputMbps)),
+          probeP50Ms: stat(got.map((x) => x.probeP50Ms)),
+          probeP95Ms: stat(got.map((x) => x.probeP95Ms)),
+          probeAnsweredPercent: stat(got.map((x) => 100 * x.probeAnswered)),
+        };
+  }
 }
 
 function writeOutputs(out: string, r: Results): void {
@@ -491,6 +539,13 @@ function targets(r: Results): Results['targets'] {
   add('round trips to first byte: 1 (0-RTT)', rt('mpconvert'), 1.25, false, (v) => v.toFixed(2));
   add('memory per idle connection < 8 KiB', m(r.memory.mpconvert?.bytesPerConnection), 8192, false, (v) => `${(v / 1024).toFixed(1)} KiB`);
   add('CPE memory, idle after the relay and setup tests <= 48 MiB', r.memory.mpconvert?.cpeIdleBytes ?? undefined, 48 * 1048576, false, (v) => `${(v / 1048576).toFixed(1)} MiB`);
+  if (r.udp) {
+    const u = r.udp.systems;
+    const peers = [m(u.openvpn?.goodputMbps), m(u.shadowsocks?.goodputMbps)].filter((x): x is number => x !== undefined);
+    add('UDP goodput >= the best peer (OpenVPN over mptcpize, shadowsocks-libev)', m(u.mpconvert?.goodputMbps), peers.length ? Math.max(...peers) : undefined, true, (v) => `${v.toFixed(1)} Mbit/s`);
+    const ov = m(u.openvpn?.probeP50Ms);
+    add('UDP probe p50 under load <= 1/2 of OpenVPN over mptcpize', m(u.mpconvert?.probeP50Ms), ov === undefined ? undefined : ov / 2, false, (v) => `${v.toFixed(1)} ms`);
+  }
   return out;
 }
 

@@ -7,6 +7,6 @@ if [ "$(id -u)" -ne 0 ]; then echo "install.sh: run as root (it installs Debian 
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   iproute2 nftables iperf3 mptcpize tcpdump curl socat shadowsocks-libev haproxy hping3 procps kmod ca-certificates \
-  iputils-ping util-linux systemd dpkg dnsmasq-base isc-dhcp-client dhcpcd-base chromium fonts-dejavu-core prometheus freeradius >/dev/null
+  iputils-ping util-linux systemd dpkg dnsmasq-base bind9-dnsutils wireguard-go wireguard-tools openvpn isc-dhcp-client dhcpcd-base chromium fonts-dejavu-core prometheus freeradius >/dev/null
 npm ci --no-audit --no-fund
 npm run build

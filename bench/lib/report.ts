@@ -1,5 +1,6 @@
 /** Statistics, the markdown table, and the two SVG charts (hand-written, no dependency). */
 import { SYSTEMS, type SystemName } from './systems.js';
+import { UDP_NAMES, UDP_SYSTEMS, type UdpSystemName } from './udp.js';
 
 export interface Stat {
   median: number;
@@ -77,6 +78,14 @@ export interface Results {
     cutAt: number;
     restoreAt: number;
     systems: PerSystem<{ recoverySeconds: Stat | null; rejoinSeconds: Stat | null; never: number; series: Array<[number, number]>; error?: string }>;
+  } | null;
+  /** The UDP figure (bench/lib/udp.ts); absent in results from before it existed. */
+  udp?: {
+    topology: Topology;
+    cc: string;
+    loadMbps: number;
+    systems: Partial<Record<UdpSystemName, { goodputMbps: Stat | null; probeP50Ms: Stat | null; probeP95Ms: Stat | null; probeAnsweredPercent?: Stat | null; error?: string }>>;
+    deployments: Partial<Record<UdpSystemName, string>>;
   } | null;
   /** met: 'tie' = below the goal by less than the bench resolves (1%, or each median inside the other's min–max range). */
   targets: Array<{ target: string; value: string; met: boolean | 'tie' | null; gap: string }>;
@@ -174,6 +183,24 @@ export function markdown(r: Results): string {
     .map((x) => `${NAMES[x]} ${r.memory[x]!.connections} connections (${r.memory[x]!.measure})`)
     .join(', ');
   if (mem) L.push(`Memory measured with: ${mem}.`);
+  if (r.udp) {
+    const u = r.udp;
+    L.push('');
+    L.push(`**UDP** (${u.topology.name} Mbit/s, ${u.cc}): iperf3 -u at ${u.loadMbps} Mbit/s, its received rate, and the round trips of a 20 pps probe sharing the path meanwhile. In the mpconvert / X columns, above 1.00x means mpconvert is better.`);
+    L.push('');
+    head(['figure', ...UDP_SYSTEMS.map((s) => UDP_NAMES[s]), 'mpconvert / OpenVPN', 'mpconvert / shadowsocks']);
+    const uline = (label: string, get: (x: UdpSystemName) => Stat | null | undefined, d: number, lowerBetter: boolean) => {
+      const mine = get('mpconvert');
+      const rel = (o: UdpSystemName) => (lowerBetter ? ratio(get(o), mine) : ratio(mine, get(o)));
+      row([label, ...UDP_SYSTEMS.map((x) => cell(get(x), d, u.systems[x]?.error)), rel('openvpn'), rel('shadowsocks')]);
+    };
+    uline('UDP goodput, Mbit/s', (x) => u.systems[x]?.goodputMbps, 1, false);
+    uline('probe round trip under load p50, ms', (x) => u.systems[x]?.probeP50Ms, 1, true);
+    uline('probe round trip under load p95, ms', (x) => u.systems[x]?.probeP95Ms, 1, true);
+    uline('probe datagrams answered under load, %', (x) => u.systems[x]?.probeAnsweredPercent, 0, false);
+    for (const x of UDP_SYSTEMS) if (u.deployments[x]) L.push(`- ${UDP_NAMES[x]}: ${u.deployments[x]}`);
+    for (const x of UDP_SYSTEMS) if (u.systems[x]?.error) L.push(`- ${UDP_NAMES[x]}: error: ${u.systems[x]!.error}`);
+  }
   L.push('');
   L.push('**Targets**');
   L.push('');

@@ -2,8 +2,9 @@
  * The concentrator (downstream MCP): terminates MPTCP connections from CPEs (and from MPTCP hosts that speak
  * the signalling themselves), reads the signalling from the first bytes (in the SYN, through TFO), dials the
  * server, confirms, and relays. Each accepted connection runs the pipeline (src/concentrator/pipeline.ts):
- *   customer -> mptcp -> signalling-admission -> signalling -> authenticate -> limits -> radius -> destination -> source ->
- *   source-address (strategy) -> convert (strategy: dial, confirm, relay).
+ *   customer -> mptcp -> signalling-admission -> signalling -> authenticate -> limits -> radius -> binding -> transport ->
+ *   destination -> source -> source-address (strategy) -> convert (strategy: dial, confirm, relay; or a UDP channel,
+ *   whose datagrams pass the destination gate one by one and take a source address per mapping: udp-channel.ts).
  * A refusal at any step is counted, logged and answered on the wire through one table (src/policy/refusals.ts).
  * Anything refused before the confirmation never causes a byte to be sent to any server.
  */
@@ -35,10 +36,12 @@ import type { ConnectionContext } from './context.js';
 import { runPipeline, step, type Step } from './pipeline.js';
 import { PoolSourceAddress, PortBlockSourceAddress, needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
 import { ReturnPath } from './return-path.js';
-import { ExplicitTcpConversion, type ConversionStrategy } from './conversion.js';
+import { ExplicitTcpConversion, established, type ConversionStrategy } from './conversion.js';
 import { RadiusService } from './radius.js';
 import { Bindings } from './bindings.js';
 import { OnPath } from './onpath.js';
+import { UdpChannelService } from './udp-channel.js';
+import { IPPROTO_UDP } from '../protocol/mp-convert.js';
 
 export { dialErrorCode } from './conversion.js';
 
@@ -106,6 +109,7 @@ export class Concentrator {
   /** RADIUS authorization and accounting (start, reload); undefined without `radius`. */
   #radius: RadiusService | undefined;
   readonly #conversion: ConversionStrategy;
+  readonly #udp: UdpChannelService;
   readonly #dialer: ServerDialer;
   readonly #steps: readonly Step[];
   /** Inbound bindings: reverse connections from CPEs and the external ports they claim. */
@@ -182,6 +186,18 @@ export class Concentrator {
         this.#sessionOf.get(ctx)?.end();
       }),
     });
+    this.#udp = new UdpChannelService({
+      sockets: deps.sockets,
+      metrics: deps.metrics,
+      logger: deps.logger,
+      now: this.#now,
+      settings: () => this.#config.udp,
+      destination: (address) => destinationRefusal(address, { deny: this.#destinations.deny, own: this.#ownAddresses() }),
+      source: () => this.#sourceAddress,
+      sessionLog: (line) => this.#sessionLog(line),
+      established: (socket) => established(deps.sockets, socket, this.#now),
+      stopping: () => this.#stopping,
+    });
     this.#steps = this.#pipeline();
   }
 
@@ -202,7 +218,14 @@ export class Concentrator {
       step('radius', (ctx) => this.#radius?.authorize(ctx)),
       // A reverse connection (binding IE) is parked here for an inbound binding; the steps below are for conversions.
       step('binding', (ctx) => this.#bindings.claim(ctx)),
+      // A UDP channel has no destination of its own: each datagram passes the destination gate (udp-channel.ts).
+      step('transport', (ctx) => {
+        const protocol = ctx.signalling?.protocol;
+        if (protocol === undefined) return this.#config.transports.includes('tcp') ? undefined : refuse('tcp-not-offered');
+        return protocol === IPPROTO_UDP && this.#config.transports.includes('udp') ? undefined : refuse('udp-not-offered');
+      }),
       step('destination', (ctx) => {
+        if (isChannel(ctx)) return undefined;
         const dest = ctx.signalling?.destination;
         const address = dest ? unmapAddress(dest.address) : undefined;
         const refused = destinationRefusal(address, { deny: this.#destinations.deny, own: this.#ownAddresses() });
@@ -213,8 +236,9 @@ export class Concentrator {
         const src = ctx.signalling?.source;
         return sourceGate(src ? unmapAddress(src.address) : undefined);
       }),
-      step('source-address', (ctx) => this.#sourceAddress.acquire(ctx)),
-      step('convert', (ctx) => this.#conversion.convert(ctx)),
+      // A channel takes a source address per mapping and family (udp-channel.ts), not one per connection.
+      step('source-address', (ctx) => (isChannel(ctx) ? undefined : this.#sourceAddress.acquire(ctx))),
+      step('convert', (ctx) => (isChannel(ctx) ? this.#udp.conversion : this.#conversion).convert(ctx)),
     ];
   }
 
@@ -324,6 +348,7 @@ export class Concentrator {
     this.#sweeper.unref();
     this.#figuresTimer = setInterval(() => this.#updateFigures(), 1_000);
     this.#figuresTimer.unref();
+    this.#udp.start();
     this.#deps.logger.info({ listen: this.#config.listen, allow: this.#config.allow }, 'concentrator started');
   }
 
@@ -723,6 +748,7 @@ export class Concentrator {
       warm: this.#warm.total,
       bindings: this.#bindings.snapshot(),
       connections: this.#limits.total,
+      udp: this.#udp.status(),
       fallbackCache: this.fallbackCache,
       sourceAddress: this.#sourceAddress.name,
       ...(this.#sourceAddress instanceof PortBlockSourceAddress ? { portBlocks: this.#sourceAddress.allocator.summary() } : {}),
@@ -799,6 +825,8 @@ export class Concentrator {
     for (const s of this.#listeners.values()) s.close();
     this.#listeners.clear();
     this.#bindings.stop();
+    // UDP channels have nothing to drain (a datagram late is a datagram lost).
+    this.#udp.stop();
     // Sessions still in signalling or dialing have nothing to drain.
     for (const s of [...this.#sessions]) if (!s.ctx.relay) s.ctx.socket.resetAndDestroy();
     this.#onPath?.closeListeners();
@@ -824,6 +852,8 @@ export class Concentrator {
     this.#deps.logger.info('concentrator stopped');
   }
 }
+
+const isChannel = (ctx: ConnectionContext): boolean => ctx.signalling?.protocol !== undefined;
 
 function denyPrefixes(c: ConcentratorConfig): string[] {
   return sourceAddressMode(c) === 'nptv6' ? [...c.deny, ...(c.sourceAddress?.nptv6?.prefixes ?? [])] : [...c.deny];

@@ -192,6 +192,47 @@ export const concentratorConfigSchema = z.strictObject({
       waitMs: z.number().int().min(0).max(60_000).default(2_000),
     })
     .optional(),
+  /**
+   * Transport protocols relayed (draft-nam-mptcp-deployment-considerations section 5.6.6). 'udp': UDP channels
+   * (docs/protocol.md section 4) are accepted and echoed; without it a channel's signalling is refused
+   * (`udp-not-offered`, an abort), which the CPE reads as "UDP not offered" and forwards UDP untouched.
+   */
+  transports: z.array(z.enum(['tcp', 'udp'])).min(1, 'list at least one transport').default(['tcp', 'udp']),
+  /** UDP channels: NAT behaviour per RFC 4787 and the bounds of each channel's queue (docs/concentrator.md, "UDP"). */
+  udp: z
+    .strictObject({
+      /** Mapping lifetime, refreshed by outbound datagrams (RFC 4787 REQ-5: at least 2 minutes; 5 recommended). */
+      mappingLifetimeS: z.number().int().min(120).max(86_400).default(300),
+      /** Which inbound datagrams a mapping lets through (RFC 4787 section 5). */
+      filtering: z.enum(['endpoint-independent', 'address-dependent', 'address-and-port-dependent']).default('address-dependent'),
+      maxMappingsPerCpe: z.number().int().min(1).default(1_024),
+      maxMappings: z.number().int().min(1).default(65_536),
+      /** Larger datagrams from a CPE are dropped (and counted). */
+      maxDatagram: z.number().int().min(1).max(65_507).default(65_507),
+      /** Per channel, downstream: queued frames beyond this many bytes drop the oldest. */
+      queueBytes: z.number().int().min(2_048).default(262_144),
+      /** Per channel, downstream: a frame queued longer than this is dropped instead of sent. */
+      queueMs: z.number().int().min(1).max(10_000).default(50),
+      /** TCP_NOTSENT_LOWAT on the channel's socket: unsent bytes the kernel may hold. */
+      notsentLowat: z.number().int().min(1_024).default(32_768),
+      /**
+       * SO_SNDBUF of the channel, applied by the kernel to each subflow: bounds what waits in a subflow's queue
+       * (the largest part of a channel's delay under load). About the uplinks' bandwidth-delay product
+       * (50 Mbit/s x 20 ms = 125 KB); 0 = the kernel's autotuning (megabytes: fine for bulk, not for latency).
+       */
+      sendBuffer: z.number().int().min(0).max(64 << 20).default(131_072),
+    })
+    .default({
+      mappingLifetimeS: 300,
+      filtering: 'address-dependent',
+      maxMappingsPerCpe: 1_024,
+      maxMappings: 65_536,
+      maxDatagram: 65_507,
+      queueBytes: 262_144,
+      queueMs: 50,
+      notsentLowat: 32_768,
+      sendBuffer: 131_072,
+    }),
   limits: z
     .strictObject({
       maxConnections: z.number().int().min(1).default(100_000),

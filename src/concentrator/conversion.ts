@@ -152,7 +152,7 @@ const HANDSHAKE_WAIT_MS = 5_000;
  * was accepted after its handshake, the usual case without 0-RTT), false when the socket closed or the wait
  * ran out. Polls each millisecond: it waits at most about one round trip.
  */
-async function established(sockets: Sockets, socket: Socket, now: () => number): Promise<boolean> {
+export async function established(sockets: Sockets, socket: Socket, now: () => number): Promise<boolean> {
   const deadline = now() + HANDSHAKE_WAIT_MS;
   for (;;) {
     if (socket.destroyed) return false;

@@ -19,6 +19,8 @@ export interface ReadSignalling {
   source?: SignalledAddress | undefined;
   /** A reverse connection for the inbound binding on this external port (docs/protocol.md section 1.6). */
   binding?: number | undefined;
+  /** A channel of this IANA protocol (transport IE, 17 = UDP); undefined = a TCP connection to `destination`. */
+  protocol?: number | undefined;
   /** The signalling bytes exactly as received (the MP_CONVERT echo repeats them). */
   raw: Buffer;
   /** Application bytes that followed the signalling. */
@@ -80,7 +82,7 @@ export interface WarmWait {
 function fromDone(done: Extract<SignallingResult, { status: 'done' }>): ReadSignalling {
   const s = done.signalling;
   if (s.format === 'mp-convert') {
-    return { format: 'mp-convert', destination: s.destination, source: s.source, binding: s.binding, raw: done.raw, rest: done.rest };
+    return { format: 'mp-convert', destination: s.destination, source: s.source, binding: s.binding, protocol: s.protocol, raw: done.raw, rest: done.rest };
   }
   return {
     format: 'rfc8803',

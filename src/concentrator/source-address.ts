@@ -30,12 +30,24 @@ export interface SourceAddressStrategy {
   acquire(ctx: ConnectionContext): Refusal | undefined;
   /** The strategy is no longer used for new connections (stop, or a reload replaced it). */
   close?(reason: string): void;
+  /**
+   * For a UDP mapping (no connection context, a family of its own): the local address for this CPE, held
+   * until `release`. Absent: the strategy cannot source UDP (transparent and NPTv6 modes).
+   */
+  acquireFor?(identity: string, family: 4 | 6): SourceHold | Refusal;
+}
+
+export interface SourceHold {
+  /** undefined: the kernel picks. */
+  address: string | undefined;
+  release: () => void;
 }
 
 /** No pool: the kernel picks the source address by routing. */
 export const kernelSourceAddress: SourceAddressStrategy = {
   name: 'kernel',
   acquire: () => undefined,
+  acquireFor: () => ({ address: undefined, release: () => {} }),
 };
 
 /** The CPE's paired pool address of the destination's family (a family without pool addresses: the kernel's). */
@@ -64,6 +76,20 @@ export class PoolSourceAddress implements SourceAddressStrategy {
     if (address === null || address === undefined) return address;
     return { address, release: () => this.#pool.release(identity, family) };
   }
+
+  acquireFor(identity: string, family: 4 | 6): SourceHold | Refusal {
+    const external = this.#pool.acquire(identity, family);
+    if (external === null) return refuse('pool-exhausted');
+    if (external === undefined) return { address: undefined, release: () => {} };
+    let held = true;
+    return {
+      address: external,
+      release: () => {
+        if (held) this.#pool.release(identity, family);
+        held = false;
+      },
+    };
+  }
 }
 
 /**
@@ -89,6 +115,11 @@ export class PortBlockSourceAddress implements SourceAddressStrategy {
     ctx.ports = lease;
     ctx.own(() => lease.release());
     return undefined;
+  }
+
+  /** UDP mappings take the CPE's paired address only: their ports are the kernel's, outside the blocks. */
+  acquireFor(identity: string, family: 4 | 6): SourceHold | Refusal {
+    return this.#pool.acquireFor(identity, family);
   }
 
   close(reason: string): void {

@@ -165,7 +165,32 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
     labelNames: ['server'] as const,
     registers: concOnly,
   });
-  // The UDP channel's families (channels and mappings, issue 11) go here, documented in docs/operations.md.
+  const udpChannels = new Gauge({ name: 'mpconvert_udp_channels', help: 'UDP channels open now', registers: [registry] });
+  const udpMappings = new Gauge({ name: 'mpconvert_udp_mappings', help: 'UDP flows with a mapping now (concentrator: external sockets; CPE: LAN flows)', registers: [registry] });
+  const udpDatagrams = new Counter({
+    name: 'mpconvert_udp_datagrams_total',
+    help: 'UDP datagrams carried over channels, by direction (up = towards the server)',
+    labelNames: ['direction'] as const,
+    registers: [registry],
+  });
+  const udpBytes = new Counter({
+    name: 'mpconvert_udp_bytes_total',
+    help: 'UDP payload bytes carried over channels, by direction (up = towards the server)',
+    labelNames: ['direction'] as const,
+    registers: [registry],
+  });
+  const udpDropped = new Counter({
+    name: 'mpconvert_udp_dropped_total',
+    help: 'UDP datagrams dropped, by reason (docs/concentrator.md and docs/cpe.md list them)',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
+  const udpChannelAborts = new Counter({
+    name: 'mpconvert_udp_channel_aborts_total',
+    help: 'UDP channels aborted, by reason (a framing error code, or why the CPE gave a channel up)',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+  });
   // Admin API.
   const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
   return {
@@ -174,6 +199,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
     activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm, portBlocks, onPath,
     radiusRequests, radiusAuthorizations, radiusAccounting, radiusCached, radiusSessions,
     bindingReverse, bindingInbound, bindingsOpen,
+    udpChannels, udpMappings, udpDatagrams, udpBytes, udpDropped, udpChannelAborts,
   };
 }
 

@@ -30,6 +30,7 @@ export function cpeCommand(): Command {
     .option('--no-zero-rtt', 'signalling after the handshake for --concentrator (one round trip more)')
     .option('--warm-pool <n>', 'warm connections kept open to each --concentrator (0 = none; see docs/cpe.md, "Warm pool")', (v: string) => Number(v))
     .option('--fallback <mode>', 'when no concentrator works: direct|refuse')
+    .option('--transports <list>', 'transport protocols converted, comma-separated: tcp, udp (see docs/cpe.md, "UDP")', (v: string) => v.split(','))
     .option('--instance <name>', 'instance name (nft table, routing tables)')
     .option('--admin <addr:port>', 'admin endpoint: /metrics, /healthz, /status')
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
@@ -70,7 +71,7 @@ export function cpeCommand(): Command {
       const platform = createLinuxPlatform();
       const metrics = createMetrics('cpe');
       const ledger = new FileEndpointLedger(config.stateDir, config.instance);
-      const cpe = new Cpe(config, { sockets: platform.sockets, kernel: platform.kernel, logger, metrics, splice: platform.splice, ledger });
+      const cpe = new Cpe(config, { sockets: platform.sockets, kernel: platform.kernel, logger, metrics, splice: platform.splice, transparentUdp: platform.transparentUdp, ledger });
       let admin: AdminServer | undefined;
       let running = config;
       await runDaemon(

@@ -195,6 +195,32 @@ export const cpeConfigSchema = z.strictObject({
       nativeMptcp: z.enum(['passthrough', 'intercept']).default('passthrough'),
     })
     .default({ include: [{ prefix: '0.0.0.0/0' }, { prefix: '::/0' }], exclude: [], nativeMptcp: 'passthrough' }),
+  /**
+   * Transport protocols converted (draft-nam-mptcp-deployment-considerations section 5.6.6). 'udp': LAN UDP
+   * of the same policy goes over UDP channels to the first concentrator that offers them (docs/cpe.md, "UDP").
+   */
+  transports: z.array(z.enum(['tcp', 'udp'])).min(1, 'list at least one transport').default(['tcp']),
+  udp: z
+    .strictObject({
+      /** A LAN flow (client address and port) without a datagram for this long is forgotten. */
+      flowIdleS: z.number().int().min(10).max(86_400).default(300),
+      maxFlows: z.number().int().min(1).default(16_384),
+      /** Per channel, upstream: queued frames beyond this many bytes drop the oldest. */
+      queueBytes: z.number().int().min(2_048).default(262_144),
+      /** Per channel, upstream: a frame queued longer than this is dropped instead of sent. */
+      queueMs: z.number().int().min(1).max(10_000).default(50),
+      /** TCP_NOTSENT_LOWAT on the channel's socket. */
+      notsentLowat: z.number().int().min(1_024).default(32_768),
+      /**
+       * SO_SNDBUF of the channel, applied by the kernel to each subflow: bounds what waits in a subflow's queue
+       * (the largest part of a channel's delay under load). About the uplinks' bandwidth-delay product
+       * (50 Mbit/s x 20 ms = 125 KB); 0 = the kernel's autotuning (megabytes: fine for bulk, not for latency).
+       */
+      sendBuffer: z.number().int().min(0).max(64 << 20).default(131_072),
+      /** After a concentrator refused a channel (UDP not offered), how long until it is asked again. */
+      notOfferedRetryS: z.number().int().min(1).default(60),
+    })
+    .default({ flowIdleS: 300, maxFlows: 16_384, queueBytes: 262_144, queueMs: 50, notsentLowat: 32_768, sendBuffer: 131_072, notOfferedRetryS: 60 }),
   /** When no concentrator works: connect directly (plain TCP) or refuse the client connection. */
   fallback: z.enum(['direct', 'refuse']).default('direct'),
   /**
@@ -281,6 +307,7 @@ export interface CpeFlags {
   zeroRtt?: boolean;
   warmPool?: number;
   fallback?: 'direct' | 'refuse';
+  transports?: string[];
   admin?: string;
   logLevel?: string;
   instance?: string;
@@ -304,6 +331,7 @@ export async function resolveCpeConfig(flags: CpeFlags): Promise<CpeConfig> {
       ...(flags.warmPool !== undefined ? { warmPool: flags.warmPool } : {}),
     }));
   if (flags.fallback) raw['fallback'] = flags.fallback;
+  if (flags.transports?.length) raw['transports'] = flags.transports;
   if (flags.admin) raw['admin'] = flags.admin;
   if (flags.logLevel) raw['logLevel'] = flags.logLevel;
   if (flags.instance) raw['instance'] = flags.instance;

@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Server, Socket } from 'node:net';
-import type { KernelConfig, Sockets, SpliceEngine } from '../platform/types.js';
+import type { KernelConfig, Sockets, SpliceEngine, TransparentUdpFactory } from '../platform/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import { RESET_ON_CLOSE, type RelayHandle } from '../relay/index.js';
@@ -28,6 +28,7 @@ import { DhcpWatcher } from './dhcp.js';
 import { concentratorsInUse } from '../policy/concentrator-source.js';
 import { parseSecret, readSecretFile } from '../control/secret-file.js';
 import type { ConcentratorTarget } from './config.js';
+import { UdpChannelClient } from './udp-channels.js';
 
 export interface CpeDeps {
   sockets: Sockets;
@@ -38,10 +39,12 @@ export interface CpeDeps {
   splice?: SpliceEngine | undefined;
   /** Endpoint ownership across restarts (src/cpe/ledger.ts); absent: this run's only. */
   ledger?: EndpointLedger | undefined;
+  /** Transparent UDP interception; needed when `transports` lists udp. */
+  transparentUdp?: TransparentUdpFactory | undefined;
 }
 
 /** Settings read once at start: a reload keeps their running value (restart to change them). */
-export const RESTART_KEYS = ['instance', 'tproxyPort', 'mark', 'routingTableBase', 'rulePriorityBase', 'stateDir', 'admin', 'adminTokenFile', 'quotaStateFile'] as const satisfies ReadonlyArray<keyof CpeConfig>;
+export const RESTART_KEYS = ['instance', 'tproxyPort', 'mark', 'routingTableBase', 'rulePriorityBase', 'stateDir', 'admin', 'adminTokenFile', 'quotaStateFile', 'transports'] as const satisfies ReadonlyArray<keyof CpeConfig>;
 
 /** The interception for a configuration (its tables after the uplinks': routingTableBase + number of uplinks). */
 export function interceptionOptions(cfg: CpeConfig): InterceptionOptions {
@@ -66,6 +69,7 @@ export function interceptionOptions(cfg: CpeConfig): InterceptionOptions {
     nativeMptcp: cfg.policy.nativeMptcp,
     // Flow classes that match on DSCP read it from the mark as well.
     dscpToMark: cfg.preserveDscp || cfg.distribution.classes.some((c) => c.dscp !== undefined),
+    ...(cfg.transports.includes('udp') ? { udpTproxyPort: cfg.tproxyPort } : {}),
     ...(cfg.mssClamp === 'off' ? {} : { mssClamp: cfg.mssClamp }),
     natInterfaces: natUplinks(cfg),
     synWindowClamp: cfg.concentrators.filter((c) => c.synWindowClamp).map((c) => {
@@ -113,6 +117,7 @@ export class Cpe {
   #interception: Interception | undefined;
   #uplinks: UplinkManager | undefined;
   #pinning: FlowPinning;
+  #udp: UdpChannelClient | undefined;
   #stopping = false;
   /** Per concentrator address: its key id and secret, read from the secret files at start. */
   #credentials = new Map<string, Credentials>();
@@ -176,6 +181,8 @@ export class Cpe {
     // Before anything is changed on the host: a secret file that cannot be used stops the start cleanly.
     this.#credentials = await loadCredentials(cfg.concentrators);
     this.#dhcpCredentials = await loadDhcpCredentials(cfg);
+    const udp = cfg.transports.includes('udp');
+    if (udp && !this.#deps.transparentUdp) throw new Error('transports lists udp, but this platform has no transparent UDP sockets');
     try {
       await this.#startDhcp(cfg);
       this.#useConcentrators(cfg);
@@ -209,11 +216,28 @@ export class Cpe {
       await this.#interception.start();
       this.#warm.configure(this.#inUse);
       this.#bindings.configure(cfg.bindings, cfg.concentrators);
+      if (udp && this.#deps.transparentUdp) {
+        this.#udp = new UdpChannelClient({
+          sockets: this.#deps.sockets,
+          logger,
+          metrics: this.#deps.metrics,
+          transparentUdp: this.#deps.transparentUdp,
+          selector: this.#selector,
+          config: () => this.#config,
+          credentials: (t) => this.#credentialsFor(t),
+        });
+        this.#udp.start();
+      }
     } catch (err) {
       await this.stop(0);
       throw err;
     }
     logger.info({ lan: cfg.lan, uplinks: cfg.uplinks.map((u) => u.interface), concentrators: this.#inUse.map((c) => c.address), concentratorSource: cfg.concentratorSource }, 'cpe started');
+  }
+
+  /** A concentrator's credentials: its own from the configuration, else (one only DHCP named) the DHCP template's. */
+  #credentialsFor(t: { address: string }): Credentials | undefined {
+    return this.#credentials.get(t.address) ?? (this.#sources.get(t.address)?.includes('static') ? undefined : this.#dhcpCredentials);
   }
 
   /** Follows the uplinks' DHCP leases unless the concentrators are static only (src/cpe/dhcp.ts). */
@@ -254,6 +278,7 @@ export class Cpe {
     this.#deps.logger.info({ leases: learned, concentrators: this.#inUse.map((c) => ({ address: c.address, sources: this.#sources.get(c.address) })) }, 'dhcp: the leases name other concentrators: in use for new connections');
     this.#warm.configure(this.#inUse);
     this.#warm.flush();
+    this.#udp?.refresh();
     this.#changes.emit('change');
     try {
       await this.#interception.update(interceptionOptions({ ...cfg, concentrators: this.#inUse }));
@@ -279,6 +304,7 @@ export class Cpe {
       this.#selector.flush();
       this.#warm.flush();
       this.#bindings.flush();
+      this.#udp?.refresh();
       this.#changes.emit('change');
     });
     return uplinks;
@@ -298,7 +324,7 @@ export class Cpe {
       selector: this.#selector,
       splice: this.#deps.splice,
       config: () => this.#config,
-      credentials: (t) => this.#credentials.get(t.address) ?? (this.#sources.get(t.address)?.includes('static') ? undefined : this.#dhcpCredentials),
+      credentials: (t) => this.#credentialsFor(t),
       warm: this.#warm,
       pin: (flow, family) => (this.#config.distribution.classes.length > 0 ? this.#pinning.choose(this.#config, flow, family, this.#uplinks?.snapshot() ?? []) : undefined),
       mptcpServers: this.#mptcpServers,
@@ -341,6 +367,7 @@ export class Cpe {
       uplinks: this.#observer?.view() ?? [],
       distribution: this.distribution(),
       ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),
+      ...(this.#udp ? { udp: this.#udp.status() } : {}),
     };
   }
 
@@ -446,7 +473,7 @@ export class Cpe {
    * - the interception (policy, DSCP, MSS clamp, SYN window clamps, NAT, LAN interfaces): the nft table is
    *   replaced in one transaction; a change of LAN interfaces or of the uplink count reinstalls it.
    * Keys read once at start keep their running value and are reported as needing a restart: instance,
-   * tproxyPort, mark, routingTableBase, rulePriorityBase, stateDir, admin, adminTokenFile, quotaStateFile. `distribution`
+   * tproxyPort, mark, routingTableBase, rulePriorityBase, stateDir, admin, adminTokenFile, quotaStateFile, transports. `distribution`
    * changes live: another scheme starts idle and sets its modes at the next sample (once a second); the overflow
    * thresholds apply at the next sample; flow classes to new connections (the pin table is replaced).
    */
@@ -523,6 +550,8 @@ export class Cpe {
     this.#warm.configure(this.#inUse);
     this.#warm.flush();
     this.#bindings.configure(next.bindings, next.concentrators);
+    // The UDP channels reopen towards the concentrators now configured.
+    this.#udp?.refresh();
     logger.level = next.logLevel;
     logReload(logger, old, next, report);
     this.#lastReload = report;
@@ -638,6 +667,7 @@ export class Cpe {
     await this.#quota?.save(Date.now(), true);
     await step(() => this.#interception?.stop());
     await step(() => this.#pinning.stop());
+    await step(() => this.#udp?.stop());
     for (const s of this.#listeners) s.close();
     for (const s of this.#pending) s.resetAndDestroy();
     const deadline = Date.now() + drainMs;

@@ -2,7 +2,7 @@
  * The CPE's interception ruleset, pure: options in, the nft text of one table `inet mpconvert_cpe_<instance>`
  * out (applied atomically by the platform's `nft.applyTable`).
  *
- * Prerouting (priority mangle), for TCP arriving on a LAN interface, in this order:
+ * Prerouting (priority mangle), for TCP (and, with UDP channels, UDP) arriving on a LAN interface, in this order:
  *   1. packets of connections the daemon already owns (`socket transparent 1`): mark, accept (local delivery);
  *   2. anything but a new connection's SYN: accept (forwarded flows started before we ran stay untouched);
  *   3. destinations that are the CPE itself, broadcast/multicast, or routed back into a LAN: accept;
@@ -13,6 +13,7 @@
  *      original destination as its local address), then mark (the client's DSCP above the mark bit). In that
  *      order so that the router fails open: without a listener (daemon killed) tproxy does not match, nothing
  *      is marked and the SYN is forwarded untouched.
+ *   7. with `udpTproxyPort`: included UDP (every datagram) TPROXY to the transparent UDP sockets, then mark.
  * Forward (priority mangle), optional: MSS clamp of the SYNs of flows forwarded untouched.
  * Postrouting (priority srcnat), optional: masquerade of the IPv4 packets the CPE forwards out of the uplinks
  * with `nat` (what it does not convert: UDP, ICMP, excluded or native-MPTCP TCP). The CPE's own packets (the
@@ -60,6 +61,11 @@ export interface InterceptionRulesetOptions {
   families?: ReadonlyArray<4 | 6> | undefined;
   /** Uplinks that masquerade (IPv4) what the CPE forwards out of them (postrouting, srcnat); absent/empty = none. */
   natInterfaces?: readonly string[] | undefined;
+  /**
+   * UDP interception (UDP channels): LAN UDP of the same include/exclude policy, TPROXY to this port on
+   * 127.0.0.1 / [::1] (the transparent UDP sockets); absent = UDP is forwarded untouched.
+   */
+  udpTproxyPort?: number | undefined;
   /** Concentrators whose SYNs leave with the window clamped (egress, output hook). */
   synWindowClamp?: ReadonlyArray<{ address: string; port: number }> | undefined;
 }
@@ -76,6 +82,7 @@ export const RULE_COMMENTS = {
   mptcpJoin: 'mpconvert: MPTCP join passthrough',
   exclude: 'mpconvert: excluded',
   intercept: 'mpconvert: intercepted',
+  interceptUdp: 'mpconvert: intercepted (udp)',
   mssClamp: 'mpconvert: MSS clamp',
   synWindowClamp: 'mpconvert: SYN window clamp (MPTCP passive TFO)',
   nat: 'mpconvert: NAT of forwarded traffic',
@@ -117,7 +124,7 @@ function checkPort(p: number, what: string): number {
   return p;
 }
 
-function portsExpr(ports: readonly PortMatch[] | undefined): string {
+function portsExpr(ports: readonly PortMatch[] | undefined, proto: 'tcp' | 'udp' = 'tcp'): string {
   if (ports === undefined) return '';
   if (ports.length === 0) throw new RulesetError('an empty port list matches nothing; omit "ports" to match all ports');
   const items = ports.map((p) => {
@@ -128,7 +135,7 @@ function portsExpr(ports: readonly PortMatch[] | undefined): string {
     if (a > b) throw new RulesetError(`port range ${a}-${b} is reversed`);
     return a === b ? String(a) : `${a}-${b}`;
   });
-  return items.length === 1 ? ` tcp dport ${items[0]}` : ` tcp dport { ${items.join(', ')} }`;
+  return items.length === 1 ? ` ${proto} dport ${items[0]}` : ` ${proto} dport { ${items.join(', ')} }`;
 }
 
 interface Match {
@@ -137,7 +144,7 @@ interface Match {
   text: string;
 }
 
-function flowMatch(m: FlowMatch, families: ReadonlyArray<4 | 6>): Match | null {
+function flowMatch(m: FlowMatch, families: ReadonlyArray<4 | 6>, proto: 'tcp' | 'udp' = 'tcp'): Match | null {
   let c;
   try {
     c = parseCidr(m.prefix);
@@ -146,7 +153,7 @@ function flowMatch(m: FlowMatch, families: ReadonlyArray<4 | 6>): Match | null {
   }
   if (!families.includes(c.family)) return null;
   const addr = c.bits === 0 ? `meta nfproto ${c.family === 4 ? 'ipv4' : 'ipv6'}` : `${c.family === 4 ? 'ip' : 'ip6'} daddr ${c.text}`;
-  return { family: c.family, text: `${addr}${portsExpr(m.ports)}` };
+  return { family: c.family, text: `${addr}${portsExpr(m.ports, proto)}` };
 }
 
 function q(s: string): string {
@@ -162,6 +169,7 @@ export function validateRulesetOptions(o: InterceptionRulesetOptions): void {
   if (o.lanInterfaces.length === 0) throw new RulesetError('no LAN interface');
   for (const i of o.lanInterfaces) if (!IFNAME.test(i)) throw new RulesetError(`bad interface name '${i}'`);
   checkPort(o.tproxyPort, 'tproxyPort');
+  if (o.udpTproxyPort !== undefined) checkPort(o.udpTproxyPort, 'udpTproxyPort');
   const mask = o.markMask ?? o.mark;
   if (!Number.isInteger(o.mark) || o.mark <= 0 || o.mark > 0xffffffff) throw new RulesetError(`mark ${o.mark} must be a non-zero 32-bit value`);
   if (!Number.isInteger(mask) || mask <= 0 || mask > 0xffffffff) throw new RulesetError(`markMask ${mask} must be a non-zero 32-bit value`);
@@ -200,8 +208,9 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
   // the shift into the keys and gets both families right.
   const dscpMap = `{ ${Array.from({ length: 64 }, (_, d) => `${d} : ${hex(dscpMark(d, o.mark))}`).join(', ')} }`;
 
+  const udp = o.udpTproxyPort !== undefined;
   const pre: string[] = [
-    'meta l4proto != tcp accept',
+    udp ? 'meta l4proto != { tcp, udp } accept' : 'meta l4proto != tcp accept',
     `iifname != ${o.lanInterfaces.length === 1 ? q(o.lanInterfaces[0] as string) : lans} accept`,
     `meta l4proto tcp socket transparent 1 meta mark set ${mark} ${c('established')}`,
     // Only a new connection's first SYN is ever diverted.
@@ -214,6 +223,9 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
   for (const m of o.exclude) {
     const x = flowMatch(m, families);
     if (x) pre.push(`${x.text} ${c('exclude')}`);
+    // Without ports the rule above matches both protocols; with ports it names tcp, so UDP gets its own.
+    const u = udp && m.ports !== undefined ? flowMatch(m, families, 'udp') : null;
+    if (u) pre.push(`${u.text} ${c('exclude')}`);
   }
   for (const m of o.include) {
     const x = flowMatch(m, families);
@@ -224,6 +236,17 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
     // nft_tproxy.c), the rule stops before the mark is set, and the SYN is forwarded as if we were not here.
     // Marked first, it would be routed to the `local` table and answered with an RST by nobody's port.
     pre.push(`${x.text} meta l4proto tcp ${to} ${setMark} ${c('intercept')}`);
+  }
+  if (udp) {
+    // Every datagram, not only a flow's first: the transparent UDP sockets (and a flow's connected reply
+    // socket, found by TPROXY's established lookup) take them. Without those sockets (no channel, daemon
+    // killed) tproxy does not match and UDP is forwarded untouched, as for TCP.
+    for (const m of o.include) {
+      const x = flowMatch(m, families, 'udp');
+      if (!x) continue;
+      const to = x.family === 4 ? `tproxy ip to 127.0.0.1:${o.udpTproxyPort}` : `tproxy ip6 to [::1]:${o.udpTproxyPort}`;
+      pre.push(`${x.text} meta l4proto udp ${to} meta mark set ${mark} ${c('interceptUdp')}`);
+    }
   }
   lines.push('  chain prerouting {', '    type filter hook prerouting priority mangle; policy accept;', ...pre.map((r) => `    ${r}`), '  }');
 

@@ -169,6 +169,17 @@ export interface Sockets {
   setLinger(socket: net.Socket, seconds: number | null): void;
   /** The socket's pending error (SO_ERROR, which clears it) as an errno name ('ECONNRESET'); null: none, or closed. */
   takeError(socket: net.Socket): string | null;
+  /**
+   * TCP_NOTSENT_LOWAT: the kernel takes more bytes only while fewer than `bytes` are unsent (a UDP channel
+   * keeps its queue in the application, where old datagrams can be dropped). Throws when the socket has none.
+   */
+  setNotSentLowat(socket: net.Socket, bytes: number): void;
+  /**
+   * SO_SNDBUF (the kernel doubles it for its bookkeeping). On an MPTCP socket the kernel applies it to every
+   * subflow, whose send queue (unsent and in flight) it then bounds: without it a subflow queues up to its
+   * autotuned buffer (megabytes), and a UDP channel's datagrams wait behind it.
+   */
+  setSendBuffer(socket: net.Socket, bytes: number): void;
 }
 
 export type NftFamily = 'ip' | 'ip6' | 'inet' | 'arp' | 'bridge' | 'netdev';
@@ -387,4 +398,54 @@ export interface Platform {
   resources: ProcessResources;
   /** Absent where the platform has no zero-copy path. */
   splice?: SpliceEngine;
+  /** Transparent UDP interception for the CPE; absent where the platform has none. */
+  transparentUdp?: TransparentUdpFactory;
+}
+
+export interface UdpEndpoint {
+  address: string;
+  port: number;
+}
+
+/** A datagram a LAN client sent, taken by TPROXY: `source` is the client, `destination` the server. */
+export interface InterceptedDatagram {
+  source: UdpEndpoint;
+  destination: UdpEndpoint;
+  payload: Buffer;
+}
+
+export interface TransparentUdpSpec {
+  /** The TPROXY port (the nft rule's `tproxy ... to`), on 127.0.0.1 and [::1]. */
+  port: number;
+  families: ReadonlyArray<4 | 6>;
+  /** A reply socket (one per server endpoint and LAN client) unused this long is closed. */
+  replyIdleMs: number;
+  /** At most this many reply sockets; beyond, the oldest is closed. */
+  maxReplySockets: number;
+  /**
+   * Receive and send buffer of the TPROXY sockets (default 512 KiB: a buffer is a queue, kept short; it fills
+   * only while the thread cannot read, and 256 KiB overflowed under CPU contention at 80 Mbit/s).
+   */
+  bufferBytes?: number;
+}
+
+/**
+ * Transparent UDP interception (CPE): datagrams that TPROXY diverted, with their original destination, and
+ * answers sent to LAN clients from the server's address and port (IP_TRANSPARENT). Node's dgram can do
+ * neither (no IP_RECVORIGDSTADDR, no bind to a non-local address), so the Linux backend does it in a thread
+ * of its own over the FFI adapter.
+ */
+export interface TransparentUdp {
+  /** Batches of intercepted datagrams, in arrival order, with the time (ms, Date.now) they were read. */
+  onDatagrams(handler: (batch: InterceptedDatagram[], at: number) => void): void;
+  /** Datagrams dropped inside the backend (reply send failed, no reply socket, truncated), by reason. */
+  onDropped(handler: (reason: string, n: number) => void): void;
+  /** Sends `payload` to the LAN client `to` with `from` (the server) as its source address and port. */
+  send(from: UdpEndpoint, to: UdpEndpoint, payload: Buffer): void;
+  /** Closes every socket and the thread. Idempotent. */
+  close(): Promise<void>;
+}
+
+export interface TransparentUdpFactory {
+  open(spec: TransparentUdpSpec): Promise<TransparentUdp>;
 }

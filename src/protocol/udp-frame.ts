@@ -1,14 +1,16 @@
 /**
- * UDP channel frames: UDP datagrams carried over one long-lived MPTCP connection (the seeds' U-bit idea, as
- * an mpconvert private extension, docs/protocol.md section 4). The connection opens with MP_CONVERT
- * signalling holding a transport IE (Type 0x80, protocol 17); after the echo, both directions are a
- * sequence of frames:
+ * UDP channel frames, version 1: the UDP datagrams of many LAN flows of one CPE carried over one long-lived
+ * MPTCP connection (the seeds' U-bit idea, as an mpconvert private extension, docs/protocol.md section 4). The
+ * connection opens with MP_CONVERT signalling holding a transport IE (Type 0x80, protocol 17); after the
+ * echo, both directions are a sequence of frames:
  *
  *  0                   1                   2                   3
  *  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
- * +---------------+-----------+-+-+-------------------------------+
- * | Magic = 0xD7  | Reserved  |F|D|        Payload Length         |
- * +---------------+-----------+-+-+-------------------------------+
+ * +---------------+-------+---+-+-+-------------------------------+
+ * | Magic = 0xD7  |Ver = 1|Rsv|F|D|        Payload Length         |
+ * +---------------+-------+---+-+-+-------------------------------+
+ * |                     LAN Flow Id (32 bits)                     |
+ * +-------------------------------+-------------------------------+
  * |          Remote Port          |        Reserved (zero)        |
  * +-------------------------------+-------------------------------+
  * |     Remote Address (F = 0: IPv4, 4 octets; F = 1: IPv6, 16)   |
@@ -18,13 +20,16 @@
  *
  * D = 1: the address is the datagram's destination (upstream, CPE -> concentrator);
  * D = 0: the address is the datagram's source (downstream, concentrator -> CPE).
- * Reserved bits are sent as zero and refused otherwise (a framing error means the stream lost sync).
+ * LAN Flow Id: chosen by the CPE, one per LAN source address and port, never 0; the concentrator keeps one
+ * mapping (one external UDP socket) per CPE and flow id, and answers with the same id.
+ * Version and reserved bits are checked: a framing error means the stream lost sync (abort).
  */
 import { addressToBytes, bytesToIpv4, bytesToIpv6 } from './address.js';
 import { ProtocolErrorCode, abortError } from './errors.js';
 
 export const UDP_FRAME_MAGIC = 0xd7;
-export const UDP_FRAME_HEADER_BYTES = 8;
+export const UDP_FRAME_VERSION = 1;
+export const UDP_FRAME_HEADER_BYTES = 12;
 /** The largest UDP payload in an IPv4 datagram (65535 - 20 - 8). */
 export const UDP_MAX_PAYLOAD_V4 = 65_507;
 /** The largest UDP payload in an IPv6 datagram without jumbograms (65535 - 8). */
@@ -38,14 +43,21 @@ export { IE_TYPE_TRANSPORT as UDP_CHANNEL_IE_TYPE, IPPROTO_UDP } from './mp-conv
 
 const FLAG_D = 0x1;
 const FLAG_F = 0x2;
+const VERSION_SHIFT = 4;
+const RESERVED_BITS = 0x0c;
 
 export interface UdpFrame {
   /** upstream: D = 1, `address`/`port` are the destination; downstream: D = 0, they are the source. */
   direction: 'upstream' | 'downstream';
+  /** The LAN flow (CPE-chosen, 1 to 2^32 - 1). */
+  flow: number;
   address: string;
   port: number;
   payload: Buffer;
 }
+
+/** The bytes a frame of this payload takes on the wire. */
+export const udpFrameSize = (family: 4 | 6, payloadBytes: number): number => UDP_FRAME_HEADER_BYTES + (family === 4 ? 4 : 16) + payloadBytes;
 
 /** Encodes one frame. Throws TypeError on a value it cannot carry. */
 export function encodeUdpFrame(f: UdpFrame): Buffer {
@@ -53,11 +65,14 @@ export function encodeUdpFrame(f: UdpFrame): Buffer {
   const max = addr.length === 4 ? UDP_MAX_PAYLOAD_V4 : UDP_MAX_PAYLOAD_V6;
   if (f.payload.length > max) throw new TypeError(`Cannot encode UDP frame: payload of ${f.payload.length} bytes is over ${max}`);
   if (!Number.isInteger(f.port) || f.port < 1 || f.port > 65535) throw new TypeError(`Cannot encode UDP frame: port ${f.port} is out of range 1-65535`);
-  const out = Buffer.alloc(UDP_FRAME_HEADER_BYTES + addr.length + f.payload.length);
+  if (!Number.isInteger(f.flow) || f.flow < 1 || f.flow > 0xffffffff) throw new TypeError(`Cannot encode UDP frame: flow id ${f.flow} is out of range 1-4294967295`);
+  const out = Buffer.allocUnsafe(UDP_FRAME_HEADER_BYTES + addr.length + f.payload.length);
   out[0] = UDP_FRAME_MAGIC;
-  out[1] = (addr.length === 16 ? FLAG_F : 0) | (f.direction === 'upstream' ? FLAG_D : 0);
+  out[1] = (UDP_FRAME_VERSION << VERSION_SHIFT) | (addr.length === 16 ? FLAG_F : 0) | (f.direction === 'upstream' ? FLAG_D : 0);
   out.writeUInt16BE(f.payload.length, 2);
-  out.writeUInt16BE(f.port, 4);
+  out.writeUInt32BE(f.flow, 4);
+  out.writeUInt16BE(f.port, 8);
+  out.writeUInt16BE(0, 10);
   addr.copy(out, UDP_FRAME_HEADER_BYTES);
   f.payload.copy(out, UDP_FRAME_HEADER_BYTES + addr.length);
   return out;
@@ -103,8 +118,9 @@ export class UdpFrameDecoder {
         const a = b.subarray(UDP_FRAME_HEADER_BYTES, UDP_FRAME_HEADER_BYTES + alen);
         frames.push({
           direction: flags & FLAG_D ? 'upstream' : 'downstream',
+          flow: b.readUInt32BE(4),
           address: alen === 4 ? bytesToIpv4(a) : bytesToIpv6(a),
-          port: b.readUInt16BE(4),
+          port: b.readUInt16BE(8),
           payload: Buffer.from(b.subarray(UDP_FRAME_HEADER_BYTES + alen, need)),
         });
         b = b.subarray(need);
@@ -125,7 +141,9 @@ export class UdpFrameDecoder {
     if (b[0] !== UDP_FRAME_MAGIC) throw fail(ProtocolErrorCode.UdpMagic, `bad magic 0x${(b[0] as number).toString(16)}`);
     if (b.length < 2) return null;
     const flags = b[1] as number;
-    if (flags & ~(FLAG_D | FLAG_F) & 0xff) throw fail(ProtocolErrorCode.UdpReserved, `reserved flag bits set (0x${flags.toString(16)})`);
+    const version = flags >> VERSION_SHIFT;
+    if (version !== UDP_FRAME_VERSION) throw fail(ProtocolErrorCode.UdpVersion, `version ${version}, only ${UDP_FRAME_VERSION} is known`);
+    if (flags & RESERVED_BITS) throw fail(ProtocolErrorCode.UdpReserved, `reserved flag bits set (0x${flags.toString(16)})`);
     const direction = flags & FLAG_D ? 'upstream' : 'downstream';
     if (this.#expect !== undefined && direction !== this.#expect) throw fail(ProtocolErrorCode.UdpDirection, `a ${direction} frame where ${this.#expect} frames are expected`);
     if (b.length < 4) return null;
@@ -133,10 +151,12 @@ export class UdpFrameDecoder {
     const len = b.readUInt16BE(2);
     const max = Math.min(this.#maxPayload, alen === 4 ? UDP_MAX_PAYLOAD_V4 : UDP_MAX_PAYLOAD_V6);
     if (len > max) throw fail(ProtocolErrorCode.UdpLength, `payload length ${len} is over ${max}`);
-    if (b.length < 6) return null;
-    if (b.readUInt16BE(4) === 0) throw fail(ProtocolErrorCode.UdpPort, 'port 0');
     if (b.length < 8) return null;
-    if (b.readUInt16BE(6) !== 0) throw fail(ProtocolErrorCode.UdpReserved, 'reserved field is not zero');
+    if (b.readUInt32BE(4) === 0) throw fail(ProtocolErrorCode.UdpFlow, 'flow id 0');
+    if (b.length < 10) return null;
+    if (b.readUInt16BE(8) === 0) throw fail(ProtocolErrorCode.UdpPort, 'port 0');
+    if (b.length < 12) return null;
+    if (b.readUInt16BE(10) !== 0) throw fail(ProtocolErrorCode.UdpReserved, 'reserved field is not zero');
     return UDP_FRAME_HEADER_BYTES + alen + len;
   }
 }

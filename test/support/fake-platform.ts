@@ -58,6 +58,8 @@ export function fakeSockets(opts: FakeOptions = {}): Sockets & { dials: DialSpec
     getMark: (s: net.Socket) => marks.get(s) ?? 0,
     setLinger: () => {},
     takeError: () => null,
+    setNotSentLowat: () => {},
+    setSendBuffer: () => {},
   };
   return impl as unknown as Sockets & { dials: DialSpec[] };
 }

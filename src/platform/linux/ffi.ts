@@ -20,10 +20,10 @@ export const SOL_IPV6 = 41;
 export const SOL_TCP = 6;
 export const SOL_MPTCP = 284;
 
-export const SO = { REUSEADDR: 2, ERROR: 4, LINGER: 13, REUSEPORT: 15, MARK: 36, PROTOCOL: 38, DOMAIN: 39 } as const;
+export const SO = { REUSEADDR: 2, ERROR: 4, SNDBUF: 7, LINGER: 13, REUSEPORT: 15, MARK: 36, PROTOCOL: 38, DOMAIN: 39 } as const;
 export const IP = { TOS: 1, FREEBIND: 15, TRANSPARENT: 19, BIND_ADDRESS_NO_PORT: 24 } as const;
 export const IPV6 = { V6ONLY: 26, TCLASS: 67, TRANSPARENT: 75, FREEBIND: 78 } as const;
-export const TCP = { MAXSEG: 2, INFO: 11, FASTOPEN: 23, FASTOPEN_CONNECT: 30, FASTOPEN_NO_COOKIE: 34 } as const;
+export const TCP = { MAXSEG: 2, INFO: 11, FASTOPEN: 23, NOTSENT_LOWAT: 25, FASTOPEN_CONNECT: 30, FASTOPEN_NO_COOKIE: 34 } as const;
 export const MPTCP = { INFO: 1, TCPINFO: 2, SUBFLOW_ADDRS: 3, FULL_INFO: 4 } as const;
 
 export const EINPROGRESS = 115;
@@ -44,6 +44,11 @@ interface Libc {
   ppoll(fds: Buffer, n: number, ts: Buffer | null, sigmask: null): number;
   if_nametoindex(name: string): number;
   sendto(fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrLen: number): number;
+  recvmsg(fd: number, msg: Buffer, flags: number): number;
+  epoll_create1(flags: number): number;
+  epoll_ctl(ep: number, op: number, fd: number, ev: Buffer | null): number;
+  epoll_wait(ep: number, evs: Buffer, max: number, timeout: number): number;
+  read(fd: number, buf: Buffer, len: number): number;
 }
 
 let libc: Libc | undefined;
@@ -66,6 +71,11 @@ function lib(): Libc {
     ppoll: l.func('int ppoll(void *, uint64_t, void *, void *)'),
     if_nametoindex: l.func('unsigned int if_nametoindex(const char *)'),
     sendto: l.func('intptr_t sendto(int, void *, uintptr_t, int, void *, uint32_t)'),
+    recvmsg: l.func('intptr_t recvmsg(int, void *, int)'),
+    epoll_create1: l.func('int epoll_create1(int)'),
+    epoll_ctl: l.func('int epoll_ctl(int, int, int, void *)'),
+    epoll_wait: l.func('int epoll_wait(int, void *, int, int)'),
+    read: l.func('intptr_t read(int, void *, uintptr_t)'),
   } as Libc;
   return libc;
 }
@@ -291,6 +301,50 @@ export function unixDatagramSocket(): number {
   return fd;
 }
 
+// UDP sockets for the CPE's transparent UDP interception (./transparent-udp-worker.ts): a TPROXY socket that
+// reads each datagram's original destination (IP_RECVORIGDSTADDR), and reply sockets bound to a non-local
+// address (IP_TRANSPARENT) so that answers reach LAN clients from the server's address and port.
+const IP_RECVORIGDSTADDR = 20;
+const IPV6_RECVORIGDSTADDR = 74;
+const EINTR = 4;
+
+/**
+ * A non-blocking transparent UDP socket bound to `address`:`port` (which need not be local); with
+ * `origDst`, each datagram comes with its original destination; with `connectTo`, connected to that peer
+ * (then TPROXY's established lookup gives it that flow's datagrams). The caller closes it.
+ */
+export function transparentUdpSocket(
+  family: 4 | 6,
+  bindAddr: Buffer,
+  opts: { origDst?: boolean; connectTo?: Buffer; bufferBytes?: number; label: string },
+): number {
+  const c = lib();
+  const fd = c.socket(family === 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) fail(`socket(${family === 4 ? 'AF_INET' : 'AF_INET6'}, SOCK_DGRAM)`);
+  try {
+    setsockoptInt(fd, SOL_SOCKET, SO.REUSEADDR, 1, 'SO_REUSEADDR');
+    if (family === 4) setsockoptInt(fd, SOL_IP, IP.TRANSPARENT, 1, 'IP_TRANSPARENT');
+    else {
+      setsockoptInt(fd, SOL_IPV6, IPV6.V6ONLY, 1, 'IPV6_V6ONLY');
+      setsockoptInt(fd, SOL_IPV6, IPV6.TRANSPARENT, 1, 'IPV6_TRANSPARENT');
+    }
+    if (opts.origDst) {
+      if (family === 4) setsockoptInt(fd, SOL_IP, IP_RECVORIGDSTADDR, 1, 'IP_RECVORIGDSTADDR');
+      else setsockoptInt(fd, SOL_IPV6, IPV6_RECVORIGDSTADDR, 1, 'IPV6_RECVORIGDSTADDR');
+    }
+    if (opts.bufferBytes) {
+      if (intOpt(fd, SOL_SOCKET, SO_RCVBUFFORCE, opts.bufferBytes) < 0) intOpt(fd, SOL_SOCKET, SO_RCVBUF, opts.bufferBytes);
+      if (intOpt(fd, SOL_SOCKET, SO_SNDBUFFORCE, opts.bufferBytes) < 0) intOpt(fd, SOL_SOCKET, SO_SNDBUF, opts.bufferBytes);
+    }
+    bind(fd, bindAddr, opts.label);
+    if (opts.connectTo && c.connect(fd, opts.connectTo, opts.connectTo.byteLength) < 0) fail(`connect(${opts.label})`);
+  } catch (err) {
+    c.close(fd);
+    throw err;
+  }
+  return fd;
+}
+
 /**
  * Sends one datagram to the AF_UNIX socket at `path`: a file system path, or an abstract name written with a
  * leading '@' (as $NOTIFY_SOCKET does).
@@ -306,4 +360,116 @@ export function sendToUnix(fd: number, path: string, data: Buffer): void {
   name.copy(addr, 2);
   if (abstract) addr[2] = 0;
   if (Number(lib().sendto(fd, data, data.byteLength, MSG_NOSIGNAL, addr, addr.byteLength)) < 0) fail(`sendto(${path})`);
+}
+
+/**
+ * recvmsg(2) with the buffers of one socket kept between calls (no allocation per datagram): the payload in
+ * `data`, the peer in `name`, the original destination (IP_ORIGDSTADDR / IPV6_ORIGDSTADDR) in `origDst`.
+ *
+ * struct msghdr (LP64): name ptr @0, namelen u32 @8, iov ptr @16, iovlen @24, control ptr @32,
+ * controllen @40, flags i32 @48 (56 bytes); struct iovec: base @0, len @8; struct cmsghdr: len @0 (size_t),
+ * level i32 @8, type i32 @12, data @16.
+ */
+export class DatagramReader {
+  readonly data: Buffer;
+  readonly name = Buffer.alloc(128);
+  readonly control = Buffer.alloc(256);
+  readonly #msg = Buffer.alloc(56);
+  readonly #iov = Buffer.alloc(16);
+  /** The original destination's sockaddr after a read that carried one (else length 0). */
+  origDst: Buffer = Buffer.alloc(0);
+  nameLength = 0;
+
+  constructor(maxBytes = 65_536) {
+    lib();
+    this.data = Buffer.alloc(maxBytes);
+    this.#iov.writeBigUInt64LE(koffi.address(this.data), 0);
+    this.#iov.writeBigUInt64LE(BigInt(maxBytes), 8);
+    this.#msg.writeBigUInt64LE(koffi.address(this.name), 0);
+    this.#msg.writeBigUInt64LE(koffi.address(this.#iov), 16);
+    this.#msg.writeBigUInt64LE(1n, 24);
+    this.#msg.writeBigUInt64LE(koffi.address(this.control), 32);
+  }
+
+  /** One datagram: its length, or -1 when none is waiting. A truncated datagram reports its full length. */
+  read(fd: number): number {
+    this.#msg.writeUInt32LE(this.name.length, 8);
+    this.#msg.writeBigUInt64LE(BigInt(this.control.length), 40);
+    this.#msg.writeInt32LE(0, 48);
+    const MSG_TRUNC = 0x20;
+    const n = Number(lib().recvmsg(fd, this.#msg, MSG_TRUNC));
+    if (n < 0) {
+      const e = koffi.errno();
+      if (e === EAGAIN || e === EINTR) return -1;
+      // A connected UDP socket reports an ICMP error of its peer on the next call: nothing to read.
+      if (e === 111 /* ECONNREFUSED */ || e === 113 /* EHOSTUNREACH */ || e === 101 /* ENETUNREACH */) return -1;
+      fail(`recvmsg(${fd})`);
+    }
+    this.nameLength = this.#msg.readUInt32LE(8);
+    const clen = Number(this.#msg.readBigUInt64LE(40));
+    this.origDst = Buffer.alloc(0);
+    for (let off = 0; off + 16 <= clen; ) {
+      const len = Number(this.control.readBigUInt64LE(off));
+      if (len < 16 || off + len > clen) break;
+      const level = this.control.readInt32LE(off + 8);
+      const type = this.control.readInt32LE(off + 12);
+      if ((level === SOL_IP && type === IP_RECVORIGDSTADDR) || (level === SOL_IPV6 && type === IPV6_RECVORIGDSTADDR)) {
+        this.origDst = this.control.subarray(off + 16, off + len);
+      }
+      off += (len + 7) & ~7;
+    }
+    return n;
+  }
+}
+
+/** send(2) on a connected datagram socket: false when the datagram was dropped (buffer full, peer gone). */
+export function sendDatagram(fd: number, buf: Buffer, len: number): boolean {
+  const n = lib().send(fd, buf, len, 0x4000 /* MSG_NOSIGNAL */);
+  if (n >= 0) return true;
+  const e = koffi.errno();
+  if (DROPPED.has(e) || e === 111 /* ECONNREFUSED */ || e === 113 || e === 101 || e === 22 /* EINVAL */) return false;
+  fail(`send(${fd})`);
+}
+
+// epoll, for a thread that waits on many descriptors at once.
+export const EPOLLIN = 0x1;
+/** struct epoll_event is packed on x86-64 (12 bytes), naturally aligned elsewhere (16 bytes). */
+export const EPOLL_EVENT_SIZE = process.arch === 'x64' ? 12 : 16;
+const EPOLL_DATA_OFFSET = process.arch === 'x64' ? 4 : 8;
+
+export function epollCreate(): number {
+  const ep = lib().epoll_create1(SOCK_CLOEXEC);
+  if (ep < 0) fail('epoll_create1');
+  return ep;
+}
+
+/** Registers `fd` for `events`, with the fd itself as the event's data. */
+export function epollAdd(ep: number, fd: number, events: number): void {
+  const ev = Buffer.alloc(EPOLL_EVENT_SIZE);
+  ev.writeUInt32LE(events >>> 0, 0);
+  ev.writeUInt32LE(fd, EPOLL_DATA_OFFSET);
+  if (lib().epoll_ctl(ep, 1 /* EPOLL_CTL_ADD */, fd, ev) < 0) fail(`epoll_ctl(ADD, ${fd})`);
+}
+
+export function epollDelete(ep: number, fd: number): void {
+  lib().epoll_ctl(ep, 2 /* EPOLL_CTL_DEL */, fd, null);
+}
+
+/** Waits up to `timeoutMs` (-1: forever); the fds that are ready, in `out`; returns how many. */
+export function epollWait(ep: number, events: Buffer, out: number[], timeoutMs: number): number {
+  const max = Math.floor(events.length / EPOLL_EVENT_SIZE);
+  const n = lib().epoll_wait(ep, events, max, timeoutMs);
+  if (n < 0) {
+    if (koffi.errno() === EINTR) return 0;
+    fail('epoll_wait');
+  }
+  out.length = 0;
+  for (let i = 0; i < n; i++) out.push(events.readUInt32LE(i * EPOLL_EVENT_SIZE + EPOLL_DATA_OFFSET));
+  return n;
+}
+
+/** Reads (and so resets) an eventfd's counter; false when it was not signalled. */
+export function eventfdDrain(fd: number): boolean {
+  const b = Buffer.alloc(8);
+  return Number(lib().read(fd, b, 8)) === 8;
 }

@@ -7,6 +7,7 @@ import { createLinuxKernelConfig } from './kernel.js';
 import { LinuxSockets } from './sockets.js';
 import { LinuxSpliceEngine } from './splice.js';
 import { linuxProcessResources } from './resources.js';
+import { linuxTransparentUdp } from './transparent-udp.js';
 
 export interface LinuxPlatformOptions {
   /** Network namespace for the kernel configuration (sockets always live in the process's own). */
@@ -20,6 +21,7 @@ export function createLinuxPlatform(opts: LinuxPlatformOptions = {}): Platform {
     resources: linuxProcessResources,
     // Its thread starts at the first spliced pair.
     splice: new LinuxSpliceEngine(),
+    transparentUdp: linuxTransparentUdp,
   };
 }
 

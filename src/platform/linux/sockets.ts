@@ -284,6 +284,14 @@ export class LinuxSockets implements Sockets {
     if (fd >= 0) setLingerFd(fd, seconds);
   }
 
+  setNotSentLowat(socket: net.Socket, bytes: number): void {
+    ffi.setsockoptInt(requireFd(socket, 'setsockopt(TCP_NOTSENT_LOWAT)'), ffi.SOL_TCP, ffi.TCP.NOTSENT_LOWAT, bytes, 'TCP_NOTSENT_LOWAT');
+  }
+
+  setSendBuffer(socket: net.Socket, bytes: number): void {
+    ffi.setsockoptInt(requireFd(socket, 'setsockopt(SO_SNDBUF)'), ffi.SOL_SOCKET, ffi.SO.SNDBUF, bytes, 'SO_SNDBUF');
+  }
+
   takeError(socket: net.Socket): string | null {
     const fd = fdOf(socket);
     if (fd < 0) return null;

@@ -68,3 +68,14 @@ test('bindings: none by default; a binding names a known MP_CONVERT concentrator
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('transports: tcp only by default; --transports tcp,udp turns UDP channels on with their defaults; an unknown transport is refused', async () => {
+  const base = { lan: ['lan0'], uplink: ['up1'], concentrator: ['198.18.200.1:5000'] };
+  const plain = await resolveCpeConfig(base);
+  assert.deepEqual(plain.transports, ['tcp']);
+  const both = await resolveCpeConfig({ ...base, transports: ['tcp', 'udp'] });
+  assert.deepEqual(both.transports, ['tcp', 'udp']);
+  assert.equal(both.udp.sendBuffer, 131_072);
+  assert.equal(both.udp.queueMs, 50);
+  await assert.rejects(resolveCpeConfig({ ...base, transports: ['sctp'] }), (err: Error) => /transports/.test(err.message));
+});

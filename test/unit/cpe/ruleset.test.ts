@@ -303,3 +303,19 @@ describe('Interception', () => {
     await i.stop();
   });
 });
+
+describe('UDP interception rules', () => {
+  it('with udpTproxyPort: UDP passes the first rule, included UDP is TPROXYed (every datagram), port excludes get a udp twin', () => {
+    const text = buildInterceptionRuleset({ ...base, udpTproxyPort: 15001, exclude: [{ prefix: '198.19.9.0/24', ports: [53] }] });
+    assert.match(text, /meta l4proto != \{ tcp, udp \} accept/);
+    assert.match(text, /ip daddr 198\.19\.9\.0\/24 udp dport 53 counter accept comment "mpconvert: excluded"/);
+    assert.match(text, /meta l4proto udp tproxy ip to 127\.0\.0\.1:15001 meta mark set 0x[0-9a-f]+ counter accept comment "mpconvert: intercepted \(udp\)"/);
+    // Local, broadcast and multicast destinations (DHCP, mDNS, DNS to the CPE) come before and stay untouched.
+    assert.ok(text.indexOf(RULE_COMMENTS.local) < text.indexOf(RULE_COMMENTS.interceptUdp));
+  });
+  it('without it: no UDP rule at all (UDP forwarded untouched)', () => {
+    const text = buildInterceptionRuleset(base);
+    assert.match(text, /meta l4proto != tcp accept/);
+    assert.doesNotMatch(text, /udp/);
+  });
+});

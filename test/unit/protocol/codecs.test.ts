@@ -188,7 +188,7 @@ test('Convert reply decoder: header-only success, then the server bytes; garbage
 
 test('UDP frames: per-family payload limits, direction check, configurable maximum', () => {
   for (const [address, max] of [['198.18.3.2', UDP_MAX_PAYLOAD_V4], ['2001:db8::2', UDP_MAX_PAYLOAD_V6]] as const) {
-    const f = { direction: 'upstream' as const, address, port: 53, payload: Buffer.alloc(max, 7) };
+    const f = { direction: 'upstream' as const, flow: 1, address, port: 53, payload: Buffer.alloc(max, 7) };
     const wire = encodeUdpFrame(f);
     assert.ok(wire.length <= UDP_FRAME_MAX_BYTES);
     const got = new UdpFrameDecoder().push(wire);
@@ -196,11 +196,12 @@ test('UDP frames: per-family payload limits, direction check, configurable maxim
     assert.ok(got[0]!.payload.equals(f.payload));
     assert.throws(() => encodeUdpFrame({ ...f, payload: Buffer.alloc(max + 1) }), TypeError);
   }
-  assert.throws(() => encodeUdpFrame({ direction: 'upstream', address: '198.18.3.2', port: 0, payload: Buffer.alloc(0) }), TypeError);
-  const up = encodeUdpFrame({ direction: 'upstream', address: '198.18.3.2', port: 53, payload: Buffer.from('q') });
+  assert.throws(() => encodeUdpFrame({ direction: 'upstream', flow: 1, address: '198.18.3.2', port: 0, payload: Buffer.alloc(0) }), TypeError);
+  assert.throws(() => encodeUdpFrame({ direction: 'upstream', flow: 0, address: '198.18.3.2', port: 53, payload: Buffer.alloc(0) }), TypeError);
+  const up = encodeUdpFrame({ direction: 'upstream', flow: 1, address: '198.18.3.2', port: 53, payload: Buffer.from('q') });
   assertProtocolError(() => new UdpFrameDecoder({ expect: 'downstream' }).push(up.subarray(0, 2)), 'MPC_ERR_UDP_DIRECTION');
   assert.equal(new UdpFrameDecoder({ expect: 'upstream' }).push(up).length, 1);
-  const big = encodeUdpFrame({ direction: 'upstream', address: '198.18.3.2', port: 53, payload: Buffer.alloc(1501) });
+  const big = encodeUdpFrame({ direction: 'upstream', flow: 1, address: '198.18.3.2', port: 53, payload: Buffer.alloc(1501) });
   assertProtocolError(() => new UdpFrameDecoder({ maxPayload: 1500 }).push(big.subarray(0, 4)), 'MPC_ERR_UDP_LENGTH');
 });
 

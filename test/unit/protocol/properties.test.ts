@@ -167,7 +167,7 @@ test('RFC 8803: decode(encode(message)) = message, as a request and as a reply, 
 });
 
 const frame = fc
-  .record({ direction: fc.constantFrom('upstream' as const, 'downstream' as const), address, port, payload: bytes(300) })
+  .record({ direction: fc.constantFrom('upstream' as const, 'downstream' as const), flow: fc.integer({ min: 1, max: 0xffffffff }), address, port, payload: bytes(300) })
   .map((f): UdpFrame => f);
 
 test('UDP frames: decode(encode(frames)) = frames, whatever the chunking', () => {
