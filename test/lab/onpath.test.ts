@@ -62,7 +62,7 @@ describe('implicit (on-path) mode (lab)', { skip: missing ?? false, concurrency:
     const file = join(dir, `conc-${Date.now()}.yaml`);
     writeFileSync(
       file,
-      `listen: ["${CONC}:5000"]\nallow: ["198.18.0.0/15"]\nadmin: "127.0.0.1:9090"\nonPath:\n  sources: ["198.18.1.0/24", "198.18.2.0/24", "2001:db8:1::/64", "2001:db8:2::/64"]\n  announce: ["${CONC}", "${CONC6}"]\n  joinPort: ${JOIN_PORT}\n${onPath}`,
+      `listen: ["${CONC}:5000"]\nallow: ["198.18.0.0/15"]\nadmin: "127.0.0.1:9090"\nsessionLogging: {destinations: true}\nonPath:\n  sources: ["198.18.1.0/24", "198.18.2.0/24", "2001:db8:1::/64", "2001:db8:2::/64"]\n  announce: ["${CONC}", "${CONC6}"]\n  joinPort: ${JOIN_PORT}\n${onPath}`,
     );
     conc = start(lab.hosts.concentrator, [CLI, 'concentrator', '--config', file]);
     await conc.waitLine((l) => l.startsWith('ready'), 30_000);

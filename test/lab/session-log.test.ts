@@ -205,7 +205,7 @@ describe('logging for address sharing: port blocks and the session log (lab)', {
     const from = lines().length;
     const pcap = join(dir, 'server.pcap');
     // The SYNs the server receives.
-    const td = new Proc(lab.hosts.servers[0]!.spawn('tcpdump', ['-i', 'any', '--immediate-mode', '-U', '-n', '-w', pcap, 'tcp dst port 8080 and tcp[13] & 2 != 0']));
+    const td = new Proc(lab.hosts.servers[0]!.spawn('tcpdump', ['-i', 'any', '--immediate-mode', '-U', '-B', '8192', '-n', '-w', pcap, 'tcp dst port 8080 and tcp[13] & 2 != 0']));
     await td.until(() => (td.stderr.includes('listening') ? true : undefined), 10_000, 'tcpdump listening');
     const legsBefore = await metric('mpconvert_server_leg_total');
     const r = await transfers(40, 'pb', 5);
