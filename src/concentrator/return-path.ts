@@ -13,6 +13,7 @@
  * stop() removes exactly what start() added, in reverse, and is safe after a partial start.
  */
 import type { KernelConfig } from '../platform/types.js';
+import type { ConcentratorConfig } from './config.js';
 import type { Logger } from '../log.js';
 import { KernelLedger, LocalDelivery, markOr, mangleHook, nftChain, transparentSocket } from '../interception/index.js';
 
@@ -22,6 +23,15 @@ export interface ReturnPathOptions {
   mark: number;
   table: number;
   rulePriority: number;
+}
+
+/**
+ * The return path of a configuration: `sourceAddress`'s settings, else their defaults (the on-path mode
+ * needs it without a source-address mode, and marks its intercepted SYNs with the same mark).
+ */
+export function returnPathOptions(config: Pick<ConcentratorConfig, 'sourceAddress'>): ReturnPathOptions {
+  const sa = config.sourceAddress;
+  return { mark: sa?.returnMark ?? 0x6d70, table: sa?.returnTable ?? 4_242, rulePriority: sa?.returnRulePriority ?? 9_100 };
 }
 
 /** The nft table's body (pure; unit-tested). */

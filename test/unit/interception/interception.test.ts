@@ -12,7 +12,10 @@ import {
 } from '../../../src/interception/index.js';
 import { buildInterceptionRuleset } from '../../../src/cpe/ruleset.js';
 import { buildOnPathRules } from '../../../src/concentrator/onpath-ruleset.js';
-import { returnPathRuleset } from '../../../src/concentrator/return-path.js';
+import { ReturnPath, returnPathOptions, returnPathRuleset } from '../../../src/concentrator/return-path.js';
+import { concentratorConfigSchema } from '../../../src/concentrator/config.js';
+import { onPathRuleOptions } from '../../../src/concentrator/onpath.js';
+import { silentLogger } from '../../../src/log.js';
 import { fakeKernel } from '../../support/fake-platform.js';
 import type { KernelConfig } from '../../../src/platform/types.js';
 
@@ -173,5 +176,25 @@ describe('nft builders', () => {
       assert.ok(text.includes(`${transparentSocket()} ${mark}`), text);
     }
     assert.ok(returnPathRuleset(0x6d70).includes(`${transparentSocket()} ${markOr(0x6d70)} accept`));
+  });
+});
+
+describe('the concentrator\'s local delivery', () => {
+  it('one mark for on-path SYNs and the return path: the installed fwmark rules match what the on-path rules set', async () => {
+    for (const sourceAddress of [undefined, { mode: 'transparent' as const, returnMark: 0x40, returnTable: 77, returnRulePriority: 8000 }]) {
+      const config = concentratorConfigSchema.parse({ listen: ['198.18.200.1:5000'], allow: ['198.18.0.0/15'], onPath: { sources: ['198.18.1.0/24'] }, ...(sourceAddress ? { sourceAddress } : {}) });
+      const o = returnPathOptions(config);
+      assert.equal(onPathRuleOptions(config)?.mark, o.mark);
+      const k = fakeKernel();
+      const rp = new ReturnPath({ kernel: k, logger: silentLogger() }, o);
+      await rp.start();
+      const rules = k.calls.filter((c) => c.startsWith('routes.addRule')).map((c) => (JSON.parse(c.slice('routes.addRule '.length)) as Array<Record<string, unknown>>)[0]);
+      assert.deepEqual(rules, [4, 6].map((family) => ({ family, priority: o.rulePriority, fwmark: o.mark, fwmask: o.mark, table: o.table })));
+      assert.equal(o.mark, sourceAddress?.returnMark ?? 0x6d70);
+      k.calls.length = 0;
+      await rp.stop();
+      assert.equal(k.calls.filter((c) => c.startsWith('routes.delete')).length, 4);
+      assert.equal(rp.installed, false);
+    }
   });
 });
