@@ -35,7 +35,7 @@ import { ListenerRules } from './listener-rules.js';
 import type { ConnectionContext } from './context.js';
 import { runPipeline, step, type Step } from './pipeline.js';
 import { PoolSourceAddress, PortBlockSourceAddress, needsReturnPath, sourceAddressStrategy, type SourceAddressStrategy } from './source-address.js';
-import { ReturnPath } from './return-path.js';
+import { ReturnPath, returnPathOptions } from './return-path.js';
 import { ExplicitTcpConversion, established, type ConversionStrategy } from './conversion.js';
 import { RadiusService } from './radius.js';
 import { Bindings } from './bindings.js';
@@ -458,8 +458,7 @@ export class Concentrator {
    */
   async #ensureReturnPath(config: ConcentratorConfig): Promise<void> {
     if ((!needsReturnPath(config) && !config.onPath) || this.#returnPath) return;
-    const sa = config.sourceAddress;
-    const rp = new ReturnPath(this.#deps, { mark: sa?.returnMark ?? 0x6d70, table: sa?.returnTable ?? 4_242, rulePriority: sa?.returnRulePriority ?? 9_100 });
+    const rp = new ReturnPath(this.#deps, returnPathOptions(config));
     await rp.start();
     this.#returnPath = rp;
   }

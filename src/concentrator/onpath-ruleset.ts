@@ -16,8 +16,8 @@
  *      were not there (fail open, as the CPE's interception).
  * Plain TCP SYNs (no MPTCP option) never reach onpath_syn: they are routed untouched.
  */
-import { parseCidr } from '../policy/cidr.js';
 import { MpconvertError } from '../errors.js';
+import { LOCAL_DESTINATION, markOr, nftChain, nftSet as set, prefixesByFamily, quote as q, SYN, tproxyTo, transparentSocket } from '../interception/index.js';
 
 export interface OnPathRuleOptions {
   sources: readonly string[];
@@ -44,23 +44,7 @@ export class OnPathRulesetError extends MpconvertError {
   }
 }
 
-function split(prefixes: readonly string[]): { v4: string[]; v6: string[] } {
-  const v4: string[] = [];
-  const v6: string[] = [];
-  for (const p of prefixes) {
-    let c;
-    try {
-      c = parseCidr(p);
-    } catch (err) {
-      throw new OnPathRulesetError((err as Error).message);
-    }
-    (c.family === 4 ? v4 : v6).push(c.text);
-  }
-  return { v4, v6 };
-}
-
-const set = (xs: readonly string[]) => (xs.length === 1 ? (xs[0] as string) : `{ ${xs.join(', ')} }`);
-const q = (s: string) => `"${s}"`;
+const split = (prefixes: readonly string[]) => prefixesByFamily(prefixes, (m) => new OnPathRulesetError(m));
 
 export interface OnPathRules {
   /** Set declarations (inside the table). */
@@ -76,7 +60,6 @@ export function buildOnPathRules(o: OnPathRuleOptions): OnPathRules {
   if (!Number.isInteger(o.mark) || o.mark <= 0 || o.mark > 0xffffffff) throw new OnPathRulesetError(`mark ${o.mark} must be a non-zero 32-bit value`);
   if (!Number.isInteger(o.synRateLimit) || o.synRateLimit < 0) throw new OnPathRulesetError(`synRateLimit ${o.synRateLimit} must be a whole number >= 0`);
   if (o.sources.length === 0) throw new OnPathRulesetError('no source prefix');
-  const mark = `0x${(o.mark >>> 0).toString(16)}`;
   const src = split(o.sources);
   const native = split(o.nativeServers);
   const withdraw = o.withdrawal === 'withdraw';
@@ -87,12 +70,12 @@ export function buildOnPathRules(o: OnPathRuleOptions): OnPathRules {
       ]
     : [];
   const preroutingHead = [
-    `meta l4proto tcp socket transparent 1 meta mark set meta mark | ${mark} counter accept comment ${q(ONPATH_RULE_COMMENTS.established)}`,
+    `${transparentSocket()} ${markOr(o.mark)} counter accept comment ${q(ONPATH_RULE_COMMENTS.established)}`,
     // jump, not goto: a `return` from onpath_syn goes on with the listeners' rules below.
-    'tcp flags & (syn | ack) == syn tcp option mptcp subtype 0 jump onpath_syn',
+    `${SYN} tcp option mptcp subtype 0 jump onpath_syn`,
   ];
   const chain = [
-    'fib daddr type { local, broadcast, multicast } return',
+    `${LOCAL_DESTINATION} return`,
     src.v4.length > 0 ? `meta nfproto ipv4 ip saddr != ${set(src.v4)} return` : 'meta nfproto ipv4 return',
     src.v6.length > 0 ? `meta nfproto ipv6 ip6 saddr != ${set(src.v6)} return` : 'meta nfproto ipv6 return',
   ];
@@ -107,10 +90,10 @@ export function buildOnPathRules(o: OnPathRuleOptions): OnPathRules {
   }
   const intercept = `counter accept comment ${q(ONPATH_RULE_COMMENTS.intercept)}`;
   chain.push(
-    `meta nfproto ipv4 meta l4proto tcp tproxy ip to 127.0.0.1:${o.port} meta mark set meta mark | ${mark} ${intercept}`,
-    `meta nfproto ipv6 meta l4proto tcp tproxy ip6 to [::1]:${o.port} meta mark set meta mark | ${mark} ${intercept}`,
+    `meta nfproto ipv4 ${tproxyTo(4, o.port)} ${markOr(o.mark)} ${intercept}`,
+    `meta nfproto ipv6 ${tproxyTo(6, o.port)} ${markOr(o.mark)} ${intercept}`,
   );
-  return { sets, preroutingHead, chain: ['  chain onpath_syn {', ...chain.map((r) => `    ${r}`), '  }'] };
+  return { sets, preroutingHead, chain: nftChain('onpath_syn', undefined, chain) };
 }
 
 /** The set element text of a learned server (`nft add element`): address . port with its timeout. */

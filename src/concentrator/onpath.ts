@@ -30,6 +30,7 @@ import { RESET_ON_CLOSE, createRelay, type RelayHandle, type RelayStats } from '
 import type { ConcentratorConfig } from './config.js';
 import { nativeElement, type OnPathRuleOptions } from './onpath-ruleset.js';
 import { concentratorTableName } from './ruleset.js';
+import { returnPathOptions } from './return-path.js';
 import { ConfigError } from '../control/config-file.js';
 import type { ServerDialer, ServerTransport } from './server-dialer.js';
 
@@ -37,7 +38,7 @@ export type OnPathConfig = NonNullable<ConcentratorConfig['onPath']>;
 
 /** The mark intercepted SYNs and their packets carry: the return path's (one `fwmark -> local` routing). */
 export function onPathMark(config: Pick<ConcentratorConfig, 'sourceAddress'>): number {
-  return config.sourceAddress?.returnMark ?? 0x6d70;
+  return returnPathOptions(config).mark;
 }
 
 /** What the concentrator's nft table needs of the on-path settings (undefined: the mode is off). */

@@ -7,12 +7,15 @@
  *
  *   nft table inet mpconvert_conc_return: prerouting, `socket transparent 1 meta mark set M` (only packets of
  *   an existing IP_TRANSPARENT socket: forwarded traffic to the same prefixes is not touched);
- *   ip rule fwmark M/M lookup T (both families) with `local default dev lo` in table T.
+ *   ip rule fwmark M/M lookup T (both families) with `local default dev lo` in table T (the shared
+ *   LocalDelivery of src/interception, any input interface).
  *
  * stop() removes exactly what start() added, in reverse, and is safe after a partial start.
  */
-import type { Family, KernelConfig, RouteSpec, RuleSpec } from '../platform/types.js';
+import type { KernelConfig } from '../platform/types.js';
+import type { ConcentratorConfig } from './config.js';
 import type { Logger } from '../log.js';
+import { KernelLedger, LocalDelivery, markOr, mangleHook, nftChain, transparentSocket } from '../interception/index.js';
 
 export const RETURN_PATH_TABLE_NAME = 'mpconvert_conc_return';
 
@@ -22,57 +25,42 @@ export interface ReturnPathOptions {
   rulePriority: number;
 }
 
-/** The nft table's body (pure; unit-tested). */
-export function returnPathRuleset(mark: number): string {
-  const m = `0x${(mark >>> 0).toString(16)}`;
-  return [
-    'chain prerouting {',
-    '  type filter hook prerouting priority mangle; policy accept;',
-    // Replies to our transparent server legs: deliver locally (policy routing below).
-    `  meta l4proto tcp socket transparent 1 meta mark set meta mark | ${m} accept`,
-    '}',
-    '',
-  ].join('\n');
+/**
+ * The return path of a configuration: `sourceAddress`'s settings, else their defaults (the on-path mode
+ * needs it without a source-address mode, and marks its intercepted SYNs with the same mark).
+ */
+export function returnPathOptions(config: Pick<ConcentratorConfig, 'sourceAddress'>): ReturnPathOptions {
+  const sa = config.sourceAddress;
+  return { mark: sa?.returnMark ?? 0x6d70, table: sa?.returnTable ?? 4_242, rulePriority: sa?.returnRulePriority ?? 9_100 };
 }
 
-interface UndoItem {
-  what: string;
-  run: () => Promise<void>;
+/** The nft table's body (pure; unit-tested). */
+export function returnPathRuleset(mark: number): string {
+  // Replies to our transparent server legs: deliver locally (policy routing below).
+  return `${nftChain('prerouting', mangleHook('prerouting'), [`${transparentSocket()} ${markOr(mark)} accept`], '').join('\n')}\n`;
 }
 
 export class ReturnPath {
-  readonly #kernel: KernelConfig;
   readonly #logger: Logger;
   readonly #opts: ReturnPathOptions;
-  #undo: UndoItem[] = [];
+  readonly #ledger: KernelLedger;
 
   constructor(deps: { kernel: KernelConfig; logger: Logger }, opts: ReturnPathOptions) {
-    this.#kernel = deps.kernel;
     this.#logger = deps.logger;
     this.#opts = opts;
+    this.#ledger = new KernelLedger(deps.kernel);
   }
 
   get installed(): boolean {
-    return this.#undo.length > 0;
+    return !this.#ledger.empty;
   }
 
   async start(): Promise<void> {
     if (this.installed) return;
-    const k = this.#kernel;
     const { mark, table, rulePriority } = this.#opts;
     try {
-      await k.nft.applyTable('inet', RETURN_PATH_TABLE_NAME, returnPathRuleset(mark));
-      this.#undo.push({ what: `nft table inet ${RETURN_PATH_TABLE_NAME}`, run: () => k.nft.deleteTable('inet', RETURN_PATH_TABLE_NAME) });
-      for (const family of [4, 6] as Family[]) {
-        const route: RouteSpec = { family, table, dst: 'default', type: 'local', dev: 'lo' };
-        await k.routes.addRoute(route);
-        this.#undo.push({ what: `route local default dev lo table ${table} (IPv${family})`, run: () => k.routes.deleteRoute(route) });
-        const rule: RuleSpec = { family, priority: rulePriority, fwmark: mark, fwmask: mark, table };
-        // An identical rule can only be a leftover of a crashed run: replace it rather than duplicate it.
-        await k.routes.deleteRule(rule);
-        await k.routes.addRule(rule);
-        this.#undo.push({ what: `rule fwmark ${mark}/${mark} lookup ${table} (IPv${family})`, run: () => k.routes.deleteRule(rule) });
-      }
+      await this.#ledger.applyTable('inet', RETURN_PATH_TABLE_NAME, returnPathRuleset(mark));
+      await new LocalDelivery({ families: [4, 6], table, priority: rulePriority, mark, mask: mark }).install(this.#ledger);
       this.#logger.info({ mark, table }, 'return path for transparent source addresses installed');
     } catch (err) {
       await this.stop().catch(() => {});
@@ -82,15 +70,6 @@ export class ReturnPath {
 
   /** Removes what start() added; an item that fails to go is logged and kept for the next call. */
   async stop(): Promise<void> {
-    const failed: UndoItem[] = [];
-    for (const item of this.#undo.reverse()) {
-      try {
-        await item.run();
-      } catch (err) {
-        this.#logger.warn({ err, what: item.what }, 'could not remove a return-path item');
-        failed.unshift(item);
-      }
-    }
-    this.#undo = failed;
+    for (const f of await this.#ledger.undoAll()) this.#logger.warn({ err: f.err, what: f.what }, 'could not remove a return-path item');
   }
 }

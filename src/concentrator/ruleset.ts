@@ -19,8 +19,8 @@
  * Every rule carries a counter and a comment so operators and tests can read what matched (`nft list table`).
  */
 import { isIP } from 'node:net';
-import { parseCidr } from '../policy/cidr.js';
 import { MpconvertError } from '../errors.js';
+import { mangleHook, nftChain, nftSet as set, NOT_SYN, prefixesByFamily, quote as q } from '../interception/index.js';
 import { buildOnPathRules, type OnPathRuleOptions } from './onpath-ruleset.js';
 
 export interface ConcentratorListener {
@@ -85,26 +85,14 @@ export function buildConcentratorRuleset(o: ConcentratorRulesetOptions): string 
   if (o.listeners.length === 0 && !o.onPath) throw new ConcentratorRulesetError('no listener');
   if (!Number.isInteger(o.synRateLimit) || o.synRateLimit < 0) throw new ConcentratorRulesetError(`synRateLimit ${o.synRateLimit} must be a whole number >= 0`);
   const matches = [...new Set(o.listeners.map(listenerMatch))];
-  const q = (s: string) => `"${s}"`;
   const onPath = o.onPath ? buildOnPathRules(o.onPath) : undefined;
   const lines = [`table inet ${table} {`, ...(onPath?.sets ?? [])];
   // Only SYNs to a listener go on to listener_syn; everything else leaves at once.
-  const pre = [...(onPath?.preroutingHead ?? []), 'tcp flags & (syn | ack) != syn accept', ...matches.map((m) => `${m} goto listener_syn`)];
-  lines.push('  chain prerouting {', '    type filter hook prerouting priority mangle; policy accept;', ...pre.map((r) => `    ${r}`), '  }');
+  const pre = [...(onPath?.preroutingHead ?? []), `${NOT_SYN} accept`, ...matches.map((m) => `${m} goto listener_syn`)];
+  lines.push(...nftChain('prerouting', mangleHook('prerouting'), pre));
   const syn: string[] = [];
   if (o.dropNonCustomers) {
-    const v4: string[] = [];
-    const v6: string[] = [];
-    for (const p of o.allow) {
-      let c;
-      try {
-        c = parseCidr(p);
-      } catch (err) {
-        throw new ConcentratorRulesetError((err as Error).message);
-      }
-      (c.family === 4 ? v4 : v6).push(c.text);
-    }
-    const set = (xs: string[]) => (xs.length === 1 ? xs[0] : `{ ${xs.join(', ')} }`);
+    const { v4, v6 } = prefixesByFamily(o.allow, (m) => new ConcentratorRulesetError(m));
     syn.push(v4.length > 0 ? `meta nfproto ipv4 ip saddr != ${set(v4)} counter drop comment ${q(CONC_RULE_COMMENTS.nonCustomer)}` : `meta nfproto ipv4 counter drop comment ${q(CONC_RULE_COMMENTS.nonCustomer)}`);
     syn.push(v6.length > 0 ? `meta nfproto ipv6 ip6 saddr != ${set(v6)} counter drop comment ${q(CONC_RULE_COMMENTS.nonCustomer)}` : `meta nfproto ipv6 counter drop comment ${q(CONC_RULE_COMMENTS.nonCustomer)}`);
   }
@@ -117,7 +105,7 @@ export function buildConcentratorRuleset(o: ConcentratorRulesetOptions): string 
       syn.push(`tcp option window count ${w} tcp window > ${win} tcp window set ${win} counter comment ${q(CONC_RULE_COMMENTS.windowClamp)}`);
     }
   }
-  lines.push('  chain listener_syn {', ...syn.map((r) => `    ${r}`), '  }');
+  lines.push(...nftChain('listener_syn', undefined, syn));
   if (onPath) lines.push(...onPath.chain);
   lines.push('}');
   return `${lines.join('\n')}\n`;

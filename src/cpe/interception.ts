@@ -1,7 +1,7 @@
 /**
  * Installs the CPE's interception: the nft TPROXY table (./ruleset.ts), the policy routing that delivers
- * marked packets locally (`ip rule iif LAN fwmark M/MASK lookup T` + `local default dev lo table T`, both
- * families), and net.ipv4.tcp_fwmark_accept=1 so an accepted socket's SO_MARK is its SYN's mark (the DSCP).
+ * marked packets locally (src/interception/local-delivery.ts: `ip rule iif LAN fwmark M/MASK lookup T` +
+ * `local default dev lo table T`, both families), and net.ipv4.tcp_fwmark_accept=1 so an accepted socket's SO_MARK is its SYN's mark (the DSCP).
  *
  * Why `iif LAN` on the rule: with tcp_fwmark_accept the accepted sockets (and their SYN/ACKs) carry the mark
  * too; an iif-less fwmark rule would send the replies to the LAN client into the `local` table (looped back
@@ -10,8 +10,9 @@
  * stop() removes exactly what start() added (a ledger, undone in reverse); it is idempotent, safe after a
  * partial start, and restores the sysctl's previous value.
  */
-import type { Family, KernelConfig, RouteSpec, RuleSpec } from '../platform/types.js';
+import type { Family, KernelConfig } from '../platform/types.js';
 import type { Logger } from '../log.js';
+import { KernelLedger, LocalDelivery, type LocalDeliverySpec } from '../interception/index.js';
 import { buildInterceptionRuleset, interceptionTableName, validateRulesetOptions, type InterceptionRulesetOptions } from './ruleset.js';
 
 export interface InterceptionDeps {
@@ -32,18 +33,12 @@ export const DEFAULT_INTERCEPTION_TABLE = 100;
 export const DEFAULT_INTERCEPTION_RULE_PRIORITY = 9_000;
 const FWMARK_ACCEPT = 'net.ipv4.tcp_fwmark_accept';
 
-interface LedgerEntry {
-  what: string;
-  undo: () => Promise<void>;
-}
-
 export class Interception {
   readonly #kernel: KernelConfig;
   readonly #logger: Logger;
   #opts: InterceptionOptions;
-  readonly #table: number;
-  readonly #priority: number;
-  #ledger: LedgerEntry[] = [];
+  readonly #delivery: LocalDelivery;
+  readonly #ledger: KernelLedger;
   #state: 'idle' | 'starting' | 'started' | 'stopping' = 'idle';
 
   constructor(deps: InterceptionDeps, opts: InterceptionOptions) {
@@ -51,8 +46,8 @@ export class Interception {
     this.#kernel = deps.kernel;
     this.#logger = deps.logger.child({ component: 'interception' });
     this.#opts = opts;
-    this.#table = opts.table ?? DEFAULT_INTERCEPTION_TABLE;
-    this.#priority = opts.rulePriority ?? DEFAULT_INTERCEPTION_RULE_PRIORITY;
+    this.#delivery = new LocalDelivery(localDeliverySpec(opts));
+    this.#ledger = new KernelLedger(deps.kernel);
   }
 
   get tableName(): string {
@@ -61,43 +56,20 @@ export class Interception {
 
   /** What is currently installed, in installation order (for status and tests). */
   installed(): string[] {
-    return this.#ledger.map((e) => e.what);
+    return this.#ledger.entries();
   }
 
   async start(): Promise<void> {
     if (this.#state !== 'idle') throw new Error(`Interception.start() while ${this.#state}`);
     this.#state = 'starting';
-    const k = this.#kernel;
     const o = this.#opts;
-    const families: Family[] = [...(o.families ?? [4, 6])];
     try {
       const name = this.tableName;
-      const text = buildInterceptionRuleset(o);
-      await k.nft.applyTable('inet', name, text);
-      this.#add(`nft table inet ${name}`, () => k.nft.deleteTable('inet', name));
-
-      if (o.dscpToMark) {
-        const previous = await k.sysctl.get(FWMARK_ACCEPT);
-        if (previous !== '1') {
-          await k.sysctl.set(FWMARK_ACCEPT, '1');
-          this.#add(`sysctl ${FWMARK_ACCEPT}=1 (was ${previous})`, () => k.sysctl.set(FWMARK_ACCEPT, previous));
-        }
-      }
-
-      for (const family of families) {
-        const route: RouteSpec = { family, table: this.#table, dst: 'default', type: 'local', dev: 'lo' };
-        await k.routes.addRoute(route);
-        this.#add(`route ${family === 4 ? '-4' : '-6'} local default dev lo table ${this.#table}`, () => k.routes.deleteRoute(route));
-        for (const iif of o.lanInterfaces) {
-          const rule: RuleSpec = { family, priority: this.#priority, iif, fwmark: o.mark, fwmask: o.markMask ?? o.mark, table: this.#table };
-          // A rule identical to ours can only be a leftover of a crashed run: replace it rather than duplicate.
-          await k.routes.deleteRule(rule);
-          await k.routes.addRule(rule);
-          this.#add(`rule ${family === 4 ? '-4' : '-6'} priority ${this.#priority} iif ${iif} fwmark ${rule.fwmark}/${rule.fwmask} lookup ${this.#table}`, () => k.routes.deleteRule(rule));
-        }
-      }
+      await this.#ledger.applyTable('inet', name, buildInterceptionRuleset(o));
+      if (o.dscpToMark) await this.#ledger.setSysctl(FWMARK_ACCEPT, '1');
+      await this.#delivery.install(this.#ledger);
       this.#state = 'started';
-      this.#logger.info({ table: name, routingTable: this.#table, tproxyPort: o.tproxyPort, lan: o.lanInterfaces }, 'interception installed');
+      this.#logger.info({ table: name, routingTable: this.#delivery.spec.table, tproxyPort: o.tproxyPort, lan: o.lanInterfaces }, 'interception installed');
     } catch (err) {
       this.#logger.error({ err }, 'installing the interception failed; removing what was added');
       await this.#undoAll().catch((undoErr: unknown) => this.#logger.error({ err: undoErr }, 'could not remove everything after a failed start'));
@@ -115,13 +87,7 @@ export class Interception {
   async update(next: InterceptionOptions): Promise<boolean> {
     if (this.#state !== 'started') return false;
     const o = this.#opts;
-    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-    if (
-      !same(o.lanInterfaces, next.lanInterfaces) || o.mark !== next.mark || (o.markMask ?? o.mark) !== (next.markMask ?? next.mark) ||
-      o.tproxyPort !== next.tproxyPort || this.#table !== (next.table ?? DEFAULT_INTERCEPTION_TABLE) ||
-      this.#priority !== (next.rulePriority ?? DEFAULT_INTERCEPTION_RULE_PRIORITY) || !same(o.families ?? [4, 6], next.families ?? [4, 6]) ||
-      o.instance !== next.instance || Boolean(o.dscpToMark) !== Boolean(next.dscpToMark)
-    ) {
+    if (!this.#delivery.sameAs(localDeliverySpec(next)) || o.tproxyPort !== next.tproxyPort || o.instance !== next.instance || Boolean(o.dscpToMark) !== Boolean(next.dscpToMark)) {
       return false;
     }
     validateRulesetOptions(next);
@@ -144,24 +110,23 @@ export class Interception {
     }
   }
 
-  #add(what: string, undo: () => Promise<void>): void {
-    this.#ledger.push({ what, undo });
-  }
-
   async #undoAll(): Promise<void> {
-    const failed: LedgerEntry[] = [];
-    const errors: unknown[] = [];
-    for (const entry of [...this.#ledger].reverse()) {
-      try {
-        await entry.undo();
-      } catch (err) {
-        this.#logger.error({ err, what: entry.what }, 'could not remove');
-        failed.unshift(entry);
-        errors.push(err);
-      }
-    }
-    this.#ledger = failed;
-    if (errors.length === 1) throw errors[0];
-    if (errors.length > 1) throw new AggregateError(errors, `could not remove ${errors.length} interception items`);
+    const failures = await this.#ledger.undoAll();
+    for (const f of failures) this.#logger.error({ err: f.err, what: f.what }, 'could not remove');
+    if (failures.length === 1) throw failures[0]?.err;
+    if (failures.length > 1) throw new AggregateError(failures.map((f) => f.err), `could not remove ${failures.length} interception items`);
   }
+}
+
+/** The policy routing of the options: one rule per LAN interface and family (defaults filled in). */
+function localDeliverySpec(o: InterceptionOptions): LocalDeliverySpec {
+  const families: Family[] = [...(o.families ?? [4, 6])];
+  return {
+    families,
+    table: o.table ?? DEFAULT_INTERCEPTION_TABLE,
+    priority: o.rulePriority ?? DEFAULT_INTERCEPTION_RULE_PRIORITY,
+    mark: o.mark,
+    mask: o.markMask ?? o.mark,
+    iifs: o.lanInterfaces,
+  };
 }

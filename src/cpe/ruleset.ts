@@ -30,6 +30,7 @@
 import { isIP } from 'node:net';
 import { parseCidr } from '../policy/cidr.js';
 import { MpconvertError } from '../errors.js';
+import { hex8 as hex, LOCAL_DESTINATION, mangleHook, markSet, nftChain, nftSet, NOT_SYN, quote as q, tproxyTo, transparentSocket } from '../interception/index.js';
 
 export type PortMatch = number | readonly [number, number];
 
@@ -115,10 +116,6 @@ export function dscpFromMark(mark: number): number {
 
 const IFNAME = /^[A-Za-z0-9_.:@+-]{1,15}$/;
 
-function hex(n: number): string {
-  return `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
-}
-
 function checkPort(p: number, what: string): number {
   if (!Number.isInteger(p) || p < 1 || p > 65535) throw new RulesetError(`${what} ${p} is not a port (1-65535)`);
   return p;
@@ -156,12 +153,8 @@ function flowMatch(m: FlowMatch, families: ReadonlyArray<4 | 6>, proto: 'tcp' | 
   return { family: c.family, text: `${addr}${portsExpr(m.ports, proto)}` };
 }
 
-function q(s: string): string {
-  return `"${s}"`;
-}
-
 function ifset(names: readonly string[]): string {
-  return names.length === 1 ? q(names[0] as string) : `{ ${names.map(q).join(', ')} }`;
+  return nftSet(names.map(q));
 }
 
 export function validateRulesetOptions(o: InterceptionRulesetOptions): void {
@@ -198,7 +191,6 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
   const table = interceptionTableName(o.instance);
   const families = o.families ?? [4, 6];
   const lans = ifset(o.lanInterfaces);
-  const mark = hex(o.mark);
   // nft wants the comment last: "... counter accept comment "..."".
   const c = (name: keyof typeof RULE_COMMENTS, verdict = ' accept') => `counter${verdict} comment ${q(RULE_COMMENTS[name])}`;
 
@@ -212,10 +204,10 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
   const pre: string[] = [
     udp ? 'meta l4proto != { tcp, udp } accept' : 'meta l4proto != tcp accept',
     `iifname != ${o.lanInterfaces.length === 1 ? q(o.lanInterfaces[0] as string) : lans} accept`,
-    `meta l4proto tcp socket transparent 1 meta mark set ${mark} ${c('established')}`,
+    `${transparentSocket()} ${markSet(o.mark)} ${c('established')}`,
     // Only a new connection's first SYN is ever diverted.
-    'tcp flags & (syn | ack) != syn accept',
-    `fib daddr type { local, broadcast, multicast } ${c('local')}`,
+    `${NOT_SYN} accept`,
+    `${LOCAL_DESTINATION} ${c('local')}`,
     `fib daddr oifname ${lans} ${c('lan')}`,
   ];
   if (o.nativeMptcp === 'passthrough') pre.push(`tcp option mptcp exists ${c('nativeMptcp')}`);
@@ -230,12 +222,9 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
   for (const m of o.include) {
     const x = flowMatch(m, families);
     if (!x) continue;
-    const setMark = o.dscpToMark ? `meta mark set ${x.family === 4 ? 'ip' : 'ip6'} dscp map ${dscpMap}` : `meta mark set ${mark}`;
-    const to = x.family === 4 ? `tproxy ip to 127.0.0.1:${o.tproxyPort}` : `tproxy ip6 to [::1]:${o.tproxyPort}`;
-    // tproxy first: with no transparent listener (the daemon was killed) it gives NFT_BREAK (net/netfilter/
-    // nft_tproxy.c), the rule stops before the mark is set, and the SYN is forwarded as if we were not here.
-    // Marked first, it would be routed to the `local` table and answered with an RST by nobody's port.
-    pre.push(`${x.text} meta l4proto tcp ${to} ${setMark} ${c('intercept')}`);
+    const setMark = o.dscpToMark ? `meta mark set ${x.family === 4 ? 'ip' : 'ip6'} dscp map ${dscpMap}` : markSet(o.mark);
+    // tproxy first, then the mark: fail open without a listener (see tproxyTo).
+    pre.push(`${x.text} ${tproxyTo(x.family, o.tproxyPort)} ${setMark} ${c('intercept')}`);
   }
   if (udp) {
     // Every datagram, not only a flow's first: the transparent UDP sockets (and a flow's connected reply
@@ -244,11 +233,10 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
     for (const m of o.include) {
       const x = flowMatch(m, families, 'udp');
       if (!x) continue;
-      const to = x.family === 4 ? `tproxy ip to 127.0.0.1:${o.udpTproxyPort}` : `tproxy ip6 to [::1]:${o.udpTproxyPort}`;
-      pre.push(`${x.text} meta l4proto udp ${to} meta mark set ${mark} ${c('interceptUdp')}`);
+      pre.push(`${x.text} ${tproxyTo(x.family, o.udpTproxyPort!, 'udp')} ${markSet(o.mark)} ${c('interceptUdp')}`);
     }
   }
-  lines.push('  chain prerouting {', '    type filter hook prerouting priority mangle; policy accept;', ...pre.map((r) => `    ${r}`), '  }');
+  lines.push(...nftChain('prerouting', mangleHook('prerouting'), pre));
 
   if (o.mssClamp !== undefined) {
     // The kernel only ever lowers an MSS option (nft_exthdr), so a fixed value never raises the peer's.
@@ -257,19 +245,19 @@ export function buildInterceptionRuleset(o: InterceptionRulesetOptions): string 
       `iifname ${lans} tcp flags & (syn | rst) == syn tcp option maxseg size set ${size} ${c('mssClamp', '')}`,
       `oifname ${lans} tcp flags & (syn | rst) == syn tcp option maxseg size set ${size} ${c('mssClamp', '')}`,
     ];
-    lines.push('  chain forward {', '    type filter hook forward priority mangle; policy accept;', ...fwd.map((r) => `    ${r}`), '  }');
+    lines.push(...nftChain('forward', mangleHook('forward'), fwd));
   }
   const nat = o.natInterfaces ?? [];
   if (nat.length > 0) {
     const post = [`meta nfproto ipv4 oifname ${ifset(nat)} fib saddr type != local ${c('nat', ' masquerade')}`];
-    lines.push('  chain postrouting {', '    type nat hook postrouting priority srcnat; policy accept;', ...post.map((r) => `    ${r}`), '  }');
+    lines.push(...nftChain('postrouting', 'type nat hook postrouting priority srcnat; policy accept;', post));
   }
   const clamp = o.synWindowClamp ?? [];
   if (clamp.length > 0) {
     const out = clamp.map(
       (t) => `${isIP(t.address) === 4 ? 'ip' : 'ip6'} daddr ${t.address} tcp dport ${t.port} tcp flags & (syn | ack) == syn tcp window set ${CPE_SYN_WINDOW_CLAMP} ${c('synWindowClamp', '')}`,
     );
-    lines.push('  chain output {', '    type filter hook output priority mangle; policy accept;', ...out.map((r) => `    ${r}`), '  }');
+    lines.push(...nftChain('output', mangleHook('output'), out));
   }
   lines.push('}');
   return `${lines.join('\n')}\n`;
