@@ -20,6 +20,8 @@ export interface ReadSignalling {
   raw: Buffer;
   /** Application bytes that followed the signalling. */
   rest: Buffer;
+  /** MP_CONVERT with a server MPTCP query (Type 0x85): where in `raw` the echo answers it. */
+  serverMptcpAt?: number | undefined;
 }
 
 export type Refusal = { kind: 'abort' | 'convert-error'; errorCode?: number; value?: number; extra?: Buffer };
@@ -77,7 +79,7 @@ export interface WarmWait {
 function fromDone(done: Extract<SignallingResult, { status: 'done' }>): ReadSignalling {
   const s = done.signalling;
   if (s.format === 'mp-convert') {
-    return { format: 'mp-convert', destination: s.destination, source: s.source, raw: done.raw, rest: done.rest };
+    return { format: 'mp-convert', destination: s.destination, source: s.source, raw: done.raw, rest: done.rest, serverMptcpAt: s.serverMptcpAt };
   }
   return {
     format: 'rfc8803',
@@ -133,10 +135,17 @@ export function readSignalling(socket: Socket, timeoutMs: number, warm?: WarmWai
   });
 }
 
-/** What the concentrator sends first once the server connection is up. */
-export function confirmation(read: ReadSignalling): Buffer {
-  // MP_CONVERT: every IE back, byte for byte. RFC 8803: a Convert message with no TLV (header only).
-  return read.format === 'mp-convert' ? read.raw : encodeConvertMessage({ tlvs: [] });
+/**
+ * What the concentrator sends first once the server connection is up. `serverMptcp`: the server leg negotiated
+ * MPTCP, the answer to a server MPTCP query (docs/protocol.md section 1.6) if the CPE sent one.
+ */
+export function confirmation(read: ReadSignalling, serverMptcp = false): Buffer {
+  if (read.format !== 'mp-convert') return encodeConvertMessage({ tlvs: [] }); // RFC 8803: header only
+  // MP_CONVERT: every IE back, byte for byte, except the query's Answer octet.
+  if (read.serverMptcpAt === undefined) return read.raw;
+  const echo = Buffer.from(read.raw);
+  echo[read.serverMptcpAt] = serverMptcp ? 1 : 0;
+  return echo;
 }
 
 /** Silent abort (RST / MP_FASTCLOSE), or an RFC 8803 Error TLV followed by a close. */

@@ -143,6 +143,19 @@ export const cpeConfigSchema = z.strictObject({
       nativeMptcp: z.enum(['passthrough', 'intercept']).default('passthrough'),
     })
     .default({ include: [{ prefix: '0.0.0.0/0' }, { prefix: '::/0' }], exclude: [], nativeMptcp: 'passthrough' }),
+  /**
+   * Servers that speak MPTCP themselves (docs/cpe.md, "Direct MPTCP to servers"). 'maintain': every converted
+   * connection goes through the concentrator. 'direct': the CPE asks the concentrator whether the server leg
+   * negotiated MPTCP and, for a server that did, dials later connections to it itself over MPTCP (every uplink),
+   * falling back to the concentrator if that fails. The cache of such servers is bounded and expires.
+   */
+  serverMptcp: z
+    .strictObject({
+      mode: z.enum(['maintain', 'direct']).default('maintain'),
+      cacheTtlS: z.number().int().min(1).max(86_400).default(600),
+      cacheSize: z.number().int().min(1).max(100_000).default(4_096),
+    })
+    .default({ mode: 'maintain', cacheTtlS: 600, cacheSize: 4_096 }),
   /** When no concentrator works: connect directly (plain TCP) or refuse the client connection. */
   fallback: z.enum(['direct', 'refuse']).default('direct'),
   /** How long to wait for the client's first bytes so they ride in the SYN with the signalling. */

@@ -22,6 +22,7 @@ import { OVERFLOW_IDLE, overflowModes, overflowStep, type OverflowState } from '
 import { diffConfig, effectiveConfig, logReload, type ReloadReport } from '../control/reload.js';
 import { UplinkObserver, subflowView, type ConnectionRecord } from './observer.js';
 import { FlowPinning } from './pinning.js';
+import { ServerMptcpCache } from './server-mptcp.js';
 
 export interface CpeDeps {
   sockets: Sockets;
@@ -91,6 +92,7 @@ export class Cpe {
   readonly #selector: ConcentratorSelector;
   readonly #probe: ConcentratorProbe;
   readonly #warm: WarmPool;
+  readonly #serverMptcp: ServerMptcpCache;
   readonly #listeners: Server[] = [];
   readonly #relays = new Set<RelayHandle>();
   /** The relayed connections by id, for the operator (admin API, dashboard). */
@@ -132,6 +134,7 @@ export class Cpe {
       count: (event) => deps.metrics.warm.inc({ event }),
     });
     this.#pinning = new FlowPinning({ kernel: deps.kernel, logger: deps.logger, metrics: deps.metrics });
+    this.#serverMptcp = new ServerMptcpCache(config.serverMptcp);
   }
 
   get selector(): ConcentratorSelector {
@@ -196,9 +199,16 @@ export class Cpe {
       logger.info('uplink change: flushing the concentrator capability cache and the warm pool');
       this.#selector.flush();
       this.#warm.flush();
+      this.#flushServerMptcp();
       this.#changes.emit('change');
     });
     return uplinks;
+  }
+
+  /** Servers learnt over the old uplinks may not be reachable the same way: learn them again. */
+  #flushServerMptcp(): void {
+    const n = this.#serverMptcp.flush();
+    if (n > 0) this.#deps.metrics.serverMptcp.inc({ event: 'flushed' }, n);
   }
 
   #onConnection(client: Socket): void {
@@ -217,6 +227,7 @@ export class Cpe {
       config: () => this.#config,
       credentials: (t) => this.#credentials.get(t.address),
       warm: this.#warm,
+      serverMptcp: this.#serverMptcp,
       pin: (flow, family) => (this.#config.distribution.classes.length > 0 ? this.#pinning.choose(this.#config, flow, family, this.#uplinks?.snapshot() ?? []) : undefined),
       track: (relay, info) => {
         this.#pending.delete(client);
@@ -408,6 +419,7 @@ export class Cpe {
     // Warm connections were dialled with the old settings: replaced like the capability cache is flushed.
     this.#warm.configure(next.concentrators);
     this.#warm.flush();
+    this.#deps.metrics.serverMptcp.inc({ event: 'flushed' }, this.#serverMptcp.configure(next.serverMptcp));
     logger.level = next.logLevel;
     logReload(logger, old, next, report);
     this.#lastReload = report;

@@ -21,6 +21,11 @@
  * A channel has no single destination (each frame names its own), so a transport IE and a destination
  * address IE never go together, in either order (MPC_ERR_IE_CONFLICT): a receiver that ignored one of them
  * would relay the connection as something the sender did not mean.
+ *
+ * mpconvert private Type 0x85 (server MPTCP query, docs/protocol.md section 1.6), Length 5:
+ * | magic | 0x85 | 5 | Reserved |D|M| | Answer (8) | zero padding (3) |
+ * The CPE sends Answer = 0; the concentrator's echo repeats the IE with Answer = 1 when its server leg
+ * negotiated MPTCP (the one byte of the echo that may differ from what was sent). At most one per signalling.
  */
 import { addressToBytes, bytesToIpv4, bytesToIpv6 } from './address.js';
 import { ProtocolErrorCode, abortError } from './errors.js';
@@ -33,6 +38,8 @@ export const IE_TYPE_TRANSPORT = 0x80;
 export const IPPROTO_UDP = 17;
 /** mpconvert private IE: the connection was opened ahead of use (the CPE's warm pool). */
 export const IE_TYPE_WARM = 0x82;
+/** mpconvert private IE: the CPE asks whether the server leg speaks MPTCP; the echo answers in its body. */
+export const IE_TYPE_SERVER_MPTCP = 0x85;
 const FLAG_M = 0x1;
 const FLAG_D = 0x2;
 const MAGIC_BYTES = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8]);
@@ -40,6 +47,11 @@ const MAGIC_BYTES = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8]);
 const ADDRESS_LENGTHS: Readonly<Record<number, readonly [4 | 16, boolean]>> = { 8: [4, false], 10: [4, true], 20: [16, false], 22: [16, true] };
 const TRANSPORT_LENGTH = 5;
 const WARM_LENGTH = 4;
+const SERVER_MPTCP_LENGTH = 5;
+/** The server MPTCP query on the wire (12 bytes), Answer = 0, M = 0 (it never goes last). */
+export const SERVER_MPTCP_QUERY = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8, IE_TYPE_SERVER_MPTCP, SERVER_MPTCP_LENGTH, 0, 0, 0, 0, 0, 0]);
+/** Offset of the Answer octet inside the IE. */
+export const SERVER_MPTCP_ANSWER_OFFSET = 8;
 /** The warm IE on the wire (8 bytes): what a warm connection sends first, alone. */
 export const WARM_IE = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8, IE_TYPE_WARM, WARM_LENGTH, 0, 0]);
 
@@ -74,7 +86,13 @@ export interface WarmIe {
   type: 0x82;
 }
 
-export type Ie = AddressIe | TransportIe | WarmIe | UnknownIe;
+/** mpconvert private IE (Type 0x85): does the server leg speak MPTCP? Answer 0 (asked / no) or 1 (yes). */
+export interface ServerMptcpIe {
+  type: 0x85;
+  answer: number;
+}
+
+export type Ie = AddressIe | TransportIe | WarmIe | ServerMptcpIe | UnknownIe;
 
 export interface SignalledAddress {
   address: string;
@@ -90,11 +108,14 @@ export interface MpConvertSignalling {
   protocol?: number;
   /** From a Type 0x82 IE: a warm connection (opened by the CPE's pool before it was used). */
   warm?: true;
+  /** From a Type 0x85 IE: the offset of its Answer octet in the signalling (where the echo answers). */
+  serverMptcpAt?: number;
 }
 
 export const isAddressIe = (ie: Ie): ie is AddressIe => ie.type === IE_TYPE_ADDRESS && 'address' in ie;
 export const isTransportIe = (ie: Ie): ie is TransportIe => ie.type === IE_TYPE_TRANSPORT && 'protocol' in ie;
 export const isWarmIe = (ie: Ie): ie is WarmIe => ie.type === IE_TYPE_WARM;
+export const isServerMptcpIe = (ie: Ie): ie is ServerMptcpIe => ie.type === IE_TYPE_SERVER_MPTCP && 'answer' in ie;
 
 /** Bytes one IE takes on the wire for a given Length: magic + Length, padded to 32 bits. */
 export const ieWireSize = (length: number): number => 4 + Math.ceil(length / 4) * 4;
@@ -115,9 +136,13 @@ function ieBody(ie: Ie): { body: Buffer; direction: IeDirection } {
     return { body: Buffer.from([ie.protocol]), direction: 'destination' };
   }
   if (isWarmIe(ie)) return { body: Buffer.alloc(0), direction: 'destination' };
+  if (isServerMptcpIe(ie)) {
+    if (ie.answer !== 0 && ie.answer !== 1) throw new TypeError(`Cannot encode MP_CONVERT: server MPTCP answer ${ie.answer} (0 or 1)`);
+    return { body: Buffer.from([ie.answer]), direction: 'destination' };
+  }
   const u = ie as UnknownIe;
   if (!Number.isInteger(u.type) || u.type < 0 || u.type > 255) throw new TypeError(`Cannot encode MP_CONVERT: Type ${u.type}`);
-  if (u.type === IE_TYPE_ADDRESS || u.type === IE_TYPE_TRANSPORT) throw new TypeError(`Cannot encode MP_CONVERT: Type ${u.type} needs its own fields`);
+  if (u.type === IE_TYPE_ADDRESS || u.type === IE_TYPE_TRANSPORT || u.type === IE_TYPE_SERVER_MPTCP) throw new TypeError(`Cannot encode MP_CONVERT: Type ${u.type} needs its own fields`);
   return { body: u.body, direction: u.direction };
 }
 
@@ -177,6 +202,8 @@ export function parseMpConvert(buf: Buffer): MpConvertParse {
     } else if (type === IE_TYPE_WARM) {
       if (length !== WARM_LENGTH) throw fail(ProtocolErrorCode.BadLength, `Length ${length} is not valid for a warm IE (4)`);
       if (off !== 0) throw fail(ProtocolErrorCode.MisplacedWarm, `a warm IE at byte ${off}: it may only be the first IE`);
+    } else if (type === IE_TYPE_SERVER_MPTCP) {
+      if (length !== SERVER_MPTCP_LENGTH) throw fail(ProtocolErrorCode.BadLength, `Length ${length} is not valid for a server MPTCP IE (5)`);
     } else if (length < 4) {
       throw fail(ProtocolErrorCode.BadLength, `Length ${length} of Type ${type} is shorter than the IE header (4)`);
     }
@@ -211,6 +238,10 @@ export function parseMpConvert(buf: Buffer): MpConvertParse {
       if (flags & FLAG_M) throw fail(ProtocolErrorCode.MisplacedWarm, 'a warm IE with M = 1: no destination follows');
       result.warm = true;
       ies.push({ type: IE_TYPE_WARM });
+    } else if (type === IE_TYPE_SERVER_MPTCP) {
+      if (result.serverMptcpAt !== undefined) throw fail(ProtocolErrorCode.DuplicateAddress, `a second server MPTCP IE at byte ${off}`);
+      result.serverMptcpAt = off + SERVER_MPTCP_ANSWER_OFFSET;
+      ies.push({ type: IE_TYPE_SERVER_MPTCP, answer: body[0] as number });
     } else {
       ies.push({ type, direction, body: Buffer.from(body) });
     }
