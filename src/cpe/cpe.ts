@@ -262,6 +262,7 @@ export class Cpe {
       pending: this.#pending.size,
       concentrators: this.#selector.snapshot(),
       warmPool: this.#warm.snapshot(),
+      serverMptcp: { mode: this.#config.serverMptcp.mode, cached: this.#serverMptcp.size },
       uplinks: this.#observer?.view() ?? [],
       distribution: this.distribution(),
       ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),

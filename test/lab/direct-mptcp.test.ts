@@ -140,6 +140,8 @@ describe('CPE direct MPTCP to servers (lab)', { skip: missing ?? false, concurre
     assert.deepEqual([...first.peers], [CONC_INET], 'the first: through the concentrator');
     const c1 = await counters();
     assert.deepEqual(deltas(c0, c1), { learned: 1, direct: 0, fallback: 0, concConverted: 1, concMptcp: 1 });
+    const status = JSON.parse((await lab.hosts.cpe.exec('curl', ['-s', 'http://127.0.0.1:9091/status'])).stdout) as { serverMptcp: unknown };
+    assert.deepEqual(status.serverMptcp, { mode: 'direct', cached: 1 });
     const second = await download('direct2', 24 * MB);
     assert.equal(second.sha, deterministicSha256('direct2', 24 * MB));
     assert.deepEqual([...second.peers].sort(), UPLINK_ADDRESSES, 'the server saw subflows from both uplink addresses, never the concentrator');
