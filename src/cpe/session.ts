@@ -204,7 +204,7 @@ export interface ClientConversion {
 type StepResult = 'continue' | 'done';
 
 /**
- * The CPE's conversion pipeline: classify -> first-data -> concentrators (each candidate, best first) ->
+ * The CPE's conversion pipeline: classify -> first-data -> direct (a server known to speak MPTCP, src/cpe/server-mptcp.ts) -> concentrators (each candidate, best first) ->
  * fallback (direct TCP or refuse). Each step either finishes the connection (relayed, reset, refused) or
  * hands it to the next.
  */
