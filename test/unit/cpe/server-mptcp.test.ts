@@ -155,6 +155,7 @@ describe('direct MPTCP to servers (loopback)', () => {
   let upstreamPort: number;
   let conc: Concentrator;
   let concPort: number;
+  const rfc8803: Record<string, { conc: Concentrator; port: number }> = {};
   const concMetrics = createMetrics('concentrator');
   const upstreamGot: Buffer[] = [];
   const reply = randomBytes(100_000);
@@ -181,10 +182,22 @@ describe('direct MPTCP to servers (loopback)', () => {
     });
     await conc.start();
     concPort = conc.addresses[0]!.port;
+    // RFC 8803 concentrators: one says MPTCP in its reply's TLV (server.reportMptcp), one does not (the default).
+    for (const reportMptcp of [true, false]) {
+      const c = new Concentrator(concentratorConfigSchema.parse({ listen: ['127.0.0.1:0'], allow: ['127.0.0.0/8'], server: { reportMptcp } }), {
+        sockets: fakeSockets({ route: () => ({ host: '127.0.0.1', port: upstreamPort }) }),
+        kernel: fakeKernel(),
+        logger: silentLogger(),
+        metrics: createMetrics('concentrator'),
+      });
+      await c.start();
+      rfc8803[reportMptcp ? 'reporting' : 'silent'] = { conc: c, port: c.addresses[0]!.port };
+    }
   });
 
   after(async () => {
     await conc.stop(0);
+    for (const r of Object.values(rfc8803)) await r.conc.stop(0);
     upstream.close();
   });
 
@@ -259,6 +272,37 @@ describe('direct MPTCP to servers (loopback)', () => {
       await transfer(cpe.port);
       assert.deepEqual(cpe.sockets.dials.map((d) => d.port), [DST.port, concPort]);
       assert.equal(await cpeCount(cpe.metrics, 'fallback'), 1);
+    } finally {
+      cpe.front.close();
+    }
+  });
+
+  for (const mode of ['direct', 'maintain'] as const) {
+    test(`RFC 8803 (${mode}): the reply's TLV (server.reportMptcp) ${mode === 'direct' ? 'teaches the server, the second connection goes direct' : 'is ignored: nothing learnt, never direct'}`, async () => {
+      const port = rfc8803.reporting!.port;
+      const cpe = await cpeFront({ serverMptcp: { mode }, concentrators: [{ address: `127.0.0.1:${port}`, format: 'rfc8803' }] });
+      try {
+        await transfer(cpe.port);
+        await transfer(cpe.port);
+        const ports = cpe.sockets.dials.map((d) => d.port);
+        assert.deepEqual(ports, mode === 'direct' ? [port, DST.port] : [port, port]);
+        assert.equal(await cpeCount(cpe.metrics, 'learned'), mode === 'direct' ? 1 : 0);
+        assert.equal(await cpeCount(cpe.metrics, 'direct'), mode === 'direct' ? 1 : 0);
+        assert.equal(cpe.cache.size, mode === 'direct' ? 1 : 0);
+      } finally {
+        cpe.front.close();
+      }
+    });
+  }
+
+  test('RFC 8803 without server.reportMptcp: nothing learnt, every connection through the concentrator', async () => {
+    const port = rfc8803.silent!.port;
+    const cpe = await cpeFront({ serverMptcp: { mode: 'direct' }, concentrators: [{ address: `127.0.0.1:${port}`, format: 'rfc8803' }] });
+    try {
+      await transfer(cpe.port);
+      await transfer(cpe.port);
+      assert.deepEqual(cpe.sockets.dials.map((d) => d.port), [port, port]);
+      assert.equal(await cpeCount(cpe.metrics, 'learned'), 0);
     } finally {
       cpe.front.close();
     }
