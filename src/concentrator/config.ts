@@ -92,8 +92,10 @@ export const concentratorConfigSchema = z.strictObject({
       /** Dial servers with MPTCP (servers that speak it get end-to-end MPTCP). */
       mptcp: z.boolean().default(true),
       /**
-       * RFC 8803 replies say when the server leg came up with MPTCP (an Extended TCP Header TLV with MP_CAPABLE),
-       * so CPEs with `directMptcp` can dial that server themselves next time (docs/protocol.md).
+       * RFC 8803 replies say, unasked, when the server leg came up with MPTCP (an Extended TCP Header TLV with
+       * MP_CAPABLE), so CPEs with `serverMptcp.mode: direct` can dial that server themselves next time
+       * (docs/protocol.md section 1.7). MP_CONVERT's server MPTCP query IE is answered whatever this says: the CPE
+       * asked for it.
        */
       reportMptcp: z.boolean().default(false),
       connectTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),

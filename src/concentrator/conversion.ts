@@ -89,10 +89,10 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       server.resetAndDestroy();
       return refuse(socket.destroyed ? 'client-gone' : 'stopping');
     }
-    // Confirm (echo the IEs byte for byte / Convert reply), then what the client sent after its signalling,
+    // Confirm (echo the IEs byte for byte, answering a server MPTCP query / Convert reply), then what the client sent after its signalling,
     // behind the PROXY header if this destination wants one (header and early bytes in one write: the spec
     // asks for the header at once).
-    socket.write(confirmation(read, settings.server.reportMptcp && transport === 'mptcp'));
+    socket.write(confirmation(read, transport === 'mptcp', settings.server.reportMptcp));
     const header = deps.proxyProtocol().wants(dest.address, dest.port) ? proxyHeader(ctx, dest) : undefined;
     const first = header ? (read.rest.length > 0 ? Buffer.concat([header, read.rest]) : header) : read.rest;
     if (first.length > 0) server.write(first);

@@ -25,6 +25,8 @@ export interface ReadSignalling {
   raw: Buffer;
   /** Application bytes that followed the signalling. */
   rest: Buffer;
+  /** MP_CONVERT with a server MPTCP query (Type 0x85): where in `raw` the echo answers it. */
+  serverMptcpAt?: number | undefined;
 }
 
 export type Refusal = { kind: 'abort' | 'convert-error'; errorCode?: number; value?: number; extra?: Buffer };
@@ -82,7 +84,7 @@ export interface WarmWait {
 function fromDone(done: Extract<SignallingResult, { status: 'done' }>): ReadSignalling {
   const s = done.signalling;
   if (s.format === 'mp-convert') {
-    return { format: 'mp-convert', destination: s.destination, source: s.source, binding: s.binding, protocol: s.protocol, raw: done.raw, rest: done.rest };
+    return { format: 'mp-convert', destination: s.destination, source: s.source, binding: s.binding, protocol: s.protocol, raw: done.raw, rest: done.rest, serverMptcpAt: s.serverMptcpAt };
   }
   return {
     format: 'rfc8803',
@@ -138,12 +140,19 @@ export function readSignalling(socket: Socket, timeoutMs: number, warm?: WarmWai
   });
 }
 
-/** What the concentrator sends first once the server connection is up. */
-export function confirmation(read: ReadSignalling, serverMptcp = false): Buffer {
-  // MP_CONVERT: every IE back, byte for byte. RFC 8803: a Convert message, with an Extended TCP Header TLV
-  // saying MP_CAPABLE when the server leg is MPTCP (src/protocol/server-options.ts), else header only.
-  if (read.format === 'mp-convert') return read.raw;
-  return encodeConvertMessage({ tlvs: serverMptcp ? [{ type: 'extended-tcp-header', header: mptcpSynAckHeader() }] : [] });
+/**
+ * What the concentrator sends first once the server connection is up. `serverMptcp`: the server leg negotiated
+ * MPTCP. MP_CONVERT: every IE back, byte for byte, except the Answer octet of a server MPTCP query (docs/protocol.md
+ * section 1.7), which always answers when the CPE asked. RFC 8803: a Convert message, with an Extended TCP
+ * Header TLV saying MP_CAPABLE (src/protocol/server-options.ts) only when `reportInTlv` (`server.reportMptcp`)
+ * too, since nothing in RFC 8803 asks for it; else header only.
+ */
+export function confirmation(read: ReadSignalling, serverMptcp = false, reportInTlv = false): Buffer {
+  if (read.format !== 'mp-convert') return encodeConvertMessage({ tlvs: serverMptcp && reportInTlv ? [{ type: 'extended-tcp-header', header: mptcpSynAckHeader() }] : [] });
+  if (read.serverMptcpAt === undefined) return read.raw;
+  const echo = Buffer.from(read.raw);
+  echo[read.serverMptcpAt] = serverMptcp ? 1 : 0;
+  return echo;
 }
 
 /** Silent abort (RST / MP_FASTCLOSE), or an RFC 8803 Error TLV followed by a close. */

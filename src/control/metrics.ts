@@ -95,6 +95,12 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
     labelNames: ['event'] as const,
     registers: cpeOnly,
   });
+  const serverMptcp = new Counter({
+    name: 'mpconvert_server_mptcp_total',
+    help: 'CPE: direct MPTCP to servers (serverMptcp: direct), by event (learned, direct, fallback, flushed)',
+    labelNames: ['event'] as const,
+    registers: cpeOnly,
+  });
   // CPE, per uplink (src/cpe/observer.ts, sampled once a second).
   const uplinkUp = new Gauge({ name: 'mpconvert_uplink_up', help: 'CPE: 1 while the uplink has carrier and is administratively up', labelNames: ['uplink'] as const, registers: cpeOnly });
   const uplinkBackup = new Gauge({ name: 'mpconvert_uplink_backup', help: 'CPE: 1 while the uplink is in backup mode (used only when no subflow uplink works)', labelNames: ['uplink'] as const, registers: cpeOnly });
@@ -196,7 +202,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   return {
     registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback,
     uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit, flowClass,
-    activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm, portBlocks, onPath,
+    activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm, serverMptcp, portBlocks, onPath,
     radiusRequests, radiusAuthorizations, radiusAccounting, radiusCached, radiusSessions,
     bindingReverse, bindingInbound, bindingsOpen,
     udpChannels, udpMappings, udpDatagrams, udpBytes, udpDropped, udpChannelAborts,

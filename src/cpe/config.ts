@@ -221,21 +221,23 @@ export const cpeConfigSchema = z.strictObject({
       notOfferedRetryS: z.number().int().min(1).default(60),
     })
     .default({ flowIdleS: 300, maxFlows: 16_384, queueBytes: 262_144, queueMs: 50, notsentLowat: 32_768, sendBuffer: 131_072, notOfferedRetryS: 60 }),
+  /**
+   * Servers that speak MPTCP themselves (docs/cpe.md, "Direct MPTCP to servers"). 'maintain': every converted
+   * connection goes through the concentrator. 'direct': the CPE learns from the concentrator whether the server
+   * leg negotiated MPTCP (MP_CONVERT: the answer to its server MPTCP query IE; RFC 8803: an Extended TCP Header
+   * TLV with MP_CAPABLE in the reply) and, for a server that did, dials later connections to it itself over
+   * MPTCP (every uplink), falling back to the concentrator if that fails. The cache of such servers is bounded
+   * and expires.
+   */
+  serverMptcp: z
+    .strictObject({
+      mode: z.enum(['maintain', 'direct']).default('maintain'),
+      cacheTtlS: z.number().int().min(1).max(86_400).default(600),
+      cacheSize: z.number().int().min(1).max(100_000).default(4_096),
+    })
+    .default({ mode: 'maintain', cacheTtlS: 600, cacheSize: 4_096 }),
   /** When no concentrator works: connect directly (plain TCP) or refuse the client connection. */
   fallback: z.enum(['direct', 'refuse']).default('direct'),
-  /**
-   * Servers a concentrator reported as MPTCP-capable (RFC 8803 concentrators: the Extended TCP Header TLV of
-   * the Convert reply) are dialled from the CPE itself with MPTCP, over every uplink (docs/cpe.md, "Direct
-   * MPTCP"). Off by default: through the concentrator (maintain), for private IPv4 uplinks, IPv6-only uplinks
-   * towards IPv4 servers and quotas. The cache's lifetime and size apply at start.
-   */
-  directMptcp: z
-    .strictObject({
-      enabled: z.boolean().default(false),
-      cacheTtlS: z.number().int().min(1).max(604_800).default(3_600),
-      cacheSize: z.number().int().min(1).max(1_000_000).default(10_000),
-    })
-    .default({ enabled: false, cacheTtlS: 3_600, cacheSize: 10_000 }),
   /** How long to wait for the client's first bytes so they ride in the SYN with the signalling. */
   firstDataWaitMs: z.number().int().min(0).max(1_000).default(20),
   /** Most client bytes put in the SYN (the rest follows after the echo). */

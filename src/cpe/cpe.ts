@@ -12,7 +12,6 @@ import { parseEndpoint } from '../control/address.js';
 import { loadCredentials, natUplinks, type CpeConfig, type Credentials } from './config.js';
 import { ConcentratorSelector } from './concentrators.js';
 import { ConcentratorProbe } from './probe.js';
-import { ExpiringSet } from '../concentrator/server-dialer.js';
 import { handleClient } from './session.js';
 import { Interception, type InterceptionOptions } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
@@ -29,6 +28,7 @@ import { concentratorsInUse } from '../policy/concentrator-source.js';
 import { parseSecret, readSecretFile } from '../control/secret-file.js';
 import type { ConcentratorTarget } from './config.js';
 import { UdpChannelClient } from './udp-channels.js';
+import { ServerMptcpCache } from './server-mptcp.js';
 
 export interface CpeDeps {
   sockets: Sockets;
@@ -99,12 +99,11 @@ export class Cpe {
   #config: CpeConfig;
   readonly #deps: CpeDeps;
   readonly #selector: ConcentratorSelector;
-  /** Servers a concentrator reported MPTCP-capable (directMptcp; docs/cpe.md, "Direct MPTCP"). */
-  readonly #mptcpServers: ExpiringSet;
   readonly #probe: ConcentratorProbe;
   readonly #warm: WarmPool;
   /** Inbound bindings: the reverse connections kept open to the concentrators. */
   readonly #bindings: ReverseBindings;
+  readonly #serverMptcp: ServerMptcpCache;
   readonly #listeners: Server[] = [];
   readonly #relays = new Set<RelayHandle>();
   /** The relayed connections by id, for the operator (admin API, dashboard). */
@@ -132,7 +131,6 @@ export class Cpe {
   constructor(config: CpeConfig, deps: CpeDeps) {
     this.#config = config;
     this.#deps = deps;
-    this.#mptcpServers = new ExpiringSet(config.directMptcp.cacheTtlS * 1000, config.directMptcp.cacheSize);
     this.#selector = new ConcentratorSelector(config.concentrators, {
       capabilityTtlMs: config.capabilityCacheTtlS * 1000,
       unreachableHoldMs: config.unreachableHoldS * 1000,
@@ -169,6 +167,7 @@ export class Cpe {
         relay.once('close', () => this.#relays.delete(relay));
       },
     });
+    this.#serverMptcp = new ServerMptcpCache(config.serverMptcp);
   }
 
   get selector(): ConcentratorSelector {
@@ -305,9 +304,16 @@ export class Cpe {
       this.#warm.flush();
       this.#bindings.flush();
       this.#udp?.refresh();
+      this.#flushServerMptcp();
       this.#changes.emit('change');
     });
     return uplinks;
+  }
+
+  /** Servers learnt over the old uplinks may not be reachable the same way: learn them again. */
+  #flushServerMptcp(): void {
+    const n = this.#serverMptcp.flush();
+    if (n > 0) this.#deps.metrics.serverMptcp.inc({ event: 'flushed' }, n);
   }
 
   #onConnection(client: Socket): void {
@@ -326,8 +332,8 @@ export class Cpe {
       config: () => this.#config,
       credentials: (t) => this.#credentialsFor(t),
       warm: this.#warm,
+      serverMptcp: this.#serverMptcp,
       pin: (flow, family) => (this.#config.distribution.classes.length > 0 ? this.#pinning.choose(this.#config, flow, family, this.#uplinks?.snapshot() ?? []) : undefined),
-      mptcpServers: this.#mptcpServers,
       track: (relay, info) => {
         this.#pending.delete(client);
         this.#relays.add(relay);
@@ -364,6 +370,7 @@ export class Cpe {
       ...(this.#dhcp ? { dhcp: this.#dhcp.learned() } : {}),
       warmPool: this.#warm.snapshot(),
       bindings: this.#bindings.snapshot(),
+      serverMptcp: { mode: this.#config.serverMptcp.mode, cached: this.#serverMptcp.size },
       uplinks: this.#observer?.view() ?? [],
       distribution: this.distribution(),
       ...(this.#lastReload ? { lastReload: this.#lastReload } : {}),
@@ -552,6 +559,7 @@ export class Cpe {
     this.#bindings.configure(next.bindings, next.concentrators);
     // The UDP channels reopen towards the concentrators now configured.
     this.#udp?.refresh();
+    this.#deps.metrics.serverMptcp.inc({ event: 'flushed' }, this.#serverMptcp.configure(next.serverMptcp));
     logger.level = next.logLevel;
     logReload(logger, old, next, report);
     this.#lastReload = report;

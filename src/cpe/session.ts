@@ -22,6 +22,7 @@ import { WARM_IE } from '../protocol/mp-convert.js';
 import type { WarmPool } from './warm-pool.js';
 import type { Pin } from './pinning.js';
 import type { Flow } from '../policy/flow-class.js';
+import { asksServerMptcp, directStep, serverMptcpAnswerAt, type ServerMptcpCache } from './server-mptcp.js';
 
 export interface SessionContext {
   sockets: Sockets;
@@ -43,8 +44,8 @@ export interface SessionContext {
   warm?: Pick<WarmPool, 'take'> | undefined;
   /** The flow-class pin of a connection to a concentrator of that family (src/cpe/pinning.ts); absent: none. */
   pin?: ((flow: Flow, family: 4 | 6) => Pin | undefined) | undefined;
-  /** Servers reported MPTCP-capable by a concentrator (`address|port`), for `directMptcp`; absent: none kept. */
-  mptcpServers?: { has(key: string): boolean; add(key: string): void; delete(key: string): void } | undefined;
+  /** Servers known to speak MPTCP (serverMptcp: direct; src/cpe/server-mptcp.ts); absent: never direct. */
+  serverMptcp?: ServerMptcpCache | undefined;
 }
 
 
@@ -54,7 +55,7 @@ export interface RelayInfo {
   upstream: Socket;
   src: { address: string; port: number };
   dst: { address: string; port: number };
-  /** `concentrator ADDR` or `direct`. */
+  /** `concentrator ADDR`, `direct` (plain TCP fallback) or `direct-mptcp` (a server that speaks MPTCP). */
   via: string;
   /** Bytes sent upstream before the relay started. */
   sentBefore: number;
@@ -111,6 +112,7 @@ export function signallingFor(
   src?: { address: string; port: number },
   auth?: SigningInput,
   warm = false,
+  askServerMptcp = false,
 ): Buffer {
   const authenticator = auth ? encodeAuthenticator({ keyId: auth.keyId, timestamp: auth.timestamp, nonce: auth.nonce }) : undefined;
   if (target.format === 'rfc8803') {
@@ -120,6 +122,8 @@ export function signallingFor(
     return auth ? signAuthenticator('rfc8803', msg, auth.secret) : msg;
   }
   const ies: Ie[] = warm ? [{ type: 0x82 }] : [];
+  // The server MPTCP query right after any warm IE: the echo answers at serverMptcpAnswerAt(warm).
+  if (askServerMptcp) ies.push({ type: 0x85, answer: 0 });
   ies.push({ type: 0, direction: 'destination', address: dst.address, port: dst.port });
   if (target.sourceIe && src) ies.push({ type: 0, direction: 'source', address: src.address, port: src.port });
   if (authenticator) ies.push({ type: IE_TYPE_AUTHENTICATOR, direction: 'destination', body: authenticator });
@@ -132,8 +136,7 @@ export function signallingFor(
  * then refused it (reset, RFC 8803 Error TLV): it is reachable, only this connection is refused, and the
  * client is reset. `next`: no conversion through it (unreachable, or not capable): try the next one.
  */
-/** `serverMptcp`: the concentrator reported that the server speaks MPTCP (RFC 8803 reply). */
-type Attempt = { kind: 'relay'; socket: Socket; leftover: Buffer; serverMptcp?: boolean } | { kind: 'next' } | { kind: 'refused'; why: string };
+type Attempt = { kind: 'relay'; socket: Socket; leftover: Buffer; serverMptcp?: boolean | undefined } | { kind: 'next' } | { kind: 'refused'; why: string };
 
 /**
  * A dial error means "no handshake with the concentrator" (its SYN refused, timed out, not routable) unless
@@ -201,7 +204,7 @@ export interface ClientConversion {
 type StepResult = 'continue' | 'done';
 
 /**
- * The CPE's conversion pipeline: classify -> first-data -> concentrators (each candidate, best first) ->
+ * The CPE's conversion pipeline: classify -> first-data -> direct (a server known to speak MPTCP, src/cpe/server-mptcp.ts) -> concentrators (each candidate, best first) ->
  * fallback (direct TCP or refuse). Each step either finishes the connection (relayed, reset, refused) or
  * hands it to the next.
  */
@@ -209,7 +212,7 @@ export async function handleClient(client: Socket, ctx: SessionContext): Promise
   client.on('error', () => {});
   const conv = classify(client, ctx);
   if ((await firstDataStep(conv)) === 'done') return;
-  if ((await directMptcpStep(conv, ctx)) === 'done') return;
+  if ((await directStep(conv, ctx, startRelay)) === 'done') return;
   if ((await concentratorsStep(conv, ctx)) === 'done') return;
   await fallbackStep(conv, ctx);
 }
@@ -259,7 +262,10 @@ async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): P
     }
     if (attempt.kind === 'relay') {
       ctx.metrics.capability.inc({ result: 'ok' });
-      if (attempt.serverMptcp && conv.cfg.directMptcp.enabled) ctx.mptcpServers?.add(serverKey(conv.dst));
+      if (attempt.serverMptcp && conv.cfg.serverMptcp.mode === 'direct' && ctx.serverMptcp?.learn(conv.dst)) {
+        ctx.metrics.serverMptcp.inc({ event: 'learned' });
+        log.debug('the concentrator reached the server over MPTCP: later connections to it go direct');
+      }
       if (attempt.leftover.length > 0) client.write(attempt.leftover);
       if (conv.afterEcho.length > 0) attempt.socket.write(conv.afterEcho);
       startRelay(conv, attempt.socket, ctx, `concentrator ${target.address}`);
@@ -267,50 +273,6 @@ async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): P
     }
   }
   return 'continue';
-}
-
-const serverKey = (dst: { address: string; port: number }) => `${dst.address}|${dst.port}`;
-
-/**
- * direct-mptcp: a server a concentrator reported MPTCP-capable is dialled from the CPE itself with MPTCP (the
- * uplinks' endpoints add a subflow per uplink), replaying the kept bytes. A dial that fails or falls back to TCP
- * forgets the server and goes on to the concentrators; nothing was sent on it.
- */
-async function directMptcpStep(conv: ClientConversion, ctx: SessionContext): Promise<StepResult> {
-  const { client, cfg, dst, tos, log, kept } = conv;
-  const key = serverKey(dst);
-  if (!cfg.directMptcp.enabled || !ctx.mptcpServers?.has(key)) return 'continue';
-  let sock: Socket;
-  try {
-    sock = await ctx.sockets.dial({
-      family: isIP(dst.address) as 4 | 6,
-      protocol: 'mptcp',
-      host: dst.address,
-      port: dst.port,
-      timeoutMs: cfg.connectTimeoutMs,
-      linger: RESET_ON_CLOSE,
-      ...(tos ? { tos } : {}),
-    });
-  } catch (err) {
-    ctx.mptcpServers.delete(key);
-    log.debug({ err: (err as Error).message }, 'direct MPTCP connection failed: through the concentrator');
-    return client.destroyed ? 'done' : 'continue';
-  }
-  sock.on('error', () => {});
-  if (client.destroyed) {
-    sock.resetAndDestroy();
-    return 'done';
-  }
-  if (!ctx.sockets.isMptcp(sock)) {
-    ctx.mptcpServers.delete(key);
-    sock.resetAndDestroy();
-    log.debug('direct connection came up without MPTCP: the server is forgotten, through the concentrator');
-    return 'continue';
-  }
-  ctx.metrics.fallback.inc({ to: 'direct-mptcp' });
-  if (kept.bytes.length > 0) sock.write(kept.bytes);
-  startRelay(conv, sock, ctx, 'direct-mptcp');
-  return 'done';
 }
 
 /** fallback: no concentrator converted it: refuse, or plain TCP from the CPE itself, replaying every kept byte. */
@@ -351,11 +313,14 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
   const { client, cfg, dst, src, inSyn, tos, log } = conv;
   const ep = parseEndpoint(target.address);
   const creds = ctx.credentials?.(target);
+  const ask = asksServerMptcp(cfg, target);
   const signalling = signallingFor(
     target,
     dst,
     src,
     creds ? { ...creds, timestamp: Math.floor((ctx.now ?? Date.now)() / 1000), nonce: randomBytes(16) } : undefined,
+    false,
+    ask,
   );
   const abort = new AbortController();
   const onClientGone = () => abort.abort();
@@ -416,9 +381,9 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
     log.warn({ concentrator: target.address }, 'MPTCP was not negotiated with the concentrator: cached as not capable');
     return { kind: 'next' };
   }
-  const r = await awaitEcho(sock, new EchoVerifier(target.format, signalling), cfg.echoTimeoutMs, ctx.sockets);
+  const r = await awaitEcho(sock, new EchoVerifier(target.format, signalling, ask ? serverMptcpAnswerAt(false) : undefined), cfg.echoTimeoutMs, ctx.sockets);
   client.off('close', onClientGone);
-  if (r.status === 'confirmed') return { kind: 'relay', socket: sock, leftover: r.leftover, ...(r.serverMptcp ? { serverMptcp: true } : {}) };
+  if (r.status === 'confirmed') return { kind: 'relay', socket: sock, leftover: r.leftover, serverMptcp: r.serverMptcp };
   sock.resetAndDestroy();
   if (r.status === 'reset') return { kind: 'refused', why: 'concentrator aborted before confirming' };
   if (r.status === 'refused') return { kind: 'refused', why: `Convert Error TLV ${r.errorCode}` };
@@ -435,15 +400,16 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
 async function tryWarm(target: ConcentratorTarget, sock: Socket, conv: ClientConversion, ctx: SessionContext): Promise<Attempt> {
   const { cfg, dst, src, inSyn, tos } = conv;
   const creds = ctx.credentials?.(target);
-  const signalling = signallingFor(target, dst, src, creds ? { ...creds, timestamp: Math.floor((ctx.now ?? Date.now)() / 1000), nonce: randomBytes(16) } : undefined, true);
+  const ask = asksServerMptcp(cfg, target);
+  const signalling = signallingFor(target, dst, src, creds ? { ...creds, timestamp: Math.floor((ctx.now ?? Date.now)() / 1000), nonce: randomBytes(16) } : undefined, true, ask);
   try {
     if (tos) ctx.sockets.setTos(sock, tos);
   } catch {
     /* closed meanwhile: the echo wait sees it */
   }
   sock.write(Buffer.concat([signalling.subarray(WARM_IE.length), inSyn]));
-  const r = await awaitEcho(sock, new EchoVerifier(target.format, signalling), cfg.echoTimeoutMs, ctx.sockets);
-  if (r.status === 'confirmed') return { kind: 'relay', socket: sock, leftover: r.leftover };
+  const r = await awaitEcho(sock, new EchoVerifier(target.format, signalling, ask ? serverMptcpAnswerAt(true) : undefined), cfg.echoTimeoutMs, ctx.sockets);
+  if (r.status === 'confirmed') return { kind: 'relay', socket: sock, leftover: r.leftover, serverMptcp: r.serverMptcp };
   sock.resetAndDestroy();
   ctx.metrics.capability.inc({ result: 'warm-stale' });
   conv.log.debug({ concentrator: target.address, result: r.status }, 'warm connection did not confirm: dialling afresh');
@@ -480,7 +446,7 @@ function zeroRttLanded(sockets: Sockets, sock: Socket): boolean {
   return info === null || (info.options & TCPI_OPT.SYN_DATA) !== 0;
 }
 
-function startRelay(conv: ClientConversion, upstream: Socket, ctx: SessionContext, via: string): void {
+export function startRelay(conv: ClientConversion, upstream: Socket, ctx: SessionContext, via: string): void {
   const { client, kept, cfg, log } = conv;
   const sentAlready = kept.bytes.length;
   const engine = cfg.relayEngine === 'splice' ? ctx.splice : undefined;

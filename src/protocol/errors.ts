@@ -33,9 +33,9 @@ export type ConvertErrorCodeValue = (typeof ConvertErrorCode)[keyof typeof Conve
 export const PROTOCOL_ERRORS = {
   MPC_ERR_FORMAT: { meaning: 'first bytes are neither MP_CONVERT (0xFA...) nor RFC 8803 (magic 0x2263)', reaction: 'abort' },
   MPC_ERR_IE_MAGIC: { meaning: 'MP_CONVERT IE does not start with 0xFAA8FAA8 (first IE, or after M = 0)', reaction: 'abort' },
-  MPC_ERR_IE_LENGTH: { meaning: 'MP_CONVERT IE Length invalid for its Type (Type 0: 8/10/20/22; Type 0x80: 5; Type 0x82: 4; Type 0x83: 6; any: >= 4)', reaction: 'abort' },
+  MPC_ERR_IE_LENGTH: { meaning: 'MP_CONVERT IE Length invalid for its Type (Type 0: 8/10/20/22; Type 0x80: 5; Type 0x82: 4; Type 0x83: 6; Type 0x85: 5; any: >= 4)', reaction: 'abort' },
   MPC_ERR_IE_LIMIT: { meaning: 'MP_CONVERT signalling over 8 IEs or 256 bytes', reaction: 'abort' },
-  MPC_ERR_IE_DUPLICATE: { meaning: 'two address IEs with the same D bit, two transport IEs, or two binding IEs', reaction: 'abort' },
+  MPC_ERR_IE_DUPLICATE: { meaning: 'two address IEs with the same D bit, two transport IEs, two binding IEs, or two server MPTCP IEs', reaction: 'abort' },
   MPC_ERR_IE_CONFLICT: { meaning: 'a transport IE and a destination address IE in the same signalling (either order), or a binding IE with a destination, transport or warm IE', reaction: 'abort' },
   MPC_ERR_IE_PORT: { meaning: 'port 0 in an address IE or a binding IE', reaction: 'abort' },
   MPC_ERR_IE_WARM: { meaning: 'a warm IE (Type 0x82) that is not the first IE, or that has M = 1 (nothing to convert)', reaction: 'abort' },

@@ -27,6 +27,11 @@
  * | magic | 0x83 | 6 | Reserved |0|M| | External port (16) | zero padding (2) |
  * A reverse connection carries no destination: it waits for the concentrator to hand it an internet
  * client. With a destination, transport or warm IE it would mean two things at once (MPC_ERR_IE_CONFLICT).
+ *
+ * mpconvert private Type 0x85 (server MPTCP query, docs/protocol.md section 1.6), Length 5:
+ * | magic | 0x85 | 5 | Reserved |D|M| | Answer (8) | zero padding (3) |
+ * The CPE sends Answer = 0; the concentrator's echo repeats the IE with Answer = 1 when its server leg
+ * negotiated MPTCP (the one byte of the echo that may differ from what was sent). At most one per signalling.
  */
 import { addressToBytes, bytesToIpv4, bytesToIpv6 } from './address.js';
 import { ProtocolErrorCode, abortError } from './errors.js';
@@ -41,6 +46,8 @@ export const IPPROTO_UDP = 17;
 export const IE_TYPE_WARM = 0x82;
 /** mpconvert private IE: a reverse connection offered for the inbound binding on this external port. */
 export const IE_TYPE_BINDING = 0x83;
+/** mpconvert private IE: the CPE asks whether the server leg speaks MPTCP; the echo answers in its body. */
+export const IE_TYPE_SERVER_MPTCP = 0x85;
 const FLAG_M = 0x1;
 const FLAG_D = 0x2;
 const MAGIC_BYTES = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8]);
@@ -49,6 +56,11 @@ const ADDRESS_LENGTHS: Readonly<Record<number, readonly [4 | 16, boolean]>> = { 
 const TRANSPORT_LENGTH = 5;
 const WARM_LENGTH = 4;
 const BINDING_LENGTH = 6;
+const SERVER_MPTCP_LENGTH = 5;
+/** The server MPTCP query on the wire (12 bytes), Answer = 0, M = 0 (it never goes last). */
+export const SERVER_MPTCP_QUERY = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8, IE_TYPE_SERVER_MPTCP, SERVER_MPTCP_LENGTH, 0, 0, 0, 0, 0, 0]);
+/** Offset of the Answer octet inside the IE. */
+export const SERVER_MPTCP_ANSWER_OFFSET = 8;
 /** The warm IE on the wire (8 bytes): what a warm connection sends first, alone. */
 export const WARM_IE = Buffer.from([0xfa, 0xa8, 0xfa, 0xa8, IE_TYPE_WARM, WARM_LENGTH, 0, 0]);
 
@@ -89,7 +101,13 @@ export interface BindingIe {
   port: number;
 }
 
-export type Ie = AddressIe | TransportIe | WarmIe | BindingIe | UnknownIe;
+/** mpconvert private IE (Type 0x85): does the server leg speak MPTCP? Answer 0 (asked / no) or 1 (yes). */
+export interface ServerMptcpIe {
+  type: 0x85;
+  answer: number;
+}
+
+export type Ie = AddressIe | TransportIe | WarmIe | BindingIe | ServerMptcpIe | UnknownIe;
 
 export interface SignalledAddress {
   address: string;
@@ -107,12 +125,15 @@ export interface MpConvertSignalling {
   warm?: true;
   /** From a Type 0x83 IE: a reverse connection for the binding on this external port. */
   binding?: number;
+  /** From a Type 0x85 IE: the offset of its Answer octet in the signalling (where the echo answers). */
+  serverMptcpAt?: number;
 }
 
 export const isAddressIe = (ie: Ie): ie is AddressIe => ie.type === IE_TYPE_ADDRESS && 'address' in ie;
 export const isTransportIe = (ie: Ie): ie is TransportIe => ie.type === IE_TYPE_TRANSPORT && 'protocol' in ie;
 export const isWarmIe = (ie: Ie): ie is WarmIe => ie.type === IE_TYPE_WARM;
 export const isBindingIe = (ie: Ie): ie is BindingIe => ie.type === IE_TYPE_BINDING && 'port' in ie;
+export const isServerMptcpIe = (ie: Ie): ie is ServerMptcpIe => ie.type === IE_TYPE_SERVER_MPTCP && 'answer' in ie;
 
 /** Bytes one IE takes on the wire for a given Length: magic + Length, padded to 32 bits. */
 export const ieWireSize = (length: number): number => 4 + Math.ceil(length / 4) * 4;
@@ -139,9 +160,13 @@ function ieBody(ie: Ie): { body: Buffer; direction: IeDirection } {
     body.writeUInt16BE(ie.port, 0);
     return { body, direction: 'destination' };
   }
+  if (isServerMptcpIe(ie)) {
+    if (ie.answer !== 0 && ie.answer !== 1) throw new TypeError(`Cannot encode MP_CONVERT: server MPTCP answer ${ie.answer} (0 or 1)`);
+    return { body: Buffer.from([ie.answer]), direction: 'destination' };
+  }
   const u = ie as UnknownIe;
   if (!Number.isInteger(u.type) || u.type < 0 || u.type > 255) throw new TypeError(`Cannot encode MP_CONVERT: Type ${u.type}`);
-  if (u.type === IE_TYPE_ADDRESS || u.type === IE_TYPE_TRANSPORT || u.type === IE_TYPE_BINDING) throw new TypeError(`Cannot encode MP_CONVERT: Type ${u.type} needs its own fields`);
+  if (u.type === IE_TYPE_ADDRESS || u.type === IE_TYPE_TRANSPORT || u.type === IE_TYPE_BINDING || u.type === IE_TYPE_SERVER_MPTCP) throw new TypeError(`Cannot encode MP_CONVERT: Type ${u.type} needs its own fields`);
   return { body: u.body, direction: u.direction };
 }
 
@@ -203,6 +228,8 @@ export function parseMpConvert(buf: Buffer): MpConvertParse {
       if (off !== 0) throw fail(ProtocolErrorCode.MisplacedWarm, `a warm IE at byte ${off}: it may only be the first IE`);
     } else if (type === IE_TYPE_BINDING) {
       if (length !== BINDING_LENGTH) throw fail(ProtocolErrorCode.BadLength, `Length ${length} is not valid for a binding IE (6)`);
+    } else if (type === IE_TYPE_SERVER_MPTCP) {
+      if (length !== SERVER_MPTCP_LENGTH) throw fail(ProtocolErrorCode.BadLength, `Length ${length} is not valid for a server MPTCP IE (5)`);
     } else if (length < 4) {
       throw fail(ProtocolErrorCode.BadLength, `Length ${length} of Type ${type} is shorter than the IE header (4)`);
     }
@@ -246,6 +273,10 @@ export function parseMpConvert(buf: Buffer): MpConvertParse {
       if (port === 0) throw fail(ProtocolErrorCode.BadPort, `port 0 in the binding IE at byte ${off}`);
       result.binding = port;
       ies.push({ type: IE_TYPE_BINDING, port });
+    } else if (type === IE_TYPE_SERVER_MPTCP) {
+      if (result.serverMptcpAt !== undefined) throw fail(ProtocolErrorCode.DuplicateAddress, `a second server MPTCP IE at byte ${off}`);
+      result.serverMptcpAt = off + SERVER_MPTCP_ANSWER_OFFSET;
+      ies.push({ type: IE_TYPE_SERVER_MPTCP, answer: body[0] as number });
     } else {
       ies.push({ type, direction, body: Buffer.from(body) });
     }

@@ -1,8 +1,8 @@
 /**
  * What an RFC 8803 converter tells its client about the server's TCP options, pure: the Extended TCP Header TLV
  * (0x14) carries the TCP header of the server's SYN+ACK as the converter saw it. mpconvert's concentrator sends
- * it when its server leg came up with MPTCP, so a CPE can learn that the server speaks MPTCP (docs/protocol.md,
- * "Server MPTCP in the Convert reply"; the CPE's `directMptcp`). The kernel gives userspace neither the
+ * it when its server leg came up with MPTCP and `server.reportMptcp` is on, so a CPE can learn that the server
+ * speaks MPTCP (docs/protocol.md section 1.7; the CPE's `serverMptcp.mode: direct`). The kernel gives userspace neither the
  * server's SYN+ACK nor its key: the header is rebuilt with what is known, an MP_CAPABLE of version 1 whose key
  * is zero (never used as a key: it only says "MP_CAPABLE was there").
  *

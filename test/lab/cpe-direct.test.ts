@@ -1,10 +1,12 @@
 /**
- * CPE direct MPTCP (issue 16, "the same idea in explicit mode"; docs/cpe.md "Direct MPTCP"): LAN client (curl)
+ * CPE direct MPTCP to servers, the RFC 8803 signal (issue 16, "the same idea in explicit mode"; docs/cpe.md
+ * "Direct MPTCP to servers"; the MP_CONVERT signal, the query IE, is test/lab/direct-mptcp.test.ts): LAN client (curl)
  * -> CPE (two 50 Mbit/s uplinks, RFC 8803 towards the concentrator) -> concentrator (`server.reportMptcp`) ->
  * an MPTCP-capable server (srv1, `mptcpize run` of the HTTP server) and a plain one (srv2). The server answers
  * with `x-peer`, the address it saw: the concentrator's (through it) or the CPE's uplink address (direct).
  *
- * Default (maintain): every connection goes through the concentrator. With `directMptcp.enabled`, the first
+ * Default (maintain): every connection goes through the concentrator and nothing is learnt. With
+ * `serverMptcp.mode: direct`, the first
  * connection to the MPTCP server goes through the concentrator, whose Convert reply says the server speaks
  * MPTCP; the next one goes from the CPE straight to the server over both uplinks (the server's sockets show
  * both uplink addresses). A plain server is never dialled directly.
@@ -18,6 +20,7 @@ import { Lab } from '../../src/lab/index.js';
 import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
 import { CLI, Proc, TOOL, start } from '../support/lab-procs.js';
 import { deterministicSha256 } from '../support/tools/stream-util.js';
+import { metric } from '../support/metrics.js';
 
 const missing = labCapabilityMissing();
 if (missing && IN_CI) throw new Error(`lab capability missing under CI=true: ${missing}`);
@@ -38,14 +41,15 @@ describe('CPE direct MPTCP to servers a concentrator reported MPTCP-capable (lab
   let plainServer: string;
 
   const cpeMetrics = async () => (await lab.hosts.cpe.exec('curl', ['-s', 'http://127.0.0.1:9091/metrics'])).stdout;
-  const directCount = async () => Number(/mpconvert_fallback_total\{[^}]*to="direct-mptcp"[^}]*\} (\d+)/.exec(await cpeMetrics())?.[1] ?? 0);
+  const serverMptcp = async (event: string) => metric(await cpeMetrics(), 'mpconvert_server_mptcp_total', `event="${event}"`);
+  const directCount = () => serverMptcp('direct');
 
   async function startCpe(direct: boolean): Promise<void> {
     if (cpe) assert.equal(await cpe.stop(), 0, 'the CPE stopped cleanly');
     const file = join(dir, `cpe-${Date.now()}.yaml`);
     writeFileSync(
       file,
-      `lan: [lan0]\nuplinks: [{interface: up1}, {interface: up2}]\nadmin: "127.0.0.1:9091"\nfallback: refuse\nconcentrators:\n  - address: "${CONC}:5000"\n    format: rfc8803\n${direct ? 'directMptcp:\n  enabled: true\n' : ''}`,
+      `lan: [lan0]\nuplinks: [{interface: up1}, {interface: up2}]\nadmin: "127.0.0.1:9091"\nfallback: refuse\nconcentrators:\n  - address: "${CONC}:5000"\n    format: rfc8803\n${direct ? 'serverMptcp: { mode: direct }\n' : ''}`,
     );
     cpe = start(lab.hosts.cpe, [CLI, 'cpe', '--config', file]);
     await cpe.waitLine((l) => l.startsWith('ready'), 30_000);
@@ -88,13 +92,15 @@ describe('CPE direct MPTCP to servers a concentrator reported MPTCP-capable (lab
       assert.equal(r.peer, CONC_SERVER_SIDE, `${seed}: through the concentrator`);
     }
     assert.equal(await directCount(), 0, 'no direct MPTCP connection');
+    assert.equal(await serverMptcp('learned'), 0, 'maintain learns nothing, though the replies carry MP_CAPABLE');
   });
 
-  labTest('directMptcp on: first through the concentrator, which reports MPTCP; the second CPE to server over both uplinks', async () => {
+  labTest('direct: first through the concentrator, which reports MPTCP; the second CPE to server over both uplinks', async () => {
     await startCpe(true);
     const first = await download(mptcpServer, MB, 'd1');
     assert.equal(first.sha256, deterministicSha256('d1', MB));
     assert.equal(first.peer, CONC_SERVER_SIDE, 'the first connection went through the concentrator (the server was not known yet)');
+    assert.equal(await serverMptcp('learned'), 1, 'learnt from the Convert reply');
     const before = await directCount();
     const dl = download(mptcpServer, 50 * MB, 'd2');
     let seen = '';
@@ -113,11 +119,12 @@ describe('CPE direct MPTCP to servers a concentrator reported MPTCP-capable (lab
     assert.equal((await directCount()) - before, 1, 'counted as a direct MPTCP connection');
   });
 
-  labTest('directMptcp on: a plain TCP server is never dialled directly', async () => {
+  labTest('direct: a plain TCP server is never dialled directly', async () => {
     for (const seed of ['p1', 'p2']) {
       const r = await download(plainServer, MB, seed);
       assert.equal(r.sha256, deterministicSha256(seed, MB));
       assert.equal(r.peer, CONC_SERVER_SIDE, `${seed}: through the concentrator`);
     }
+    assert.equal(await serverMptcp('learned'), 1, 'a plain server is not learnt (its reply has no MP_CAPABLE)');
   });
 });

@@ -83,3 +83,19 @@ test('CPE reload: the distribution changes live: another scheme, flow classes (t
     await cpe.stop(0);
   }
 });
+
+test('CPE reload: serverMptcp is applied live (the cache of MPTCP servers starts anew); /status shows the mode', async () => {
+  const { Cpe } = await import('../../../src/cpe/cpe.js');
+  const { cpeConfigSchema } = await import('../../../src/cpe/config.js');
+  const base = { lan: ['lan0'], uplinks: [{ interface: 'up1' }], concentrators: [{ address: '198.18.200.1:5000' }], serverMptcp: { mode: 'direct' } };
+  const cpe = new Cpe(cpeConfigSchema.parse(base), { sockets: fakeSockets(), kernel: fakeKernel(), logger: silentLogger(), metrics: createMetrics('cpe', { runtime: false }) });
+  await cpe.start();
+  try {
+    assert.deepEqual((cpe.status() as { serverMptcp?: unknown }).serverMptcp, { mode: 'direct', cached: 0 });
+    const r = await cpe.reload(cpeConfigSchema.parse({ ...base, serverMptcp: { mode: 'maintain', cacheTtlS: 60 } }));
+    assert.deepEqual([r.applied, r.needRestart], [['serverMptcp'], []]);
+    assert.deepEqual((cpe.status() as { serverMptcp?: unknown }).serverMptcp, { mode: 'maintain', cached: 0 });
+  } finally {
+    await cpe.stop(0);
+  }
+});

@@ -16,6 +16,7 @@ import { concentratorConfigSchema } from '../../../src/concentrator/config.js';
 import { cpeConfigSchema, loadCredentials } from '../../../src/cpe/config.js';
 import { ConcentratorSelector } from '../../../src/cpe/concentrators.js';
 import { handleClient } from '../../../src/cpe/session.js';
+import { ServerMptcpCache } from '../../../src/cpe/server-mptcp.js';
 import { createMetrics } from '../../../src/control/metrics.js';
 import { silentLogger } from '../../../src/log.js';
 import { decodeMpConvert } from '../../../src/protocol/index.js';
@@ -60,12 +61,13 @@ describe('CPE authentication (loopback)', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  async function convert(secretFile: string, format: 'mp-convert' | 'rfc8803', request: Buffer) {
+  async function convert(secretFile: string, format: 'mp-convert' | 'rfc8803', request: Buffer, serverMptcp: 'maintain' | 'direct' = 'maintain') {
     const config = cpeConfigSchema.parse({
       lan: ['lan0'],
       uplinks: [{ interface: 'up1' }],
       firstDataWaitMs: 1000,
       fallback: 'refuse',
+      serverMptcp: { mode: serverMptcp },
       concentrators: [{ address: `127.0.0.1:${concPort}`, format, zeroRtt: true, keyId: 'site-7', secretFile: join(dir, secretFile) }],
     });
     const credentials = await loadCredentials(config.concentrators);
@@ -83,6 +85,7 @@ describe('CPE authentication (loopback)', () => {
         track: () => {},
         originalDestination: () => ({ address: '198.19.0.11', port: 8080 }),
         credentials: (t) => credentials.get(t.address),
+        serverMptcp: new ServerMptcpCache(config.serverMptcp),
       }).catch(() => client.resetAndDestroy());
     });
     front.listen(0, '127.0.0.1');
@@ -108,6 +111,16 @@ describe('CPE authentication (loopback)', () => {
     assert.deepEqual(ies, [0, IE_TYPE_AUTHENTICATOR], 'the destination, then the authenticator');
     assert.equal(syn.subarray(sigLen).toString('hex'), request.subarray(0, syn.length - sigLen).toString('hex'), 'the client bytes follow in the SYN');
     assert.equal(concSockets.dials.length, dials + 1);
+  });
+
+  test('direct mode: the server MPTCP query is signed with the rest; the concentrator accepts it and answers in the echo', async () => {
+    const request = randomBytes(3_000);
+    const r = await convert('good.secret', 'mp-convert', request, 'direct');
+    assert.equal(r.how, 'end');
+    assert.equal(r.received.toString('hex'), Buffer.concat([Buffer.from(sha(request), 'hex'), reply]).toString('hex'));
+    const sigLen = 12 + 16 + 4 + Math.ceil((4 + 22 + 'site-7'.length + 32) / 4) * 4;
+    assert.deepEqual(decodeMpConvert(r.dial!.data!.subarray(0, sigLen)).ies.map((ie) => ie.type), [0x85, 0, IE_TYPE_AUTHENTICATOR]);
+    assert.match(await r.metrics.registry.metrics(), /mpconvert_server_mptcp_total\{event="learned"[^}]*\} 1/, 'the answer (1: the fake server leg is MPTCP) verified and learnt');
   });
 
   test('RFC 8803 with the Cookie TLV: converted', async () => {

@@ -45,15 +45,16 @@ const addressIe = fc.record({ type: fc.constant(0 as const), direction, address,
   return out;
 });
 const unknownIe = fc.record({
-  type: fc.integer({ min: 1, max: 255 }).filter((t) => t !== 0x80 && t !== 0x82 && t !== 0x83),
+  type: fc.integer({ min: 1, max: 255 }).filter((t) => t !== 0x80 && t !== 0x82 && t !== 0x83 && t !== 0x85),
   direction,
   body: bytes(40),
 });
 const transportIe = fc.record({ type: fc.constant(0x80 as const), protocol: fc.integer({ min: 0, max: 255 }) });
 const bindingIe = fc.record({ type: fc.constant(0x83 as const), port });
+const serverMptcpIe = fc.record({ type: fc.constant(0x85 as const), answer: fc.constantFrom(0, 1) });
 
 const ieList = fc
-  .tuple(fc.boolean(), fc.array(fc.oneof(addressIe, unknownIe, transportIe, bindingIe), { minLength: 1, maxLength: MP_CONVERT_LIMITS.maxIes - 1 }))
+  .tuple(fc.boolean(), fc.array(fc.oneof(addressIe, unknownIe, transportIe, bindingIe, serverMptcpIe), { minLength: 1, maxLength: MP_CONVERT_LIMITS.maxIes - 1 }))
   // A warm IE (Type 0x82) only ever goes first, before at least one other IE.
   .map(([warm, ies]): Ie[] => (warm ? [{ type: 0x82 }, ...ies] : ies))
   .filter((ies) => {
@@ -61,9 +62,10 @@ const ieList = fc
     const transports = ies.filter((i) => 'protocol' in i).length;
     // A transport IE never goes with a destination IE (MPC_ERR_IE_CONFLICT).
     const bindings = ies.filter((i) => i.type === 0x83).length;
+    const queries = ies.filter((i) => i.type === 0x85).length;
     // A binding IE goes with no destination, transport or warm IE (MPC_ERR_IE_CONFLICT).
     const bindingOk = bindings === 0 || (bindings === 1 && transports === 0 && !dirs.includes('destination') && ies[0]?.type !== 0x82);
-    return new Set(dirs).size === dirs.length && transports <= 1 && !(transports === 1 && dirs.includes('destination')) && bindingOk;
+    return new Set(dirs).size === dirs.length && transports <= 1 && queries <= 1 && !(transports === 1 && dirs.includes('destination')) && bindingOk;
   })
   .filter((ies) => {
     try {

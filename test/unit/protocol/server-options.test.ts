@@ -36,13 +36,16 @@ test('headers without an MP_CAPABLE, or broken ones, say no', () => {
   assert.equal(headerHasMpCapable(broken), false, 'an option that runs past the header');
 });
 
-test('the concentrator confirms RFC 8803 with the TLV only when asked; MP_CONVERT is the echo either way', () => {
+test('the concentrator confirms RFC 8803 with the TLV only with reportMptcp and an MPTCP leg; MP_CONVERT without a query is the echo either way', () => {
   const read = { format: 'rfc8803' as const, raw: Buffer.alloc(0), rest: Buffer.alloc(0) };
   assert.equal(confirmation(read).toString('hex'), '01012263');
-  const withTlv = decodeConvertMessage(confirmation(read, true));
+  assert.equal(confirmation(read, true).toString('hex'), '01012263', 'an MPTCP leg without reportMptcp: header only');
+  assert.equal(confirmation(read, false, true).toString('hex'), '01012263', 'reportMptcp with a TCP leg: header only');
+  const withTlv = decodeConvertMessage(confirmation(read, true, true));
   assert.equal(withTlv.extendedTcpHeader?.toString('hex'), mptcpSynAckHeader().toString('hex'));
   const ies = Buffer.from('faa8faa8000800010102030405', 'hex');
   assert.equal(confirmation({ format: 'mp-convert', raw: ies, rest: Buffer.alloc(0) }, true).toString('hex'), ies.toString('hex'));
+  assert.equal(confirmation({ format: 'mp-convert', raw: ies, rest: Buffer.alloc(0) }, true, true).toString('hex'), ies.toString('hex'));
 });
 
 test('the CPE echo check: a reply with the TLV confirms and reports the server MPTCP; one without does not; split anywhere', () => {
