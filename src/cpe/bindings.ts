@@ -9,6 +9,7 @@
  * or an unreachable concentrator is retried with a backoff up to 30 s.
  */
 import { randomBytes } from 'node:crypto';
+import { RefillBackoff } from './refill-backoff.js';
 import type { Socket } from 'node:net';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
@@ -49,8 +50,7 @@ interface Slot {
   target: ConcentratorTarget;
   entries: Set<Entry>;
   relayed: number;
-  backoffMs: number;
-  retry: NodeJS.Timeout | undefined;
+  backoff: RefillBackoff;
 }
 
 export interface BindingSnapshot {
@@ -63,8 +63,6 @@ export interface BindingSnapshot {
   relayed: number;
 }
 
-const BACKOFF_MIN_MS = 1_000;
-const BACKOFF_MAX_MS = 30_000;
 
 /** The claim of one reverse connection: the binding IE, then the authenticator when the target has a key. */
 export function claimFor(port: number, creds?: Credentials & { timestamp: number; nonce: Buffer }): Buffer {
@@ -103,7 +101,7 @@ export class ReverseBindings {
         slot.binding = binding;
         slot.target = target;
       } else {
-        this.#slots.set(key, { binding, target, entries: new Set(), relayed: 0, backoffMs: BACKOFF_MIN_MS, retry: undefined });
+        this.#slots.set(key, { binding, target, entries: new Set(), relayed: 0, backoff: new RefillBackoff() });
       }
     }
     for (const slot of this.#slots.values()) this.#fill(slot);
@@ -113,7 +111,7 @@ export class ReverseBindings {
   flush(): void {
     for (const slot of this.#slots.values()) {
       this.#drain(slot);
-      slot.backoffMs = BACKOFF_MIN_MS;
+      slot.backoff.reset();
       this.#fill(slot);
     }
   }
@@ -136,8 +134,7 @@ export class ReverseBindings {
   }
 
   #drain(slot: Slot): void {
-    clearTimeout(slot.retry);
-    slot.retry = undefined;
+    slot.backoff.cancel();
     for (const e of [...slot.entries]) this.#close(e, slot, 'retired');
   }
 
@@ -166,18 +163,13 @@ export class ReverseBindings {
   }
 
   #fill(slot: Slot): void {
-    if (this.#stopped || slot.retry) return;
+    if (this.#stopped || slot.backoff.pending) return;
     while (slot.entries.size < slot.binding.pool) this.#open(slot);
   }
 
   #retryLater(slot: Slot): void {
-    if (this.#stopped || slot.retry) return;
-    slot.retry = setTimeout(() => {
-      slot.retry = undefined;
-      this.#fill(slot);
-    }, slot.backoffMs);
-    slot.retry.unref();
-    slot.backoffMs = Math.min(BACKOFF_MAX_MS, slot.backoffMs * 2);
+    if (this.#stopped) return;
+    slot.backoff.schedule(() => this.#fill(slot));
   }
 
   /** Closed soon after it opened (refused, or the concentrator is restarting): back off; else refill now. */
@@ -258,7 +250,7 @@ export class ReverseBindings {
         buf = buf.subarray(claim.length);
         clearTimeout(entry.timer);
         entry.state = 'idle';
-        slot.backoffMs = BACKOFF_MIN_MS;
+        slot.backoff.reset();
         entry.timer = setTimeout(() => {
           this.#close(entry, slot, 'retired');
           this.#fill(slot);

@@ -12,6 +12,7 @@
  * backoff up to 30 s, and not while the selector holds it off.
  */
 import type { Socket } from 'node:net';
+import { RefillBackoff } from './refill-backoff.js';
 import type { Logger } from '../log.js';
 import type { Sockets } from '../platform/types.js';
 import { parseEndpoint } from '../control/address.js';
@@ -44,15 +45,12 @@ interface Entry {
 interface Slot {
   target: ConcentratorTarget;
   entries: Set<Entry>;
-  backoffMs: number;
-  retry: NodeJS.Timeout | undefined;
+  backoff: RefillBackoff;
 }
 
 /** How long a new entry waits for its extra subflows before it is handed out anyway. */
 const JOIN_WAIT_MS = 2_000;
 const JOIN_POLL_MS = 25;
-const BACKOFF_MIN_MS = 1_000;
-const BACKOFF_MAX_MS = 30_000;
 
 export class WarmPool {
   readonly #deps: WarmPoolDeps;
@@ -78,7 +76,7 @@ export class WarmPool {
         slot.target = target;
         while (slot.entries.size > target.warmPool) this.#close([...slot.entries][0] as Entry, slot, 'flushed');
       } else {
-        this.#slots.set(address, { target, entries: new Set(), backoffMs: BACKOFF_MIN_MS, retry: undefined });
+        this.#slots.set(address, { target, entries: new Set(), backoff: new RefillBackoff() });
       }
     }
     for (const slot of this.#slots.values()) this.#fill(slot);
@@ -105,7 +103,7 @@ export class WarmPool {
   flush(): void {
     for (const slot of this.#slots.values()) {
       this.#drain(slot, 'flushed');
-      slot.backoffMs = BACKOFF_MIN_MS;
+      slot.backoff.reset();
       this.#fill(slot);
     }
   }
@@ -124,8 +122,7 @@ export class WarmPool {
   }
 
   #drain(slot: Slot, why: WarmEvent): void {
-    clearTimeout(slot.retry);
-    slot.retry = undefined;
+    slot.backoff.cancel();
     for (const e of [...slot.entries]) this.#close(e, slot, why);
   }
 
@@ -142,7 +139,7 @@ export class WarmPool {
   }
 
   #fill(slot: Slot): void {
-    if (this.#stopped || slot.retry) return;
+    if (this.#stopped || slot.backoff.pending) return;
     const t = slot.target;
     if (!this.#deps.selector.candidates().some((c) => c.address === t.address)) {
       // Held off or not capable: look again later.
@@ -153,13 +150,8 @@ export class WarmPool {
   }
 
   #retryLater(slot: Slot): void {
-    if (this.#stopped || slot.retry) return;
-    slot.retry = setTimeout(() => {
-      slot.retry = undefined;
-      this.#fill(slot);
-    }, slot.backoffMs);
-    slot.retry.unref();
-    slot.backoffMs = Math.min(BACKOFF_MAX_MS, slot.backoffMs * 2);
+    if (this.#stopped) return;
+    slot.backoff.schedule(() => this.#fill(slot));
   }
 
   #open(slot: Slot): void {
@@ -197,7 +189,7 @@ export class WarmPool {
           socket.once('end', () => this.#gone(entry, slot));
           socket.once('close', () => this.#gone(entry, slot));
           this.#deps.count?.('opened');
-          slot.backoffMs = BACKOFF_MIN_MS;
+          slot.backoff.reset();
           this.#awaitJoins(entry, slot, Date.now() + JOIN_WAIT_MS);
         },
         (err: unknown) => {
