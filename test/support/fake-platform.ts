@@ -16,16 +16,25 @@ export interface FakeOptions {
   synDataAccepted?: (spec: DialSpec, nth: number) => boolean;
 }
 
-export function fakeSockets(opts: FakeOptions = {}): Sockets & { dials: DialSpec[] } {
+export function fakeSockets(opts: FakeOptions = {}): Sockets & { dials: DialSpec[]; listens: ListenSpec[] } {
   const dials: DialSpec[] = [];
+  const listens: ListenSpec[] = [];
   const marks = new WeakMap<net.Socket, number>();
   const toses = new WeakMap<net.Socket, number>();
   const synData = new WeakMap<net.Socket, boolean>();
   const impl = {
     dials,
+    listens,
+    /**
+     * A transparent listener only ever receives what TPROXY hands it, which no fake can: it is recorded and
+     * served on an ephemeral 127.0.0.1 port, so a test never depends on a fixed port being free or on the
+     * host having ::1.
+     */
     async listen(spec: ListenSpec): Promise<net.Server> {
+      listens.push(spec);
       const server = net.createServer();
-      server.listen(spec.port, spec.host);
+      if (spec.transparent) server.listen(0, '127.0.0.1');
+      else server.listen(spec.port, spec.host);
       await once(server, 'listening');
       return server;
     },

@@ -136,7 +136,8 @@ describe('OnPath in the Concentrator (fake kernel)', () => {
       allow: ['127.0.0.0/8'],
       onPath: { sources: ['198.18.1.0/24'], port, announce: ['198.18.200.1'], joinPort: 4244 },
     });
-    const conc = new Concentrator(config, { sockets: fakeSockets(), kernel, logger: silentLogger(), metrics: createMetrics('concentrator') });
+    const sockets = fakeSockets();
+    const conc = new Concentrator(config, { sockets, kernel, logger: silentLogger(), metrics: createMetrics('concentrator') });
     await conc.start();
     try {
       assert.equal(kernel.sysctls.get('net.mptcp.allow_join_initial_addr_port'), '0');
@@ -144,6 +145,8 @@ describe('OnPath in the Concentrator (fake kernel)', () => {
       const applied = kernel.calls.find((x) => x.startsWith('nft.applyTable ["inet","mpconvert_conc_default"'));
       assert.ok(applied?.includes(`tproxy ip to 127.0.0.1:${port}`), applied);
       assert.ok(kernel.calls.some((x) => x.startsWith('routes.addRule')), 'the return path\'s fwmark rule (local delivery of intercepted packets)');
+      const transparent = sockets.listens.filter((l) => l.transparent).map((l) => [l.protocol, l.host, l.port]);
+      assert.deepEqual(transparent, [['mptcp', '127.0.0.1', port], ['mptcp', '::1', port]], 'a transparent MPTCP listener per family on onPath.port');
       assert.deepEqual((conc.status() as { onPath?: unknown }).onPath, { port, active: 0, intercepted: 0, learned: [] });
       const changed = concentratorConfigSchema.parse({ ...config, onPath: { ...config.onPath, withdrawal: 'withdraw' } });
       const report = await conc.reload(changed);
