@@ -70,7 +70,7 @@ export function fakeSockets(opts: FakeOptions = {}): Sockets & { dials: DialSpec
     setNotSentLowat: () => {},
     setSendBuffer: () => {},
   };
-  return impl as unknown as Sockets & { dials: DialSpec[] };
+  return impl as unknown as Sockets & { dials: DialSpec[]; listens: ListenSpec[] };
 }
 
 export function fakeKernel(): KernelConfig & { sysctls: Map<string, string>; calls: string[] } {
