@@ -555,9 +555,14 @@ async function profileRun(o: Options): Promise<void> {
   try {
     await withLab([0, 0], false, async (lab) => {
       await withDeployment('mpconvert', lab, 2, async (d) => {
-        const runs = await repeat(o.runs, () => goodput(d, o.seconds));
-        log(`profiled relay: ${runs.map((x) => `${x.mbps.toFixed(0)} Mbit/s`).join(', ')}`);
-        await requestResponse(d, o.setupMs, o.concurrency);
+        if (o.only.has('relay')) {
+          const runs = await repeat(o.runs, () => goodput(d, o.seconds));
+          log(`profiled relay: ${runs.map((x) => `${x.mbps.toFixed(0)} Mbit/s`).join(', ')}`);
+        }
+        if (o.only.has('setup')) {
+          const s = await requestResponse(d, o.setupMs, o.concurrency);
+          log(`profiled setup: ${s.cps.toFixed(0)} connections/s`);
+        }
       }, dir);
     });
     let text = '';
