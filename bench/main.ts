@@ -283,12 +283,13 @@ async function main(): Promise<void> {
                   const rts = await repeat(o.runs, () => roundTrips(lab, d));
                   r.setup[sys] = {
                     cps: stat(runs.map((x) => x.cps)),
+                    cpuMsPerConnection: stat(runs.map((x) => x.cpuMsPerConnection ?? null)),
                     ttfbP50Ms: stat(runs.map((x) => x.ttfbP50)),
                     ttfbP99Ms: stat(runs.map((x) => x.ttfbP99)),
                     errors: runs.reduce((s, x) => s + x.errors, 0),
                     roundTrips: stat(rts),
                   };
-                  log(`setup ${sys}: ${runs.map((x) => `${x.cps.toFixed(0)}/s p50 ${x.ttfbP50?.toFixed(2)} ms p99 ${x.ttfbP99?.toFixed(2)} ms err ${x.errors}`).join(', ')}; round trips ${rts.join(', ')}`);
+                  log(`setup ${sys}: ${runs.map((x) => `${x.cps.toFixed(0)}/s ${x.cpuMsPerConnection?.toFixed(3) ?? '-'} ms CPU p50 ${x.ttfbP50?.toFixed(2)} ms p99 ${x.ttfbP99?.toFixed(2)} ms err ${x.errors}`).join(', ')}; round trips ${rts.join(', ')}`);
                 } catch (e) {
                   r.setup[sys] = { cps: null, ttfbP50Ms: null, ttfbP99Ms: null, errors: 0, roundTrips: null, error: errText(e) };
                   log(`setup ${sys}: ERROR ${errText(e)}`);
@@ -530,6 +531,8 @@ function targets(r: Results): Results['targets'] {
   add('relay goodput >= 0.5x kernel', g('mpconvert'), g('kernel') === undefined ? undefined : 0.5 * g('kernel')!, true, (v) => `${v.toFixed(0)} Mbit/s`);
   add('connections/s >= shadowsocks-libev', cps('mpconvert'), cps('shadowsocks'), true, (v) => `${v.toFixed(0)}/s`);
   const ttfb = (x: SystemName, p: 'ttfbP50Ms' | 'ttfbP99Ms') => m(r.setup[x]?.[p]);
+  const cpuConn = (x: SystemName) => m(r.setup[x]?.cpuMsPerConnection);
+  add('setup CPU per connection <= shadowsocks-libev', cpuConn('mpconvert'), cpuConn('shadowsocks'), false, (v) => `${v.toFixed(3)} ms`);
   add('time to first byte p50 <= shadowsocks-libev', ttfb('mpconvert', 'ttfbP50Ms'), ttfb('shadowsocks', 'ttfbP50Ms'), false, (v) => `${v.toFixed(2)} ms`);
   add('time to first byte p99 <= shadowsocks-libev', ttfb('mpconvert', 'ttfbP99Ms'), ttfb('shadowsocks', 'ttfbP99Ms'), false, (v) => `${v.toFixed(2)} ms`);
   const rt = (x: SystemName) => m(r.setup[x]?.roundTrips);
@@ -569,7 +572,10 @@ async function profileRun(o: Options): Promise<void> {
     for (const role of ['cpe', 'concentrator']) {
       const file = readdirSync(join(dir, role)).find((f) => f.endsWith('.cpuprofile'));
       if (!file) throw new Error(`no CPU profile was written for the ${role}`);
-      text += summariseProfile(JSON.parse(readFileSync(join(dir, role, file), 'utf8')), role === 'cpe' ? 'CPE' : 'Concentrator') + '\n';
+      const raw = readFileSync(join(dir, role, file), 'utf8');
+      // The raw profile too, for Chrome DevTools or a closer look (inclusive times, call trees).
+      writeFileSync(join(o.out, `${role}.cpuprofile`), raw);
+      text += summariseProfile(JSON.parse(raw), role === 'cpe' ? 'CPE' : 'Concentrator') + '\n';
     }
     writeFileSync(join(o.out, 'profile.md'), text);
     process.stdout.write(text);

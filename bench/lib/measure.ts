@@ -187,6 +187,8 @@ export interface RrRun {
   completed: number;
   errors: number;
   cps: number;
+  /** CPU time of the relay processes (CPE + concentrator, reaped children included) per completed connection, ms; null without relay processes. */
+  cpuMsPerConnection?: number | null;
   ttfbP50: number | null;
   ttfbP99: number | null;
   errorKinds?: Record<string, number>;
@@ -196,9 +198,13 @@ export interface RrRun {
 export async function requestResponse(d: Deployment, durationMs: number, concurrency: number, maxConnections?: number): Promise<RrRun> {
   const t = d.target(RR_PORT);
   const [c, a] = cmdline(d.client, process.execPath, [`${TOOLS}rr-client.js`, JSON.stringify({ mode: 'rr', host: t.address, port: t.port, durationMs, concurrency, maxConnections })]);
+  const before = d.relayRoots.length ? cpuSeconds(d.relayRoots) : 0;
   const r = await d.client.host.exec(c, a, { timeoutMs: durationMs + 30_000 });
+  const cpu = d.relayRoots.length ? cpuSeconds(d.relayRoots) - before : null;
   const line = r.stdout.trim().split('\n').pop() ?? '';
-  return JSON.parse(line) as RrRun;
+  const run = JSON.parse(line) as RrRun;
+  run.cpuMsPerConnection = cpu === null || run.completed === 0 ? null : (cpu * 1000) / run.completed;
+  return run;
 }
 
 export interface MemoryRun {

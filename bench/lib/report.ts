@@ -55,6 +55,8 @@ export interface Results {
     cps: Stat | null;
     ttfbP50Ms: Stat | null;
     ttfbP99Ms: Stat | null;
+    /** CPU of the relay processes (CPE + concentrator) per connection, ms (absent in results before it was measured). */
+    cpuMsPerConnection?: Stat | null;
     errors: number;
     roundTrips: Stat | null;
     error?: string;
@@ -166,6 +168,7 @@ export function markdown(r: Results): string {
   line('goodput, Mbit/s', (x) => r.relay[x]?.goodputMbps, 0, (x) => r.relay[x]?.error);
   line('relay CPU, s per GB (CPE + concentrator)', (x) => r.relay[x]?.cpuSecondsPerGB, 2, (x) => r.relay[x]?.error, true);
   line('connections per second', (x) => r.setup[x]?.cps, 0, (x) => r.setup[x]?.error);
+  line('setup CPU per connection, ms (CPE + concentrator)', (x) => r.setup[x]?.cpuMsPerConnection, 3, (x) => r.setup[x]?.error, true);
   line('time to first byte p50, ms', (x) => r.setup[x]?.ttfbP50Ms, 2, (x) => r.setup[x]?.error, true);
   line('time to first byte p99, ms', (x) => r.setup[x]?.ttfbP99Ms, 2, (x) => r.setup[x]?.error, true);
   line('uplink round trips to first byte', (x) => r.setup[x]?.roundTrips, 2, (x) => r.setup[x]?.error, true);

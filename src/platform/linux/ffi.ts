@@ -104,24 +104,37 @@ export function setsockoptBuf(fd: number, level: number, name: number, value: Bu
   if (lib().setsockopt(fd, level, name, value, value.byteLength) < 0) fail(`setsockopt(${label})`);
 }
 
+// Scratch words for the calls below: each call is synchronous and this module's state is per thread, so one
+// of each is enough and a connection's socket options allocate nothing.
+const intWord = Buffer.alloc(4);
+const lenWord = Buffer.alloc(4);
+
 export function setsockoptInt(fd: number, level: number, name: number, value: number, label: string): void {
-  const b = Buffer.alloc(4);
-  b.writeInt32LE(value | 0);
-  setsockoptBuf(fd, level, name, b, label);
+  intWord.writeInt32LE(value | 0);
+  setsockoptBuf(fd, level, name, intWord, label);
 }
 
 /** getsockopt into `buf`; returns the length the kernel wrote. */
 export function getsockoptBuf(fd: number, level: number, name: number, buf: Buffer, label: string): number {
-  const len = Buffer.alloc(4);
-  len.writeUInt32LE(buf.byteLength);
-  if (lib().getsockopt(fd, level, name, buf, len) < 0) fail(`getsockopt(${label})`);
-  return len.readUInt32LE(0);
+  const n = getsockoptTry(fd, level, name, buf);
+  if (n < 0) throw PlatformError.fromErrno(`getsockopt(${label})`, -n);
+  return n;
+}
+
+/**
+ * getsockopt into `buf` without throwing: the length the kernel wrote, or -errno. For the per-connection probes
+ * whose failure is an answer (MPTCP_INFO on a socket that fell back to TCP), where building an error with its
+ * stack for every connection showed in the setup profile.
+ */
+export function getsockoptTry(fd: number, level: number, name: number, buf: Buffer): number {
+  lenWord.writeUInt32LE(buf.byteLength);
+  if (lib().getsockopt(fd, level, name, buf, lenWord) < 0) return -koffi.errno();
+  return lenWord.readUInt32LE(0);
 }
 
 export function getsockoptInt(fd: number, level: number, name: number, label: string): number {
-  const b = Buffer.alloc(4);
-  getsockoptBuf(fd, level, name, b, label);
-  return b.readInt32LE(0);
+  getsockoptBuf(fd, level, name, intWord, label);
+  return intWord.readInt32LE(0);
 }
 
 export function bind(fd: number, addr: Buffer, label: string): void {

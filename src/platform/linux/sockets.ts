@@ -18,6 +18,7 @@ import {
   TCP_INFO_SIZE,
   SUBFLOW_INFO_SIZE,
   MPTCP_INFO_SIZE,
+  MPTCP_INFO_FLAG_FALLBACK,
   decodeFullInfo,
   decodeMptcpInfo,
   decodeSubflowData,
@@ -30,6 +31,9 @@ import {
 } from '../structs.js';
 import type { DialSpec, Family, ListenSpec, ListeningServer, MptcpInfo, SocketSpec, Sockets, SubflowInfo, TcpInfo } from '../types.js';
 import * as ffi from './ffi.js';
+
+/** mptcp_info of the socket being asked about: decoded (copied out) before the next call. */
+const infoScratch = Buffer.alloc(MPTCP_INFO_SIZE);
 
 const EMPTY = Buffer.alloc(0);
 const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
@@ -208,21 +212,19 @@ export class LinuxSockets implements Sockets {
   mptcpInfo(socket: net.Socket): MptcpInfo | null {
     const fd = fdOf(socket);
     if (fd < 0) return null;
-    const buf = Buffer.alloc(MPTCP_INFO_SIZE);
-    let len: number;
-    try {
-      // Fails (EOPNOTSUPP/ENOPROTOOPT) on plain TCP sockets and on MPTCP sockets that fell back to TCP.
-      len = ffi.getsockoptBuf(fd, ffi.SOL_MPTCP, ffi.MPTCP.INFO, buf, 'MPTCP_INFO');
-    } catch {
-      return null;
-    }
+    // Fails (EOPNOTSUPP/ENOPROTOOPT) on plain TCP sockets and on MPTCP sockets that fell back to TCP.
+    const len = ffi.getsockoptTry(fd, ffi.SOL_MPTCP, ffi.MPTCP.INFO, infoScratch);
     if (len < 40) return null;
-    const info = decodeMptcpInfo(buf, len);
+    const info = decodeMptcpInfo(infoScratch, len);
     return info.fallback ? null : info;
   }
 
+  /** Once or twice per connection: one getsockopt into a scratch buffer, only the fallback flag read. */
   isMptcp(socket: net.Socket): boolean {
-    return this.mptcpInfo(socket) !== null;
+    const fd = fdOf(socket);
+    if (fd < 0) return false;
+    const len = ffi.getsockoptTry(fd, ffi.SOL_MPTCP, ffi.MPTCP.INFO, infoScratch);
+    return len >= 40 && (infoScratch.readUInt32LE(8) & MPTCP_INFO_FLAG_FALLBACK) === 0;
   }
 
   subflows(socket: net.Socket): SubflowInfo[] {
