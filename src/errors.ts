@@ -29,6 +29,7 @@ export const ERROR_CODES = {
   MPC_ERR_LAB_UP: 'building the lab failed (everything it made was removed)',
   MPC_ERR_LAB_NOT_FOUND: 'no lab state for that prefix',
   MPC_ERR_LAB_PROBE: 'a lab probe or the self-test failed',
+  MPC_ERR_WORKER_MESSAGE: "a message on the IPC channel between the concentrator's primary and a worker process does not parse; it is dropped and logged",
   MPC_ERR_RADIUS_PACKET: 'a RADIUS packet is malformed (length, attribute overrun) or cannot be built (attribute too long); a received one is dropped',
 } as const;
 

@@ -1,5 +1,5 @@
 /** `mpconvert concentrator`: the composition root of the concentrator role (picks the Linux platform). */
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { createLinuxPlatform } from '../platform/linux/index.js';
 import { createLogger, LOG_FORMATS, type LogFormat } from '../log.js';
 import { applySysctls, concentratorSysctls } from '../control/prepare.js';
@@ -14,6 +14,9 @@ import { resolveConcentratorConfig, type ConcentratorFlags } from './config.js';
 import { Concentrator } from './concentrator.js';
 import { createSessionLog } from './session-log.js';
 import { closeFd, sendToUnix, unixDatagramSocket } from '../platform/linux/ffi.js';
+import { formatEndpoint } from '../control/address.js';
+import { runWorker } from './worker.js';
+import { WorkerPool } from './workers.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -31,14 +34,19 @@ export function concentratorCommand(): Command {
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace')
     .option('--log-format <format>', `log lines: ${LOG_FORMATS.join('|')} (auto: journald when stderr is the journal, else json)`)
     .option('--prepare', 'as root, before the daemon starts (the unit\'s ExecStartPre): set the sysctls this configuration needs, print them, and exit')
+    .addOption(new Option('--worker <index>', 'internal: run as worker process N of a concentrator with `workers` > 1 (started by the concentrator itself)').hideHelp())
     .option('--check', 'check the configuration and this host (interfaces, addresses, kernel MPTCP and the kernel features the role needs), print every problem, and exit: 0 = fine, 2 = problems')
-    .action(async (opts: ConcentratorFlags & { serverMptcp?: boolean; check?: boolean; prepare?: boolean; logFormat?: string }) => {
-      const { check, prepare, logFormat, serverMptcp, ...rest } = opts;
+    .action(async (opts: ConcentratorFlags & { serverMptcp?: boolean; check?: boolean; prepare?: boolean; logFormat?: string; worker?: string }) => {
+      const { check, prepare, logFormat, serverMptcp, worker, ...rest } = opts;
       const flags: ConcentratorFlags = { ...rest };
       if (serverMptcp === false) flags.noServerMptcp = true;
       if (logFormat !== undefined && !LOG_FORMATS.includes(logFormat as LogFormat)) {
         process.stderr.write(`mpconvert concentrator: --log-format ${logFormat}: one of ${LOG_FORMATS.join(', ')}\n`);
         process.exitCode = 2;
+        return;
+      }
+      if (worker !== undefined) {
+        await runWorker(Number(worker), { logFormat: logFormat as LogFormat | undefined });
         return;
       }
       let config;
@@ -87,6 +95,9 @@ export function concentratorCommand(): Command {
         resources: platform.resources,
       });
       let admin: AdminServer | undefined;
+      let workers: WorkerPool | undefined;
+      // The workers' configuration: the primary's, with the listeners' actual ports (port 0 resolved at start).
+      const workerConfig = () => ({ ...concentrator.config, listen: concentrator.addresses.map((a) => formatEndpoint(a.host, a.port)) });
       await runDaemon(
         {
           start: async (control) => {
@@ -94,12 +105,28 @@ export function concentratorCommand(): Command {
             if (problems.length > 0) throw new ConfigError(problems.join('; '));
             const token = config.adminTokenFile ? await loadAdminToken(config.adminTokenFile) : undefined;
             await concentrator.start();
+            if (config.workers > 1) {
+              workers = new WorkerPool(workerConfig(), {
+                logger,
+                metrics,
+                shared: concentrator.shared,
+                sessionLog,
+                command: { script: process.argv[1] ?? '', args: ['concentrator', ...(logFormat ? ['--log-format', logFormat] : [])] },
+              });
+              await workers.start();
+            }
             if (config.admin) {
               admin = await startAdmin(
                 { endpoint: parseEndpoint(config.admin), token, logger, requests: metrics.adminRequests, role: 'concentrator' },
                 {
                   registry: metrics.registry,
-                  status: () => concentrator.status(),
+                  ...(workers ? { metricsText: () => (workers as WorkerPool).metricsText(metrics.registry) } : {}),
+                  status: async () => {
+                    const own = concentrator.status();
+                    if (!workers) return own;
+                    const primary = { worker: 0, pid: process.pid, accepted: concentrator.accepted, active: concentrator.activeSessions };
+                    return { ...own, workers: [primary, ...(await workers.status())], sharedLeases: concentrator.shared.leases };
+                  },
                   readiness: () => concentrator.readiness(),
                   live: () => concentrator.live(),
                   connections: (q) => concentrator.connections(q),
@@ -112,8 +139,12 @@ export function concentratorCommand(): Command {
             return { listen: concentrator.addresses, admin: admin?.port };
           },
           stop: async (reason) => {
-            // After a failed start there is nothing to drain.
-            await concentrator.stop(reason === 'start failed' ? 0 : undefined);
+            // After a failed start there is nothing to drain. The workers drain at the same time as the primary,
+            // which keeps answering their releases meanwhile.
+            await Promise.all([
+              workers?.stop(reason === 'start failed' ? 0 : running.shutdownDrainS * 1000 + 2_000),
+              concentrator.stop(reason === 'start failed' ? 0 : undefined),
+            ]);
             await platform.splice?.close();
             await admin?.close();
             await sessionLog?.close();
@@ -130,6 +161,7 @@ export function concentratorCommand(): Command {
             const next = await resolveConcentratorConfig(flags);
             await concentrator.reload(next);
             running = next;
+            workers?.reload(workerConfig());
           },
           stopBudgetMs: () => (running.shutdownDrainS + STOP_CLEANUP_S) * 1000,
         },

@@ -18,11 +18,11 @@ import { diffConfig, effectiveConfig, logReload, type ReloadReport } from '../co
 import type { KernelConfig, ListeningServer, ProcessResources, Sockets, SpliceEngine } from '../platform/types.js';
 import { ConnectionLimits } from '../policy/limits.js';
 import { AddressSet, PrefixSet, compileDestinationPolicy, type DestinationPolicy } from '../policy/destination.js';
-import { customerGate, destinationRefusal, limitsGate, mptcpGate, sourceGate } from '../policy/gates.js';
+import { customerGate, destinationRefusal, mptcpGate, sourceGate } from '../policy/gates.js';
 import { SignallingAdmission } from '../policy/pending.js';
 import { compileProxyProtocolTargets, type ProxyProtocolTargets } from '../policy/proxy-protocol.js';
 import { refuse, refusalLabel, refusalReaction, type Refusal } from '../policy/refusals.js';
-import { ReplayCache, authenticateGate, openAllowProblem, type KeyRing } from '../policy/auth.js';
+import { ReplayCache, openAllowProblem, type KeyRing } from '../policy/auth.js';
 import { loadKeysFile } from './keys.js';
 import { unmapAddress } from '../protocol/address.js';
 import { MpconvertError } from '../errors.js';
@@ -42,6 +42,7 @@ import { Bindings } from './bindings.js';
 import { OnPath } from './onpath.js';
 import { UdpChannelService } from './udp-channel.js';
 import { IPPROTO_UDP } from '../protocol/mp-convert.js';
+import { LocalSharedState, type SharedState } from './shared-state.js';
 
 export { dialErrorCode } from './conversion.js';
 
@@ -57,6 +58,12 @@ export interface ConcentratorDeps {
   splice?: SpliceEngine | undefined;
   /** Descriptor budget; absent: no shedding near the descriptor limit. */
   resources?: ProcessResources | undefined;
+  /**
+   * Set in a worker process (`workers` > 1, ./workers.ts): the primary's shared state over IPC. A worker only
+   * accepts and converts explicit TCP; the kernel configuration, the nft table and the state shared per CPE
+   * stay with the primary.
+   */
+  worker?: { index: number; shared: SharedState } | undefined;
 }
 
 interface Session {
@@ -72,7 +79,7 @@ const CPE_TOTALS_MAX = 10_000;
 /** Sessions whose MPTCP subflow count is read per figure (getsockopt each); beyond, the count is left out. */
 const SUBFLOW_SAMPLE_MAX = 4_096;
 /** Keys a SIGHUP cannot apply (the rest it does, see reload()). */
-const RESTART_KEYS = new Set(['onPath', 'announce', 'manageSysctls', 'preserveDscp', 'sessionLog', 'sessionLogging', 'admin', 'adminTokenFile', 'metrics']);
+const RESTART_KEYS = new Set(['workers', 'onPath', 'announce', 'manageSysctls', 'preserveDscp', 'sessionLog', 'sessionLogging', 'admin', 'adminTokenFile', 'metrics']);
 
 export interface CpeFigures {
   cpe: string;
@@ -106,6 +113,8 @@ export class Concentrator {
   /** The keys file's keys (start, reload); undefined while authentication is off. */
   #keys: KeyRing | undefined;
   readonly #replay = new ReplayCache(1);
+  /** The replay cache, limits and source pool as one state (./shared-state.ts): this pipeline's and the workers'. */
+  readonly #shared: LocalSharedState;
   /** RADIUS authorization and accounting (start, reload); undefined without `radius`. */
   #radius: RadiusService | undefined;
   readonly #conversion: ConversionStrategy;
@@ -140,6 +149,16 @@ export class Concentrator {
     if (open) throw new ConfigError(open);
     this.#rules = new ListenerRules({ kernel: deps.kernel, logger: deps.logger });
     this.#limits = new ConnectionLimits(config.limits, this.#now);
+    this.#shared = new LocalSharedState({
+      limits: this.#limits,
+      replay: this.#replay,
+      auth: () => {
+        const auth = this.#config.auth;
+        return auth && this.#keys ? { keys: this.#keys, clockSkewS: auth.clockSkewS, required: auth.required } : undefined;
+      },
+      sourceAddress: () => this.#sourceAddress,
+      now: this.#now,
+    });
     this.#pending = new SignallingAdmission(config.signalling);
     this.#allow = PrefixSet.from(config.allow);
     this.#destinations = compileDestinationPolicy({ deny: denyPrefixes(config) });
@@ -203,17 +222,16 @@ export class Concentrator {
 
   /** The steps every accepted connection goes through, in order (docs/architecture.md shows them). */
   #pipeline(): Step[] {
+    return this.#deps.worker ? this.#workerPipeline(this.#deps.worker.shared) : this.#primarySteps();
+  }
+
+  #primarySteps(): Step[] {
     return [
       step('customer', (ctx) => customerGate(ctx.cpe, this.#allow)),
       step('mptcp', (ctx) => mptcpGate(this.#deps.sockets.isMptcp(ctx.socket), this.#config.acceptFallback)),
       step('signalling', (ctx) => this.#readSignalling(ctx)),
       step('authenticate', (ctx) => this.#authenticate(ctx)),
-      step('limits', (ctx) => {
-        const who = ctx.identity;
-        const refused = limitsGate(this.#limits.admit(who));
-        if (!refused) ctx.own(() => this.#limits.release(who));
-        return refused;
-      }),
+      step('limits', (ctx) => this.#shared.admitLimits(ctx.identity, ctx.own)),
       // After limits: a CPE's connections waiting for its RADIUS answer hold its limits slots (bounded per CPE).
       step('radius', (ctx) => this.#radius?.authorize(ctx)),
       // A reverse connection (binding IE) is parked here for an inbound binding; the steps below are for conversions.
@@ -237,8 +255,40 @@ export class Concentrator {
         return sourceGate(src ? unmapAddress(src.address) : undefined);
       }),
       // A channel takes a source address per mapping and family (udp-channel.ts), not one per connection.
-      step('source-address', (ctx) => (isChannel(ctx) ? undefined : this.#sourceAddress.acquire(ctx))),
+      step('source-address', (ctx) => (isChannel(ctx) ? undefined : this.#shared.acquireSource(ctx))),
       step('convert', (ctx) => (isChannel(ctx) ? this.#udp.conversion : this.#conversion).convert(ctx)),
+    ];
+  }
+
+  /**
+   * A worker process's steps: explicit TCP only (config.ts refuses UDP, bindings, RADIUS with workers). The
+   * pure gates run here; authenticate, limits and source-address are one request to the primary, after the
+   * destination and source gates (it carries the destination's family).
+   */
+  #workerPipeline(shared: SharedState): Step[] {
+    const all = new Map(this.#primarySteps().map((s) => [s.name, s]));
+    const take = (name: string): Step => all.get(name) as Step;
+    return [
+      take('customer'),
+      take('mptcp'),
+      take('signalling'),
+      step('transport', (ctx) => (ctx.signalling?.protocol === undefined ? undefined : refuse('udp-not-offered'))),
+      take('destination'),
+      take('source'),
+      step('shared-state', async (ctx) => {
+        const sig = ctx.signalling;
+        if (!sig || !ctx.format || !ctx.destination) return refuse('no-destination');
+        const src = sig.source ? unmapAddress(sig.source.address) : undefined;
+        const a = await shared.admit({ cpe: ctx.cpe, format: ctx.format, raw: sig.raw, family: ctx.destination.family, ...(src !== undefined ? { source: sig.source?.address } : {}) });
+        if (!a.ok) return { ...a.refusal, detail: { ...a.refusal.detail, sharedStep: a.step } };
+        ctx.own(() => shared.release(a.lease));
+        ctx.identity = a.identity;
+        ctx.keyId = a.keyId;
+        ctx.external = a.external;
+        if (a.externalTransparent) ctx.externalTransparent = true;
+        return undefined;
+      }),
+      step('convert', (ctx) => this.#conversion.convert(ctx)),
     ];
   }
 
@@ -277,13 +327,8 @@ export class Concentrator {
 
   /** authenticate: the authenticator in the signalling, checked before any dial; sets the CPE identity. */
   #authenticate(ctx: ConnectionContext): Refusal | undefined {
-    const auth = this.#config.auth;
-    if (!auth || !this.#keys || !ctx.signalling || !ctx.format) return undefined;
-    const v = authenticateGate(
-      { format: ctx.format, raw: ctx.signalling.raw, source: ctx.cpe },
-      { keys: this.#keys, clockSkewS: auth.clockSkewS, required: auth.required, replay: this.#replay },
-      this.#now(),
-    );
+    if (!ctx.signalling || !ctx.format) return undefined;
+    const v = this.#shared.authenticate({ format: ctx.format, raw: ctx.signalling.raw, cpe: ctx.cpe });
     if (!v.ok) return v.refusal;
     ctx.identity = v.identity;
     ctx.keyId = v.keyId;
@@ -330,7 +375,23 @@ export class Concentrator {
     return this.#dialer.brokenMptcp.keys();
   }
 
+  /** Connections this process accepted since it started (per-worker counts in /status). */
+  get accepted(): number {
+    return this.#nextId - 1;
+  }
+
+  /** Connections of this process open now. */
+  get activeSessions(): number {
+    return this.#sessions.size;
+  }
+
+  /** The state the worker processes ask for (./workers.ts serves their requests with it). */
+  get shared(): LocalSharedState {
+    return this.#shared;
+  }
+
   async start(): Promise<void> {
+    if (this.#deps.worker) return this.#startWorker();
     await this.#loadKeys(this.#config);
     await this.#setRadius(this.#config);
     await this.#prepareKernel();
@@ -350,6 +411,15 @@ export class Concentrator {
     this.#figuresTimer.unref();
     this.#udp.start();
     this.#deps.logger.info({ listen: this.#config.listen, allow: this.#config.allow }, 'concentrator started');
+  }
+
+  /** A worker process: listeners only (the primary configured the kernel and owns the shared state). */
+  async #startWorker(): Promise<void> {
+    for (const text of this.#config.listen) await this.#openListener(text);
+    this.#sampleDescriptors();
+    this.#sweeper = setInterval(() => this.#sampleDescriptors(), 10_000);
+    this.#sweeper.unref();
+    this.#deps.logger.info({ listen: this.#config.listen }, 'concentrator worker started');
   }
 
   /** The on-path listener before the rules that send it SYNs (./onpath.ts); a change of `onPath` needs a restart. */
@@ -494,6 +564,8 @@ export class Concentrator {
         fastOpenQueue: 4096,
         fastOpenNoCookie: true,
         reuseAddr: true,
+        // Every process of the group (the primary and its workers) opens the same listener; the kernel spreads the SYNs.
+        reusePort: this.#config.workers > 1,
         // Inherited by every accepted connection: if this process dies, the CPEs see MP_FASTCLOSE, not DATA_FIN.
         linger: RESET_ON_CLOSE,
       });
@@ -510,6 +582,7 @@ export class Concentrator {
     socket.on('error', () => {}); // every path below destroys the socket; errors are accounted there
     const releases: Array<() => void> = [];
     const cpe = unmapAddress(socket.remoteAddress ?? '');
+    let ended = false;
     const ctx: ConnectionContext = {
       id: this.#nextId++,
       socket,
@@ -517,9 +590,9 @@ export class Concentrator {
       identity: cpe,
       listener,
       started: this.#now(),
-      own: (release) => releases.push(release),
+      // Acquired after the connection ended (an answer that came after the close): released at once.
+      own: (release) => (ended ? release() : releases.push(release)),
     };
-    let ended = false;
     const session: Session = {
       ctx,
       refused: false,
@@ -768,15 +841,16 @@ export class Concentrator {
     const next = effectiveConfig(this.#config, wanted, report);
     // First, before anything changes: a return path that cannot be installed leaves the running configuration.
     // Its mark and table are taken at install: a change of those needs a restart.
-    await this.#ensureReturnPath(next);
+    const worker = this.#deps.worker !== undefined;
+    if (!worker) await this.#ensureReturnPath(next);
     const old = this.#config;
     // Compiled before anything changes: a list that does not compile leaves the running configuration.
     const open = openAllowProblem(next.allow, next.auth);
     if (open) throw new ConfigError(open);
     const allow = PrefixSet.from(next.allow);
     const destinations = compileDestinationPolicy({ deny: denyPrefixes(next) });
-    const keys = next.auth ? await loadKeysFile(next.auth.keysFile) : undefined;
-    await this.#setRadius(next);
+    const keys = next.auth && !worker ? await loadKeysFile(next.auth.keysFile) : undefined;
+    if (!worker) await this.#setRadius(next);
     this.#config = next;
     this.#keys = keys;
     if (next.auth) this.#replay.resize(next.auth.replayCacheSize);
@@ -800,7 +874,7 @@ export class Concentrator {
     }
     for (const text of next.listen) if (!this.#listeners.has(text)) await this.#openListener(text);
     this.#onPath?.reconfigure(next);
-    await this.#rules.apply(next, this.addresses);
+    if (!worker) await this.#rules.apply(next, this.addresses);
     await this.#onPath?.resync();
     if (report.applied.includes('logLevel')) this.#deps.logger.level = next.logLevel;
     logReload(this.#deps.logger, old, wanted, report);
@@ -842,7 +916,8 @@ export class Concentrator {
     // Port blocks still held go back, each with its release line.
     this.#sourceAddress.close?.('stop');
     await this.#onPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not stop the on-path interception'));
-    await this.#rules.remove().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the nft table of the listeners'));
+    // A worker's stop leaves the kernel configuration to the primary.
+    if (!this.#deps.worker) await this.#rules.remove().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the nft table of the listeners'));
     await this.#returnPath?.stop().catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not remove the return path'));
     this.#returnPath = undefined;
     for (const id of this.#announced.splice(0)) {

@@ -304,6 +304,12 @@ export const concentratorConfigSchema = z.strictObject({
     .strictObject({ perCpe: z.boolean().default(false), topCpes: z.number().int().min(0).max(1000).default(10) })
     .default({ perCpe: false, topCpes: 10 }),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /**
+   * Processes that accept on the listeners (SO_REUSEPORT): this one (the primary) and `workers - 1` forked
+   * workers; the primary keeps the shared state (limits, replay cache, source pool). 1 = no extra process.
+   * A change needs a restart. docs/concentrator.md, "Worker processes".
+   */
+  workers: z.number().int().min(1).max(64).default(1),
 }).superRefine((c, issue) => {
   const mode = c.sourceAddress?.mode;
   if (mode === 'pool' && c.sourcePool.addresses.length === 0) {
@@ -335,10 +341,26 @@ export const concentratorConfigSchema = z.strictObject({
       message: 'list the addresses bindings open on (or use a source pool or the transparent mode: then each CPE\'s binding opens on its pool address, or on its own)',
     });
   }
+  for (const problem of workersProblems(c)) issue.addIssue({ code: 'custom', path: ['workers'], message: problem });
   // Checked here so a start and a SIGHUP reload both refuse it with the other configuration problems.
   const open = openAllowProblem(c.allow, c.auth);
   if (open) issue.addIssue({ code: 'custom', path: ['allow'], message: open });
 });
+
+/**
+ * What worker processes cannot serve yet: UDP channels, reverse connections (bindings), the on-path listener
+ * and RADIUS live in the primary only, and a port-block lease takes its next port synchronously while dialling.
+ */
+export function workersProblems(c: Pick<ConcentratorConfig, 'workers' | 'transports' | 'bindings' | 'onPath' | 'radius' | 'portBlocks'>): string[] {
+  if (c.workers <= 1) return [];
+  const out: string[] = [];
+  if (c.transports.includes('udp')) out.push('workers > 1 needs transports: [tcp] (UDP channels are served by one process)');
+  if (c.bindings) out.push('workers > 1 cannot be combined with bindings (reverse connections are parked in one process)');
+  if (c.onPath) out.push('workers > 1 cannot be combined with onPath');
+  if (c.radius) out.push('workers > 1 cannot be combined with radius');
+  if (c.portBlocks) out.push('workers > 1 cannot be combined with portBlocks');
+  return out;
+}
 
 /** The effective source-address mode (an absent `sourceAddress.mode` keeps the `sourcePool` behaviour). */
 export function sourceAddressMode(c: Pick<ConcentratorConfig, 'sourceAddress' | 'sourcePool'>): 'kernel' | 'pool' | 'transparent' | 'nptv6' {

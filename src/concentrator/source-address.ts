@@ -7,7 +7,6 @@
  * concentrator's own: they are bound with IP_TRANSPARENT, and their return traffic is taken by the return
  * path (./return-path.ts). Both refuse a source IE outside the CPE's prefixes (`source-spoofed`).
  */
-import type { ConnectionContext } from './context.js';
 import { refuse, type Refusal } from '../policy/refusals.js';
 import { SourcePool, type PoolMode } from './source-pool.js';
 import { unmapAddress } from '../protocol/address.js';
@@ -22,12 +21,28 @@ import {
 } from '../policy/transparent.js';
 import type { Nptv6Mapping } from '../policy/nptv6.js';
 import { sourceAddressMode, type ConcentratorConfig } from './config.js';
-import { PortBlockAllocator, type BlockEvent, type PortBlockOptions } from './port-blocks.js';
+import { PortBlockAllocator, type BlockEvent, type PortBlockOptions, type PortLease } from './port-blocks.js';
+
+/**
+ * What a strategy reads and sets of a connection: a ConnectionContext, or the primary's stand-in for a
+ * connection a worker process accepted (./shared-state.ts).
+ */
+export interface SourceContext {
+  readonly cpe: string;
+  readonly identity: string;
+  readonly keyId?: string | undefined;
+  readonly destination?: { readonly family: 4 | 6 } | undefined;
+  readonly signalling?: { readonly source?: { readonly address: string } | undefined } | undefined;
+  external?: string | undefined;
+  externalTransparent?: boolean;
+  ports?: PortLease | undefined;
+  own(release: () => void): void;
+}
 
 export interface SourceAddressStrategy {
   readonly name: string;
   /** Sets ctx.external and registers its release, or refuses. Needs ctx.destination. */
-  acquire(ctx: ConnectionContext): Refusal | undefined;
+  acquire(ctx: SourceContext): Refusal | undefined;
   /** The strategy is no longer used for new connections (stop, or a reload replaced it). */
   close?(reason: string): void;
   /**
@@ -59,7 +74,7 @@ export class PoolSourceAddress implements SourceAddressStrategy {
     this.#pool = new SourcePool([...addresses], mode);
   }
 
-  acquire(ctx: ConnectionContext): Refusal | undefined {
+  acquire(ctx: SourceContext): Refusal | undefined {
     const family = ctx.destination?.family ?? 4;
     const external = this.#pool.acquire(ctx.identity, family);
     if (external === null) return refuse('pool-exhausted');
@@ -107,7 +122,7 @@ export class PortBlockSourceAddress implements SourceAddressStrategy {
     this.allocator = allocator;
   }
 
-  acquire(ctx: ConnectionContext): Refusal | undefined {
+  acquire(ctx: SourceContext): Refusal | undefined {
     const refused = this.#pool.acquire(ctx);
     if (refused || ctx.external === undefined) return refused;
     const lease = this.allocator.lease({ identity: ctx.identity, cpe: ctx.cpe, keyId: ctx.keyId }, ctx.external);
@@ -135,7 +150,7 @@ export function portBlockOptions(config: Pick<ConcentratorConfig, 'portBlocks'>)
 }
 
 /** The anti-spoofing gate, then the choice input: what both non-local strategies start from. */
-function claim(ctx: ConnectionContext, customers: CustomerPrefixes): SourceChoiceInput | Refusal {
+function claim(ctx: SourceContext, customers: CustomerPrefixes): SourceChoiceInput | Refusal {
   const owned = customers.owned(ctx.cpe);
   const src = ctx.signalling?.source;
   const claimed = src ? unmapAddress(src.address) : undefined;
@@ -154,7 +169,7 @@ export class TransparentSourceAddress implements SourceAddressStrategy {
     private readonly options: TransparentOptions,
   ) {}
 
-  acquire(ctx: ConnectionContext): Refusal | undefined {
+  acquire(ctx: SourceContext): Refusal | undefined {
     const input = claim(ctx, this.customers);
     if (isRefusal(input)) return input;
     const address = transparentSource(input, this.options);
@@ -181,7 +196,7 @@ export class Nptv6SourceAddress implements SourceAddressStrategy {
     return this.#mappings;
   }
 
-  acquire(ctx: ConnectionContext): Refusal | undefined {
+  acquire(ctx: SourceContext): Refusal | undefined {
     const input = claim(ctx, this.customers);
     if (isRefusal(input)) return input;
     if (input.family === 4) return this.ipv4.acquire(ctx);

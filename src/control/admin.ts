@@ -33,6 +33,8 @@ export type Readiness = { ready: true } | { ready: false; reason: string };
 /** What a role offers through the admin endpoint; absent members are routes answered 404. */
 export interface AdminApi {
   registry: Registry;
+  /** The /metrics text when it is more than `registry` (the concentrator's primary adds its workers'). */
+  metricsText?(): Promise<string>;
   status(): unknown;
   readiness?(): Readiness;
   /** The live state (the dashboard's once-a-second event). */
@@ -217,13 +219,13 @@ export async function startAdmin(opts: AdminOptions, api: AdminApi): Promise<Adm
     }
     if (path === '/metrics') {
       onlyMethod('GET');
-      const text = await api.registry.metrics();
+      const text = api.metricsText ? await api.metricsText() : await api.registry.metrics();
       res.writeHead(200, { 'content-type': api.registry.contentType }).end(text);
       return 'metrics';
     }
     if (path === '/status') {
       onlyMethod('GET');
-      json(res, 200, api.status());
+      json(res, 200, await api.status());
       return 'status';
     }
     if (path === '/' || path === '/dashboard') {

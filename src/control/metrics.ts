@@ -197,6 +197,13 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
     labelNames: ['reason'] as const,
     registers: [registry],
   });
+  // Worker processes (concentrator `workers` > 1): set by the primary only, so the aggregated sum is its value.
+  const workers = new Gauge({ name: 'mpconvert_workers', help: 'Concentrator: worker processes running besides the primary (workers - 1 when all are up)', registers: concOnly });
+  const workerRestarts = new Counter({
+    name: 'mpconvert_worker_restarts_total',
+    help: 'Concentrator: worker processes that ended without being asked to and were started again',
+    registers: concOnly,
+  });
   // Admin API.
   const adminRequests = new Counter({ name: 'mpconvert_admin_requests_total', help: 'Admin API requests, by route and HTTP status', labelNames: ['route', 'status'] as const, registers: [registry] });
   return {
@@ -206,6 +213,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
     radiusRequests, radiusAuthorizations, radiusAccounting, radiusCached, radiusSessions,
     bindingReverse, bindingInbound, bindingsOpen,
     udpChannels, udpMappings, udpDatagrams, udpBytes, udpDropped, udpChannelAborts,
+    workers, workerRestarts,
   };
 }
 

@@ -75,6 +75,10 @@ export const REFUSALS = {
   'tcp-not-offered': { meaning: 'a TCP conversion while `transports` does not list tcp', convertError: ConvertErrorCode.UnsupportedMessage },
   'client-gone': { meaning: 'the CPE closed the connection while the server was being dialled: nothing to answer' },
   stopping: { meaning: 'the concentrator is stopping' },
+  'primary-unavailable': {
+    meaning: 'a worker process (`workers` > 1) got no answer from the primary for the shared state (limits, replay cache, source pool): the primary is gone or too slow',
+    convertError: ConvertErrorCode.NetworkFailure,
+  },
   'binding-off': { meaning: 'a reverse connection (binding IE) to a concentrator without `bindings`' },
   'binding-data': { meaning: 'a reverse connection sent bytes after its claim (nothing may follow it before the concentrator\'s header)' },
   'binding-port': { meaning: 'the binding gate (the destination gate in reverse): the port is outside `bindings.ports`, or a service of the concentrator (a listener, the admin endpoint) uses it' },
