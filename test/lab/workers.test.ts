@@ -237,5 +237,8 @@ describe('concentrator workers (lab)', { skip: missing ?? false, concurrency: fa
     assert.equal(pids.length, 2);
     assert.equal(await conc.stop('SIGTERM'), 0);
     await poll('every process gone', () => pids.every((p) => !alive(p)), 10_000);
+    // The worker drained on the primary's request (not killed at the end of the budget); its log has a `worker` field.
+    const stopping = conc.stderr.split('\n').filter((l) => l.includes('concentrator worker stopping')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.deepEqual(stopping.map((l) => [l['worker'], l['why']]), [[1, 'asked by the primary']]);
   });
 });
