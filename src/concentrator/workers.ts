@@ -16,7 +16,16 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../control/metrics.js';
 import type { ConcentratorConfig } from './config.js';
 import type { LocalSharedState } from './shared-state.js';
-import { decodeWorkerMessage, type PrimaryToWorker, type WorkerStatus } from './worker-messages.js';
+import { decodeWorkerMessage, type PrimaryToWorker, type WorkerStatus, type WorkerToPrimary } from './worker-messages.js';
+
+/** The primary's answer to a worker's shared-state message (admit: the answer, in order; release: none). */
+export function serveSharedState(shared: LocalSharedState, owner: string, m: Extract<WorkerToPrimary, { t: 'admit' | 'release' }>): PrimaryToWorker | undefined {
+  if (m.t === 'release') {
+    shared.release(m.lease);
+    return undefined;
+  }
+  return { t: 'admitted', id: m.id, answer: shared.admitFor(owner, m.req) };
+}
 
 export interface WorkerPoolDeps {
   logger: Logger;
@@ -99,11 +108,11 @@ export class WorkerPool {
           this.#d.logger.info({ worker: slot.index, pid: m.pid }, 'concentrator worker ready');
           break;
         case 'admit':
-          this.#send(child, { t: 'admitted', id: m.id, answer: this.#d.shared.admitFor(owner, m.req) });
+        case 'release': {
+          const reply = serveSharedState(this.#d.shared, owner, m);
+          if (reply) this.#send(child, reply);
           break;
-        case 'release':
-          this.#d.shared.release(m.lease);
-          break;
+        }
         case 'log':
           this.#d.sessionLog?.info(m.line);
           break;

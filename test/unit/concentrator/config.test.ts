@@ -76,3 +76,21 @@ test('bindings: off by default; addresses needed unless a source pool gives each
   });
 });
 
+
+test('workers: 1 by default; workers > 1 needs transports [tcp] and refuses bindings, onPath, radius and portBlocks, each named', async () => {
+  const c = await resolveConcentratorConfig({ listen: ['198.18.200.1:5000'], allow: ['198.18.0.0/16'] });
+  assert.equal(c.workers, 1);
+  const ok = join(dir, 'workers-ok.yaml');
+  writeFileSync(ok, 'listen: ["198.18.200.1:5000"]\nallow: ["198.18.0.0/16"]\nworkers: 4\ntransports: [tcp]\nsourcePool:\n  addresses: ["198.19.0.128"]\n');
+  assert.equal((await resolveConcentratorConfig({ config: ok })).workers, 4);
+  const bad = join(dir, 'workers-bad.yaml');
+  writeFileSync(
+    bad,
+    'listen: ["198.18.200.1:5000"]\nallow: ["198.18.0.0/16"]\nworkers: 2\nsourcePool:\n  addresses: ["198.19.0.128"]\nportBlocks: {}\nbindings: {}\nonPath:\n  sources: ["198.18.0.0/16"]\n',
+  );
+  await assert.rejects(resolveConcentratorConfig({ config: bad }), (err: Error) => {
+    assert.match(err.message, /workers: workers > 1 needs transports: \[tcp\]/);
+    for (const key of ['bindings', 'onPath', 'portBlocks']) assert.match(err.message, new RegExp(`workers > 1 cannot be combined with ${key}`));
+    return true;
+  });
+});
