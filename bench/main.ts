@@ -5,7 +5,7 @@
  *   node dist/bench/main.js [--runs 3] [--seconds 3] [--quick] [--systems kernel,mpconvert,...]
  *                           [--only relay,setup,memory,aggregation,failover,udp] [--concurrency N]
  *                           [--connections N] [--failover-runs N] [--profile] [--render] [--out DIR]
- *                           [--topologies 50+50,80+20,4x25] [--cc cubic,bbr]
+ *                           [--topologies 50+50,80+20,4x25] [--cc cubic,bbr] [--workers 1,2]
  * Experiments: MPC_BENCH_CONCENTRATOR_YAML (lines appended to the mpconvert concentrator's configuration) and
  * MPC_BENCH_CPE_ARGS (extra `mpconvert cpe` flags, space-separated).
  */
@@ -20,6 +20,7 @@ import { failover, roundTrips, goodput, idleMemory, requestResponse, startServer
 import { aggregationSvg, failoverSvg, markdown, stat, type Results, type Stat, type Topology } from './lib/report.js';
 import { deploy, needsLabMptcpRouting, SYSTEMS, type Deployment, type SystemName } from './lib/systems.js';
 import { summariseProfile } from './lib/profile.js';
+import { setupPerWorkerCount } from './lib/workers.js';
 import { UDP_SYSTEMS, deployUdp, udpNeedsLabMptcpRouting, udpRun, type UdpRun, type UdpSystemName } from './lib/udp.js';
 
 const FIGURES = ['relay', 'setup', 'memory', 'aggregation', 'failover', 'udp'] as const;
@@ -43,6 +44,8 @@ interface Options {
   ccs: string[];
   profile: boolean;
   out: string;
+  /** With the setup figure: mpconvert's setup once per concentrator worker count (bench/lib/workers.ts). */
+  workers: number[] | undefined;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -74,7 +77,9 @@ function parseArgs(argv: string[]): Options {
     ccs: get('cc')?.split(',') ?? defaultCongestionControls(),
     profile: argv.includes('--profile'),
     out: get('out') ?? fileURLToPath(new URL('../../bench/results/', import.meta.url)),
+    workers: get('workers')?.split(',').map(Number),
   };
+  for (const n of o.workers ?? []) if (!Number.isInteger(n) || n < 1) throw new Error(`--workers: ${n} is not a worker count`);
   for (const d of o.directions) if (d !== 'up' && d !== 'down') throw new Error(`--directions: ${d} is not up or down`);
   for (const s of o.systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`);
   for (const f of o.only) if (!FIGURES.includes(f)) throw new Error(`unknown figure ${f}; known: ${FIGURES.join(', ')}`);
@@ -317,6 +322,13 @@ async function main(): Promise<void> {
         }
       });
     }
+  }
+
+  if (o.workers && o.only.has('setup')) {
+    log(`lab: 2 unshaped uplinks, mpconvert setup per concentrator worker count (${o.workers.join(', ')})`);
+    await withLab([0, 0], false, async (lab) => {
+      r.workers = await setupPerWorkerCount(lab, o.workers ?? [], o, log);
+    });
   }
 
   // Shaped topologies under each congestion control: aggregation, and failover on the first topology (two

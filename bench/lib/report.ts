@@ -1,6 +1,7 @@
 /** Statistics, the markdown table, and the two SVG charts (hand-written, no dependency). */
 import { SYSTEMS, type SystemName } from './systems.js';
 import { UDP_NAMES, UDP_SYSTEMS, type UdpSystemName } from './udp.js';
+import type { WorkersRow } from './workers.js';
 
 export interface Stat {
   median: number;
@@ -89,6 +90,8 @@ export interface Results {
     systems: Partial<Record<UdpSystemName, { goodputMbps: Stat | null; probeP50Ms: Stat | null; probeP95Ms: Stat | null; probeAnsweredPercent?: Stat | null; error?: string }>>;
     deployments: Partial<Record<UdpSystemName, string>>;
   } | null;
+  /** `--workers`: mpconvert's setup per concentrator worker count (bench/lib/workers.ts). */
+  workers?: WorkersRow[];
   /** met: 'tie' = below the goal by less than the bench resolves (1%, or each median inside the other's min–max range). */
   targets: Array<{ target: string; value: string; met: boolean | 'tie' | null; gap: string }>;
   deployments: PerSystem<string>;
@@ -186,6 +189,13 @@ export function markdown(r: Results): string {
     .map((x) => `${NAMES[x]} ${r.memory[x]!.connections} connections (${r.memory[x]!.measure})`)
     .join(', ');
   if (mem) L.push(`Memory measured with: ${mem}.`);
+  if (r.workers?.length) {
+    L.push('');
+    L.push('**Setup per concentrator worker count** (mpconvert, `workers: N`, `transports: [tcp]`; CPU: the CPE and every concentrator process).');
+    L.push('');
+    head(['workers', 'connections per second', 'setup CPU per connection, ms', 'time to first byte p50, ms', 'p99, ms', 'errors', 'load average before']);
+    for (const w of r.workers) row([String(w.workers), cell(w.cps, 0, w.error), cell(w.cpuMsPerConnection, 3, w.error), cell(w.ttfbP50Ms, 2, w.error), cell(w.ttfbP99Ms, 2, w.error), String(w.errors), w.loadAverage.toFixed(2)]);
+  }
   if (r.udp) {
     const u = r.udp;
     L.push('');
