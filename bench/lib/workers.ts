@@ -38,8 +38,10 @@ export async function setupPerWorkerCount(
       try {
         const servers = await startServers(d);
         try {
-          // Warm-up, not counted (TFO cookies, the JIT of every process).
-          await requestResponse(d, o.setupMs, o.concurrency);
+          // Warm-up, not counted (TFO cookies, the JIT of every process): two runs per process, each of which
+          // sees only its share of the connections (with one warm-up run, two workers were still 2x the CPU per
+          // connection in the first measured run and came down over the next three).
+          for (let i = 0; i < 2 * n; i++) await requestResponse(d, o.setupMs, o.concurrency);
           const load = loadavg()[0] ?? 0;
           const runs: RrRun[] = [];
           for (let i = 0; i < o.runs; i++) runs.push(await requestResponse(d, o.setupMs, o.concurrency));
