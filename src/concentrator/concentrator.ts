@@ -272,7 +272,11 @@ export class Concentrator {
       take('customer'),
       take('mptcp'),
       take('signalling'),
-      step('transport', (ctx) => (ctx.signalling?.protocol === undefined ? undefined : refuse('udp-not-offered'))),
+      // Reverse connections and UDP channels are served by one process only (config.ts refuses bindings and udp with workers).
+      step('transport', (ctx) => {
+        if (ctx.signalling?.binding !== undefined) return refuse('binding-off');
+        return ctx.signalling?.protocol === undefined ? undefined : refuse('udp-not-offered');
+      }),
       take('destination'),
       take('source'),
       step('shared-state', async (ctx) => {

@@ -2,7 +2,7 @@
  * A concentrator in worker mode (`deps.worker`) on loopback with the fake platform, its shared state served by a
  * primary concentrator's LocalSharedState: one admit per connection with what the steps need, the lease
  * released when the connection ends, the primary's per-CPE limit applied to the worker's connections, a
- * shared-state refusal answered and counted, UDP refused, the listeners opened with SO_REUSEPORT, and no
+ * shared-state refusal answered and counted, UDP channels and reverse connections refused, the listeners opened with SO_REUSEPORT, and no
  * kernel change made by the worker.
  */
 import { after, before, describe, test } from 'node:test';
@@ -138,6 +138,11 @@ describe('concentrator worker pipeline', () => {
       const u = await connect(p.port, udp);
       assert.equal(u.how, 'reset');
       assert.equal(p.requests.length, n, 'no request for a refused transport');
+      assert.equal(await counter(p.metrics, 'udp-not-offered'), 1);
+      const reverse = await connect(p.port, encodeMpConvert([{ type: 0x83, port: 8080 }]));
+      assert.equal(reverse.how, 'reset');
+      assert.equal(await counter(p.metrics, 'binding-off'), 1, 'a reverse connection is refused as without bindings');
+      assert.equal(p.requests.length, n);
     } finally {
       await p.worker.stop(0);
     }
