@@ -114,7 +114,8 @@ export class WorkerPool {
           break;
         }
         case 'log':
-          this.#d.sessionLog?.info(m.line);
+          // Session ids are per process: the worker field tells them apart.
+          this.#d.sessionLog?.info({ ...m.line, worker: slot.index });
           break;
         case 'scraped':
           this.#requests.get(m.id)?.(m.metrics);

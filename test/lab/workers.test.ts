@@ -15,6 +15,8 @@ import { encodeMpConvert } from '../../src/protocol/index.js';
 import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
 import { CLI, Proc, TOOL, start, type ServerOut } from '../support/lab-procs.js';
 import { deterministicSha256 } from '../support/tools/stream-util.js';
+import { signallingFor } from '../../src/cpe/session.js';
+import { randomBytes } from 'node:crypto';
 
 const labTest = (name: string, fn: () => Promise<void>) => test(name, { timeout: 150_000 }, fn);
 
@@ -215,7 +217,8 @@ describe('concentrator workers (lab)', { skip: missing ?? false, concurrency: fa
     await sink.waitLine((l) => l.includes('ready'));
     const signalling = ie(lab.hosts.servers[1]!.v4, 8083);
     const h = hold({ signallingHex: signalling, head: signalling.length / 2, count: 12, localAddress: UP1, holdMs: 60_000 });
-    assert.equal((await holdLine(h, (o) => o.admitted !== undefined)).admitted, 12);
+    const held = await holdLine(h, (o) => o.admitted !== undefined);
+    assert.equal(held.admitted, 12, `${JSON.stringify(held)}\n${conc.stderr.slice(-3000)}`);
     const leases = (await status()).sharedLeases ?? 0;
     assert.ok(leases > 0 && leases < 12, `the worker holds some of the 12 (${leases} leases; the primary's own hold none)`);
     process.kill(worker.pid, 'SIGKILL');
@@ -232,6 +235,37 @@ describe('concentrator workers (lab)', { skip: missing ?? false, concurrency: fa
     assert.equal(alive(worker.pid), false);
   });
 
+  labTest('auth: one authenticator sent on 12 connections at once: 1 admitted, 11 refused as replays, whichever process took each', async () => {
+    const secret = randomBytes(32);
+    const keysFile = join(dir, 'keys.yaml');
+    writeFileSync(keysFile, `keys:\n  - { id: cpe-lab, secret: "hex:${secret.toString('hex')}" }\n`, { mode: 0o600 });
+    const srv = lab.hosts.servers[1]!.v4;
+    const sink = start(lab.hosts.servers[1]!, [TOOL('sink-server'), JSON.stringify({ host: srv, port: 8084, reply: 10 })]);
+    await sink.waitLine((l) => l.includes('ready'));
+    await reload(`auth:\n  keysFile: ${keysFile}\n`);
+    try {
+      const signalling = signallingFor({ format: 'mp-convert', sourceIe: false }, { address: srv, port: 8084 }, undefined, {
+        keyId: 'cpe-lab',
+        secret,
+        timestamp: Math.floor(Date.now() / 1000),
+        nonce: randomBytes(16),
+      }).toString('hex');
+      const s0 = await status();
+      const replays = await metric('mpconvert_refused_total', 'reason="auth-replay"');
+      const h = hold({ signallingHex: signalling, head: signalling.length / 2, count: 12, localAddress: UP1, holdMs: 0 });
+      const r = await holdLine(h, (o) => o.admitted !== undefined);
+      assert.deepEqual([r.admitted, r.refused], [1, 11], JSON.stringify(r));
+      assert.equal((await metric('mpconvert_refused_total', 'reason="auth-replay"')) - replays, 11);
+      const s1 = await status();
+      const accepted = (s1.workers ?? []).map((w) => w.accepted - (s0.workers?.find((x) => x.worker === w.worker)?.accepted ?? 0));
+      assert.ok(accepted.every((n) => n > 0), `both processes took some of the 12: ${JSON.stringify(accepted)}`);
+      await h.exited;
+    } finally {
+      // Taking auth away again needs a restart (the reload keeps it): this test runs last but the stop ones.
+      await sink.stop();
+    }
+  });
+
   labTest('SIGTERM: the primary stops its workers, then itself; exit 0 and no process left', async () => {
     const pids = ((await status()).workers ?? []).map((w) => w.pid);
     assert.equal(pids.length, 2);
@@ -240,5 +274,25 @@ describe('concentrator workers (lab)', { skip: missing ?? false, concurrency: fa
     // The worker drained on the primary's request (not killed at the end of the budget); its log has a `worker` field.
     const stopping = conc.stderr.split('\n').filter((l) => l.includes('concentrator worker stopping')).map((l) => JSON.parse(l) as Record<string, unknown>);
     assert.deepEqual(stopping.map((l) => [l['worker'], l['why']]), [[1, 'asked by the primary']]);
+  });
+
+  labTest('the primary killed (SIGKILL): its worker stops accepting, drains and exits on its own', async () => {
+    writeFileSync(configFile, config());
+    const again = start(lab.hosts.concentrator, [CLI, 'concentrator', '--config', configFile]);
+    let workerPid: number | undefined;
+    try {
+      await again.waitLine((l) => l.startsWith('ready'), 30_000);
+      workerPid = (JSON.parse(await admin('/status')) as Status).workers?.find((w) => w.worker === 1)?.pid;
+      assert.ok(workerPid && alive(workerPid));
+      again.child.kill('SIGKILL');
+      await again.exited;
+      const pid = workerPid;
+      await poll('the orphaned worker exited', () => !alive(pid), 10_000);
+      assert.match(again.stderr, /"worker":1[^\n]*"why":"the primary is gone"/);
+    } finally {
+      if (workerPid && alive(workerPid)) process.kill(workerPid, 'SIGKILL');
+      await again.stop();
+      // The killed primary could not remove its nft table; the lab's namespace goes with it.
+    }
   });
 });
