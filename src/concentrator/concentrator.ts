@@ -414,7 +414,7 @@ export class Concentrator {
     let down = 0;
     for (const s of this.#sessions) {
       if (s.ctx.identity !== identity || !s.ctx.relay) continue;
-      up += s.ctx.relay.bytesAToB + (s.ctx.signalling?.rest.length ?? 0);
+      up += s.ctx.relay.bytesAToB + (s.ctx.earlyUp ?? s.ctx.signalling?.rest.length ?? 0);
       down += s.ctx.relay.bytesBToA;
     }
     return { up, down };
@@ -551,7 +551,7 @@ export class Concentrator {
           radius?.opened(ctx);
           ctx.relay.once('close', (stats: RelayStats) => {
             // The client's bytes that came with the signalling went to the server outside the relay.
-            const up = stats.aToB + (ctx.signalling?.rest.length ?? 0);
+            const up = stats.aToB + (ctx.earlyUp ?? ctx.signalling?.rest.length ?? 0);
             this.#countClosed(ctx.identity, up, stats.bToA);
             radius?.closed(ctx, up, stats.bToA);
             session.end();
