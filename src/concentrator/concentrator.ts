@@ -181,7 +181,7 @@ export class Concentrator {
         if (!(pool instanceof PoolSourceAddress)) return undefined;
         return pool.pin(identity, 4) ?? pool.pin(identity, 6);
       },
-      onRelay: (ctx, relay) => relay.once('close', (stats: RelayStats) => {
+      onRelay: (ctx, relay) => relay.on('close', (stats: RelayStats) => {
         this.#countClosed(ctx.identity, stats.aToB, stats.bToA);
         this.#sessionOf.get(ctx)?.end();
       }),
@@ -538,7 +538,7 @@ export class Concentrator {
     this.#sessions.add(session);
     this.#sessionOf.set(ctx, session);
     // Before the relay takes the pair, a close ends the session; after, the relay's close does.
-    socket.once('close', () => {
+    socket.on('close', () => {
       if (!ctx.relay) session.end();
     });
     runPipeline(this.#steps, ctx).then(
@@ -549,7 +549,7 @@ export class Concentrator {
         } else if (ctx.relay) {
           const radius = this.#radius;
           radius?.opened(ctx);
-          ctx.relay.once('close', (stats: RelayStats) => {
+          ctx.relay.on('close', (stats: RelayStats) => {
             // The client's bytes that came with the signalling went to the server outside the relay.
             const up = stats.aToB + (ctx.earlyUp ?? ctx.signalling?.rest.length ?? 0);
             this.#countClosed(ctx.identity, up, stats.bToA);

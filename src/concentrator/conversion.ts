@@ -101,7 +101,7 @@ export class ExplicitTcpConversion implements ConversionStrategy {
     deps.metrics.active.inc();
     const relay = createRelay(socket, server, { idleTimeoutMs: settings.idleTimeoutS * 1000, sockets: deps.sockets }, settings.relayEngine === 'splice' ? deps.splice : undefined);
     ctx.relay = relay;
-    relay.once('close', (stats: RelayStats) => {
+    relay.on('close', (stats: RelayStats) => {
       const up = stats.aToB + upPre;
       deps.metrics.active.dec();
       deps.metrics.connections.inc({ outcome: stats.outcome });
