@@ -12,7 +12,6 @@ import { cmdline, CONC_ADDR, IPERF_PORT, RR_PORT, type Deployment } from './syst
 
 const TOOLS = fileURLToPath(new URL('../tools/', import.meta.url));
 
-/** Data flows from the LAN client towards the server (upload), through the CPE's shaped uplinks. */
 /** Which way the bytes flow: up = LAN client to server (upload), down = server to LAN client (iperf3 -R). */
 export type Direction = 'up' | 'down';
 
@@ -45,7 +44,7 @@ export async function startServers(d: Deployment): Promise<Servers> {
 interface IperfInterval {
   sum: Interval;
 }
-interface IperfJson {
+export interface IperfJson {
   end: { sum_received: { bits_per_second: number; bytes: number } };
   intervals?: IperfInterval[];
   server_output_json?: { intervals?: IperfInterval[] };
@@ -89,6 +88,22 @@ interface Interval {
   end: number;
   bits_per_second: number;
   omitted?: boolean;
+  /** iperf3 -J marks whose figures an interval holds: true = the sending side's. */
+  sender?: boolean;
+}
+
+/**
+ * The receiver's report intervals of one run. Upload: the server receives; its intervals come back with
+ * --get-server-output (as JSON, or as text from iperf3 3.12). Download (-R): the client receives and its own
+ * `intervals` are the received side (iperf3 marks each sum `sender: false`; the server's output is then the
+ * sender's, with Retr and Cwnd columns).
+ */
+export function receivedIntervals(j: IperfJson, direction: Direction): Interval[] {
+  const iv = direction === 'down'
+    ? (j.intervals ?? []).map((x) => x.sum)
+    : (j.server_output_json?.intervals?.map((x) => x.sum) ?? parseServerIntervals(j.server_output_text ?? ''));
+  if (iv.some((x) => x.sender === true)) throw new Error(`iperf3 ${direction === 'down' ? '-R ' : ''}gave the sender's intervals where the receiver's were expected`);
+  return iv;
 }
 
 /**
@@ -158,8 +173,7 @@ export async function goodput(d: Deployment, seconds: number, omit = 1, wire?: {
   } finally {
     for (const t of timers) clearTimeout(t);
   }
-  // The receiver's intervals: the client's own with -R, else the server's.
-  const received = receiverRate(reverse ? j.intervals?.map((x) => x.sum) : j.server_output_json?.intervals?.map((x) => x.sum) ?? parseServerIntervals(j.server_output_text ?? ''));
+  const received = receiverRate(receivedIntervals(j, direction));
   let uplinkMbps: number[] | undefined;
   if (samples.length === 2) {
     const [a, b] = await Promise.all(samples);
@@ -254,12 +268,12 @@ export interface FailoverRun {
 
 /**
  * One long iperf3 run with 0.25 s intervals; uplink `cut` goes down at `cutAt` and comes back at `restoreAt`
- * (seconds after the iperf3 client started).
+ * (seconds after the iperf3 client started). `direction` down: a download (iperf3 -R), read at the client.
  */
 export async function failover(
   lab: Lab,
   d: Deployment,
-  o: { seconds: number; cutAt: number; restoreAt: number; cut: number; survivorMbps: number; sumMbps: number },
+  o: { seconds: number; cutAt: number; restoreAt: number; cut: number; survivorMbps: number; sumMbps: number; direction?: Direction },
 ): Promise<FailoverRun> {
   const timers: NodeJS.Timeout[] = [];
   const actions: Promise<void>[] = [];
@@ -269,14 +283,14 @@ export async function failover(
   timers.push(setTimeout(() => actions.push(lab.uplinkUp(o.cut)), o.restoreAt * 1000));
   let j: IperfJson;
   try {
-    j = await iperf(d, ['-t', String(o.seconds), '-i', '0.25', '--get-server-output'], o.seconds * 1000 + 30_000);
+    const direction = o.direction ?? 'up';
+    j = await iperf(d, ['-t', String(o.seconds), '-i', '0.25', ...(direction === 'up' ? ['--get-server-output'] : [])], o.seconds * 1000 + 30_000, direction);
   } finally {
     for (const t of timers) clearTimeout(t);
     await Promise.allSettled(actions);
     if (Date.now() - t0 < o.restoreAt * 1000 || cutDone) await lab.uplinkUp(o.cut).catch(() => {});
   }
-  const iv = j.server_output_json?.intervals;
-  const series = iv?.length ? iv.map((x) => [x.sum.end, x.sum.bits_per_second / 1e6] as [number, number]) : parseIntervals(j.server_output_text ?? '');
+  const series = intervalSeries(receivedIntervals(j, o.direction ?? 'up'));
   if (!series.length) throw new Error('iperf3 gave no intervals');
   const after = (from: number, threshold: number) => {
     const hit = series.find(([t, v]) => t > from + 0.25 && v >= threshold);
@@ -301,11 +315,9 @@ export function parseServerIntervals(text: string): Interval[] {
   return out;
 }
 
-/** Receiver intervals as [end seconds, Mbit/s], the short tail interval at the end of the test left out. */
-function parseIntervals(text: string): Array<[number, number]> {
-  return parseServerIntervals(text)
-    .filter((x) => x.end - x.start >= 0.1)
-    .map((x) => [x.end, x.bits_per_second / 1e6]);
+/** Receiver intervals as [end seconds, Mbit/s]: omitted (warm-up) intervals and the short tail at the end left out. */
+export function intervalSeries(intervals: Interval[]): Array<[number, number]> {
+  return intervals.filter((x) => !x.omitted && x.end - x.start >= 0.1).map((x) => [x.end, x.bits_per_second / 1e6]);
 }
 
 /** Round trips to the first byte of one exchange, counted from a capture on the CPE's uplinks (see roundtrips.ts). */
