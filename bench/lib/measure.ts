@@ -294,7 +294,9 @@ export async function failover(
   if (!series.length) throw new Error('iperf3 gave no intervals');
   const after = (from: number, threshold: number) => {
     const hit = series.find(([t, v]) => t > from + 0.25 && v >= threshold);
-    return hit ? hit[0] - from : null;
+    // To 0.01 s: iperf3's JSON interval ends (a download's, read at the client) drift by microseconds off the
+    // 0.25 s grid that its text output (an upload's server) prints to 0.01 s, so that 0.500007 s is not read as over 0.5.
+    return hit ? Math.round((hit[0] - from) * 100) / 100 : null;
   };
   return {
     series,
