@@ -292,19 +292,25 @@ export async function failover(
   }
   const series = intervalSeries(receivedIntervals(j, o.direction ?? 'up'));
   if (!series.length) throw new Error('iperf3 gave no intervals');
-  const after = (from: number, threshold: number) => {
-    const hit = series.find(([t, v]) => t > from + 0.25 && v >= threshold);
-    // To 0.01 s: iperf3's JSON interval ends (a download's, read at the client) drift by microseconds off the
-    // 0.25 s grid that its text output (an upload's server) prints to 0.01 s, so that 0.500007 s is not read as over 0.5.
-    return hit ? Math.round((hit[0] - from) * 100) / 100 : null;
-  };
   return {
     series,
     cutAt: o.cutAt,
     restoreAt: o.restoreAt,
-    recoverySeconds: after(o.cutAt, 0.9 * o.survivorMbps),
-    rejoinSeconds: after(o.restoreAt, 0.9 * o.sumMbps),
+    recoverySeconds: secondsUntil(series, o.cutAt, 0.9 * o.survivorMbps),
+    rejoinSeconds: secondsUntil(series, o.restoreAt, 0.9 * o.sumMbps),
   };
+}
+
+/**
+ * Seconds from `from` until the end of the first interval that carries at least `mbps`, leaving out the one that
+ * ends within 0.25 s of `from` (the bench's clock and iperf3's are a connection setup apart); null if none does.
+ * To 0.01 s, for both the comparison and the figure: iperf3's JSON interval ends (a download's, read at the client) drift by
+ * microseconds off the 0.25 s grid that its text output (an upload's, at the server) prints to 0.01 s, and
+ * 0.500007 s must not read as over 0.5 s.
+ */
+export function secondsUntil(series: Array<[number, number]>, from: number, mbps: number): number | null {
+  const after = series.map(([t, v]) => [Math.round((t - from) * 100) / 100, v] as const);
+  return after.find(([dt, v]) => dt > 0.25 && v >= mbps)?.[0] ?? null;
 }
 
 /** iperf3's text intervals ("[  5]   0.25-0.50   sec  2.94 MBytes  98.6 Mbits/sec"); summary and omitted lines left out. */

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { intervalSeries, receivedIntervals, receiverRate, type IperfJson } from '../../../bench/lib/measure.js';
+import { intervalSeries, receivedIntervals, receiverRate, secondsUntil, type IperfJson } from '../../../bench/lib/measure.js';
 import { directionTargets, failoverSvg, markdown, stat, type Results } from '../../../bench/lib/report.js';
 
 const captured = JSON.parse(readFileSync(new URL('../../../../test/vectors/iperf3-intervals.json', import.meta.url), 'utf8')) as { download: IperfJson; upload: IperfJson };
@@ -33,6 +33,17 @@ test('an upload is read at the server; its client intervals are the sender\'s an
   const iv = receivedIntervals(captured.upload, 'up');
   assert.deepEqual(iv.map((x) => x.bits_per_second), [37.7e6, 41.9e6, 37.7e6, 41.7e6]);
   assert.throws(() => receivedIntervals(captured.upload, 'down'), /sender's intervals/);
+});
+
+test('failover seconds are read to 0.01 s off the drifting JSON interval ends, null when never reached', () => {
+  // A download's series as the client reports it (ends a few microseconds past the 0.25 s grid).
+  const series: Array<[number, number]> = [[8.000071, 47], [8.250069, 60], [8.500007, 91], [8.750082, 98]];
+  assert.equal(secondsUntil(series, 8, 90), 0.5);
+  // The interval ending within 0.25 s of the event does not count, even if it carries enough, and a few
+  // microseconds of drift do not make it count (the upload's text intervals end at 8.25 exactly).
+  assert.equal(secondsUntil([[8.25, 95], [8.5, 95]], 8, 90), 0.5);
+  assert.equal(secondsUntil([[8.250069, 95], [8.500007, 95]], 8, 90), 0.5);
+  assert.equal(secondsUntil(series, 8, 99), null);
 });
 
 const s = (...v: number[]) => stat(v);
