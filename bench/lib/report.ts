@@ -343,8 +343,9 @@ export function failoverSvg(r: Results): string {
     }
     parts.push(`<text x="12" y="${(top + bottom) / 2}" transform="rotate(-90 12 ${(top + bottom) / 2})" text-anchor="middle">Mbit/s</text>`);
   }
-  const ways = r.failover && r.failoverDownload ? ' (solid: upload, dashed: download)' : r.failoverDownload ? ' (download)' : '';
-  const title = f ? `Failover: goodput while one of two uplinks (${f.topology.name} Mbit/s) is cut and restored${ways}` : 'Failover: not measured';
+  const ways = r.failover && r.failoverDownload ? 'solid: upload, dashed: download' : r.failoverDownload ? 'download' : '';
+  if (ways) parts.push(`<text x="${W - 20}" y="34" text-anchor="end">${ways}</text>`);
+  const title = f ? `Failover: goodput while one of two uplinks (${f.topology.name} Mbit/s) is cut and restored` : 'Failover: not measured';
   return svg(W, H, title, [...parts, legend(left, H - 24, SYSTEMS)]);
 }
 
