@@ -22,6 +22,10 @@ interface Args {
   reqBytes?: number;
   respBytes?: number;
   timeoutMs?: number;
+  /** rr: start at this wall-clock time (ms since the epoch), so that clients in many namespaces start together. */
+  startAt?: number;
+  /** rr: also print every time to first byte (`ttfbs`, ms), for percentiles across several clients. */
+  samples?: boolean;
 }
 
 const a = JSON.parse(process.argv[2] ?? '{}') as Args;
@@ -77,7 +81,9 @@ function exchange(kind: 'R' | 'I', held?: net.Socket[]): Promise<number> {
 
 async function runRr(): Promise<void> {
   const concurrency = a.concurrency ?? 16;
-  const deadline = Date.now() + (a.durationMs ?? 3_000);
+  if (a.startAt !== undefined && a.startAt > Date.now()) await new Promise((r) => setTimeout(r, a.startAt! - Date.now()));
+  const startedAt = Date.now();
+  const deadline = startedAt + (a.durationMs ?? 3_000);
   const max = a.maxConnections ?? Number.MAX_SAFE_INTEGER;
   const ttfbs: number[] = [];
   const errors: Record<string, number> = {};
@@ -99,7 +105,11 @@ async function runRr(): Promise<void> {
   ttfbs.sort((x, y) => x - y);
   const nerr = Object.values(errors).reduce((s, n) => s + n, 0);
   process.stdout.write(
-    JSON.stringify({ completed: ttfbs.length, errors: nerr, errorKinds: errors, seconds, cps: ttfbs.length / seconds, ttfbP50: percentile(ttfbs, 50), ttfbP99: percentile(ttfbs, 99) }) + '\n',
+    JSON.stringify({
+      completed: ttfbs.length, errors: nerr, errorKinds: errors, seconds, cps: ttfbs.length / seconds, ttfbP50: percentile(ttfbs, 50), ttfbP99: percentile(ttfbs, 99),
+      ...(a.startAt !== undefined ? { startedAt, endedAt: Date.now() } : {}),
+      ...(a.samples ? { ttfbs: ttfbs.map((x) => Math.round(x * 1000) / 1000) } : {}),
+    }) + '\n',
   );
 }
 
