@@ -433,7 +433,7 @@ async function main(): Promise<void> {
   if (o.only.has('udp')) await udpFigure(o, r);
   if (o.only.has('manycpe')) {
     const systems = MANY_SYSTEMS.filter((s) => o.systems.includes(s as SystemName));
-    r.manycpe = await manyCpeFigure({ cpes: o.cpes, serverLinkMbps: o.serverLinkMbps, seconds: Math.max(5, o.seconds), setupMs: 4_000, concurrencyPerCpe: 4, idlePerCpe: 4, parallelStarts: 4, systems: systems as ManySystem[], log }, () => loadavg()[0]!);
+    r.manycpe = await manyCpeFigure({ cpes: o.cpes, serverLinkMbps: o.serverLinkMbps, seconds: Math.max(5, o.seconds), setupMs: 4_000, concurrencyPerCpe: 4, idlePerCpe: 20, parallelStarts: 4, systems: systems as ManySystem[], log }, () => loadavg()[0]!);
   }
 
   r.targets = targets(r);

@@ -8,7 +8,7 @@ export function manyCpeMarkdown(m: ManyCpeResults): string[] {
   const L: string[] = [];
   const row = (cols: string[]) => L.push(`| ${cols.join(' | ')} |`);
   const shown = SYSTEMS.filter((s) => m.systems[s]);
-  L.push(`**Many CPEs** (one run): ${m.cpes} CPE namespaces, each with a LAN client and 2 unshaped uplinks, one concentrator, one server behind a shared link shaped to ${m.serverLinkMbps} Mbit/s (tbf, both directions); load average ${m.loadAverage.start.toFixed(1)} at the start, ${m.loadAverage.end.toFixed(1)} at the end; ${m.durationSeconds} s. In the last column above 1.00x means mpconvert is better.`);
+  L.push(`**Many CPEs** (one run, ${m.date}): ${m.cpes} CPE namespaces, each with a LAN client and 2 unshaped uplinks, one concentrator, one server behind a shared link shaped to ${m.serverLinkMbps} Mbit/s (tbf, both directions); load average ${m.loadAverage.start.toFixed(1)} at the start, ${m.loadAverage.end.toFixed(1)} at the end; ${m.durationSeconds} s. In the last column above 1.00x means mpconvert is better.`);
   L.push('');
   row(['figure', ...shown.map((s) => NAMES[s]), ...(shown.length === 2 ? ['mpconvert / shadowsocks'] : [])]);
   L.push(`|${['figure', ...shown, ...(shown.length === 2 ? ['x'] : [])].map(() => '---').join('|')}|`);
@@ -46,7 +46,7 @@ export function manyCpeMarkdown(m: ManyCpeResults): string[] {
   }
   L.push('');
   for (const s of shown) L.push(`- ${NAMES[s]}: ${sys(s)?.error ? `error: ${sys(s)!.error}` : sys(s)!.note}`);
-  L.push(`- Setup: every LAN client runs bench/tools/rr-client.ts for ${m.setupMs / 1000} s from the same wall-clock moment (after a 1 s warm-up run); connections/s = all completed / (last end - first start). Fairness: one iperf3 per client to its own iperf3 server, all at once, ${m.seconds} s after 1 s of warm-up (-O 1); a failed iperf3 counts 0. Memory: VmRSS of the concentrator process (ss-server), 1 s after the idle connections are held.`);
+  L.push(`- Setup: every LAN client runs bench/tools/rr-client.ts for ${m.setupMs / 1000} s at the same moment (after a 1 s warm-up run); connections/s = all completed / (last end - first start). Fairness: one iperf3 per client to its own iperf3 server, all at once, ${m.seconds} s after 1 s of warm-up (-O 1); a failed iperf3 counts 0. Memory: VmRSS of the concentrator process (ss-server), 2 s after the idle connections are held (the baseline 2 s after the concentrator was ready). Every client starts at once: each prints that it is armed, then all are released by a line on their stdin.`);
   return L;
 }
 

@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { Lab, manyCpeAddressing, type LabHost } from '../../src/lab/index.js';
 import { inBatches } from '../../src/lab/many.js';
-import { memoryBytes, spawnIn, type Proc } from './proc.js';
+import { Proc, memoryBytes, spawnIn } from './proc.js';
 import { CLI, CONC_ADDR } from './systems.js';
 import { fairness, iperfReceivedMbps, mergeRr, type FairnessRun, type MergedRr, type RrClientOut } from './manycpe-stats.js';
 
@@ -69,6 +69,7 @@ export interface ManyCpeSystemResult {
 }
 
 export interface ManyCpeResults {
+  date: string;
   cpes: number;
   uplinksPerCpe: number;
   serverLinkMbps: number;
@@ -223,7 +224,8 @@ async function holdIdle(lab: Lab, perCpe: number): Promise<{ held: number; stop:
     await inBatches(lab.hosts.clients, 8, async (h, j) => {
       const p = spawnIn(h, `rr-client idle ${j + 1}`, process.execPath, [`${TOOLS}rr-client.js`, JSON.stringify({ mode: 'idle', host: server.v4, port: RR_PORT, count: perCpe, concurrency: perCpe, timeoutMs: 20_000 })]);
       holders.push(p);
-      held += (await p.waitJson<{ held: number }>((v) => 'held' in v, 60_000)).held;
+      const got = await p.waitJson<{ held: number }>((v) => 'held' in v, 60_000);
+      held += got.held;
     });
     return { held, stop };
   } catch (err) {
@@ -232,42 +234,55 @@ async function holdIdle(lab: Lab, perCpe: number): Promise<{ held: number; stop:
   }
 }
 
+/**
+ * Starts a program in every client namespace (8 at a time: a loaded machine starts 50 processes slowly), waits
+ * until each has printed `armed`, then releases them all at once with a line on their stdin: the barrier that
+ * makes the clients of every CPE begin together. Resolves with each one's stdout lines once all have exited
+ * (those still running after `timeoutMs` are stopped).
+ */
+async function together(lab: Lab, argv: (j: number) => [string, string[]], timeoutMs: number): Promise<string[][]> {
+  const procs: Proc[] = [];
+  try {
+    await inBatches(lab.hosts.clients, 8, async (h, j) => {
+      const [cmd, args] = argv(j);
+      const p = new Proc(`${cmd} ${j + 1} (${h.name})`, h.spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] }));
+      procs[j] = p;
+      await p.waitFor(/armed/, 60_000);
+    });
+    for (const p of procs) p.child.stdin!.write('go\n');
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(procs.map((p) => p.exited)), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
+    return procs.map((p) => p.lines.filter((l) => !l.includes('armed')));
+  } finally {
+    await Promise.all(procs.filter(Boolean).map((p) => p.halt()));
+  }
+}
+
 async function setupRun(lab: Lab, o: ManyCpeOptions): Promise<MergedRr> {
   const server = lab.hosts.servers[0]!;
-  // All clients start at the same wall-clock moment, after every process has had time to start.
-  const startAt = Date.now() + 3_000 + 40 * o.cpes;
-  const outs = await Promise.all(
-    lab.hosts.clients.map(async (h) => {
-      const r = await h.exec(process.execPath, [`${TOOLS}rr-client.js`, JSON.stringify({ mode: 'rr', host: server.v4, port: RR_PORT, durationMs: o.setupMs, concurrency: o.concurrencyPerCpe, startAt, samples: true, timeoutMs: 10_000 })], { timeoutMs: startAt - Date.now() + o.setupMs + 60_000, allowFailure: true });
-      try {
-        return JSON.parse(r.stdout.trim().split('\n').pop() ?? '') as RrClientOut;
-      } catch {
-        return null;
-      }
-    }),
-  );
-  return mergeRr(outs);
+  const args = JSON.stringify({ mode: 'rr', host: server.v4, port: RR_PORT, durationMs: o.setupMs, concurrency: o.concurrencyPerCpe, barrier: true, samples: true, timeoutMs: 10_000 });
+  const outs = await together(lab, () => [process.execPath, [`${TOOLS}rr-client.js`, args]], o.setupMs + 60_000);
+  return mergeRr(outs.map((lines) => {
+    try {
+      return JSON.parse(lines[lines.length - 1] ?? '') as RrClientOut;
+    } catch {
+      return null;
+    }
+  }));
 }
 
 async function fairnessRun(lab: Lab, o: ManyCpeOptions, reverse: boolean): Promise<FairnessRun> {
   const server = lab.hosts.servers[0]!;
-  const results = await Promise.all(
-    lab.hosts.clients.map(async (h, j) => {
-      const args = ['-c', server.v4, '-p', String(IPERF_BASE + j + 1), '-J', '-t', String(o.seconds), '-O', '1', ...(reverse ? ['-R'] : [])];
-      // A server still finishing its previous test refuses the next one for a moment ("server is busy").
-      for (let attempt = 1; ; attempt++) {
-        const r = await h.exec('iperf3', args, { timeoutMs: (o.seconds + 1) * 1000 + 30_000, allowFailure: true });
-        try {
-          return iperfReceivedMbps(r.stdout);
-        } catch (err) {
-          const e = err instanceof Error ? err : new Error(String(err));
-          if (attempt >= 3 || !/busy/.test(e.message)) return e;
-          await new Promise((res) => setTimeout(res, 500 * attempt));
-        }
-      }
-    }),
-  );
-  return fairness(results);
+  // iperf3 has no start barrier of its own: a shell waits for the line, then becomes iperf3.
+  const outs = await together(lab, (j) => ['sh', ['-c', 'echo armed; read go; exec iperf3 "$@"', 'sh', '-c', server.v4, '-p', String(IPERF_BASE + j + 1), '-J', '-t', String(o.seconds), '-O', '1', ...(reverse ? ['-R'] : [])]], (o.seconds + 1) * 1000 + 30_000);
+  return fairness(outs.map((lines) => {
+    try {
+      return iperfReceivedMbps(lines.join('\n'));
+    } catch (err) {
+      return err instanceof Error ? err : new Error(String(err));
+    }
+  }));
 }
 
 const MiB = 1048576;
@@ -282,13 +297,15 @@ async function measureSystem(lab: Lab, system: ManySystem, o: ManyCpeOptions): P
     out.startSeconds = d.startSeconds;
     o.log(`manycpe ${system}: ${o.cpes} CPEs ready in ${d.startSeconds.toFixed(1)} s`);
     try {
-      // Baseline: no CPE has opened a connection yet (a CPE holds none while idle; no warm pool).
+      // Baseline: no CPE has opened a connection yet (a CPE holds none while idle; no warm pool); after the
+      // startup's garbage had a moment to be collected.
+      await new Promise((r) => setTimeout(r, 2_000));
       const concBaselineBytes = memoryBytes(d.concentratorRoot).bytes;
       const idle = await holdIdle(lab, o.idlePerCpe);
       let concIdleBytes: number;
       let cpeMeanBytes: number;
       try {
-        await new Promise((r) => setTimeout(r, 1_000)); // let the relays settle (buffers freed, timers armed), as idleMemory does
+        await new Promise((r) => setTimeout(r, 2_000)); // let the relays settle (buffers freed, timers armed), as idleMemory does
         concIdleBytes = memoryBytes(d.concentratorRoot).bytes;
         cpeMeanBytes = d.cpeRoots.reduce((s, p) => s + memoryBytes(p).bytes, 0) / d.cpeRoots.length;
       } finally {
@@ -305,6 +322,8 @@ async function measureSystem(lab: Lab, system: ManySystem, o: ManyCpeOptions): P
       o.log(`manycpe ${system}: setup ${s.cps.toFixed(0)} connections/s over ${s.seconds.toFixed(1)} s (starts ${s.startSpreadMs} ms apart), ttfb p50 ${s.ttfbP50?.toFixed(2)} ms p99 ${s.ttfbP99?.toFixed(2)} ms, per CPE ${out.setup.minCpeCps.toFixed(0)}-${out.setup.maxCpeCps.toFixed(0)}/s (Jain ${s.cpsJain?.toFixed(3)}), errors ${s.errors} ${JSON.stringify(s.errorKinds)}`);
 
       for (const reverse of [false, true]) {
+        // The iperf3 servers finish their previous test a moment after the clients did ("server is busy").
+        if (reverse) await new Promise((r) => setTimeout(r, 1_000));
         const f = await fairnessRun(lab, o, reverse);
         out.fairness[reverse ? 'down' : 'up'] = f;
         o.log(`manycpe ${system}: ${reverse ? 'download' : 'upload'} sum ${f.sumMbps.toFixed(1)} Mbit/s of ${o.serverLinkMbps}, per CPE ${f.minMbps.toFixed(2)}-${f.maxMbps.toFixed(2)}, Jain ${f.jain?.toFixed(3)}, ${f.failed} failed ${f.errors.join('; ')}`);
@@ -324,6 +343,7 @@ async function measureSystem(lab: Lab, system: ManySystem, o: ManyCpeOptions): P
 export async function manyCpeFigure(o: ManyCpeOptions, loadavg: () => number): Promise<ManyCpeResults> {
   const t0 = Date.now();
   const r: ManyCpeResults = {
+    date: new Date().toISOString(),
     cpes: o.cpes,
     uplinksPerCpe: 2,
     serverLinkMbps: o.serverLinkMbps,

@@ -22,8 +22,11 @@ interface Args {
   reqBytes?: number;
   respBytes?: number;
   timeoutMs?: number;
-  /** rr: start at this wall-clock time (ms since the epoch), so that clients in many namespaces start together. */
-  startAt?: number;
+  /**
+   * rr: print {"armed":true}, then start at the first line on stdin: a barrier, so that clients in many namespaces
+   * (started one by one on a loaded machine) begin together. Adds startedAt/endedAt (ms since the epoch).
+   */
+  barrier?: boolean;
   /** rr: also print every time to first byte (`ttfbs`, ms), for percentiles across several clients. */
   samples?: boolean;
 }
@@ -81,7 +84,11 @@ function exchange(kind: 'R' | 'I', held?: net.Socket[]): Promise<number> {
 
 async function runRr(): Promise<void> {
   const concurrency = a.concurrency ?? 16;
-  if (a.startAt !== undefined && a.startAt > Date.now()) await new Promise((r) => setTimeout(r, a.startAt! - Date.now()));
+  if (a.barrier) {
+    process.stdout.write(JSON.stringify({ armed: true }) + '\n');
+    await new Promise<void>((resolve) => process.stdin.once('data', () => resolve()));
+    process.stdin.destroy();
+  }
   const startedAt = Date.now();
   const deadline = startedAt + (a.durationMs ?? 3_000);
   const max = a.maxConnections ?? Number.MAX_SAFE_INTEGER;
@@ -107,7 +114,7 @@ async function runRr(): Promise<void> {
   process.stdout.write(
     JSON.stringify({
       completed: ttfbs.length, errors: nerr, errorKinds: errors, seconds, cps: ttfbs.length / seconds, ttfbP50: percentile(ttfbs, 50), ttfbP99: percentile(ttfbs, 99),
-      ...(a.startAt !== undefined ? { startedAt, endedAt: Date.now() } : {}),
+      ...(a.barrier ? { startedAt, endedAt: Date.now() } : {}),
       ...(a.samples ? { ttfbs: ttfbs.map((x) => Math.round(x * 1000) / 1000) } : {}),
     }) + '\n',
   );
