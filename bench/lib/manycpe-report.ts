@@ -37,7 +37,8 @@ export function manyCpeMarkdown(m: ManyCpeResults): string[] {
   line('one CPE daemon VmRSS, idle, mean, MiB', (s) => mib(sys(s)?.memory?.cpeMeanBytes), 1, true);
   for (const dir of ['up', 'down'] as const) {
     const name = dir === 'up' ? 'upload' : 'download';
-    line(`${name}: sum of goodputs, Mbit/s (link ${m.serverLinkMbps})`, (s) => sys(s)?.fairness[dir]?.sumMbps, 1);
+    line(`${name}: sum over the CPEs, Mbit/s of IP packets after the bottleneck (shared link ${m.serverLinkMbps})`, (s) => sys(s)?.fairness[dir]?.sumMbps, 1);
+    line(`${name}: sum of iperf3's goodputs, Mbit/s`, (s) => sys(s)?.fairness[dir]?.iperfSumMbps, 1);
     text(`${name}: per CPE min–max, Mbit/s (fair share ${(m.serverLinkMbps / m.cpes).toFixed(1)})`, (s) => {
       const f = sys(s)?.fairness[dir];
       return f ? `${f.minMbps.toFixed(2)}–${f.maxMbps.toFixed(2)}${f.failed ? ` (${f.failed} failed)` : ''}` : '—';
@@ -46,7 +47,7 @@ export function manyCpeMarkdown(m: ManyCpeResults): string[] {
   }
   L.push('');
   for (const s of shown) L.push(`- ${NAMES[s]}: ${sys(s)?.error ? `error: ${sys(s)!.error}` : sys(s)!.note}`);
-  L.push(`- Setup: every LAN client runs bench/tools/rr-client.ts for ${m.setupMs / 1000} s at the same moment (after a 1 s warm-up run); connections/s = all completed / (last end - first start). Fairness: one iperf3 per client to its own iperf3 server, all at once, ${m.seconds} s after 1 s of warm-up (-O 1); a failed iperf3 counts 0. Memory: VmRSS of the concentrator process (ss-server), 2 s after the idle connections are held (the baseline 2 s after the concentrator was ready). Every client starts at once: each prints that it is armed, then all are released by a line on their stdin.`);
+  L.push(`- Setup: every LAN client runs bench/tools/rr-client.ts for ${m.setupMs / 1000} s at the same moment (after a 1 s warm-up run); connections/s = all completed / (last end - first start). Fairness: one iperf3 per client to its own iperf3 server, all at once; each CPE's rate is counted after the shared link's bottleneck (uploads: an nft counter per CPE's iperf3 port on the server; downloads: the concentrator's tx on the CPE's uplinks; IP packets, headers included) over one common ${m.seconds} s window opening 1.5 s after the release, so every CPE is measured over the same interval; a CPE whose iperf3 failed counts 0; iperf3's own goodputs (each over its own interval, 1 s warm-up omitted) give the cross-check sum. Memory: VmRSS of the concentrator process (ss-server), 2 s after the idle connections are held (the baseline 2 s after the concentrator was ready). The CPE side (CPE daemons, LAN clients) runs under \`nice -n 19\`: in the field each CPE is its own machine; here they share 2 cores with the concentrator, whose fair share among 100 busy processes would otherwise be 1/100. Every client starts at once: each prints that it is armed, then all are released by a line on their stdin.`);
   return L;
 }
 

@@ -124,3 +124,19 @@ export function fairness(results: ReadonlyArray<number | Error>): FairnessRun {
     errors: [...new Set(errors)].slice(0, 3),
   };
 }
+
+/** The named counters of `nft -j list counters table ...`: name -> bytes. */
+export function nftCounterBytes(json: string): Map<string, number> {
+  let j: { nftables?: Array<{ counter?: { name?: string; bytes?: number } }> };
+  try {
+    j = JSON.parse(json) as typeof j;
+  } catch {
+    throw new Error(`Cannot parse nft counters: not JSON (${json.slice(0, 200).trim() || 'empty'})`);
+  }
+  const out = new Map<string, number>();
+  for (const item of j.nftables ?? []) {
+    const c = item.counter;
+    if (c && typeof c.name === 'string' && typeof c.bytes === 'number') out.set(c.name, c.bytes);
+  }
+  return out;
+}

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { fairness, iperfReceivedMbps, jainIndex, mergeRr, percentile, type RrClientOut } from '../../../bench/lib/manycpe-stats.js';
+import { fairness, iperfReceivedMbps, jainIndex, mergeRr, nftCounterBytes, percentile, type RrClientOut } from '../../../bench/lib/manycpe-stats.js';
 
 test("Jain's index: 1 for equal shares, 1/n when one gets everything, the textbook value in between", () => {
   assert.equal(jainIndex([10, 10, 10, 10]), 1);
@@ -61,4 +61,14 @@ test('fairness: a failed CPE counts 0 and pulls the index down', () => {
   assert.equal(f.failed, 1);
   assert.equal(f.jain, 0.75);
   assert.deepEqual(f.errors, ['iperf3: unable to connect']);
+});
+
+test('nftCounterBytes reads the named counters of `nft -j list counters`', () => {
+  const json = JSON.stringify({ nftables: [
+    { metainfo: { version: '1.0.6', json_schema_version: 1 } },
+    { counter: { family: 'inet', name: 'cpe1', table: 't', handle: 1, packets: 10, bytes: 15000 } },
+    { counter: { family: 'inet', name: 'cpe2', table: 't', handle: 2, packets: 0, bytes: 0 } },
+  ] });
+  assert.deepEqual([...nftCounterBytes(json)], [['cpe1', 15000], ['cpe2', 0]]);
+  assert.throws(() => nftCounterBytes('Error: No such file or directory'), /Cannot parse nft counters/);
 });
