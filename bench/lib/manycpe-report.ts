@@ -16,7 +16,7 @@ export function manyCpeMarkdown(m: ManyCpeResults): string[] {
     const v = shown.map((s) => (m.systems[s]?.error ? 'error' : fmt(get(s), d)));
     const a = get('mpconvert');
     const b = get('shadowsocks');
-    const rel = a !== null && a !== undefined && b !== null && b !== undefined && a !== 0 && b !== 0 ? `${(lowerBetter ? b / a : a / b).toFixed(2)}x` : '—';
+    const rel = a !== null && a !== undefined && b !== null && b !== undefined && a !== 0 && b !== 0 ? ratioText(lowerBetter ? b / a : a / b) : '—';
     row([label, ...v, ...(shown.length === 2 ? [rel] : [])]);
   };
   const text = (label: string, get: (s: ManySystem) => string) => row([label, ...shown.map((s) => (m.systems[s]?.error ? 'error' : get(s))), ...(shown.length === 2 ? ['—'] : [])]);
@@ -29,6 +29,8 @@ export function manyCpeMarkdown(m: ManyCpeResults): string[] {
     const x = sys(s)?.setup;
     return x ? `${x.minCpeCps.toFixed(0)}–${x.maxCpeCps.toFixed(0)} (${fmt(x.cpsJain, 3)})` : '—';
   });
+  line('setup: concentrator CPU per connection, ms (utime + stime / connections)', (s) => sys(s)?.setup?.concCpuMsPerConnection, 3, true);
+  line('setup: concentrator CPU use while measured, share of one core', (s) => sys(s)?.setup?.concCpuShare, 2, true);
   line('setup: failed connections', (s) => sys(s)?.setup?.errors, 0, true);
   line('concentrator VmRSS alone, MiB', (s) => mib(sys(s)?.memory?.concBaselineBytes), 1, true);
   line(`concentrator VmRSS, ${m.cpes} CPEs up, ${m.idlePerCpe} idle connections each, MiB`, (s) => mib(sys(s)?.memory?.concIdleBytes), 1, true);
@@ -54,3 +56,5 @@ export function manyCpeMarkdown(m: ManyCpeResults): string[] {
 const fmt = (x: number | null | undefined, d: number) => (x === null || x === undefined || !Number.isFinite(x) ? '—' : Math.abs(x) >= 1000 ? x.toFixed(0) : x.toFixed(d));
 const mib = (b: number | null | undefined) => (b === null || b === undefined ? null : b / 1048576);
 const kib = (b: number | null | undefined) => (b === null || b === undefined ? null : b / 1024);
+/** 0.21x, and two significant digits below 0.1 (0.0034x) rather than 0.00x. */
+const ratioText = (x: number) => `${x >= 0.1 ? x.toFixed(2) : x.toPrecision(2)}x`;

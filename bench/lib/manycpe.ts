@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { Lab, manyCpeAddressing, type LabHost } from '../../src/lab/index.js';
 import { inBatches } from '../../src/lab/many.js';
-import { Proc, memoryBytes, spawnIn } from './proc.js';
+import { Proc, cpuSeconds, memoryBytes, spawnIn } from './proc.js';
 import { CLI, CONC_ADDR } from './systems.js';
 import { fairness, iperfReceivedMbps, mergeRr, nftCounterBytes, type FairnessRun, type MergedRr, type RrClientOut } from './manycpe-stats.js';
 
@@ -68,7 +68,11 @@ export interface ManyCpeSystemResult {
     /** Mean VmRSS of one CPE daemon (ss-redir for shadowsocks) while idle. */
     cpeMeanBytes: number;
   } | null;
-  setup: Omit<MergedRr, 'perCpeCps'> & { minCpeCps: number; maxCpeCps: number } | null;
+  /**
+   * concCpuMsPerConnection: the concentrator's CPU time (utime + stime) during the measured run / connections;
+   * concCpuShare: that CPU time / the run's wall time (1 = one core busy all the time).
+   */
+  setup: Omit<MergedRr, 'perCpeCps'> & { minCpeCps: number; maxCpeCps: number; concCpuMsPerConnection: number | null; concCpuShare: number } | null;
   /** Per CPE: wire rate on its uplinks over a common window; iperfSumMbps: the sum of iperf3's own goodputs. */
   fairness: { up: (FairnessRun & { iperfSumMbps: number }) | null; down: (FairnessRun & { iperfSumMbps: number }) | null };
   note: string;
@@ -276,17 +280,26 @@ async function together(lab: Lab, argv: (j: number) => [string, string[]], timeo
   }
 }
 
-async function setupRun(lab: Lab, o: ManyCpeOptions): Promise<MergedRr> {
+/** The clients' request/response run, and the concentrator's CPU seconds and the wall seconds from the release to the last client's end. */
+async function setupRun(lab: Lab, o: ManyCpeOptions, concentratorRoot: number): Promise<MergedRr & { concCpuSeconds: number; wallSeconds: number }> {
   const server = lab.hosts.servers[0]!;
   const args = JSON.stringify({ mode: 'rr', host: server.v4, port: RR_PORT, durationMs: o.setupMs, concurrency: o.concurrencyPerCpe, barrier: true, samples: true, timeoutMs: 10_000 });
-  const outs = await together(lab, () => [process.execPath, [`${TOOLS}rr-client.js`, args]], o.setupMs + 60_000);
-  return mergeRr(outs.map((lines) => {
+  let cpu0 = 0;
+  let t0 = 0;
+  const outs = await together(lab, () => [process.execPath, [`${TOOLS}rr-client.js`, args]], o.setupMs + 60_000, async () => {
+    cpu0 = cpuSeconds([concentratorRoot]);
+    t0 = Date.now();
+  });
+  const concCpuSeconds = cpuSeconds([concentratorRoot]) - cpu0;
+  const wallSeconds = (Date.now() - t0) / 1000;
+  const merged = mergeRr(outs.map((lines) => {
     try {
       return JSON.parse(lines[lines.length - 1] ?? '') as RrClientOut;
     } catch {
       return null;
     }
   }));
+  return { ...merged, concCpuSeconds, wallSeconds };
 }
 
 /**
@@ -379,11 +392,11 @@ async function measureSystem(lab: Lab, system: ManySystem, o: ManyCpeOptions): P
       o.log(`manycpe ${system}: concentrator ${(concBaselineBytes / MiB).toFixed(1)} MiB alone, ${(concIdleBytes / MiB).toFixed(1)} MiB with ${o.cpes} CPEs holding ${idle.held} idle connections (${(out.memory.perCpeBytes / 1024).toFixed(0)} KiB per CPE); CPE ${(cpeMeanBytes / MiB).toFixed(1)} MiB each`);
 
       // Warm-up (JIT, caches), not counted; then the measured run.
-      await setupRun(lab, { ...o, setupMs: Math.min(1_000, o.setupMs) });
-      const s = await setupRun(lab, o);
-      const { perCpeCps, ...rest } = s;
-      out.setup = { ...rest, minCpeCps: Math.min(...perCpeCps), maxCpeCps: Math.max(...perCpeCps) };
-      o.log(`manycpe ${system}: setup ${s.cps.toFixed(0)} connections/s over ${s.seconds.toFixed(1)} s (starts ${s.startSpreadMs} ms apart), ttfb p50 ${s.ttfbP50?.toFixed(2)} ms p99 ${s.ttfbP99?.toFixed(2)} ms, per CPE ${out.setup.minCpeCps.toFixed(0)}-${out.setup.maxCpeCps.toFixed(0)}/s (Jain ${s.cpsJain?.toFixed(3)}), errors ${s.errors} ${JSON.stringify(s.errorKinds)}`);
+      await setupRun(lab, { ...o, setupMs: Math.min(1_000, o.setupMs) }, d.concentratorRoot);
+      const s = await setupRun(lab, o, d.concentratorRoot);
+      const { perCpeCps, concCpuSeconds, wallSeconds, ...rest } = s;
+      out.setup = { ...rest, minCpeCps: Math.min(...perCpeCps), maxCpeCps: Math.max(...perCpeCps), concCpuMsPerConnection: s.completed ? (1000 * concCpuSeconds) / s.completed : null, concCpuShare: concCpuSeconds / wallSeconds };
+      o.log(`manycpe ${system}: setup ${s.cps.toFixed(0)} connections/s over ${s.seconds.toFixed(1)} s (starts ${s.startSpreadMs} ms apart), ttfb p50 ${s.ttfbP50?.toFixed(2)} ms p99 ${s.ttfbP99?.toFixed(2)} ms, per CPE ${out.setup.minCpeCps.toFixed(0)}-${out.setup.maxCpeCps.toFixed(0)}/s (Jain ${s.cpsJain?.toFixed(3)}), errors ${s.errors} ${JSON.stringify(s.errorKinds)}; concentrator CPU ${out.setup.concCpuMsPerConnection?.toFixed(2)} ms per connection, ${(100 * out.setup.concCpuShare).toFixed(0)}% of a core`);
 
       for (const reverse of [false, true]) {
         // The iperf3 servers finish their previous test a moment after the clients did ("server is busy").
