@@ -130,7 +130,8 @@ async function deployMpconvert(lab: Lab, o: ManyCpeOptions): Promise<ManyDeploym
   ].join('\n'));
   const procs: Proc[] = [];
   const stop = async () => {
-    await Promise.all(procs.splice(1).map((p) => p.halt(8_000)));
+    // 50 CPE daemons at nice 19 on a loaded machine take a while to stop; a SIGKILLed one leaves its ledger file.
+    await Promise.all(procs.splice(1).map((p) => p.halt(30_000)));
     for (const p of procs.splice(0)) await p.halt(8_000);
     rmSync(dir, { recursive: true, force: true });
   };
