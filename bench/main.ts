@@ -86,6 +86,8 @@ function parseArgs(argv: string[]): Options {
   };
   for (const d of o.directions) if (d !== 'up' && d !== 'down') throw new Error(`--directions: ${d} is not up or down`);
   for (const s of o.systems) if (!SYSTEMS.includes(s) && !(o.only.size === 1 && o.only.has('manycpe'))) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`);
+  if (!Number.isInteger(o.cpes) || o.cpes < 1 || o.cpes > 99) throw new Error(`--cpes: ${o.cpes} is not 1..99`);
+  if (!(o.serverLinkMbps > 0)) throw new Error(`--server-link: ${o.serverLinkMbps} is not a rate in Mbit/s`);
   const known: readonly string[] = [...FIGURES, ...EXTRA_FIGURES];
   for (const f of o.only) if (!known.includes(f)) throw new Error(`unknown figure ${f}; known: ${known.join(', ')}`);
   const usable = congestionControls();
@@ -440,8 +442,9 @@ async function main(): Promise<void> {
   r.meta.tools['lab'] = labImplementation;
   r.meta.settings['loadAverageAtEnd'] = loadavg()[0];
   r.meta.durationSeconds = Math.round((Date.now() - t0) / 1000);
-  // `--only manycpe` adds its rows to the last full results instead of replacing them.
-  const out = o.only.size === 1 && r.manycpe ? { ...previous(o.out), manycpe: r.manycpe } : r;
+  // `--only manycpe` adds its rows to the last full results instead of replacing them; a run without it keeps
+  // the last many-CPE rows (they carry their own date).
+  const out = o.only.size === 1 && r.manycpe ? { ...previous(o.out), manycpe: r.manycpe } : { ...r, manycpe: r.manycpe ?? previous(o.out).manycpe ?? null };
   writeFileSync(join(o.out, 'latest.json'), JSON.stringify(out, null, 2) + '\n');
   writeOutputs(o.out, out);
   log(`done in ${r.meta.durationSeconds} s; results in ${o.out}`);
