@@ -6,6 +6,7 @@
  *                           [--only relay,setup,memory,aggregation,failover,udp] [--concurrency N]
  *                           [--connections N] [--failover-runs N] [--profile] [--render] [--out DIR]
  *                           [--topologies 50+50,80+20,4x25] [--cc cubic,bbr] [--directions up,down]
+ *                           [--only manycpe [--cpes 50] [--server-link 500]]   (not in the default set: bench/lib/manycpe.ts)
  * Experiments: MPC_BENCH_CONCENTRATOR_YAML (lines appended to the mpconvert concentrator's configuration) and
  * MPC_BENCH_CPE_ARGS (extra `mpconvert cpe` flags, space-separated).
  */
@@ -21,9 +22,12 @@ import { aggregationSvg, directionTargets, failoverSvg, markdown, stat, type Res
 import { deploy, needsLabMptcpRouting, SYSTEMS, type Deployment, type SystemName } from './lib/systems.js';
 import { summariseProfile } from './lib/profile.js';
 import { UDP_SYSTEMS, deployUdp, udpNeedsLabMptcpRouting, udpRun, type UdpRun, type UdpSystemName } from './lib/udp.js';
+import { MANY_SYSTEMS, manyCpeFigure, type ManySystem } from './lib/manycpe.js';
 
 const FIGURES = ['relay', 'setup', 'memory', 'aggregation', 'failover', 'udp'] as const;
-type Figure = (typeof FIGURES)[number];
+/** Figures run only when --only names them (the many-CPE figure takes several minutes). */
+const EXTRA_FIGURES = ['manycpe'] as const;
+type Figure = (typeof FIGURES)[number] | (typeof EXTRA_FIGURES)[number];
 
 interface Options {
   runs: number;
@@ -43,6 +47,9 @@ interface Options {
   ccs: string[];
   profile: boolean;
   out: string;
+  /** The many-CPE figure: CPEs, and the shared server link's rate in Mbit/s. */
+  cpes: number;
+  serverLinkMbps: number;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -74,10 +81,15 @@ function parseArgs(argv: string[]): Options {
     ccs: get('cc')?.split(',') ?? defaultCongestionControls(),
     profile: argv.includes('--profile'),
     out: get('out') ?? fileURLToPath(new URL('../../bench/results/', import.meta.url)),
+    cpes: Number(get('cpes') ?? 50),
+    serverLinkMbps: Number(get('server-link') ?? 500),
   };
   for (const d of o.directions) if (d !== 'up' && d !== 'down') throw new Error(`--directions: ${d} is not up or down`);
-  for (const s of o.systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`);
-  for (const f of o.only) if (!FIGURES.includes(f)) throw new Error(`unknown figure ${f}; known: ${FIGURES.join(', ')}`);
+  for (const s of o.systems) if (!SYSTEMS.includes(s) && !(o.only.size === 1 && o.only.has('manycpe'))) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`);
+  if (!Number.isInteger(o.cpes) || o.cpes < 1 || o.cpes > 99) throw new Error(`--cpes: ${o.cpes} is not 1..99`);
+  if (!(o.serverLinkMbps > 0)) throw new Error(`--server-link: ${o.serverLinkMbps} is not a rate in Mbit/s`);
+  const known: readonly string[] = [...FIGURES, ...EXTRA_FIGURES];
+  for (const f of o.only) if (!known.includes(f)) throw new Error(`unknown figure ${f}; known: ${known.join(', ')}`);
   const usable = congestionControls();
   for (const cc of o.ccs) if (!usable.includes(cc)) throw new Error(`congestion control ${cc} cannot be set in a namespace here; usable: ${usable.join(', ')} (net.ipv4.tcp_allowed_congestion_control)`);
   if (o.ccs.length === 0) throw new Error('--cc: at least one congestion control');
@@ -432,13 +444,20 @@ async function main(): Promise<void> {
   }
 
   if (o.only.has('udp')) await udpFigure(o, r);
+  if (o.only.has('manycpe')) {
+    const systems = MANY_SYSTEMS.filter((s) => o.systems.includes(s as SystemName));
+    r.manycpe = await manyCpeFigure({ cpes: o.cpes, serverLinkMbps: o.serverLinkMbps, seconds: Math.max(5, o.seconds), setupMs: 4_000, concurrencyPerCpe: 4, idlePerCpe: 20, parallelStarts: 4, systems: systems as ManySystem[], log }, () => loadavg()[0]!);
+  }
 
   r.targets = targets(r);
   r.meta.tools['lab'] = labImplementation;
   r.meta.settings['loadAverageAtEnd'] = loadavg()[0];
   r.meta.durationSeconds = Math.round((Date.now() - t0) / 1000);
-  writeFileSync(join(o.out, 'latest.json'), JSON.stringify(r, null, 2) + '\n');
-  writeOutputs(o.out, r);
+  // `--only manycpe` adds its rows to the last full results instead of replacing them; a run without it keeps
+  // the last many-CPE rows (they carry their own date).
+  const out = o.only.size === 1 && r.manycpe ? { ...previous(o.out), manycpe: r.manycpe } : { ...r, manycpe: r.manycpe ?? previous(o.out).manycpe ?? null };
+  writeFileSync(join(o.out, 'latest.json'), JSON.stringify(out, null, 2) + '\n');
+  writeOutputs(o.out, out);
   log(`done in ${r.meta.durationSeconds} s; results in ${o.out}`);
 }
 
@@ -482,6 +501,15 @@ async function udpFigure(o: Options, r: Results): Promise<void> {
           probeP95Ms: stat(got.map((x) => x.probeP95Ms)),
           probeAnsweredPercent: stat(got.map((x) => 100 * x.probeAnswered)),
         };
+  }
+}
+
+/** The saved results (latest.json), or these results' empty shape when there are none. */
+function previous(out: string): Results {
+  try {
+    return JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as Results;
+  } catch {
+    return { meta: { date: new Date().toISOString(), kernel: release(), cpus: cpus().length, node: process.version, tools: {}, settings: {}, notes: [] }, aggregation: [], relay: {}, setup: {}, memory: {}, failover: null, targets: [], deployments: {} };
   }
 }
 

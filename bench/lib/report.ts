@@ -1,6 +1,8 @@
 /** Statistics, the markdown table, and the two SVG charts (hand-written, no dependency). */
 import { SYSTEMS, type SystemName } from './systems.js';
 import { UDP_NAMES, UDP_SYSTEMS, type UdpSystemName } from './udp.js';
+import type { ManyCpeResults } from './manycpe.js';
+import { manyCpeMarkdown } from './manycpe-report.js';
 
 export interface Stat {
   median: number;
@@ -94,6 +96,8 @@ export interface Results {
     systems: Partial<Record<UdpSystemName, { goodputMbps: Stat | null; probeP50Ms: Stat | null; probeP95Ms: Stat | null; probeAnsweredPercent?: Stat | null; error?: string }>>;
     deployments: Partial<Record<UdpSystemName, string>>;
   } | null;
+  /** The many-CPE figure (bench/lib/manycpe.ts, `--only manycpe`); absent when not run. */
+  manycpe?: ManyCpeResults | null;
   /** met: 'tie' = below the goal by less than the bench resolves (1%, or each median inside the other's min–max range). */
   targets: Array<{ target: string; value: string; met: boolean | 'tie' | null; gap: string }>;
   deployments: PerSystem<string>;
@@ -213,6 +217,10 @@ export function markdown(r: Results): string {
     uline('probe datagrams answered under load, %', (x) => u.systems[x]?.probeAnsweredPercent, 0, false);
     for (const x of UDP_SYSTEMS) if (u.deployments[x]) L.push(`- ${UDP_NAMES[x]}: ${u.deployments[x]}`);
     for (const x of UDP_SYSTEMS) if (u.systems[x]?.error) L.push(`- ${UDP_NAMES[x]}: error: ${u.systems[x]!.error}`);
+  }
+  if (r.manycpe) {
+    L.push('');
+    L.push(...manyCpeMarkdown(r.manycpe));
   }
   L.push('');
   L.push('**Targets**');
