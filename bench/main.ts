@@ -5,7 +5,9 @@
  *   node dist/bench/main.js [--runs 3] [--seconds 3] [--quick] [--systems kernel,mpconvert,...]
  *                           [--only relay,setup,memory,aggregation,failover,udp] [--concurrency N]
  *                           [--connections N] [--failover-runs N] [--profile] [--render] [--out DIR]
- *                           [--topologies 50+50,80+20,4x25] [--cc cubic,bbr] [--workers 1,2]
+ *                           [--topologies 50+50,80+20,4x25] [--cc cubic,bbr] [--directions up,down]
+ *                           [--workers 1,2]   (with setup: mpconvert's setup per concentrator worker count)
+ *                           [--only manycpe [--cpes 50] [--server-link 500]]   (not in the default set: bench/lib/manycpe.ts)
  * Experiments: MPC_BENCH_CONCENTRATOR_YAML (lines appended to the mpconvert concentrator's configuration) and
  * MPC_BENCH_CPE_ARGS (extra `mpconvert cpe` flags, space-separated).
  */
@@ -17,14 +19,17 @@ import { fileURLToPath } from 'node:url';
 import { labImplementation, labUp, type Lab } from './lib/lab.js';
 import { memoryBytes } from './lib/proc.js';
 import { failover, roundTrips, goodput, idleMemory, requestResponse, startServers, type FailoverRun, type GoodputRun, type RrRun, type Direction } from './lib/measure.js';
-import { aggregationSvg, failoverSvg, markdown, stat, type Results, type Stat, type Topology } from './lib/report.js';
+import { aggregationSvg, directionTargets, failoverSvg, markdown, stat, type Results, type Stat, type Topology } from './lib/report.js';
 import { deploy, needsLabMptcpRouting, SYSTEMS, type Deployment, type SystemName } from './lib/systems.js';
 import { summariseProfile } from './lib/profile.js';
 import { setupPerWorkerCount } from './lib/workers.js';
 import { UDP_SYSTEMS, deployUdp, udpNeedsLabMptcpRouting, udpRun, type UdpRun, type UdpSystemName } from './lib/udp.js';
+import { MANY_SYSTEMS, manyCpeFigure, type ManySystem } from './lib/manycpe.js';
 
 const FIGURES = ['relay', 'setup', 'memory', 'aggregation', 'failover', 'udp'] as const;
-type Figure = (typeof FIGURES)[number];
+/** Figures run only when --only names them (the many-CPE figure takes several minutes). */
+const EXTRA_FIGURES = ['manycpe'] as const;
+type Figure = (typeof FIGURES)[number] | (typeof EXTRA_FIGURES)[number];
 
 interface Options {
   runs: number;
@@ -38,7 +43,7 @@ interface Options {
   systems: SystemName[];
   only: Set<Figure>;
   topologies: Topology[];
-  /** Directions of the aggregation runs (up = upload, down = download with iperf3 -R). */
+  /** Directions of the aggregation, relay and failover runs (up = upload, down = download with iperf3 -R). */
   directions: Direction[];
   /** TCP congestion controls the shaped tests run under (every namespace of the lab, every system). */
   ccs: string[];
@@ -46,6 +51,9 @@ interface Options {
   out: string;
   /** With the setup figure: mpconvert's setup once per concentrator worker count (bench/lib/workers.ts). */
   workers: number[] | undefined;
+  /** The many-CPE figure: CPEs, and the shared server link's rate in Mbit/s. */
+  cpes: number;
+  serverLinkMbps: number;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -78,11 +86,16 @@ function parseArgs(argv: string[]): Options {
     profile: argv.includes('--profile'),
     out: get('out') ?? fileURLToPath(new URL('../../bench/results/', import.meta.url)),
     workers: get('workers')?.split(',').map(Number),
+    cpes: Number(get('cpes') ?? 50),
+    serverLinkMbps: Number(get('server-link') ?? 500),
   };
   for (const n of o.workers ?? []) if (!Number.isInteger(n) || n < 1) throw new Error(`--workers: ${n} is not a worker count`);
   for (const d of o.directions) if (d !== 'up' && d !== 'down') throw new Error(`--directions: ${d} is not up or down`);
-  for (const s of o.systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`);
-  for (const f of o.only) if (!FIGURES.includes(f)) throw new Error(`unknown figure ${f}; known: ${FIGURES.join(', ')}`);
+  for (const s of o.systems) if (!SYSTEMS.includes(s) && !(o.only.size === 1 && o.only.has('manycpe'))) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`);
+  if (!Number.isInteger(o.cpes) || o.cpes < 1 || o.cpes > 99) throw new Error(`--cpes: ${o.cpes} is not 1..99`);
+  if (!(o.serverLinkMbps > 0)) throw new Error(`--server-link: ${o.serverLinkMbps} is not a rate in Mbit/s`);
+  const known: readonly string[] = [...FIGURES, ...EXTRA_FIGURES];
+  for (const f of o.only) if (!known.includes(f)) throw new Error(`unknown figure ${f}; known: ${known.join(', ')}`);
   const usable = congestionControls();
   for (const cc of o.ccs) if (!usable.includes(cc)) throw new Error(`congestion control ${cc} cannot be set in a namespace here; usable: ${usable.join(', ')} (net.ipv4.tcp_allowed_congestion_control)`);
   if (o.ccs.length === 0) throw new Error('--cc: at least one congestion control');
@@ -224,7 +237,7 @@ async function main(): Promise<void> {
         figures: [...o.only],
       },
       notes: [
-        'Goodput: iperf3, one TCP connection between the LAN client and the server, after 1 s of warm-up: upload (client to server) and, with --directions, download (iperf3 -R, the server sends); uplink load from the sending side of each uplink (the CPE end for uploads, the concentrator end for downloads). Relay and failover are uploads.',
+        'Goodput: iperf3, one TCP connection between the LAN client and the server, after 1 s of warm-up: upload (client to server) and, with --directions, download (iperf3 -R, the server sends); uplink load from the sending side of each uplink (the CPE end for uploads, the concentrator end for downloads). Relay and failover run in the same directions; a download failover is read from the intervals of the iperf3 client, which receives.',
         `Congestion control: the shaped tests (aggregation, failover) set it in every namespace of the lab, for every system (${o.ccs.join(', ')}; failover under ${o.ccs[0]}); the unshaped ones (relay, setup, memory) keep the host's default (${readFileSync('/proc/sys/net/ipv4/tcp_congestion_control', 'utf8').trim()}).`,
         'Uplink load: tc byte counters of the CPE uplinks read 0.3 s after the warm-up and 0.2 s before the end of each aggregation run.',
         'Relay CPU: utime + stime of every relay process on the CPE and the concentrator (and their reaped children), per GB of goodput.',
@@ -269,14 +282,16 @@ async function main(): Promise<void> {
               r.deployments[sys] = d.note;
               // The CPE relay's footprint just after it started, before any connection.
               const cpeStartBytes = d.cpeRoot === undefined ? null : memoryBytes(d.cpeRoot).bytes;
-              if (o.only.has('relay')) {
+              for (const direction of o.only.has('relay') ? o.directions : []) {
+                const figure = direction === 'up' ? r.relay : (r.relayDownload ??= {});
+                const name = `relay ${sys}${direction === 'down' ? ' download' : ''}`;
                 try {
-                  const runs = await repeat(o.runs, () => goodput(d, o.seconds));
-                  r.relay[sys] = { goodputMbps: stat(runs.map((x) => x.mbps)), cpuSecondsPerGB: stat(runs.map((x) => x.cpuSecondsPerGB)) };
-                  log(`relay ${sys}: ${runs.map((x) => `${x.mbps.toFixed(0)} Mbit/s ${x.cpuSecondsPerGB?.toFixed(2) ?? '-'} s/GB`).join(', ')}`);
+                  const runs = await repeat(o.runs, () => goodput(d, o.seconds, 1, undefined, direction));
+                  figure[sys] = { goodputMbps: stat(runs.map((x) => x.mbps)), cpuSecondsPerGB: stat(runs.map((x) => x.cpuSecondsPerGB)) };
+                  log(`${name}: ${runs.map((x) => `${x.mbps.toFixed(0)} Mbit/s ${x.cpuSecondsPerGB?.toFixed(2) ?? '-'} s/GB`).join(', ')}`);
                 } catch (e) {
-                  r.relay[sys] = { goodputMbps: null, cpuSecondsPerGB: null, error: errText(e) };
-                  log(`relay ${sys}: ERROR ${errText(e)}`);
+                  figure[sys] = { goodputMbps: null, cpuSecondsPerGB: null, error: errText(e) };
+                  log(`${name}: ERROR ${errText(e)}`);
                 }
               }
               if (o.only.has('setup')) {
@@ -316,6 +331,7 @@ async function main(): Promise<void> {
             const error = errText(e);
             log(`${sys}: deployment failed: ${error}`);
             r.relay[sys] ??= { goodputMbps: null, cpuSecondsPerGB: null, error };
+            if (o.only.has('relay') && o.directions.includes('down')) (r.relayDownload ??= {})[sys] ??= { goodputMbps: null, cpuSecondsPerGB: null, error };
             r.setup[sys] ??= { cps: null, ttfbP50Ms: null, ttfbP99Ms: null, errors: 0, roundTrips: null, error };
             if (sys !== 'kernel') r.memory[sys] ??= { connections: 0, errors: 0, baselineBytes: 0, loadedBytes: 0, bytesPerConnection: null, measure: '', error };
           }
@@ -335,8 +351,8 @@ async function main(): Promise<void> {
   // equal uplinks) under the first congestion control.
   if (o.only.has('aggregation') || o.only.has('failover')) {
     const failTopo = o.topologies[0]!;
-    const failRuns: Partial<Record<SystemName, FailoverRun[]>> = {};
-    const failErr: Partial<Record<SystemName, string>> = {};
+    const failRuns: Record<Direction, Partial<Record<SystemName, FailoverRun[]>>> = { up: {}, down: {} };
+    const failErr: Record<Direction, Partial<Record<SystemName, string>>> = { up: {}, down: {} };
     const cutAt = 4;
     const restoreAt = 8;
     for (const cc of o.ccs) {
@@ -393,19 +409,22 @@ async function main(): Promise<void> {
               log(`aggregation ${topo.name} ${cc} ${direction} ${sys}: ${got.map((x) => `${x.mbps.toFixed(1)} (iperf3 summary ${x.summaryMbps.toFixed(1)}) [${x.uplinkMbps?.map((m) => m.toFixed(1)).join('+') ?? '?'} on the wire]`).join(', ')} Mbit/s of ${sum}`);
             }
           }
-          if (doFail) {
+          // Each direction on a fresh deployment.
+          for (const direction of doFail ? o.directions : []) {
             for (const sys of o.systems) {
+              const name = `failover ${sys}${direction === 'down' ? ' download' : ''}`;
               try {
                 await withDeployment(sys, labFor(sys), topo.ratesMbps.length, async (d) => {
                   r.deployments[sys] ??= d.note;
-                  failRuns[sys] = await repeat(o.failoverRuns, () =>
-                    failover(labFor(sys), d, { seconds: o.failoverSeconds, cutAt, restoreAt, cut: 1, survivorMbps: topo.ratesMbps[1]!, sumMbps: sum }),
+                  const runs = await repeat(o.failoverRuns, () =>
+                    failover(labFor(sys), d, { seconds: o.failoverSeconds, cutAt, restoreAt, cut: 1, survivorMbps: topo.ratesMbps[1]!, sumMbps: sum, direction }),
                   );
-                  log(`failover ${sys}: recovery ${failRuns[sys]!.map((x) => x.recoverySeconds?.toFixed(2) ?? 'never').join(', ')} s, rejoin ${failRuns[sys]!.map((x) => x.rejoinSeconds?.toFixed(2) ?? 'never').join(', ')} s`);
+                  failRuns[direction][sys] = runs;
+                  log(`${name}: recovery ${runs.map((x) => x.recoverySeconds?.toFixed(2) ?? 'never').join(', ')} s, rejoin ${runs.map((x) => x.rejoinSeconds?.toFixed(2) ?? 'never').join(', ')} s`);
                 });
               } catch (e) {
-                failErr[sys] = errText(e);
-                log(`failover ${sys}: ERROR ${errText(e)}`);
+                failErr[direction][sys] = errText(e);
+                log(`${name}: ERROR ${errText(e)}`);
               }
             }
           }
@@ -413,20 +432,24 @@ async function main(): Promise<void> {
         r.aggregation.push(...entries);
       }
     }
-    if (o.only.has('failover')) {
-      r.failover = { topology: failTopo, cc: o.ccs[0]!, cut: 1, cutAt, restoreAt, systems: {} };
+    for (const direction of o.only.has('failover') ? o.directions : []) {
+      const figure: NonNullable<Results['failover']> = { topology: failTopo, cc: o.ccs[0]!, cut: 1, cutAt, restoreAt, systems: {} };
+      if (direction === 'up') r.failover = figure;
+      else r.failoverDownload = figure;
       for (const sys of o.systems) {
-        const runs = failRuns[sys];
+        const runs = failRuns[direction][sys];
+        const error = failErr[direction][sys];
         if (!runs) {
-          if (failErr[sys]) r.failover.systems[sys] = { recoverySeconds: null, rejoinSeconds: null, never: 0, series: [], error: failErr[sys]! };
+          if (error) figure.systems[sys] = { recoverySeconds: null, rejoinSeconds: null, never: 0, series: [], error };
           continue;
         }
         // The chart shows the run with the median recovery time.
         const sorted = [...runs].sort((a, b) => (a.recoverySeconds ?? 1e9) - (b.recoverySeconds ?? 1e9));
-        r.failover.systems[sys] = {
+        figure.systems[sys] = {
           recoverySeconds: stat(runs.map((x) => x.recoverySeconds)),
           rejoinSeconds: stat(runs.map((x) => x.rejoinSeconds)),
           never: runs.filter((x) => x.recoverySeconds === null).length,
+          neverRejoined: runs.filter((x) => x.rejoinSeconds === null).length,
           series: sorted[(sorted.length - 1) >> 1]!.series,
         };
       }
@@ -434,13 +457,20 @@ async function main(): Promise<void> {
   }
 
   if (o.only.has('udp')) await udpFigure(o, r);
+  if (o.only.has('manycpe')) {
+    const systems = MANY_SYSTEMS.filter((s) => o.systems.includes(s as SystemName));
+    r.manycpe = await manyCpeFigure({ cpes: o.cpes, serverLinkMbps: o.serverLinkMbps, seconds: Math.max(5, o.seconds), setupMs: 4_000, concurrencyPerCpe: 4, idlePerCpe: 20, parallelStarts: 4, systems: systems as ManySystem[], log }, () => loadavg()[0]!);
+  }
 
   r.targets = targets(r);
   r.meta.tools['lab'] = labImplementation;
   r.meta.settings['loadAverageAtEnd'] = loadavg()[0];
   r.meta.durationSeconds = Math.round((Date.now() - t0) / 1000);
-  writeFileSync(join(o.out, 'latest.json'), JSON.stringify(r, null, 2) + '\n');
-  writeOutputs(o.out, r);
+  // `--only manycpe` adds its rows to the last full results instead of replacing them; a run without it keeps
+  // the last many-CPE rows (they carry their own date).
+  const out = o.only.size === 1 && r.manycpe ? { ...previous(o.out), manycpe: r.manycpe } : { ...r, manycpe: r.manycpe ?? previous(o.out).manycpe ?? null };
+  writeFileSync(join(o.out, 'latest.json'), JSON.stringify(out, null, 2) + '\n');
+  writeOutputs(o.out, out);
   log(`done in ${r.meta.durationSeconds} s; results in ${o.out}`);
 }
 
@@ -484,6 +514,15 @@ async function udpFigure(o: Options, r: Results): Promise<void> {
           probeP95Ms: stat(got.map((x) => x.probeP95Ms)),
           probeAnsweredPercent: stat(got.map((x) => 100 * x.probeAnswered)),
         };
+  }
+}
+
+/** The saved results (latest.json), or these results' empty shape when there are none. */
+function previous(out: string): Results {
+  try {
+    return JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as Results;
+  } catch {
+    return { meta: { date: new Date().toISOString(), kernel: release(), cpus: cpus().length, node: process.version, tools: {}, settings: {}, notes: [] }, aggregation: [], relay: {}, setup: {}, memory: {}, failover: null, targets: [], deployments: {} };
   }
 }
 
@@ -541,6 +580,8 @@ function targets(r: Results): Results['targets'] {
   add('connections/s >= 0.9x socat', cps('mpconvert'), sc === undefined ? undefined : 0.9 * sc, true, (v) => `${v.toFixed(0)}/s`);
   // Round two (connection setup ahead of the peers): at least shadowsocks-libev's rate and latencies.
   add('relay goodput >= 0.5x kernel', g('mpconvert'), g('kernel') === undefined ? undefined : 0.5 * g('kernel')!, true, (v) => `${v.toFixed(0)} Mbit/s`);
+  // Round two (issue 17, downloads): the relay as a download, failover under 0.5 s each way.
+  out.push(...directionTargets(r));
   add('connections/s >= shadowsocks-libev', cps('mpconvert'), cps('shadowsocks'), true, (v) => `${v.toFixed(0)}/s`);
   const ttfb = (x: SystemName, p: 'ttfbP50Ms' | 'ttfbP99Ms') => m(r.setup[x]?.[p]);
   const cpuConn = (x: SystemName) => m(r.setup[x]?.cpuMsPerConnection);

@@ -12,7 +12,6 @@ import { cmdline, CONC_ADDR, IPERF_PORT, RR_PORT, type Deployment } from './syst
 
 const TOOLS = fileURLToPath(new URL('../tools/', import.meta.url));
 
-/** Data flows from the LAN client towards the server (upload), through the CPE's shaped uplinks. */
 /** Which way the bytes flow: up = LAN client to server (upload), down = server to LAN client (iperf3 -R). */
 export type Direction = 'up' | 'down';
 
@@ -45,7 +44,7 @@ export async function startServers(d: Deployment): Promise<Servers> {
 interface IperfInterval {
   sum: Interval;
 }
-interface IperfJson {
+export interface IperfJson {
   end: { sum_received: { bits_per_second: number; bytes: number } };
   intervals?: IperfInterval[];
   server_output_json?: { intervals?: IperfInterval[] };
@@ -89,6 +88,22 @@ interface Interval {
   end: number;
   bits_per_second: number;
   omitted?: boolean;
+  /** iperf3 -J marks whose figures an interval holds: true = the sending side's. */
+  sender?: boolean;
+}
+
+/**
+ * The receiver's report intervals of one run. Upload: the server receives; its intervals come back with
+ * --get-server-output (as JSON, or as text from iperf3 3.12). Download (-R): the client receives and its own
+ * `intervals` are the received side (iperf3 marks each sum `sender: false`; the server's output is then the
+ * sender's, with Retr and Cwnd columns).
+ */
+export function receivedIntervals(j: IperfJson, direction: Direction): Interval[] {
+  const iv = direction === 'down'
+    ? (j.intervals ?? []).map((x) => x.sum)
+    : (j.server_output_json?.intervals?.map((x) => x.sum) ?? parseServerIntervals(j.server_output_text ?? ''));
+  if (iv.some((x) => x.sender === true)) throw new Error(`iperf3 ${direction === 'down' ? '-R ' : ''}gave the sender's intervals where the receiver's were expected`);
+  return iv;
 }
 
 /**
@@ -158,8 +173,7 @@ export async function goodput(d: Deployment, seconds: number, omit = 1, wire?: {
   } finally {
     for (const t of timers) clearTimeout(t);
   }
-  // The receiver's intervals: the client's own with -R, else the server's.
-  const received = receiverRate(reverse ? j.intervals?.map((x) => x.sum) : j.server_output_json?.intervals?.map((x) => x.sum) ?? parseServerIntervals(j.server_output_text ?? ''));
+  const received = receiverRate(receivedIntervals(j, direction));
   let uplinkMbps: number[] | undefined;
   if (samples.length === 2) {
     const [a, b] = await Promise.all(samples);
@@ -260,12 +274,12 @@ export interface FailoverRun {
 
 /**
  * One long iperf3 run with 0.25 s intervals; uplink `cut` goes down at `cutAt` and comes back at `restoreAt`
- * (seconds after the iperf3 client started).
+ * (seconds after the iperf3 client started). `direction` down: a download (iperf3 -R), read at the client.
  */
 export async function failover(
   lab: Lab,
   d: Deployment,
-  o: { seconds: number; cutAt: number; restoreAt: number; cut: number; survivorMbps: number; sumMbps: number },
+  o: { seconds: number; cutAt: number; restoreAt: number; cut: number; survivorMbps: number; sumMbps: number; direction?: Direction },
 ): Promise<FailoverRun> {
   const timers: NodeJS.Timeout[] = [];
   const actions: Promise<void>[] = [];
@@ -275,26 +289,34 @@ export async function failover(
   timers.push(setTimeout(() => actions.push(lab.uplinkUp(o.cut)), o.restoreAt * 1000));
   let j: IperfJson;
   try {
-    j = await iperf(d, ['-t', String(o.seconds), '-i', '0.25', '--get-server-output'], o.seconds * 1000 + 30_000);
+    const direction = o.direction ?? 'up';
+    j = await iperf(d, ['-t', String(o.seconds), '-i', '0.25', ...(direction === 'up' ? ['--get-server-output'] : [])], o.seconds * 1000 + 30_000, direction);
   } finally {
     for (const t of timers) clearTimeout(t);
     await Promise.allSettled(actions);
     if (Date.now() - t0 < o.restoreAt * 1000 || cutDone) await lab.uplinkUp(o.cut).catch(() => {});
   }
-  const iv = j.server_output_json?.intervals;
-  const series = iv?.length ? iv.map((x) => [x.sum.end, x.sum.bits_per_second / 1e6] as [number, number]) : parseIntervals(j.server_output_text ?? '');
+  const series = intervalSeries(receivedIntervals(j, o.direction ?? 'up'));
   if (!series.length) throw new Error('iperf3 gave no intervals');
-  const after = (from: number, threshold: number) => {
-    const hit = series.find(([t, v]) => t > from + 0.25 && v >= threshold);
-    return hit ? hit[0] - from : null;
-  };
   return {
     series,
     cutAt: o.cutAt,
     restoreAt: o.restoreAt,
-    recoverySeconds: after(o.cutAt, 0.9 * o.survivorMbps),
-    rejoinSeconds: after(o.restoreAt, 0.9 * o.sumMbps),
+    recoverySeconds: secondsUntil(series, o.cutAt, 0.9 * o.survivorMbps),
+    rejoinSeconds: secondsUntil(series, o.restoreAt, 0.9 * o.sumMbps),
   };
+}
+
+/**
+ * Seconds from `from` until the end of the first interval that carries at least `mbps`, leaving out the one that
+ * ends within 0.25 s of `from` (the bench's clock and iperf3's are a connection setup apart); null if none does.
+ * To 0.01 s, for both the comparison and the figure: iperf3's JSON interval ends (a download's, read at the client) drift by
+ * microseconds off the 0.25 s grid that its text output (an upload's, at the server) prints to 0.01 s, and
+ * 0.500007 s must not read as over 0.5 s.
+ */
+export function secondsUntil(series: Array<[number, number]>, from: number, mbps: number): number | null {
+  const after = series.map(([t, v]) => [Math.round((t - from) * 100) / 100, v] as const);
+  return after.find(([dt, v]) => dt > 0.25 && v >= mbps)?.[0] ?? null;
 }
 
 /** iperf3's text intervals ("[  5]   0.25-0.50   sec  2.94 MBytes  98.6 Mbits/sec"); summary and omitted lines left out. */
@@ -307,11 +329,9 @@ export function parseServerIntervals(text: string): Interval[] {
   return out;
 }
 
-/** Receiver intervals as [end seconds, Mbit/s], the short tail interval at the end of the test left out. */
-function parseIntervals(text: string): Array<[number, number]> {
-  return parseServerIntervals(text)
-    .filter((x) => x.end - x.start >= 0.1)
-    .map((x) => [x.end, x.bits_per_second / 1e6]);
+/** Receiver intervals as [end seconds, Mbit/s]: omitted (warm-up) intervals and the short tail at the end left out. */
+export function intervalSeries(intervals: Interval[]): Array<[number, number]> {
+  return intervals.filter((x) => !x.omitted && x.end - x.start >= 0.1).map((x) => [x.end, x.bits_per_second / 1e6]);
 }
 
 /** Round trips to the first byte of one exchange, counted from a capture on the CPE's uplinks (see roundtrips.ts). */

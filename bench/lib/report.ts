@@ -2,6 +2,8 @@
 import { SYSTEMS, type SystemName } from './systems.js';
 import { UDP_NAMES, UDP_SYSTEMS, type UdpSystemName } from './udp.js';
 import type { WorkersRow } from './workers.js';
+import type { ManyCpeResults } from './manycpe.js';
+import { manyCpeMarkdown } from './manycpe-report.js';
 
 export interface Stat {
   median: number;
@@ -51,7 +53,9 @@ export interface Results {
     /** uplinkLoad: each CPE uplink's wire rate over its tbf rate during the measured seconds. */
     systems: PerSystem<{ goodputMbps: Stat | null; ratio: Stat | null; uplinkLoad?: Array<Stat | null>; ttfbP50Ms?: Stat | null; ttfbP99Ms?: Stat | null; error?: string }>;
   }>;
+  /** The relay figure as an upload; `relayDownload` the same as a download (iperf3 -R), absent in older results. */
   relay: PerSystem<{ goodputMbps: Stat | null; cpuSecondsPerGB: Stat | null; error?: string }>;
+  relayDownload?: Results['relay'];
   setup: PerSystem<{
     cps: Stat | null;
     ttfbP50Ms: Stat | null;
@@ -80,8 +84,11 @@ export interface Results {
     cut: number;
     cutAt: number;
     restoreAt: number;
-    systems: PerSystem<{ recoverySeconds: Stat | null; rejoinSeconds: Stat | null; never: number; series: Array<[number, number]>; error?: string }>;
+    /** never: runs that never recovered; neverRejoined: runs that never reached 90% of the sum after the restore (absent in older results). */
+    systems: PerSystem<{ recoverySeconds: Stat | null; rejoinSeconds: Stat | null; never: number; neverRejoined?: number; series: Array<[number, number]>; error?: string }>;
   } | null;
+  /** The failover figure as a download (iperf3 -R, read at the client); `failover` is the upload. */
+  failoverDownload?: Results['failover'];
   /** The UDP figure (bench/lib/udp.ts); absent in results from before it existed. */
   udp?: {
     topology: Topology;
@@ -92,6 +99,8 @@ export interface Results {
   } | null;
   /** `--workers`: mpconvert's setup per concentrator worker count (bench/lib/workers.ts). */
   workers?: WorkersRow[];
+  /** The many-CPE figure (bench/lib/manycpe.ts, `--only manycpe`); absent when not run. */
+  manycpe?: ManyCpeResults | null;
   /** met: 'tie' = below the goal by less than the bench resolves (1%, or each median inside the other's min–max range). */
   targets: Array<{ target: string; value: string; met: boolean | 'tie' | null; gap: string }>;
   deployments: PerSystem<string>;
@@ -170,6 +179,11 @@ export function markdown(r: Results): string {
   };
   line('goodput, Mbit/s', (x) => r.relay[x]?.goodputMbps, 0, (x) => r.relay[x]?.error);
   line('relay CPU, s per GB (CPE + concentrator)', (x) => r.relay[x]?.cpuSecondsPerGB, 2, (x) => r.relay[x]?.error, true);
+  const rd = r.relayDownload;
+  if (rd) {
+    line('relay goodput, Mbit/s, download', (x) => rd[x]?.goodputMbps, 0, (x) => rd[x]?.error);
+    line('relay CPU, s per GB (CPE + concentrator), download', (x) => rd[x]?.cpuSecondsPerGB, 2, (x) => rd[x]?.error, true);
+  }
   line('connections per second', (x) => r.setup[x]?.cps, 0, (x) => r.setup[x]?.error);
   line('setup CPU per connection, ms (CPE + concentrator)', (x) => r.setup[x]?.cpuMsPerConnection, 3, (x) => r.setup[x]?.error, true);
   line('time to first byte p50, ms', (x) => r.setup[x]?.ttfbP50Ms, 2, (x) => r.setup[x]?.error, true);
@@ -179,10 +193,10 @@ export function markdown(r: Results): string {
   const mib = (b: number | null | undefined) => (b === null || b === undefined ? null : stat([b / 1048576]));
   line('CPE memory just after start, MiB', (x) => mib(r.memory[x]?.cpeStartBytes), 1, (x) => r.memory[x]?.error, true);
   line('CPE memory idle after the relay and setup tests, MiB', (x) => mib(r.memory[x]?.cpeIdleBytes), 1, (x) => r.memory[x]?.error, true);
-  if (r.failover) {
-    const f = r.failover;
-    line(`failover: s until the survivor carries 90% (${f.topology.name}${f.cc ? `, ${f.cc}` : ''})`, (x) => f.systems[x]?.recoverySeconds, 2, (x) => f.systems[x]?.error, true);
-    line('failover: s until both carry 90% after the restore', (x) => f.systems[x]?.rejoinSeconds, 2, (x) => f.systems[x]?.error, true);
+  for (const [f, way] of [[r.failover, ''], [r.failoverDownload, ', download']] as const) {
+    if (!f) continue;
+    line(`failover: s until the survivor carries 90% (${f.topology.name}${f.cc ? `, ${f.cc}` : ''})${way}`, (x) => f.systems[x]?.recoverySeconds, 2, (x) => f.systems[x]?.error, true);
+    line(`failover: s until both carry 90% after the restore${way}`, (x) => f.systems[x]?.rejoinSeconds, 2, (x) => f.systems[x]?.error, true);
   }
   L.push('');
   const mem = SYSTEMS.filter((x) => r.memory[x] && !r.memory[x]?.error)
@@ -214,6 +228,10 @@ export function markdown(r: Results): string {
     for (const x of UDP_SYSTEMS) if (u.deployments[x]) L.push(`- ${UDP_NAMES[x]}: ${u.deployments[x]}`);
     for (const x of UDP_SYSTEMS) if (u.systems[x]?.error) L.push(`- ${UDP_NAMES[x]}: error: ${u.systems[x]!.error}`);
   }
+  if (r.manycpe) {
+    L.push('');
+    L.push(...manyCpeMarkdown(r.manycpe));
+  }
   L.push('');
   L.push('**Targets**');
   L.push('');
@@ -225,6 +243,59 @@ export function markdown(r: Results): string {
   for (const x of SYSTEMS) if (r.deployments[x]) L.push(`- ${NAMES[x]}: ${r.deployments[x]}`);
   for (const n of r.meta.notes) L.push(`- ${n}`);
   return L.join('\n') + '\n';
+}
+
+export type Target = Results['targets'][number];
+
+/**
+ * One row of the gap table: met, and the gap relative to the goal (positive = better than the goal); not measured
+ * when either side is missing. An infinite value (never) is not met, with no gap.
+ */
+export function targetRow(target: string, value: number | undefined, goal: number | undefined, higherBetter: boolean, show: (v: number) => string): Target {
+  if (value === undefined || goal === undefined || Number.isNaN(value) || !Number.isFinite(goal) || goal === 0) return { target, value: '—', met: null, gap: '—' };
+  if (!Number.isFinite(value)) return { target, value: 'never', met: higherBetter === value > 0, gap: '—' };
+  const gap = higherBetter ? value / goal - 1 : goal / value - 1;
+  return { target, value: show(value), met: higherBetter ? value >= goal : value <= goal, gap: `${gap >= 0 ? '+' : ''}${(100 * gap).toFixed(1)}%` };
+}
+
+/**
+ * Seconds of a failover figure of one system for the targets: the median over the runs, a run that never got
+ * there counted as infinitely long (so most runs never: never). Undefined when not measured.
+ */
+export function failoverMedian(f: Results['failover'] | undefined, sys: SystemName, which: 'recovery' | 'rejoin', runs: number): number | undefined {
+  const s = f?.systems[sys];
+  if (!s || s.error) return undefined;
+  const st = which === 'recovery' ? s.recoverySeconds : s.rejoinSeconds;
+  const measured = st?.runs ?? [];
+  // Older results did not count the rejoins that never happened: the runs that gave no figure.
+  const never = which === 'recovery' ? s.never : (s.neverRejoined ?? Math.max(0, runs - measured.length));
+  const v = [...measured, ...Array<number>(never).fill(Infinity)].sort((a, b) => a - b);
+  if (v.length === 0) return undefined;
+  const mid = v.length >> 1;
+  return v.length % 2 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
+}
+
+/**
+ * Issue 17's targets for both directions: the relay as a download at least 0.5x the kernel's (the upload's row
+ * is the older 'relay goodput >= 0.5x kernel'), and mpconvert's failover, each way, under 0.5 s until the survivor
+ * carries 90% of its rate and until both carry 90% of the sum after the restore.
+ */
+export function directionTargets(r: Results): Target[] {
+  const out: Target[] = [];
+  const m = (s: Stat | null | undefined) => s?.median;
+  if (r.relayDownload) {
+    const g = (x: SystemName) => m(r.relayDownload?.[x]?.goodputMbps);
+    const k = g('kernel');
+    out.push(targetRow('relay goodput >= 0.5x kernel, download', g('mpconvert'), k === undefined ? undefined : 0.5 * k, true, (v) => `${v.toFixed(0)} Mbit/s`));
+  }
+  const runs = Number(r.meta.settings['failoverRuns'] ?? 0);
+  for (const [f, way] of [[r.failover, ''], [r.failoverDownload, ', download']] as const) {
+    if (!f) continue;
+    const s = (v: number) => `${v.toFixed(2)} s`;
+    out.push(targetRow(`failover: s until the survivor carries 90% <= 0.5${way}`, failoverMedian(f, 'mpconvert', 'recovery', runs), 0.5, false, s));
+    out.push(targetRow(`failover: s until both carry 90% after the restore <= 0.5${way}`, failoverMedian(f, 'mpconvert', 'rejoin', runs), 0.5, false, s));
+  }
+  return out;
 }
 
 const COLORS: Record<SystemName, string> = { kernel: '#555555', mpconvert: '#1f77b4', shadowsocks: '#d62728', socat: '#2ca02c' };
@@ -266,17 +337,17 @@ export function aggregationSvg(r: Results): string {
   return svg(W, H, 'Aggregation: goodput / sum of uplink rates', [...parts, legend(left, H - 24, SYSTEMS)]);
 }
 
-/** Goodput over time per system, with the cut and the restore marked. */
+/** Goodput over time per system, with the cut and the restore marked; the download (if measured) dashed. */
 export function failoverSvg(r: Results): string {
   const W = 760;
   const H = 360;
   const left = 50;
   const top = 40;
   const bottom = 300;
-  const f = r.failover;
+  const f = r.failover ?? r.failoverDownload;
   const parts: string[] = [];
   if (f) {
-    const series = SYSTEMS.map((s) => [s, f.systems[s]?.series ?? []] as const);
+    const series = [r.failover, r.failoverDownload].flatMap((g) => SYSTEMS.map((s) => [s, g?.systems[s]?.series ?? [], g === r.failoverDownload] as const));
     const tMax = Math.max(1, ...series.flatMap(([, v]) => v.map(([t]) => t)));
     const vMax = Math.max(10, ...series.flatMap(([, v]) => v.map(([, m]) => m))) * 1.1;
     const x = (t: number) => left + (t / tMax) * (W - left - 20);
@@ -287,12 +358,14 @@ export function failoverSvg(r: Results): string {
     for (const [t, label] of [[f.cutAt, `up${f.cut} cut`], [f.restoreAt, `up${f.cut} restored`]] as const) {
       parts.push(`<line x1="${x(t)}" x2="${x(t)}" y1="${top}" y2="${bottom}" stroke="#999" stroke-dasharray="4 3"/><text x="${x(t) + 3}" y="${top + 10}">${label}</text>`);
     }
-    for (const [s, v] of series) {
+    for (const [s, v, down] of series) {
       if (!v.length) continue;
-      parts.push(`<polyline fill="none" stroke="${COLORS[s]}" stroke-width="1.6" points="${v.map(([t, m]) => `${x(t).toFixed(1)},${y(m).toFixed(1)}`).join(' ')}"/>`);
+      parts.push(`<polyline fill="none" stroke="${COLORS[s]}" stroke-width="1.6"${down ? ' stroke-dasharray="5 3"' : ''} points="${v.map(([t, m]) => `${x(t).toFixed(1)},${y(m).toFixed(1)}`).join(' ')}"/>`);
     }
     parts.push(`<text x="12" y="${(top + bottom) / 2}" transform="rotate(-90 12 ${(top + bottom) / 2})" text-anchor="middle">Mbit/s</text>`);
   }
+  const ways = r.failover && r.failoverDownload ? 'solid: upload, dashed: download' : r.failoverDownload ? 'download' : '';
+  if (ways) parts.push(`<text x="${W - 20}" y="34" text-anchor="end">${ways}</text>`);
   const title = f ? `Failover: goodput while one of two uplinks (${f.topology.name} Mbit/s) is cut and restored` : 'Failover: not measured';
   return svg(W, H, title, [...parts, legend(left, H - 24, SYSTEMS)]);
 }

@@ -22,6 +22,13 @@ interface Args {
   reqBytes?: number;
   respBytes?: number;
   timeoutMs?: number;
+  /**
+   * rr: print {"armed":true}, then start at the first line on stdin: a barrier, so that clients in many namespaces
+   * (started one by one on a loaded machine) begin together. Adds startedAt/endedAt (ms since the epoch).
+   */
+  barrier?: boolean;
+  /** rr: also print every time to first byte (`ttfbs`, ms), for percentiles across several clients. */
+  samples?: boolean;
 }
 
 const a = JSON.parse(process.argv[2] ?? '{}') as Args;
@@ -77,7 +84,13 @@ function exchange(kind: 'R' | 'I', held?: net.Socket[]): Promise<number> {
 
 async function runRr(): Promise<void> {
   const concurrency = a.concurrency ?? 16;
-  const deadline = Date.now() + (a.durationMs ?? 3_000);
+  if (a.barrier) {
+    process.stdout.write(JSON.stringify({ armed: true }) + '\n');
+    await new Promise<void>((resolve) => process.stdin.once('data', () => resolve()));
+    process.stdin.destroy();
+  }
+  const startedAt = Date.now();
+  const deadline = startedAt + (a.durationMs ?? 3_000);
   const max = a.maxConnections ?? Number.MAX_SAFE_INTEGER;
   const ttfbs: number[] = [];
   const errors: Record<string, number> = {};
@@ -99,7 +112,11 @@ async function runRr(): Promise<void> {
   ttfbs.sort((x, y) => x - y);
   const nerr = Object.values(errors).reduce((s, n) => s + n, 0);
   process.stdout.write(
-    JSON.stringify({ completed: ttfbs.length, errors: nerr, errorKinds: errors, seconds, cps: ttfbs.length / seconds, ttfbP50: percentile(ttfbs, 50), ttfbP99: percentile(ttfbs, 99) }) + '\n',
+    JSON.stringify({
+      completed: ttfbs.length, errors: nerr, errorKinds: errors, seconds, cps: ttfbs.length / seconds, ttfbP50: percentile(ttfbs, 50), ttfbP99: percentile(ttfbs, 99),
+      ...(a.barrier ? { startedAt, endedAt: Date.now() } : {}),
+      ...(a.samples ? { ttfbs: ttfbs.map((x) => Math.round(x * 1000) / 1000) } : {}),
+    }) + '\n',
   );
 }
 

@@ -200,7 +200,7 @@ export class Concentrator {
         if (!(pool instanceof PoolSourceAddress)) return undefined;
         return pool.pin(identity, 4) ?? pool.pin(identity, 6);
       },
-      onRelay: (ctx, relay) => relay.once('close', (stats: RelayStats) => {
+      onRelay: (ctx, relay) => relay.on('close', (stats: RelayStats) => {
         this.#countClosed(ctx.identity, stats.aToB, stats.bToA);
         this.#sessionOf.get(ctx)?.end();
       }),
@@ -488,7 +488,7 @@ export class Concentrator {
     let down = 0;
     for (const s of this.#sessions) {
       if (s.ctx.identity !== identity || !s.ctx.relay) continue;
-      up += s.ctx.relay.bytesAToB + (s.ctx.signalling?.rest.length ?? 0);
+      up += s.ctx.relay.bytesAToB + (s.ctx.earlyUp ?? s.ctx.signalling?.rest.length ?? 0);
       down += s.ctx.relay.bytesBToA;
     }
     return { up, down };
@@ -615,7 +615,7 @@ export class Concentrator {
     this.#sessions.add(session);
     this.#sessionOf.set(ctx, session);
     // Before the relay takes the pair, a close ends the session; after, the relay's close does.
-    socket.once('close', () => {
+    socket.on('close', () => {
       if (!ctx.relay) session.end();
     });
     runPipeline(this.#steps, ctx).then(
@@ -626,9 +626,9 @@ export class Concentrator {
         } else if (ctx.relay) {
           const radius = this.#radius;
           radius?.opened(ctx);
-          ctx.relay.once('close', (stats: RelayStats) => {
+          ctx.relay.on('close', (stats: RelayStats) => {
             // The client's bytes that came with the signalling went to the server outside the relay.
-            const up = stats.aToB + (ctx.signalling?.rest.length ?? 0);
+            const up = stats.aToB + (ctx.earlyUp ?? ctx.signalling?.rest.length ?? 0);
             this.#countClosed(ctx.identity, up, stats.bToA);
             radius?.closed(ctx, up, stats.bToA);
             session.end();

@@ -46,6 +46,8 @@ export interface ConnectionContext {
   ports?: PortLease | undefined;
   /** Set by the conversion once the pair is relayed; from then on the relay owns both sockets. */
   relay?: RelayHandle;
+  /** Bytes that came with the signalling and went to the server before the relay (set when the signalling's buffers are let go). */
+  earlyUp?: number;
   /** Registers a release; run once when the connection ends. */
   own(release: () => void): void;
 }

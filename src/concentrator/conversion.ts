@@ -16,6 +16,8 @@ import { proxyHeader } from './proxy-header.js';
 import { PortBlocksError, type ServerDialer, type ServerTransport } from './server-dialer.js';
 import { confirmation } from './signalling.js';
 
+const EMPTY = Buffer.alloc(0);
+
 export interface ConversionStrategy {
   readonly name: string;
   /** Resolves once the pair is relayed (ctx.relay set) or with the refusal; never throws for network failures. */
@@ -48,31 +50,9 @@ export class ExplicitTcpConversion implements ConversionStrategy {
     const read = ctx.signalling;
     if (!dest || !read) throw new Error('ExplicitTcpConversion: run after the destination step');
     const settings = deps.settings();
-    const abort = new AbortController();
-    const onEarlyClose = () => abort.abort();
-    socket.once('close', onEarlyClose);
-    let server: Socket;
-    let transport: ServerTransport;
-    try {
-      const tos = settings.preserveDscp ? deps.sockets.getTos(socket) & 0xfc : 0;
-      ({ socket: server, transport } = await deps.dialer.dial({
-        host: dest.address,
-        port: dest.port,
-        family: dest.family,
-        localAddress: ctx.external,
-        transparent: ctx.externalTransparent,
-        ports: ctx.ports,
-        tos: tos > 0 ? tos : undefined,
-        signal: abort.signal,
-      }));
-    } catch (err) {
-      if (socket.destroyed) return refuse('client-gone');
-      if (err instanceof PortBlocksError) return refuse(err.refusal);
-      const errno = (err as { code?: string }).code ?? 'EUNKNOWN';
-      return refuse('dial', { qualifier: errno, convertError: dialErrorCode(errno), detail: { destination: formatEndpoint(dest.address, dest.port) } });
-    } finally {
-      socket.off('close', onEarlyClose);
-    }
+    const dialled = await this.#dialServer(ctx, dest, settings.preserveDscp);
+    if ('refusal' in dialled) return dialled.refusal;
+    const { socket: server, transport } = dialled;
     if (socket.destroyed || deps.stopping()) {
       server.resetAndDestroy();
       return refuse(socket.destroyed ? 'client-gone' : 'stopping');
@@ -97,6 +77,9 @@ export class ExplicitTcpConversion implements ConversionStrategy {
     const first = header ? (read.rest.length > 0 ? Buffer.concat([header, read.rest]) : header) : read.rest;
     if (first.length > 0) server.write(first);
     const upPre = read.rest.length;
+    // An idle relayed connection keeps its context for its whole life: let the signalling's buffers go.
+    ctx.earlyUp = upPre;
+    ctx.signalling = { ...read, raw: EMPTY, rest: EMPTY };
     const external = server.localAddress ? formatEndpoint(unmapAddress(server.localAddress), server.localPort ?? 0) : undefined;
     const destination = formatEndpoint(dest.address, dest.port);
     deps.metrics.setup.observe((deps.now() - ctx.started) / 1000);
@@ -118,7 +101,7 @@ export class ExplicitTcpConversion implements ConversionStrategy {
     deps.metrics.active.inc();
     const relay = createRelay(socket, server, { idleTimeoutMs: settings.idleTimeoutS * 1000, sockets: deps.sockets }, settings.relayEngine === 'splice' ? deps.splice : undefined);
     ctx.relay = relay;
-    relay.once('close', (stats: RelayStats) => {
+    relay.on('close', (stats: RelayStats) => {
       const up = stats.aToB + upPre;
       deps.metrics.active.dec();
       deps.metrics.connections.inc({ outcome: stats.outcome });
@@ -139,6 +122,39 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       });
     });
     return undefined;
+  }
+
+  /**
+   * The server leg. Its own function so that the abort controller and the early-close listener live in a
+   * short-lived scope: a closure of convert() (the relay's close handler) keeps convert's scope for the whole
+   * connection.
+   */
+  async #dialServer(ctx: ConnectionContext, dest: NonNullable<ConnectionContext['destination']>, preserveDscp: boolean): Promise<{ socket: Socket; transport: ServerTransport } | { refusal: Refusal }> {
+    const { deps } = this;
+    const { socket } = ctx;
+    const abort = new AbortController();
+    const onEarlyClose = () => abort.abort();
+    socket.once('close', onEarlyClose);
+    try {
+      const tos = preserveDscp ? deps.sockets.getTos(socket) & 0xfc : 0;
+      return await deps.dialer.dial({
+        host: dest.address,
+        port: dest.port,
+        family: dest.family,
+        localAddress: ctx.external,
+        transparent: ctx.externalTransparent,
+        ports: ctx.ports,
+        tos: tos > 0 ? tos : undefined,
+        signal: abort.signal,
+      });
+    } catch (err) {
+      if (socket.destroyed) return { refusal: refuse('client-gone') };
+      if (err instanceof PortBlocksError) return { refusal: refuse(err.refusal) };
+      const errno = (err as { code?: string }).code ?? 'EUNKNOWN';
+      return { refusal: refuse('dial', { qualifier: errno, convertError: dialErrorCode(errno), detail: { destination: formatEndpoint(dest.address, dest.port) } }) };
+    } finally {
+      socket.off('close', onEarlyClose);
+    }
   }
 }
 

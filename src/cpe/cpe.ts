@@ -164,7 +164,7 @@ export class Cpe {
       relaySettings: () => this.#config,
       track: (relay) => {
         this.#relays.add(relay);
-        relay.once('close', () => this.#relays.delete(relay));
+        relay.on('close', () => this.#relays.delete(relay));
       },
     });
     this.#serverMptcp = new ServerMptcpCache(config.serverMptcp);
@@ -322,7 +322,7 @@ export class Cpe {
       return;
     }
     this.#pending.add(client);
-    client.once('close', () => this.#pending.delete(client));
+    client.on('close', () => this.#pending.delete(client));
     handleClient(client, {
       sockets: this.#deps.sockets,
       logger: this.#deps.logger,
@@ -339,7 +339,7 @@ export class Cpe {
         this.#relays.add(relay);
         const id = this.#nextId++;
         this.#connections.set(id, { id, ...info, relay, startedAt: Date.now() });
-        relay.once('close', () => {
+        relay.on('close', () => {
           this.#relays.delete(relay);
           this.#connections.delete(id);
         });

@@ -453,7 +453,7 @@ export function startRelay(conv: ClientConversion, upstream: Socket, ctx: Sessio
   const relay = createRelay(client, upstream, { idleTimeoutMs: cfg.idleTimeoutS * 1000, aEnded: kept.ended, sockets: ctx.sockets }, engine);
   ctx.metrics.active.inc();
   ctx.track(relay, { client, upstream, src: conv.src, dst: conv.dst, via, sentBefore: sentAlready });
-  relay.once('close', (stats: RelayStats) => {
+  relay.on('close', (stats: RelayStats) => {
     ctx.metrics.active.dec();
     ctx.metrics.connections.inc({ outcome: stats.outcome });
     ctx.metrics.relayed.inc({ engine: relay.mode });

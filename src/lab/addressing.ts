@@ -56,7 +56,7 @@ export const LAB = {
 
 export type LabRole = 'client' | 'cpe' | 'concentrator' | 'inet' | `srv${number}`;
 
-export function namespaceName(prefix: string, role: 'client' | 'cpe' | 'conc' | 'inet' | `srv${number}` | `dl${number}` | `isp${number}`): string {
+export function namespaceName(prefix: string, role: 'client' | 'cpe' | 'conc' | 'inet' | `srv${number}` | `dl${number}` | `isp${number}` | `cpe${number}` | `cli${number}`): string {
   return `${prefix}-${role}`;
 }
 
@@ -107,7 +107,7 @@ function checkIndex(i: number, max: number, what: string): void {
 /** A prefix given by the user: `mpc` + 1..9 lower-case letters/digits (no dash: it separates the role). */
 export const PREFIX_RE = /^mpc[a-z0-9]{1,9}$/;
 /** Namespace names a lab makes. */
-export const LAB_NAMESPACE_RE = /^(mpc[a-z0-9]{1,9})-(client|cpe|conc|inet|srv\d{1,2}|dl\d{1,2}|isp\d{1,2})$/;
+export const LAB_NAMESPACE_RE = /^(mpc[a-z0-9]{1,9})-(client|cpe|conc|inet|srv\d{1,2}|dl\d{1,2}|isp\d{1,2}|cpe\d{1,2}|cli\d{1,2})$/;
 
 /** The delay line's interfaces in its namespace `${prefix}-dl{i}`: towards the CPE, towards the concentrator. */
 export const DELAY_LINE = { cpeSide: 'tocpe', concSide: 'toconc', maxRttMs: 2_000 } as const;
@@ -161,5 +161,49 @@ export function fieldAccess(i: number) {
     coreV4: `198.19.0.${30 + i}`,
     /** Metric the CPE's DHCP client gives uplink i's default route (IF_METRIC). */
     metric: LAB.metricStep * i,
+  } as const;
+}
+
+/**
+ * The many-CPE topology (`LabSpec.topology: 'many'`, docs/lab.md "The many-CPE topology"): IPv4 only, N CPEs
+ * each with its own LAN client, one concentrator, one server behind a shared (shaped) server link.
+ *
+ *   cli{c}(lan0) -- lan0(cpe{c}) up{u} ==== c{c}u{u}(concentrator) inet0 --[shared link, tbf]-- eth0(srv1)
+ *
+ * CPE c's uplink u is 198.18.c.(4u-4)/30 (concentrator .4u-3, CPE .4u-2); its LAN is 198.18.(100+c).0/24 (CPE
+ * .1, client .2). The concentrator's service address (on lo) and the server side are the classic ones:
+ * 198.18.200.1, inet0 198.19.0.1/24, srv1 198.19.0.11.
+ */
+export const MANY = {
+  maxCpes: 99,
+  maxUplinks: 8,
+  /** Name of the shared server link at both ends. */
+  concDev: 'inet0',
+  serverDev: 'eth0',
+} as const;
+
+/** CPE c (1-based) of the many-CPE topology and its uplink u (1-based). */
+export function manyCpeAddressing(c: number) {
+  checkIndex(c, MANY.maxCpes, 'CPE');
+  const uplink = (u: number) => {
+    checkIndex(u, MANY.maxUplinks, 'uplink');
+    return {
+      index: u,
+      cpeDev: `${LAB.uplink.cpeDev}${u}`,
+      concDev: `c${c}u${u}`,
+      concV4: `198.18.${c}.${4 * u - 3}`,
+      cpeV4: `198.18.${c}.${4 * u - 2}`,
+      v4Len: 30,
+      metric: LAB.metricStep * u,
+    } as const;
+  };
+  return {
+    index: c,
+    lanDev: LAB.lan.cpe.dev,
+    lanV4: `198.18.${100 + c}.1`,
+    clientV4: `198.18.${100 + c}.2`,
+    lanPrefix: `198.18.${100 + c}.0/24`,
+    lanLen: 24,
+    uplink,
   } as const;
 }

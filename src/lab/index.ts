@@ -14,15 +14,16 @@ import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { MpconvertError, toError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { run, runJson, type RunResult } from '../platform/linux/exec.js';
-import { DELAY_LINE, FIELD, LAB, LAB_NAMESPACE_RE, PREFIX_RE, fieldAccess, namespaceName, poolAddress, serverAddressing, serverNamespace, uplinkAddressing } from './addressing.js';
+import { DELAY_LINE, FIELD, LAB, LAB_NAMESPACE_RE, MANY, PREFIX_RE, fieldAccess, manyCpeAddressing, namespaceName, poolAddress, serverAddressing, serverNamespace, uplinkAddressing } from './addressing.js';
 import { checkLossPercent, lossRuleset, parseLossTable } from './loss.js';
 import { batch, sysctl } from './commands.js';
 import { FieldDhcp, buildField, type FieldDhcpClientOptions, type FieldDhcpServerOptions } from './field.js';
+import { buildMany } from './many.js';
 import { parseRate, tbfArgs } from './shaping.js';
 import { listStates, ownerAlive, processStart, readState, removeState, writeState, type LabState } from './state.js';
 
 export type { RunResult } from '../platform/linux/exec.js';
-export { FIELD, LAB, fieldAccess, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from './addressing.js';
+export { FIELD, LAB, MANY, fieldAccess, manyCpeAddressing, namespaceName, poolAddress, serverAddressing, uplinkAddressing } from './addressing.js';
 export { LabProcess, descendants } from './process.js';
 export { MPTCP_SUBTYPE, mpCapableCBit, mptcpSubtype, readTcpSegments, type TcpSegment } from './pcap.js';
 export type { FieldDhcpClientOptions, FieldDhcpServerOptions } from './field.js';
@@ -41,6 +42,8 @@ export interface LabUplinkSpec {
   mtu?: number;
 }
 
+export type Topology = 'classic' | 'field' | 'onpath' | 'many';
+
 export interface LabSpec {
   uplinks: LabUplinkSpec[];
   /** Servers on the internet segment (default 1). */
@@ -56,8 +59,15 @@ export interface LabSpec {
    * 'onpath': the classic namespaces and links with `mptcpRouting` on; the `cpe` namespace is a dual-homed MPTCP
    * host that runs no mpconvert software and the concentrator is the router both its paths cross (implicit
    * mode, docs/implicit.md; `lab.host('host')`).
+   * 'many': `cpes` CPE namespaces, each with its own LAN client namespace and `uplinks` (the same for every CPE)
+   * to one concentrator, which reaches one server over a shared link shaped to `serverRate`; IPv4 only
+   * (docs/lab.md, "The many-CPE topology"; `hosts.cpes`, `hosts.clients`).
    */
-  topology?: 'classic' | 'field' | 'onpath';
+  topology?: Topology;
+  /** Many-CPE topology: the number of CPEs (1..99). */
+  cpes?: number;
+  /** Many-CPE topology: tbf rate of the shared concentrator-server link at both ends ('500mbit'); default 0 = unshaped. */
+  serverRate?: string | 0;
   /** Field topology: start the CPE's DHCP client on every uplink during up() (default true). */
   dhcpClients?: boolean;
 }
@@ -94,6 +104,9 @@ export interface LabHosts {
   servers: LabHost[];
   /** Field topology: the ISP router of each access network (`${prefix}-isp{i}`); empty otherwise. */
   isps: LabHost[];
+  /** Every CPE and its LAN client: many-CPE topology `${prefix}-cpe{c}` / `-cli{c}`; else [cpe] / [client]. */
+  cpes: LabHost[];
+  clients: LabHost[];
 }
 
 export interface UplinkStatus {
@@ -116,7 +129,7 @@ export interface UplinkStatus {
 
 export interface LabStatus {
   prefix: string;
-  topology: 'classic' | 'field' | 'onpath';
+  topology: Topology;
   /** pid of the process that removes the lab on exit; null = persistent (`mpconvert lab up`). */
   ownerPid: number | null;
   mptcpRouting: boolean;
@@ -164,7 +177,7 @@ function randomPrefix(): string {
   return `${LAB.namePrefix}${randomBytes(3).toString('hex')}`;
 }
 
-function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRouting: boolean; field: boolean; onpath: boolean } {
+function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRouting: boolean; field: boolean; onpath: boolean; many: { cpes: number; serverRate: string | 0 } | null } {
   const bad = (msg: string) => new MpconvertError('MPC_ERR_LAB_SPEC', `Invalid lab spec: ${msg}`);
   if (!Array.isArray(spec.uplinks) || spec.uplinks.length < 1 || spec.uplinks.length > LAB.maxUplinks) {
     throw bad(`expected 1..${LAB.maxUplinks} uplinks, got ${Array.isArray(spec.uplinks) ? spec.uplinks.length : 'none'}`);
@@ -176,7 +189,20 @@ function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRoutin
     if (spec.topology === 'field' && u.rttMs) throw bad('the field topology has no delay lines (rttMs)');
     if (u.mtu !== undefined && (!Number.isInteger(u.mtu) || u.mtu < 1280 || u.mtu > 9000)) throw bad(`uplink mtu ${u.mtu}: expected 1280..9000`);
   }
-  if (spec.topology !== undefined && spec.topology !== 'classic' && spec.topology !== 'field' && spec.topology !== 'onpath') throw bad(`unknown topology "${String(spec.topology)}" (classic, field, onpath)`);
+  if (spec.topology !== undefined && spec.topology !== 'classic' && spec.topology !== 'field' && spec.topology !== 'onpath' && spec.topology !== 'many') throw bad(`unknown topology "${String(spec.topology)}" (classic, field, onpath, many)`);
+  let many: { cpes: number; serverRate: string | 0 } | null = null;
+  if (spec.topology === 'many') {
+    const cpes = spec.cpes ?? 0;
+    if (!Number.isInteger(cpes) || cpes < 1 || cpes > MANY.maxCpes) throw bad(`many-CPE topology: expected 1..${MANY.maxCpes} cpes, got ${String(spec.cpes)}`);
+    if (spec.uplinks.some((u) => u.rttMs)) throw bad('the many-CPE topology has no delay lines (rttMs)');
+    if (spec.mptcpRouting) throw bad('mptcpRouting is for the classic topology (each CPE daemon sets up its own routing)');
+    if ((spec.servers ?? 1) !== 1) throw bad('the many-CPE topology has one server');
+    const serverRate = spec.serverRate ?? 0;
+    if (serverRate !== 0) parseRate(serverRate);
+    many = { cpes, serverRate };
+  } else if (spec.cpes !== undefined || spec.serverRate !== undefined) {
+    throw bad('cpes and serverRate are settings of the many-CPE topology');
+  }
   if (spec.topology === 'field' && spec.mptcpRouting) throw bad('mptcpRouting is for the classic topology (in the field the CPE daemon sets up its routing)');
   const servers = spec.servers ?? 1;
   if (!Number.isInteger(servers) || servers < 1 || servers > LAB.maxServers) throw bad(`expected 1..${LAB.maxServers} servers, got ${servers}`);
@@ -184,7 +210,7 @@ function validate(spec: LabSpec): { prefix: string; servers: number; mptcpRoutin
   if (!PREFIX_RE.test(prefix)) throw bad(`prefix "${prefix}" must be "mpc" followed by 1..9 of [a-z0-9]`);
   // The on-path host is plain kernel MPTCP over both paths: its routing and endpoints are mptcpRouting's.
   const onpath = spec.topology === 'onpath';
-  return { prefix, servers, mptcpRouting: onpath || (spec.mptcpRouting ?? false), field: spec.topology === 'field', onpath };
+  return { prefix, servers, mptcpRouting: onpath || (spec.mptcpRouting ?? false), field: spec.topology === 'field', onpath, many };
 }
 
 export async function listNamespaces(): Promise<string[]> {
@@ -253,7 +279,9 @@ export class Lab {
   readonly inet: LabHost;
   readonly uplinks: ReadonlyArray<LabUplinkSpec>;
   readonly mptcpRouting: boolean;
-  readonly topology: 'classic' | 'field' | 'onpath';
+  readonly topology: Topology;
+  /** Many-CPE topology: the shared server link's rate; else 0. */
+  readonly serverRate: string | 0;
   /** Every namespace of the lab, in creation order. */
   readonly namespaces: readonly string[];
   readonly #logger: Logger;
@@ -275,8 +303,21 @@ export class Lab {
     this.uplinks = state.uplinks.map((u) => ({ ...u }));
     this.mptcpRouting = state.mptcpRouting;
     this.topology = state.topology ?? 'classic';
+    this.serverRate = state.serverRate ?? 0;
     const field = this.topology === 'field';
     const p = state.prefix;
+    if (this.topology === 'many') {
+      // IPv4 only; the shared server link is a veth pair (no bridge, no inet namespace).
+      const cpes = Array.from({ length: state.cpes ?? 0 }, (_, j) => this.#host(namespaceName(p, `cpe${j + 1}`), manyCpeAddressing(j + 1).lanV4, ''));
+      const clients = Array.from({ length: state.cpes ?? 0 }, (_, j) => this.#host(namespaceName(p, `cli${j + 1}`), manyCpeAddressing(j + 1).clientV4, ''));
+      const server = this.#host(serverNamespace(p, 1), serverAddressing(1).v4, '');
+      this.hosts = { client: clients[0]!, cpe: cpes[0]!, concentrator: this.#host(namespaceName(p, 'conc'), LAB.concentrator.v4, ''), servers: [server], isps: [], cpes, clients };
+      this.inet = this.#host(namespaceName(p, 'inet'), '', '');
+      this.#dhcp = null;
+      this.#delayLines = new Map();
+      this.namespaces = [this.hosts.concentrator.name, server.name, ...cpes.map((h) => h.name), ...clients.map((h) => h.name)];
+      return;
+    }
     // The field topology is IPv4 only: hosts have no IPv6 address ('').
     const v6 = (a: string) => (field ? '' : a);
     const servers = Array.from({ length: state.servers }, (_, j) => {
@@ -284,12 +325,16 @@ export class Lab {
       return this.#host(serverNamespace(p, j + 1), a.v4, v6(a.v6));
     });
     const isps = field ? this.uplinks.map((_, j) => this.#host(namespaceName(p, `isp${j + 1}`), fieldAccess(j + 1).coreV4, '')) : [];
+    const client = this.#host(namespaceName(p, 'client'), LAB.lan.client.v4, v6(LAB.lan.client.v6));
+    const cpe = this.#host(namespaceName(p, 'cpe'), LAB.lan.cpe.v4, v6(LAB.lan.cpe.v6));
     this.hosts = {
-      client: this.#host(namespaceName(p, 'client'), LAB.lan.client.v4, v6(LAB.lan.client.v6)),
-      cpe: this.#host(namespaceName(p, 'cpe'), LAB.lan.cpe.v4, v6(LAB.lan.cpe.v6)),
+      client,
+      cpe,
       concentrator: this.#host(namespaceName(p, 'conc'), field ? FIELD.concentrator.v4 : LAB.concentrator.v4, v6(LAB.concentrator.v6)),
       servers,
       isps,
+      cpes: [cpe],
+      clients: [client],
     };
     this.inet = this.#host(namespaceName(p, 'inet'), '', '');
     this.#dhcp = field ? new FieldDhcp(p, this.hosts.cpe, isps, logger) : null;
@@ -300,7 +345,7 @@ export class Lab {
 
   /** Builds a lab; on any failure removes everything it made and rethrows (code MPC_ERR_LAB_UP). */
   static async up(spec: LabSpec, deps: LabDeps = {}): Promise<Lab> {
-    const { prefix, servers, mptcpRouting, field, onpath } = validate(spec);
+    const { prefix, servers, mptcpRouting, field, onpath, many } = validate(spec);
     const logger = deps.logger ?? silentLogger();
     const start = processStart(process.pid);
     const state: LabState = {
@@ -309,7 +354,7 @@ export class Lab {
       uplinks: spec.uplinks.map((u) => ({ rate: u.rate, ...(u.rttMs ? { rttMs: u.rttMs } : {}), ...(u.cgn ? { cgn: true } : {}), ...(u.mtu !== undefined ? { mtu: u.mtu } : {}) })),
       servers,
       mptcpRouting,
-      ...(field ? { topology: 'field' as const } : onpath ? { topology: 'onpath' as const } : {}),
+      ...(field ? { topology: 'field' as const } : onpath ? { topology: 'onpath' as const } : many ? { topology: 'many' as const, cpes: many.cpes, serverRate: many.serverRate } : {}),
       namespaces: [],
       owner: start === null ? null : { pid: process.pid, start },
       createdAt: new Date().toISOString(),
@@ -325,7 +370,7 @@ export class Lab {
     installHandlers();
     const t0 = Date.now();
     try {
-      lab.#building = field ? lab.#buildField(deps.onStep, spec.dhcpClients ?? true) : lab.#build(deps.onStep);
+      lab.#building = field ? lab.#buildField(deps.onStep, spec.dhcpClients ?? true) : many ? lab.#buildMany(deps.onStep) : lab.#build(deps.onStep);
       await lab.#building;
     } catch (err) {
       logger.error({ err, prefix }, 'lab: build failed, removing what was made');
@@ -546,8 +591,8 @@ export class Lab {
         ...(u.cgn ? { cgn: true } : {}),
         state: link === undefined ? 'missing' : link.flags?.includes('UP') ? 'up' : 'down',
         lossPercent: losses.get(j + 1) ?? 0,
-        v4: leased.get(j + 1) ?? a.cpeV4,
-        v6: this.topology === 'field' ? '' : a.cpeV6,
+        v4: leased.get(j + 1) ?? (this.topology === 'many' ? manyCpeAddressing(1).uplink(j + 1).cpeV4 : a.cpeV4),
+        v6: this.topology === 'field' || this.topology === 'many' ? '' : a.cpeV6,
         rxBytes: link?.stats64?.rx?.bytes ?? 0,
         txBytes: link?.stats64?.tx?.bytes ?? 0,
         rxPackets: link?.stats64?.rx?.packets ?? 0,
@@ -624,6 +669,16 @@ export class Lab {
     await buildField({ prefix: this.prefix, uplinks: this.uplinks, hosts: this.hosts, inet: this.inet, step, makeNamespaces: () => this.#makeNamespaces() }, this.#fieldDhcp(), dhcpClients);
   }
 
+  /** The many-CPE topology (src/lab/many.ts). */
+  async #buildMany(onStep: LabDeps['onStep']): Promise<void> {
+    const step = async (name: BuildStep) => {
+      this.#checkAborted();
+      this.#logger.debug({ prefix: this.prefix, step: name }, 'lab: build step');
+      await onStep?.(name, this);
+    };
+    await buildMany({ uplinks: this.uplinks, serverRate: this.serverRate, hosts: this.hosts, step, makeNamespaces: () => this.#makeNamespaces() });
+  }
+
   /** Every namespace of the lab, with its resolv.conf. */
   async #makeNamespaces(): Promise<void> {
     for (const name of this.namespaces) {
@@ -642,6 +697,12 @@ export class Lab {
     if (name === 'host' && this.topology === 'onpath') return this.hosts.cpe;
     if (name === 'concentrator' || name === 'conc') return this.hosts.concentrator;
     if (name === 'inet') return this.inet;
+    const many = /^(cpe|cli)(\d+)$/.exec(name);
+    if (many && this.topology === 'many') {
+      const h = (many[1] === 'cpe' ? this.hosts.cpes : this.hosts.clients)[Number(many[2]) - 1];
+      if (h === undefined) throw new MpconvertError('MPC_ERR_LAB_SPEC', `No host "${name}" in lab ${this.prefix} (cpe1..cpe${this.hosts.cpes.length}, cli1..cli${this.hosts.clients.length})`);
+      return h;
+    }
     const isp = /^isp(\d+)$/.exec(name);
     if (isp) {
       const h = this.hosts.isps[Number(isp[1]) - 1];
@@ -659,6 +720,7 @@ export class Lab {
   }
 
   #uplink(i: number) {
+    if (this.topology === 'many') throw new MpconvertError('MPC_ERR_LAB_SPEC', `lab ${this.prefix} has the many-CPE topology: uplink faults and loss are classic-topology features`);
     if (!Number.isInteger(i) || i < 1 || i > this.uplinks.length) {
       throw new MpconvertError('MPC_ERR_LAB_SPEC', `No uplink ${i} in lab ${this.prefix} (1..${this.uplinks.length})`);
     }

@@ -15,7 +15,10 @@ export interface LabState {
   servers: number;
   mptcpRouting: boolean;
   /** Absent: the classic topology. */
-  topology?: 'field' | 'onpath';
+  topology?: 'field' | 'onpath' | 'many';
+  /** Many-CPE topology: the number of CPEs and the shared server link's tbf rate (0 = unshaped). */
+  cpes?: number;
+  serverRate?: string | 0;
   namespaces: string[];
   /** The process that removes the lab on exit; null = persistent (made by `mpconvert lab up`). */
   owner: { pid: number; start: string } | null;

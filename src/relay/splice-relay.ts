@@ -18,6 +18,11 @@ import type { SpliceEngine, SplicePair, SpliceResult } from '../platform/types.j
 import { Relay, failureOutcome, lingerOff, type RelayOptions, type RelayOutcome, type RelayStats } from './relay.js';
 
 /** What the daemons hold of a relay, whichever engine moves its bytes. */
+/**
+ * 'close' (with RelayStats) is emitted exactly once, so listeners use on(), not once(): once() wraps each
+ * listener in a bound function and a state object, kept for the connection's whole life (7 per idle relayed
+ * connection on the concentrator, about 700 bytes, before this was changed).
+ */
 export interface RelayHandle {
   readonly closed: boolean;
   /** Who moves the bytes: the kernel (splice), Node (streams), or nobody yet (hand-over in progress). */
@@ -125,8 +130,8 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
     }
     const relay = new Relay(a, b, { ...relayOptions, handOverAfterBytes: threshold });
     this.#streams = relay;
-    relay.once('close', (stats) => this.#streamsClosed(stats));
-    relay.once('handover', (moved) => {
+    relay.on('close', (stats) => this.#streamsClosed(stats));
+    relay.on('handover', (moved) => {
       this.#streams = undefined;
       this.#preAToB = moved.aToB;
       this.#preBToA = moved.bToA;
@@ -260,7 +265,7 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
     this.#streams = relay;
     if (this.#request === 'destroy') relay.destroy();
     else if (this.#request === 'close') relay.close();
-    relay.once('close', (stats) => this.#streamsClosed(stats));
+    relay.on('close', (stats) => this.#streamsClosed(stats));
   }
 
   #abortBeforeEngine(side: 'a' | 'b', err: Error): void {
