@@ -82,3 +82,28 @@ test('every mpconvert_ family of both roles is documented in docs/operations.md;
   const off = createMetrics('concentrator');
   assert.ok(!(await off.registry.getMetricsAsJSON()).some((f) => f.name.startsWith('mpconvert_cpe_')), 'per-CPE families only when switched on');
 });
+
+test("concentrator with workers: the primary's and a worker's registries aggregated (what /metrics serves) pass promtool, counters summed", { skip: !promtool() && 'promtool not installed' }, async () => {
+  const { AggregatorRegistry } = await import('prom-client');
+  const primary = createMetrics('concentrator');
+  const worker = createMetrics('concentrator');
+  primary.refused.inc({ reason: 'max-connections-per-cpe' }, 3);
+  worker.refused.inc({ reason: 'max-connections-per-cpe' }, 4);
+  primary.workers.set(1);
+  primary.workerRestarts.inc();
+  const text = await AggregatorRegistry.aggregate([await primary.registry.getMetricsAsJSON(), await worker.registry.getMetricsAsJSON()]).metrics();
+  assert.match(text, /mpconvert_refused_total\{reason="max-connections-per-cpe",role="concentrator"\} 7/);
+  assert.match(text, /^mpconvert_workers\{role="concentrator"\} 1$/m);
+  assert.match(text, /^mpconvert_worker_restarts_total\{role="concentrator"\} 1$/m);
+  let out = '';
+  let rc = 0;
+  try {
+    out = execFileSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
+  } catch (err) {
+    const e = err as { status: number; stdout: string; stderr: string };
+    rc = e.status;
+    out = e.stdout + e.stderr;
+  }
+  assert.equal(rc, 0, out);
+  assert.equal(out.trim(), '', 'no lint finding');
+});
