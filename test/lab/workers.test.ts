@@ -207,6 +207,37 @@ describe('concentrator workers (lab)', { skip: missing ?? false, concurrency: fa
     }
   });
 
+  labTest('SIGHUP reaches the workers: a destination denied by a reload is refused by every process (the gate runs where the connection landed)', async () => {
+    const srv = lab.hosts.servers[1]!.v4;
+    const sink = start(lab.hosts.servers[1]!, [TOOL('sink-server'), JSON.stringify({ host: srv, port: 8085, reply: 10 })]);
+    await sink.waitLine((l) => l.includes('ready'));
+    const signalling = ie(srv, 8085);
+    const run = async (count: number) => {
+      const h = hold({ signallingHex: signalling, head: signalling.length / 2, count, localAddress: UP1, holdMs: 0 });
+      const r = await holdLine(h, (o) => o.admitted !== undefined);
+      await h.exited;
+      return r;
+    };
+    try {
+      assert.equal((await run(8)).admitted, 8, 'allowed before the reload');
+      const workerReloads = () => conc.stderr.split('\n').filter((l) => l.includes('"worker":1') && l.includes('configuration reloaded')).length;
+      const before = workerReloads();
+      await reload(`deny: ["${srv}/32"]\n`);
+      await conc.waitLine(() => workerReloads() > before);
+      const s0 = await status();
+      const denied = await metric('mpconvert_refused_total', 'reason="destination"');
+      const r = await run(12);
+      assert.deepEqual([r.admitted, r.refused], [0, 12]);
+      assert.equal((await metric('mpconvert_refused_total', 'reason="destination"')) - denied, 12, 'counted as destination refusals');
+      const s1 = await status();
+      const accepted = (s1.workers ?? []).map((w) => w.accepted - (s0.workers?.find((x) => x.worker === w.worker)?.accepted ?? 0));
+      assert.ok(accepted.every((n) => n > 0), `both processes refused some: ${JSON.stringify(accepted)}`);
+    } finally {
+      await reload('');
+      await sink.stop();
+    }
+  });
+
   labTest('a killed worker is restarted and counted; what its connections held in the primary is released', async () => {
     const s0 = await status();
     const worker = s0.workers?.find((w) => w.worker === 1);
