@@ -282,8 +282,7 @@ export class Concentrator {
       step('shared-state', async (ctx) => {
         const sig = ctx.signalling;
         if (!sig || !ctx.format || !ctx.destination) return refuse('no-destination');
-        const src = sig.source ? unmapAddress(sig.source.address) : undefined;
-        const a = await shared.admit({ cpe: ctx.cpe, format: ctx.format, raw: sig.raw, family: ctx.destination.family, ...(src !== undefined ? { source: sig.source?.address } : {}) });
+        const a = await shared.admit({ cpe: ctx.cpe, format: ctx.format, raw: sig.raw, family: ctx.destination.family, ...(sig.source ? { source: sig.source.address } : {}) });
         if (!a.ok) return { ...a.refusal, detail: { ...a.refusal.detail, sharedStep: a.step } };
         ctx.own(() => shared.release(a.lease));
         ctx.identity = a.identity;
