@@ -218,6 +218,11 @@ describe('concentrator workers (lab)', { skip: missing ?? false, concurrency: fa
       await h.exited;
       return r;
     };
+    const refusedLines = () =>
+      conc.stderr
+        .split('\n')
+        .filter((l) => l.includes('"log":"session"') && l.includes('"reason":"destination"'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
     try {
       assert.equal((await run(8)).admitted, 8, 'allowed before the reload');
       const workerReloads = () => conc.stderr.split('\n').filter((l) => l.includes('"worker":1') && l.includes('configuration reloaded')).length;
@@ -232,6 +237,11 @@ describe('concentrator workers (lab)', { skip: missing ?? false, concurrency: fa
       const s1 = await status();
       const accepted = (s1.workers ?? []).map((w) => w.accepted - (s0.workers?.find((x) => x.worker === w.worker)?.accepted ?? 0));
       assert.ok(accepted.every((n) => n > 0), `both processes refused some: ${JSON.stringify(accepted)}`);
+      // The session log (written by the primary): one refused line each, the worker's with its worker field.
+      await poll('12 refused lines in the session log', () => refusedLines().length >= 12);
+      const lines = refusedLines();
+      assert.equal(lines.length, 12);
+      assert.deepEqual([lines.filter((l) => l['worker'] === 1).length, lines.filter((l) => l['worker'] === undefined).length], [accepted[1], accepted[0]]);
     } finally {
       await reload('');
       await sink.stop();
