@@ -127,6 +127,8 @@ async function deployMpconvert({ lab, uplinks, cpuProfileDir }: DeployOptions): 
     await conc.waitFor(/^ready/m);
     const uplinkArgs = Array.from({ length: uplinks }, (_, i) => ['--uplink', `up${i + 1}`]).flat();
     const cpe = spawnIn(lab.hosts.cpe, 'mpconvert cpe', process.execPath, [
+      // As the packaged unit runs it (packaging/systemd/mpconvert-cpe.service, NODE_OPTIONS).
+      '--max-semi-space-size=2',
       ...prof('cpe'), CLI, 'cpe', '--lan', 'lan0', ...uplinkArgs, '--concentrator', `${CONC_ADDR}:5000`, '--instance', 'bench', '--log-level', 'warn',
       ...(process.env['MPC_BENCH_CPE_ARGS']?.split(' ').filter(Boolean) ?? []),
     ]);
