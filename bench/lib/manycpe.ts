@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { Lab, manyCpeAddressing, type LabHost } from '../../src/lab/index.js';
 import { inBatches } from '../../src/lab/many.js';
 import { Proc, cpuSeconds, memoryBytes, spawnIn } from './proc.js';
-import { CLI, CONC_ADDR } from './systems.js';
+import { CLI, CONC_ADDR, CPE_NODE_ARGS } from './systems.js';
 import { fairness, iperfReceivedMbps, mergeRr, nftCounterBytes, type FairnessRun, type MergedRr, type RrClientOut } from './manycpe-stats.js';
 
 const TOOLS = fileURLToPath(new URL('../tools/', import.meta.url));
@@ -141,7 +141,7 @@ async function deployMpconvert(lab: Lab, o: ManyCpeOptions): Promise<ManyDeploym
     await conc.waitFor(/^ready/m, 60_000);
     const uplinkArgs = Array.from({ length: lab.uplinks.length }, (_, i) => ['--uplink', `up${i + 1}`]).flat();
     const startSeconds = await startAll(lab.hosts.cpes, o.parallelStarts, async (h, c) => {
-      const cpe = spawnIn(h, `mpconvert cpe ${c}`, CPE_SIDE[0]!, [...CPE_SIDE.slice(1), process.execPath, CLI, 'cpe', '--lan', 'lan0', ...uplinkArgs, '--concentrator', `${CONC_ADDR}:5000`, '--instance', 'bench', '--log-level', 'warn']);
+      const cpe = spawnIn(h, `mpconvert cpe ${c}`, CPE_SIDE[0]!, [...CPE_SIDE.slice(1), process.execPath, ...CPE_NODE_ARGS, CLI, 'cpe', '--lan', 'lan0', ...uplinkArgs, '--concentrator', `${CONC_ADDR}:5000`, '--instance', 'bench', '--log-level', 'warn']);
       procs.push(cpe);
       await cpe.waitFor(/^ready/m, 120_000);
     });

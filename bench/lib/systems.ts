@@ -25,6 +25,8 @@ export const CPE_LAN_ADDR = '198.18.0.1';
 /** Ports of the measured servers (iperf3, request/response). socat relays exactly these. */
 export const IPERF_PORT = 5201;
 export const RR_PORT = 7000;
+/** Node options of the CPE as the packaged unit runs it (packaging/systemd/mpconvert-cpe.service, NODE_OPTIONS). */
+export const CPE_NODE_ARGS = ['--max-semi-space-size=2'] as const;
 
 export interface Endpoint {
   host: LabHost;
@@ -127,8 +129,7 @@ async function deployMpconvert({ lab, uplinks, cpuProfileDir }: DeployOptions): 
     await conc.waitFor(/^ready/m);
     const uplinkArgs = Array.from({ length: uplinks }, (_, i) => ['--uplink', `up${i + 1}`]).flat();
     const cpe = spawnIn(lab.hosts.cpe, 'mpconvert cpe', process.execPath, [
-      // As the packaged unit runs it (packaging/systemd/mpconvert-cpe.service, NODE_OPTIONS).
-      '--max-semi-space-size=2',
+      ...CPE_NODE_ARGS,
       ...prof('cpe'), CLI, 'cpe', '--lan', 'lan0', ...uplinkArgs, '--concentrator', `${CONC_ADDR}:5000`, '--instance', 'bench', '--log-level', 'warn',
       ...(process.env['MPC_BENCH_CPE_ARGS']?.split(' ').filter(Boolean) ?? []),
     ]);

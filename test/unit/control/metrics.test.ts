@@ -51,20 +51,25 @@ function promtool(): boolean {
   }
 }
 
+/** `promtool check metrics` on the exposition: exit 0 and no lint finding. */
+function promtoolCheck(text: string): void {
+  let out = '';
+  let rc = 0;
+  try {
+    out = execFileSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
+  } catch (err) {
+    const e = err as { status: number; stdout: string; stderr: string };
+    rc = e.status;
+    out = e.stdout + e.stderr;
+  }
+  assert.equal(rc, 0, out);
+  assert.equal(out.trim(), '', 'no lint finding');
+}
+
 for (const role of ['cpe', 'concentrator'] as const) {
   test(`${role}: the Prometheus text passes 'promtool check metrics' (every family, per-CPE on)`, { skip: !promtool() && 'promtool not installed' }, async () => {
     const { text } = await populated(role);
-    let out = '';
-    let rc = 0;
-    try {
-      out = execFileSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
-    } catch (err) {
-      const e = err as { status: number; stdout: string; stderr: string };
-      rc = e.status;
-      out = e.stdout + e.stderr;
-    }
-    assert.equal(rc, 0, out);
-    assert.equal(out.trim(), '', 'no lint finding');
+    promtoolCheck(text);
   });
 }
 
@@ -95,15 +100,5 @@ test("concentrator with workers: the primary's and a worker's registries aggrega
   assert.match(text, /mpconvert_refused_total\{reason="max-connections-per-cpe",role="concentrator"\} 7/);
   assert.match(text, /^mpconvert_workers\{role="concentrator"\} 1$/m);
   assert.match(text, /^mpconvert_worker_restarts_total\{role="concentrator"\} 1$/m);
-  let out = '';
-  let rc = 0;
-  try {
-    out = execFileSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
-  } catch (err) {
-    const e = err as { status: number; stdout: string; stderr: string };
-    rc = e.status;
-    out = e.stdout + e.stderr;
-  }
-  assert.equal(rc, 0, out);
-  assert.equal(out.trim(), '', 'no lint finding');
+  promtoolCheck(text);
 });
