@@ -4,7 +4,7 @@
  *
  *   node dist/bench/main.js [--runs 3] [--seconds 3] [--quick] [--systems kernel,mpconvert,...]
  *                           [--only relay,setup,memory,aggregation,failover,udp] [--concurrency N]
- *                           [--connections N] [--failover-runs N] [--profile] [--render] [--out DIR]
+ *                           [--connections N] [--failover-runs N] [--profile] [--heap] [--render] [--out DIR]
  *                           [--topologies 50+50,80+20,4x25] [--cc cubic,bbr] [--directions up,down]
  *                           [--workers 1,2]   (with setup: mpconvert's setup per concentrator worker count)
  *                           [--only manycpe [--cpes 50] [--server-link 500]]   (not in the default set: bench/lib/manycpe.ts)
@@ -12,16 +12,17 @@
  * MPC_BENCH_CPE_ARGS (extra `mpconvert cpe` flags, space-separated).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { labImplementation, labUp, type Lab } from './lib/lab.js';
 import { memoryBytes } from './lib/proc.js';
-import { failover, roundTrips, goodput, idleMemory, requestResponse, startServers, type FailoverRun, type GoodputRun, type RrRun, type Direction } from './lib/measure.js';
+import { failover, roundTrips, goodput, idleMemory, holdIdle, requestResponse, startServers, type FailoverRun, type GoodputRun, type RrRun, type Direction } from './lib/measure.js';
 import { aggregationSvg, directionTargets, failoverSvg, markdown, stat, type Results, type Stat, type Topology } from './lib/report.js';
 import { deploy, needsLabMptcpRouting, SYSTEMS, type Deployment, type SystemName } from './lib/systems.js';
 import { summariseProfile } from './lib/profile.js';
+import { diffHeap, renderHeapDiff, summariseHeap, type HeapGroup } from './lib/heap.js';
 import { setupPerWorkerCount } from './lib/workers.js';
 import { UDP_SYSTEMS, deployUdp, udpNeedsLabMptcpRouting, udpRun, type UdpRun, type UdpSystemName } from './lib/udp.js';
 import { MANY_SYSTEMS, manyCpeFigure, type ManySystem } from './lib/manycpe.js';
@@ -48,6 +49,8 @@ interface Options {
   /** TCP congestion controls the shaped tests run under (every namespace of the lab, every system). */
   ccs: string[];
   profile: boolean;
+  /** `--heap`: the concentrator's JavaScript heap per idle connection, by constructor (bench/lib/heap.ts). */
+  heap: boolean;
   out: string;
   /** With the setup figure: mpconvert's setup once per concentrator worker count (bench/lib/workers.ts). */
   workers: number[] | undefined;
@@ -84,6 +87,7 @@ function parseArgs(argv: string[]): Options {
     directions: (get('directions')?.split(',') ?? ['up', 'down']) as Direction[],
     ccs: get('cc')?.split(',') ?? defaultCongestionControls(),
     profile: argv.includes('--profile'),
+    heap: argv.includes('--heap'),
     out: get('out') ?? fileURLToPath(new URL('../../bench/results/', import.meta.url)),
     workers: get('workers')?.split(',').map(Number),
     cpes: Number(get('cpes') ?? 50),
@@ -187,8 +191,8 @@ function labGroups(systems: SystemName[]): Array<{ mptcpRouting: boolean; system
   ];
 }
 
-async function withDeployment<T>(system: SystemName, lab: Lab, uplinks: number, fn: (d: Deployment) => Promise<T>, cpuProfileDir?: string): Promise<T> {
-  const d = await deploy(system, { lab, uplinks, cpuProfileDir });
+async function withDeployment<T>(system: SystemName, lab: Lab, uplinks: number, fn: (d: Deployment) => Promise<T>, diag: { cpuProfileDir?: string; heapSnapshotDir?: string } = {}): Promise<T> {
+  const d = await deploy(system, { lab, uplinks, ...diag });
   try {
     const servers = await startServers(d);
     try {
@@ -261,6 +265,10 @@ async function main(): Promise<void> {
 
   if (o.profile) {
     await profileRun(o);
+    return;
+  }
+  if (o.heap) {
+    await heapRun(o);
     return;
   }
   if (process.argv.includes('--render')) {
@@ -619,7 +627,7 @@ async function profileRun(o: Options): Promise<void> {
           const s = await requestResponse(d, o.setupMs, o.concurrency);
           log(`profiled setup: ${s.cps.toFixed(0)} connections/s`);
         }
-      }, dir);
+      }, { cpuProfileDir: dir });
     });
     let text = '';
     for (const role of ['cpe', 'concentrator']) {
@@ -632,6 +640,45 @@ async function profileRun(o: Options): Promise<void> {
     }
     writeFileSync(join(o.out, 'profile.md'), text);
     process.stdout.write(text);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * `--heap`: two heap snapshots of the mpconvert concentrator (SIGUSR2, `--heapsnapshot-signal`), one before and
+ * one with `--connections` idle relayed connections held, compared by constructor: bench/results/heap.md.
+ */
+async function heapRun(o: Options): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'mpc-bench-heap-'));
+  const snapshots = () => readdirSync(dir).filter((f) => f.endsWith('.heapsnapshot')).sort();
+  const snap = async (pid: number, n: number): Promise<Map<string, HeapGroup>> => {
+    process.kill(pid, 'SIGUSR2');
+    const deadline = Date.now() + 120_000;
+    // The file appears when the snapshot starts and is complete once the process answers again (its size is stable).
+    let last = -1;
+    for (;;) {
+      const f = snapshots()[n];
+      const size = f ? statSync(join(dir, f)).size : -1;
+      if (f && size > 0 && size === last) return summariseHeap(JSON.parse(readFileSync(join(dir, f), 'utf8')));
+      last = size;
+      if (Date.now() > deadline) throw new Error('the concentrator wrote no heap snapshot within 120 s');
+      await new Promise((r) => setTimeout(r, 1_000));
+    }
+  };
+  try {
+    await withLab([0, 0], false, async (lab) => {
+      await withDeployment('mpconvert', lab, 2, async (d) => {
+        const pid = d.concentratorRoot!;
+        const before = await snap(pid, 0);
+        const text = await holdIdle(d, o.memoryConnections, async (held) => {
+          const after = await snap(pid, 1);
+          return renderHeapDiff(diffHeap(before, after, held), held);
+        });
+        writeFileSync(join(o.out, 'heap.md'), text);
+        process.stdout.write(text);
+      }, { heapSnapshotDir: dir });
+    });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -239,23 +239,28 @@ export async function idleMemory(d: Deployment, count: number): Promise<MemoryRu
   if (root === undefined) throw new Error('no concentrator process');
   const base = memoryBytes(root);
   const cpeIdleBytes = d.cpeRoot === undefined ? null : memoryBytes(d.cpeRoot).bytes;
+  const { held, errors, loaded } = await holdIdle(d, count, async (n, errors) => ({ held: n, errors, loaded: memoryBytes(root) }));
+  return {
+    connections: held,
+    errors,
+    baselineBytes: base.bytes,
+    loadedBytes: loaded.bytes,
+    bytesPerConnection: held > 0 ? (loaded.bytes - base.bytes) / held : NaN,
+    processes: loaded.processes,
+    measure: loaded.measure,
+    cpeIdleBytes,
+  };
+}
+
+/** Holds `count` idle relayed connections from the LAN client (rr-client idle mode) while `fn` measures. */
+export async function holdIdle<T>(d: Deployment, count: number, fn: (held: number, errors: number) => Promise<T>): Promise<T> {
   const t = d.target(RR_PORT);
   const [c, a] = cmdline(d.client, process.execPath, [ `${TOOLS}rr-client.js`, JSON.stringify({ mode: 'idle', host: t.address, port: t.port, count, concurrency: 100, timeoutMs: 20_000 })]);
   const holder = spawnIn(d.client.host, 'rr-client idle', c, a);
   try {
     const held = await holder.waitJson<{ held: number; errors: number }>((v) => 'held' in v, 120_000);
     await new Promise((r) => setTimeout(r, 1_000)); // let the relay settle (buffers freed, timers armed)
-    const loaded = memoryBytes(root);
-    return {
-      connections: held.held,
-      errors: held.errors,
-      baselineBytes: base.bytes,
-      loadedBytes: loaded.bytes,
-      bytesPerConnection: held.held > 0 ? (loaded.bytes - base.bytes) / held.held : NaN,
-      processes: loaded.processes,
-      measure: loaded.measure,
-      cpeIdleBytes,
-    };
+    return await fn(held.held, held.errors);
   } finally {
     await holder.halt();
   }

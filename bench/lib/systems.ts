@@ -58,6 +58,8 @@ export interface DeployOptions {
   uplinks: number;
   /** Write a V8 CPU profile of the mpconvert concentrator into this directory. */
   cpuProfileDir?: string | undefined;
+  /** The mpconvert concentrator writes a heap snapshot into this directory on SIGUSR2. */
+  heapSnapshotDir?: string | undefined;
 }
 
 /** Splits a wrapped command line into exec()'s (cmd, args). */
@@ -99,7 +101,7 @@ function deployKernel({ lab }: DeployOptions): Deployment {
   };
 }
 
-async function deployMpconvert({ lab, uplinks, cpuProfileDir }: DeployOptions): Promise<Deployment> {
+async function deployMpconvert({ lab, uplinks, cpuProfileDir, heapSnapshotDir }: DeployOptions): Promise<Deployment> {
   const dir = mkdtempSync(join(tmpdir(), 'mpc-bench-'));
   const config = join(dir, 'concentrator.yaml');
   // The defaults are for production (500 new connections/s and 4096 connections per CPE): the bench lifts them,
@@ -118,13 +120,14 @@ async function deployMpconvert({ lab, uplinks, cpuProfileDir }: DeployOptions): 
     ].join('\n'),
   );
   const prof = (role: string) => (cpuProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(cpuProfileDir, role)}`] : []);
+  const heap = heapSnapshotDir ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${heapSnapshotDir}`] : [];
   const procs: Proc[] = [];
   const stop = async () => {
     for (const p of procs.reverse()) await p.halt(8_000);
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    const conc = spawnIn(lab.hosts.concentrator, 'mpconvert concentrator', process.execPath, [...prof('concentrator'), CLI, 'concentrator', '--config', config]);
+    const conc = spawnIn(lab.hosts.concentrator, 'mpconvert concentrator', process.execPath, [...prof('concentrator'), ...heap, CLI, 'concentrator', '--config', config]);
     procs.push(conc);
     await conc.waitFor(/^ready/m);
     const uplinkArgs = Array.from({ length: uplinks }, (_, i) => ['--uplink', `up${i + 1}`]).flat();
