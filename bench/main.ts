@@ -247,7 +247,7 @@ async function main(): Promise<void> {
         'Relay CPU: utime + stime of every relay process on the CPE and the concentrator (and their reaped children), per GB of goodput.',
         'Setup: a Node load generator, 32 concurrent workers, one 100-byte request and a 100-byte response per connection, the server closes.',
         'Round trips: counted on a packet capture of one exchange on the CPE uplinks (no netem on this kernel to time them): each answer from the concentrator side to a SYN or payload the CPE side sent, up to the first response payload.',
-        'Memory: concentrator process memory with N idle relayed connections open, minus the same process before; kernel socket buffers are not process memory.',
+        'Memory: concentrator process memory with N idle relayed connections open, minus the same process before; kernel socket buffers are not process memory. mpconvert (Node) is read again each second for up to 60 s, until V8 has collected the garbage of opening them (its memory reducer runs a full collection some 30 s after the allocations stop), and the lowest reading counts; the row below gives its reading 1 s after they were held, as every system is read.',
         'Memory: 9,500 rather than 10,000 connections: a relay holds 2 descriptors per relayed connection, and the hard RLIMIT_NOFILE of this machine is 20,000 (not raisable inside its container). socat forks a process per connection: 1,000 connections, sum of PSS.',
         'Bench-wide namespace settings for every system: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 10000–65000, tcp_fastopen=3 on the concentrator.',
         'mpconvert runs with sessionLog off, log level warn and its admission limits lifted (defaults: 500 new connections/s and 4096 connections per CPE).',
@@ -327,8 +327,8 @@ async function main(): Promise<void> {
                 try {
                   const n = sys === 'socat' ? o.socatMemoryConnections : o.memoryConnections;
                   const m = await idleMemory(d, n);
-                  r.memory[sys] = { ...m, bytesPerConnection: stat([m.bytesPerConnection]), cpeStartBytes };
-                  log(`memory ${sys}: ${m.connections} held (${m.errors} errors), ${(m.baselineBytes / 1048576).toFixed(1)} -> ${(m.loadedBytes / 1048576).toFixed(1)} MiB, ${m.bytesPerConnection.toFixed(0)} B/connection (${m.measure})`);
+                  r.memory[sys] = { ...m, bytesPerConnection: stat([m.settledBytesPerConnection]), justOpenedBytesPerConnection: stat([m.bytesPerConnection]), cpeStartBytes };
+                  log(`memory ${sys}: ${m.connections} held (${m.errors} errors), ${(m.baselineBytes / 1048576).toFixed(1)} -> ${(m.loadedBytes / 1048576).toFixed(1)} MiB, ${m.bytesPerConnection.toFixed(0)} B/connection (${m.measure})${m.settleSeconds ? `; ${m.settledBytesPerConnection.toFixed(0)} B/connection after ${m.settleSeconds} s idle` : ''}`);
                 } catch (e) {
                   r.memory[sys] = { connections: 0, errors: 0, baselineBytes: 0, loadedBytes: 0, bytesPerConnection: null, measure: '', error: errText(e) };
                   log(`memory ${sys}: ERROR ${errText(e)}`);
@@ -670,10 +670,16 @@ async function heapRun(o: Options): Promise<void> {
     await withLab([0, 0], false, async (lab) => {
       await withDeployment('mpconvert', lab, 2, async (d) => {
         const pid = d.concentratorRoot!;
+        const mib = () => (memoryBytes(pid).bytes / 2 ** 20).toFixed(1);
+        const rss0 = mib();
         const before = await snap(pid, 0);
+        const rss1 = mib();
         const text = await holdIdle(d, o.memoryConnections, async (held) => {
+          const rss2 = mib();
           const after = await snap(pid, 1);
-          return renderHeapDiff(diffHeap(before, after, held), held);
+          // A snapshot collects garbage first: VmRSS after it says how much of the growth was garbage not yet collected.
+          const rss3 = mib();
+          return renderHeapDiff(diffHeap(before, after, held), held) + `\nVmRSS of the concentrator, MiB: ${rss0} at start, ${rss1} after the first snapshot, ${rss2} with ${held} held, ${rss3} after the second snapshot (its full GC).\n`;
         });
         writeFileSync(join(o.out, 'heap.md'), text);
         process.stdout.write(text);

@@ -71,7 +71,10 @@ export interface Results {
     errors: number;
     baselineBytes: number;
     loadedBytes: number;
+    /** Once a garbage-collected relay collected the garbage of opening them (others: as read at once). */
     bytesPerConnection: Stat | null;
+    /** Read 1 s after the connections were held (before the results of 2026-12-07 evening: the only figure). */
+    justOpenedBytesPerConnection?: Stat | null;
     measure: string;
     /** The CPE relay's memory just after it started, and idle again after the relay and setup tests, bytes. */
     cpeStartBytes?: number | null;
@@ -190,6 +193,9 @@ export function markdown(r: Results): string {
   line('time to first byte p99, ms', (x) => r.setup[x]?.ttfbP99Ms, 2, (x) => r.setup[x]?.error, true);
   line('uplink round trips to first byte', (x) => r.setup[x]?.roundTrips, 2, (x) => r.setup[x]?.error, true);
   line('concentrator memory per idle connection, bytes', (x) => r.memory[x]?.bytesPerConnection, 0, (x) => r.memory[x]?.error, true);
+  if (Object.values(r.memory).some((m) => m?.justOpenedBytesPerConnection)) {
+    line('the same 1 s after opening them (before an idle GC), bytes', (x) => r.memory[x]?.justOpenedBytesPerConnection, 0, (x) => r.memory[x]?.error, true);
+  }
   const mib = (b: number | null | undefined) => (b === null || b === undefined ? null : stat([b / 1048576]));
   line('CPE memory just after start, MiB', (x) => mib(r.memory[x]?.cpeStartBytes), 1, (x) => r.memory[x]?.error, true);
   line('CPE memory idle after the relay and setup tests, MiB', (x) => mib(r.memory[x]?.cpeIdleBytes), 1, (x) => r.memory[x]?.error, true);

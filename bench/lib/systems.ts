@@ -48,6 +48,8 @@ export interface Deployment {
   readonly concentratorRoot: number | undefined;
   /** Root pid of the CPE-side relay (for socat, the relay of the setup/memory port). */
   readonly cpeRoot: number | undefined;
+  /** The relays are garbage-collected processes (Node): their memory is read again once the collector ran idle. */
+  readonly garbageCollected?: boolean;
   /** How the deployment differs from a transparent relay, for the results. */
   readonly note: string;
   stop(): Promise<void>;
@@ -147,6 +149,7 @@ async function deployMpconvert({ lab, uplinks, cpuProfileDir, heapSnapshotDir }:
       relayRoots: [cpe.pid, conc.pid],
       concentratorRoot: conc.pid,
       cpeRoot: cpe.pid,
+      garbageCollected: true,
       note: 'transparent: the LAN client dials the server; TPROXY on the CPE, signalling and first bytes in the SYN (zeroRtt, the default; the concentrator clamps SYN windows)',
       stop,
     };

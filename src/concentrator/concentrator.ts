@@ -66,12 +66,76 @@ export interface ConcentratorDeps {
   worker?: { index: number; shared: SharedState } | undefined;
 }
 
-interface Session {
-  ctx: ConnectionContext;
+/**
+ * One accepted connection: its pipeline context and its session bookkeeping in one object, with its methods
+ * on the prototype (an idle relayed connection lives for hours, and a busy box holds tens of thousands).
+ */
+class Session implements ConnectionContext {
+  identity: string;
+  conversion?: NonNullable<ConnectionContext['conversion']>;
+  serverLocal?: string | undefined;
+  keyId?: string | undefined;
+  format?: NonNullable<ConnectionContext['format']>;
+  signalling?: ConnectionContext['signalling'];
+  destination?: NonNullable<ConnectionContext['destination']>;
+  external?: string | undefined;
+  externalTransparent?: boolean;
+  ports?: ConnectionContext['ports'];
+  relay?: NonNullable<ConnectionContext['relay']>;
+  earlyUp?: number;
   /** Counted and answered already (shed while its pipeline still runs): the pipeline's outcome is moot. */
-  refused: boolean;
-  /** Run the releases (idempotent). */
-  end: () => void;
+  refused = false;
+  #releases: Array<() => void> | undefined;
+  #ended = false;
+
+  constructor(
+    readonly id: number,
+    readonly socket: Socket,
+    readonly cpe: string,
+    readonly listener: Endpoint,
+    readonly started: number,
+    /** The concentrator's part of the end (one function for all sessions). */
+    private readonly onEnd: (s: Session) => void,
+  ) {
+    this.identity = cpe;
+  }
+
+  get ctx(): this {
+    return this;
+  }
+
+  /** Registers a release; acquired after the connection ended (an answer that came after the close): released at once. */
+  own(release: () => void): void {
+    if (this.#ended) release();
+    else (this.#releases ??= []).push(release);
+  }
+
+  /** Runs the releases (idempotent), newest first. */
+  end(): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.onEnd(this);
+    const list = this.#releases;
+    this.#releases = undefined;
+    if (list) for (let i = list.length - 1; i >= 0; i--) list[i]!();
+  }
+}
+
+/** The session of a context (every context the concentrator makes is one). */
+function sessionOf(ctx: ConnectionContext): Session {
+  if (!(ctx instanceof Session)) throw new Error('session of a context that is not tracked');
+  return ctx;
+}
+
+/** Before the relay takes the pair, a close of the CPE's socket ends its session; after, the relay's close does. */
+const kSession = Symbol('mpconvert.session');
+function preRelayClose(this: Socket & { [kSession]?: Session }): void {
+  const s = this[kSession];
+  if (s && !s.relay) s.end();
+}
+
+function ignoreError(): void {
+  // Every path destroys the socket; errors are accounted there.
 }
 
 /** CPE identities whose closed-connection byte totals are kept (the oldest is forgotten beyond). */
@@ -129,7 +193,10 @@ export class Concentrator {
   readonly #rules: ListenerRules;
   readonly #listeners = new Map<string, ListeningServer>();
   readonly #sessions = new Set<Session>();
-  readonly #sessionOf = new WeakMap<ConnectionContext, Session>();
+  readonly #endSession = (s: Session): void => {
+    this.#sessions.delete(s);
+    this.#pending.release(s);
+  };
   #nextId = 1;
   /** Bytes of closed connections per CPE identity (bounded, oldest first out). */
   readonly #closedTotals = new Map<string, { up: number; down: number }>();
@@ -202,7 +269,7 @@ export class Concentrator {
       },
       onRelay: (ctx, relay) => relay.on('close', (stats: RelayStats) => {
         this.#countClosed(ctx.identity, stats.aToB, stats.bToA);
-        this.#sessionOf.get(ctx)?.end();
+        if (ctx instanceof Session) ctx.end();
       }),
     });
     this.#udp = new UdpChannelService({
@@ -231,7 +298,7 @@ export class Concentrator {
       step('mptcp', (ctx) => mptcpGate(this.#deps.sockets.isMptcp(ctx.socket), this.#config.acceptFallback)),
       step('signalling', (ctx) => this.#readSignalling(ctx)),
       step('authenticate', (ctx) => this.#authenticate(ctx)),
-      step('limits', (ctx) => this.#shared.admitLimits(ctx.identity, ctx.own)),
+      step('limits', (ctx) => this.#shared.admitLimits(ctx.identity, (release) => ctx.own(release))),
       // After limits: a CPE's connections waiting for its RADIUS answer hold its limits slots (bounded per CPE).
       step('radius', (ctx) => this.#radius?.authorize(ctx)),
       // A reverse connection (binding IE) is parked here for an inbound binding; the steps below are for conversions.
@@ -297,7 +364,7 @@ export class Concentrator {
 
   /** signalling-admission and signalling: bounded per CPE and in total while it is read, then read it. */
   async #readSignalling(ctx: ConnectionContext): Promise<Refusal | undefined> {
-    const session = this.#session(ctx);
+    const session = sessionOf(ctx);
     const decision = this.#pending.admit(ctx.cpe, session, this.#descriptorsShort());
     if (!decision.admitted) return decision.refusal;
     if (decision.shed) {
@@ -336,12 +403,6 @@ export class Concentrator {
     ctx.identity = v.identity;
     ctx.keyId = v.keyId;
     return undefined;
-  }
-
-  #session(ctx: ConnectionContext): Session {
-    const s = this.#sessionOf.get(ctx);
-    if (!s) throw new Error('session of a context that is not tracked');
-    return s;
   }
 
   /** Estimated descriptors in use (the sampled baseline plus two per session) against the limit. */
@@ -582,56 +643,27 @@ export class Concentrator {
   }
 
   #onConnection(socket: Socket, listener: Endpoint): void {
-    socket.on('error', () => {}); // every path below destroys the socket; errors are accounted there
-    const releases: Array<() => void> = [];
-    const cpe = unmapAddress(socket.remoteAddress ?? '');
-    let ended = false;
-    const ctx: ConnectionContext = {
-      id: this.#nextId++,
-      socket,
-      cpe,
-      identity: cpe,
-      listener,
-      started: this.#now(),
-      // Acquired after the connection ended (an answer that came after the close): released at once.
-      own: (release) => (ended ? release() : releases.push(release)),
-    };
-    const session: Session = {
-      ctx,
-      refused: false,
-      end: () => {
-        if (ended) return;
-        ended = true;
-        this.#sessions.delete(session);
-        this.#pending.release(session);
-        for (const release of releases.reverse()) release();
-      },
-    };
+    socket.on('error', ignoreError);
+    const session = new Session(this.#nextId++, socket, unmapAddress(socket.remoteAddress ?? ''), listener, this.#now(), this.#endSession);
+    const ctx: ConnectionContext = session;
     if (this.#stopping) {
       this.#refuse(ctx, refuse('stopping'));
       return;
     }
     this.#sessions.add(session);
-    this.#sessionOf.set(ctx, session);
-    // Before the relay takes the pair, a close ends the session; after, the relay's close does.
-    socket.on('close', () => {
-      if (!ctx.relay) session.end();
-    });
+    (socket as Socket & { [kSession]?: Session })[kSession] = session;
+    socket.on('close', preRelayClose);
     runPipeline(this.#steps, ctx).then(
       (r) => {
         if (!r.passed) {
           if (!session.refused) this.#refuse(ctx, r.refusal, r.step);
           session.end();
         } else if (ctx.relay) {
-          const radius = this.#radius;
-          radius?.opened(ctx);
-          ctx.relay.on('close', (stats: RelayStats) => {
-            // The client's bytes that came with the signalling went to the server outside the relay.
-            const up = stats.aToB + (ctx.earlyUp ?? ctx.signalling?.rest.length ?? 0);
-            this.#countClosed(ctx.identity, up, stats.bToA);
-            radius?.closed(ctx, up, stats.bToA);
-            session.end();
-          });
+          this.#radius?.opened(ctx);
+          // From here the relay owns the socket: its listeners replace the session's.
+          socket.off('close', preRelayClose);
+          socket.off('error', ignoreError);
+          ctx.relay.on('close', (stats: RelayStats) => this.#relayClosed(session, stats));
         }
       },
       (err: unknown) => {
@@ -640,6 +672,15 @@ export class Concentrator {
         session.end();
       },
     );
+  }
+
+  #relayClosed(session: Session, stats: RelayStats): void {
+    session.conversion?.closed?.(session, stats);
+    // The client's bytes that came with the signalling went to the server outside the relay.
+    const up = stats.aToB + (session.earlyUp ?? session.signalling?.rest.length ?? 0);
+    this.#countClosed(session.identity, up, stats.bToA);
+    this.#radius?.closed(session, up, stats.bToA);
+    session.end();
   }
 
   /** Counts, logs and answers a refusal (the reaction from src/policy/refusals.ts for the signalling's format). */

@@ -10,6 +10,7 @@ import type { SignallingFormat } from '../policy/refusals.js';
 import type { RelayHandle } from '../relay/index.js';
 import type { ReadSignalling } from './signalling.js';
 import type { PortLease } from './port-blocks.js';
+import type { ConversionStrategy } from './conversion.js';
 
 export interface Destination {
   address: string;
@@ -35,7 +36,7 @@ export interface ConnectionContext {
   readonly started: number;
   /** Set by the signalling step. */
   format?: SignallingFormat;
-  signalling?: ReadSignalling;
+  signalling?: ReadSignalling | undefined;
   /** Set by the destination step. */
   destination?: Destination;
   /** Set by the source-address step: the local address of the server leg; undefined = the kernel picks. */
@@ -46,6 +47,10 @@ export interface ConnectionContext {
   ports?: PortLease | undefined;
   /** Set by the conversion once the pair is relayed; from then on the relay owns both sockets. */
   relay?: RelayHandle;
+  /** Set with `relay` by a conversion that wants to hear of its end (ConversionStrategy.closed). */
+  conversion?: ConversionStrategy;
+  /** The server leg's local endpoint (`address:port`), for the session log's close line. */
+  serverLocal?: string | undefined;
   /** Bytes that came with the signalling and went to the server before the relay (set when the signalling's buffers are let go). */
   earlyUp?: number;
   /** Registers a release; run once when the connection ends. */

@@ -16,12 +16,15 @@ import { proxyHeader } from './proxy-header.js';
 import { PortBlocksError, type ServerDialer, type ServerTransport } from './server-dialer.js';
 import { confirmation } from './signalling.js';
 
-const EMPTY = Buffer.alloc(0);
-
 export interface ConversionStrategy {
   readonly name: string;
   /** Resolves once the pair is relayed (ctx.relay set) or with the refusal; never throws for network failures. */
   convert(ctx: ConnectionContext): Promise<Refusal | undefined>;
+  /**
+   * The relay it made ended (called by the relay's one 'close' listener, the concentrator's, when the strategy
+   * set `ctx.conversion`): its metrics and the session log's close line.
+   */
+  closed?(ctx: ConnectionContext, stats: RelayStats): void;
 }
 
 export interface ExplicitTcpDeps {
@@ -77,11 +80,12 @@ export class ExplicitTcpConversion implements ConversionStrategy {
     const first = header ? (read.rest.length > 0 ? Buffer.concat([header, read.rest]) : header) : read.rest;
     if (first.length > 0) server.write(first);
     const upPre = read.rest.length;
-    // An idle relayed connection keeps its context for its whole life: let the signalling's buffers go.
+    // An idle relayed connection keeps its context for its whole life: let the signalling go (the format
+    // stays in ctx.format, the early bytes' count in ctx.earlyUp).
     ctx.earlyUp = upPre;
-    ctx.signalling = { ...read, raw: EMPTY, rest: EMPTY };
+    ctx.signalling = undefined;
     const external = server.localAddress ? formatEndpoint(unmapAddress(server.localAddress), server.localPort ?? 0) : undefined;
-    const destination = formatEndpoint(dest.address, dest.port);
+    ctx.serverLocal = external;
     deps.metrics.setup.observe((deps.now() - ctx.started) / 1000);
     deps.sessionLog({
       event: 'open',
@@ -91,7 +95,7 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       ...(socket.remotePort !== undefined ? { cpePort: socket.remotePort } : {}),
       ...(ctx.keyId ? { keyId: ctx.keyId } : {}),
       external,
-      destination,
+      destination: formatEndpoint(dest.address, dest.port),
       format: read.format,
       transport,
       ...(read.source ? { source: read.source.address } : {}),
@@ -99,29 +103,32 @@ export class ExplicitTcpConversion implements ConversionStrategy {
       ...(header ? { proxyProtocol: 'v2' } : {}),
     });
     deps.metrics.active.inc();
-    const relay = createRelay(socket, server, { idleTimeoutMs: settings.idleTimeoutS * 1000, sockets: deps.sockets }, settings.relayEngine === 'splice' ? deps.splice : undefined);
-    ctx.relay = relay;
-    relay.on('close', (stats: RelayStats) => {
-      const up = stats.aToB + upPre;
-      deps.metrics.active.dec();
-      deps.metrics.connections.inc({ outcome: stats.outcome });
-      deps.metrics.relayed.inc({ engine: relay.mode });
-      deps.metrics.bytes.inc({ direction: 'up' }, up);
-      deps.metrics.bytes.inc({ direction: 'down' }, stats.bToA);
-      deps.sessionLog({
-        event: 'close',
-        session: ctx.id,
-        cpe: ctx.cpe,
-        external,
-        destination,
-        bytesUp: up,
-        bytesDown: stats.bToA,
-        durationMs: stats.durationMs,
-        outcome: stats.outcome,
-        relay: relay.mode,
-      });
-    });
+    ctx.relay = createRelay(socket, server, { idleTimeoutMs: settings.idleTimeoutS * 1000, sockets: deps.sockets }, settings.relayEngine === 'splice' ? deps.splice : undefined);
+    ctx.conversion = this;
     return undefined;
+  }
+
+  closed(ctx: ConnectionContext, stats: RelayStats): void {
+    const { deps } = this;
+    const up = stats.aToB + (ctx.earlyUp ?? 0);
+    const mode = ctx.relay?.mode ?? 'streams';
+    deps.metrics.active.dec();
+    deps.metrics.connections.inc({ outcome: stats.outcome });
+    deps.metrics.relayed.inc({ engine: mode });
+    deps.metrics.bytes.inc({ direction: 'up' }, up);
+    deps.metrics.bytes.inc({ direction: 'down' }, stats.bToA);
+    deps.sessionLog({
+      event: 'close',
+      session: ctx.id,
+      cpe: ctx.cpe,
+      external: ctx.serverLocal,
+      destination: ctx.destination ? formatEndpoint(ctx.destination.address, ctx.destination.port) : undefined,
+      bytesUp: up,
+      bytesDown: stats.bToA,
+      durationMs: stats.durationMs,
+      outcome: stats.outcome,
+      relay: mode,
+    });
   }
 
   /**

@@ -70,13 +70,6 @@ export interface HandOver {
   bToA: number;
 }
 
-interface Side {
-  socket: Socket;
-  name: 'a' | 'b';
-  ended: boolean; // FIN received
-  finished: boolean; // our FIN sent and flushed
-}
-
 /** Outcome name of a side's reset (err undefined: the socket closed under us) or other error. */
 export function failureOutcome(side: 'a' | 'b', err: Error | undefined): RelayOutcome {
   return err === undefined || isResetError((err as NodeJS.ErrnoException).code) ? `reset-${side}` : `error-${side}`;
@@ -105,12 +98,37 @@ export function lingerOff(sockets: RelaySockets | undefined, ...list: Socket[]):
   }
 }
 
+/**
+ * Who learns that a pair ended or was handed over, instead of the 'close' and 'handover' events: the splice
+ * relay wrapping a stream relay (no listener closures and no event table for that).
+ */
+export interface RelaySink {
+  relayClosed(stats: RelayStats): void;
+  relayHandedOver(moved: HandOver): void;
+}
+
+/** The relay a socket belongs to (set while it relays; undefined after). */
+const kRelay = Symbol('mpconvert.relay');
+type Relayed = Socket & { [kRelay]?: Relay | undefined };
+
+/**
+ * An idle relayed connection costs memory for as long as it lives, and a busy box holds tens of thousands:
+ * the listeners are five functions shared by every relay (the socket says which relay it belongs to), and
+ * each side's state is four fields of the relay, not an object and ten closures.
+ */
 export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOver] }> {
-  readonly #a: Side;
-  readonly #b: Side;
-  readonly #opts: Required<Omit<RelayOptions, 'now' | 'aEnded' | 'noDelay' | 'handOverAfterBytes' | 'sockets'>>;
+  readonly #a: Relayed;
+  readonly #b: Relayed;
+  #aEnded = false; // a's FIN received
+  #bEnded = false;
+  #aFinished = false; // our FIN to a sent and flushed
+  #bFinished = false;
+  readonly #idleTimeoutMs: number;
+  readonly #halfCloseTimeoutMs: number;
+  readonly #closeTimeoutMs: number;
   readonly #sockets: RelaySockets | undefined;
   readonly #handOverAt: number;
+  readonly #sink: RelaySink | undefined;
   #handingOver = false;
   readonly #now: () => number;
   readonly #started: number;
@@ -118,40 +136,41 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
   #bToA = 0;
   #lastActivity: number;
   #timer: NodeJS.Timeout | undefined;
+  #closeTimer: NodeJS.Timeout | undefined;
   #closed = false;
-  #cleanups: Array<() => void> = [];
+  #wired = false;
 
-  constructor(a: Socket, b: Socket, options: RelayOptions) {
+  constructor(a: Socket, b: Socket, options: RelayOptions, sink?: RelaySink) {
     super();
     this.#now = options.now ?? Date.now;
-    this.#opts = {
-      idleTimeoutMs: options.idleTimeoutMs,
-      halfCloseTimeoutMs: options.halfCloseTimeoutMs ?? options.idleTimeoutMs,
-      closeTimeoutMs: options.closeTimeoutMs ?? 5_000,
-    };
+    this.#idleTimeoutMs = options.idleTimeoutMs;
+    this.#halfCloseTimeoutMs = options.halfCloseTimeoutMs ?? options.idleTimeoutMs;
+    this.#closeTimeoutMs = options.closeTimeoutMs ?? 5_000;
     this.#started = this.#now();
     this.#lastActivity = this.#started;
     this.#handOverAt = options.handOverAfterBytes ?? Infinity;
     this.#sockets = options.sockets;
+    this.#sink = sink;
     if (options.noDelay ?? true) {
       a.setNoDelay(true);
       b.setNoDelay(true);
     }
-    this.#a = { socket: a, name: 'a', ended: false, finished: false };
-    this.#b = { socket: b, name: 'b', ended: false, finished: false };
-    const aEnd = this.#wire(this.#a, this.#b);
-    const bEnd = this.#wire(this.#b, this.#a);
-    this.#arm(this.#opts.idleTimeoutMs);
+    this.#a = a;
+    this.#b = b;
+    this.#wire(a, b);
+    this.#wire(b, a);
+    this.#wired = true;
+    this.#arm(this.#idleTimeoutMs);
     // A FIN that arrived before the pair was made ('end' already emitted, e.g. while the caller read the
     // signalling or waited for the echo) must still be propagated.
-    if (options.aEnded || a.readableEnded) aEnd();
-    if (b.readableEnded) bEnd();
+    if (options.aEnded || a.readableEnded) this.#onEnd(a);
+    if (b.readableEnded) this.#onEnd(b);
     // Callers may hand over paused sockets (after reading signalling): start the flow both ways.
     a.resume();
     b.resume();
     // A side may already be gone by the time the pair is made.
-    for (const side of [this.#a, this.#b]) {
-      if (side.socket.destroyed) queueMicrotask(() => this.#abort(side, undefined));
+    for (const s of [a, b]) {
+      if (s.destroyed) queueMicrotask(() => this.#abort(s, undefined));
     }
   }
 
@@ -171,90 +190,123 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
     return this.#closed;
   }
 
-  #wire(from: Side, to: Side): () => void {
-    const src = from.socket;
-    const dst = to.socket;
-    const onData = (chunk: Buffer): void => {
-      if (from.name === 'a') this.#aToB += chunk.length;
-      else this.#bToA += chunk.length;
-      this.#lastActivity = this.#now();
-      if (!dst.write(chunk)) src.pause();
-      if (!this.#handingOver && this.#aToB + this.#bToA >= this.#handOverAt) {
-        this.#handingOver = true;
-        queueMicrotask(() => this.#handOver());
-      }
-    };
-    const onDrain = (): void => {
-      if (!this.#closed) src.resume();
-    };
-    const onEnd = (): void => {
-      if (from.ended) return;
-      // A reset that came in behind queued bytes looks like EOF to libuv: it must stay a reset.
-      const reset = pendingError(this.#sockets, src);
-      if (reset) {
-        this.#abort(from, reset);
-        return;
-      }
-      from.ended = true;
-      this.#lastActivity = this.#now();
-      // Our FIN on dst ends that direction gracefully: from here on, everything towards dst is in its
-      // kernel buffer. Clear SO_LINGER now, not at the end: Node closes a socket by itself once both of its
-      // halves are done (its peer's FIN may come later, while our bytes are still unacknowledged), and a
-      // close with linger 0 (MP_FASTCLOSE on MPTCP) would drop them. If the process dies now, the other
-      // direction still ends in a reset: src keeps its linger 0 until its own FIN.
-      lingerOff(this.#sockets, dst);
-      // Propagate the half-close once everything read so far is queued on the other side.
-      dst.end(() => {
-        to.finished = true;
-        this.#maybeDone();
-      });
+  // The shared listeners: `this` is the socket that emitted.
+  static #data(this: Relayed, chunk: Buffer): void {
+    const r = this[kRelay];
+    if (r) r.#onData(this, chunk);
+  }
+  static #drain(this: Relayed): void {
+    const r = this[kRelay];
+    // `this` could take more: resume the side that feeds it.
+    if (r && !r.#closed) (this === r.#a ? r.#b : r.#a).resume();
+  }
+  static #end(this: Relayed): void {
+    const r = this[kRelay];
+    if (r) r.#onEnd(this);
+  }
+  static #error(this: Relayed, err: Error): void {
+    const r = this[kRelay];
+    if (r) r.#abort(this, err);
+  }
+  static #close(this: Relayed, hadError: boolean): void {
+    const r = this[kRelay];
+    if (r) r.#onClose(this, hadError);
+  }
+
+  #wire(src: Relayed, dst: Relayed): void {
+    src[kRelay] = this;
+    src.on('data', Relay.#data);
+    dst.on('drain', Relay.#drain);
+    src.on('end', Relay.#end);
+    src.on('error', Relay.#error);
+    src.on('close', Relay.#close);
+  }
+
+  #unwire(): void {
+    if (!this.#wired) return;
+    this.#wired = false;
+    for (const s of [this.#a, this.#b]) {
+      s.off('data', Relay.#data);
+      s.off('drain', Relay.#drain);
+      s.off('end', Relay.#end);
+      s.off('error', Relay.#error);
+      s.off('close', Relay.#close);
+      // Set, not deleted: a deleted property would turn every socket's shape into a slow dictionary.
+      if (s[kRelay] === this) s[kRelay] = undefined;
+    }
+  }
+
+  #onData(src: Relayed, chunk: Buffer): void {
+    if (src === this.#a) this.#aToB += chunk.length;
+    else this.#bToA += chunk.length;
+    this.#lastActivity = this.#now();
+    if (!(src === this.#a ? this.#b : this.#a).write(chunk)) src.pause();
+    if (!this.#handingOver && this.#aToB + this.#bToA >= this.#handOverAt) {
+      this.#handingOver = true;
+      queueMicrotask(() => this.#handOver());
+    }
+  }
+
+  #onEnd(src: Relayed): void {
+    const isA = src === this.#a;
+    if (isA ? this.#aEnded : this.#bEnded) return;
+    // A reset that came in behind queued bytes looks like EOF to libuv: it must stay a reset.
+    const reset = pendingError(this.#sockets, src);
+    if (reset) {
+      this.#abort(src, reset);
+      return;
+    }
+    if (isA) this.#aEnded = true;
+    else this.#bEnded = true;
+    this.#lastActivity = this.#now();
+    const dst = isA ? this.#b : this.#a;
+    // Our FIN on dst ends that direction gracefully: from here on, everything towards dst is in its
+    // kernel buffer. Clear SO_LINGER now, not at the end: Node closes a socket by itself once both of its
+    // halves are done (its peer's FIN may come later, while our bytes are still unacknowledged), and a
+    // close with linger 0 (MP_FASTCLOSE on MPTCP) would drop them. If the process dies now, the other
+    // direction still ends in a reset: src keeps its linger 0 until its own FIN.
+    lingerOff(this.#sockets, dst);
+    // Propagate the half-close once everything read so far is queued on the other side.
+    dst.end(() => {
+      if (isA) this.#bFinished = true;
+      else this.#aFinished = true;
       this.#maybeDone();
-    };
-    const onError = (err: Error): void => this.#abort(from, err);
-    const onClose = (hadError: boolean): void => {
-      if (this.#closed || hadError) return; // an error is handled by onError
-      // A socket that closes with both of its halves done (its peer's FIN read, ours flushed) is simply
-      // finished (Node closes such a socket by itself), even while our FIN on the other socket is still
-      // being flushed. Closed any earlier, it cut the conversation.
-      if (from.ended && from.finished) this.#maybeDone();
-      else this.#abort(from, undefined);
-    };
-    src.on('data', onData);
-    dst.on('drain', onDrain);
-    src.on('end', onEnd);
-    src.on('error', onError);
-    src.on('close', onClose);
-    this.#cleanups.push(() => {
-      src.off('data', onData);
-      dst.off('drain', onDrain);
-      src.off('end', onEnd);
-      src.off('error', onError);
-      src.off('close', onClose);
     });
-    return onEnd;
+    this.#maybeDone();
+  }
+
+  #onClose(src: Relayed, hadError: boolean): void {
+    if (this.#closed || hadError) return; // an error is handled by the error listener
+    // A socket that closes with both of its halves done (its peer's FIN read, ours flushed) is simply
+    // finished (Node closes such a socket by itself), even while our FIN on the other socket is still
+    // being flushed. Closed any earlier, it cut the conversation.
+    const done = src === this.#a ? this.#aEnded && this.#aFinished : this.#bEnded && this.#bFinished;
+    if (done) this.#maybeDone();
+    else this.#abort(src, undefined);
   }
 
   /** Stops relaying without touching the sockets (paused, nothing lost) and emits 'handover'. */
   #handOver(): void {
     if (this.#closed) return;
     // A half-closed pair is near its end: it stays here.
-    if (this.#a.ended || this.#b.ended || this.#a.socket.destroyed || this.#b.socket.destroyed) return;
-    this.#a.socket.pause();
-    this.#b.socket.pause();
+    if (this.#aEnded || this.#bEnded || this.#a.destroyed || this.#b.destroyed) return;
+    this.#a.pause();
+    this.#b.pause();
     this.#closed = true;
-    if (this.#timer) clearTimeout(this.#timer);
-    for (const c of this.#cleanups) c();
-    this.#cleanups = [];
-    this.emit('handover', { aToB: this.#aToB, bToA: this.#bToA });
+    this.#stopTimers();
+    this.#unwire();
+    const moved = { aToB: this.#aToB, bToA: this.#bToA };
+    if (this.#sink) this.#sink.relayHandedOver(moved);
+    else this.emit('handover', moved);
   }
 
   #maybeDone(): void {
     if (this.#closed) return;
-    if (this.#a.ended && this.#b.ended && this.#a.finished && this.#b.finished) {
+    if (this.#aEnded && this.#bEnded && this.#aFinished && this.#bFinished) {
       this.#finish('done', undefined);
-      lingerOff(this.#sockets, this.#a.socket, this.#b.socket);
-      this.#a.socket.destroy();
-      this.#b.socket.destroy();
+      lingerOff(this.#sockets, this.#a, this.#b);
+      this.#a.destroy();
+      this.#b.destroy();
     }
   }
 
@@ -266,60 +318,66 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
 
   #onTimer(): void {
     if (this.#closed) return;
-    const halfOpen = this.#a.ended || this.#b.ended;
-    const limit = halfOpen ? this.#opts.halfCloseTimeoutMs : this.#opts.idleTimeoutMs;
+    const halfOpen = this.#aEnded || this.#bEnded;
+    const limit = halfOpen ? this.#halfCloseTimeoutMs : this.#idleTimeoutMs;
     const idleFor = this.#now() - this.#lastActivity;
     if (idleFor >= limit) {
       this.#finish('idle-timeout', undefined);
-      this.#a.socket.resetAndDestroy();
-      this.#b.socket.resetAndDestroy();
+      this.#a.resetAndDestroy();
+      this.#b.resetAndDestroy();
       return;
     }
     this.#arm(limit - idleFor);
   }
 
-  #abort(from: Side, err: Error | undefined): void {
+  #abort(from: Socket, err: Error | undefined): void {
     if (this.#closed) return;
-    this.#finish(failureOutcome(from.name, err), err);
-    const other = from === this.#a ? this.#b : this.#a;
-    other.socket.resetAndDestroy();
-    from.socket.destroy();
+    const isA = from === this.#a;
+    this.#finish(failureOutcome(isA ? 'a' : 'b', err), err);
+    (isA ? this.#b : this.#a).resetAndDestroy();
+    from.destroy();
   }
 
   /** Graceful: half-close both sides now and let pending bytes drain; destroy after closeTimeoutMs. */
   close(): void {
-    if (this.#closed) return;
-    this.#a.socket.end();
-    this.#b.socket.end();
-    const t = setTimeout(() => {
+    if (this.#closed || this.#closeTimer) return;
+    this.#a.end();
+    this.#b.end();
+    this.#closeTimer = setTimeout(() => {
       if (this.#closed) return;
       this.#finish('close-timeout', undefined);
-      this.#a.socket.resetAndDestroy();
-      this.#b.socket.resetAndDestroy();
-    }, this.#opts.closeTimeoutMs);
-    t.unref();
-    this.#cleanups.push(() => clearTimeout(t));
+      this.#a.resetAndDestroy();
+      this.#b.resetAndDestroy();
+    }, this.#closeTimeoutMs);
+    this.#closeTimer.unref();
   }
 
   /** Immediate: reset both sides. */
   destroy(err?: Error): void {
     if (this.#closed) return;
     this.#finish('aborted', err);
-    this.#a.socket.resetAndDestroy();
-    this.#b.socket.resetAndDestroy();
+    this.#a.resetAndDestroy();
+    this.#b.resetAndDestroy();
+  }
+
+  #stopTimers(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    if (this.#closeTimer) clearTimeout(this.#closeTimer);
+    this.#timer = undefined;
+    this.#closeTimer = undefined;
   }
 
   #finish(outcome: RelayOutcome, error: Error | undefined): void {
     this.#closed = true;
-    if (this.#timer) clearTimeout(this.#timer);
-    for (const c of this.#cleanups) c();
-    this.#cleanups = [];
+    this.#stopTimers();
+    this.#unwire();
     // Late errors from the sockets being torn down must not become uncaught exceptions.
-    this.#a.socket.on('error', noop);
-    this.#b.socket.on('error', noop);
+    this.#a.on('error', noop);
+    this.#b.on('error', noop);
     const stats: RelayStats = { aToB: this.#aToB, bToA: this.#bToA, outcome, durationMs: this.#now() - this.#started };
     if (error) stats.error = error;
-    this.emit('close', stats);
+    if (this.#sink) this.#sink.relayClosed(stats);
+    else this.emit('close', stats);
   }
 }
 

@@ -15,7 +15,7 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import type { SpliceEngine, SplicePair, SpliceResult } from '../platform/types.js';
-import { Relay, failureOutcome, lingerOff, type RelayOptions, type RelayOutcome, type RelayStats } from './relay.js';
+import { Relay, failureOutcome, lingerOff, type HandOver, type RelayOptions, type RelayOutcome, type RelaySink, type RelayStats } from './relay.js';
 
 /** What the daemons hold of a relay, whichever engine moves its bytes. */
 /**
@@ -93,7 +93,7 @@ function drained(s: Socket, timeoutMs: number): Promise<void> {
   });
 }
 
-export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implements RelayHandle {
+export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implements RelayHandle, RelaySink {
   readonly #a: Socket;
   readonly #b: Socket;
   readonly #opts: RelayOptions;
@@ -108,7 +108,8 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
   #pair: SplicePair | undefined;
   #request: 'close' | 'destroy' | undefined;
   #closed = false;
-  #handoverErrors: Array<() => void> = [];
+  /** Made at the hand-over (most pairs never get there). */
+  #handoverErrors: Array<() => void> | undefined;
 
   constructor(a: Socket, b: Socket, options: SpliceRelayOptions, engine: SpliceEngine) {
     super();
@@ -128,15 +129,20 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
       this.#beginHandover();
       return;
     }
-    const relay = new Relay(a, b, { ...relayOptions, handOverAfterBytes: threshold });
-    this.#streams = relay;
-    relay.on('close', (stats) => this.#streamsClosed(stats));
-    relay.on('handover', (moved) => {
-      this.#streams = undefined;
-      this.#preAToB = moved.aToB;
-      this.#preBToA = moved.bToA;
-      this.#beginHandover();
-    });
+    this.#streams = new Relay(a, b, { ...relayOptions, handOverAfterBytes: threshold }, this);
+  }
+
+  /** RelaySink: the stream relay ended the pair. */
+  relayClosed(stats: RelayStats): void {
+    this.#streamsClosed(stats);
+  }
+
+  /** RelaySink: the stream relay let the pair go once the threshold was reached. */
+  relayHandedOver(moved: HandOver): void {
+    this.#streams = undefined;
+    this.#preAToB = moved.aToB;
+    this.#preBToA = moved.bToA;
+    this.#beginHandover();
   }
 
   get closed(): boolean {
@@ -188,6 +194,7 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
     const b = this.#b;
     quiesce(a);
     quiesce(b);
+    this.#handoverErrors = [];
     for (const [s, side] of [
       [a, 'a'],
       [b, 'b'],
@@ -220,7 +227,7 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
       return;
     }
     if (this.#closed) return;
-    for (const off of this.#handoverErrors.splice(0)) off();
+    for (const off of this.#handoverErrors?.splice(0) ?? []) off();
     // Late errors from sockets the engine drives (or that are being torn down) are reported through `done`.
     a.on('error', noop);
     b.on('error', noop);
@@ -258,14 +265,13 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
   }
 
   #useStreams(): void {
-    for (const off of this.#handoverErrors.splice(0)) off();
+    for (const off of this.#handoverErrors?.splice(0) ?? []) off();
     unquiesce(this.#a);
     unquiesce(this.#b);
-    const relay = new Relay(this.#a, this.#b, { ...this.#opts, aEnded: this.#opts.aEnded === true || this.#a.readableEnded, noDelay: false });
+    const relay = new Relay(this.#a, this.#b, { ...this.#opts, aEnded: this.#opts.aEnded === true || this.#a.readableEnded, noDelay: false }, this);
     this.#streams = relay;
     if (this.#request === 'destroy') relay.destroy();
     else if (this.#request === 'close') relay.close();
-    relay.on('close', (stats) => this.#streamsClosed(stats));
   }
 
   #abortBeforeEngine(side: 'a' | 'b', err: Error): void {
@@ -305,7 +311,7 @@ export class SpliceRelay extends EventEmitter<{ close: [RelayStats] }> implement
   #finish(outcome: RelayOutcome, error: Error | undefined, r?: SpliceResult): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const off of this.#handoverErrors.splice(0)) off();
+    for (const off of this.#handoverErrors?.splice(0) ?? []) off();
     this.#a.on('error', noop);
     this.#b.on('error', noop);
     const stats: RelayStats = {
