@@ -300,6 +300,33 @@ describe(`relay (${name})`, () => {
   });
 }
 
+test('memory: stream relays share their five listeners (no closures per connection); an ended pair leaves none behind', async () => {
+  engine = undefined;
+  const legs: net.Socket[] = [];
+  const grab = async (a: net.Socket, b: net.Socket) => void legs.push(a, b);
+  const p1 = await pair(10_000, grab);
+  const p2 = await pair(10_000, grab);
+  try {
+    const [a1, b1, a2, b2] = legs as [net.Socket, net.Socket, net.Socket, net.Socket];
+    for (const ev of ['data', 'end', 'error', 'close', 'drain']) {
+      // The relay's listener is the last one on each event (Node's own come first).
+      const ours = (s: net.Socket) => s.listeners(ev).at(-1);
+      assert.equal(ours(a1), ours(a2), `${ev}: one function for every relay`);
+      assert.equal(ours(b1), ours(b2), `${ev}: one function for every relay`);
+    }
+    const before = b1.listenerCount('data');
+    p1.client.end('x');
+    p1.s.end('y');
+    const [stats] = await p1.closed;
+    assert.equal(stats.outcome, 'done');
+    assert.equal(b1.listenerCount('data'), before - 1, 'the relay took its data listener away');
+    assert.equal(a1.listenerCount('drain'), 0);
+  } finally {
+    await p1.cleanup();
+    await p2.cleanup();
+  }
+});
+
 test('splice: a pair starts on the stream relay and is handed over mid-transfer, exact both ways', async () => {
   engine = splice;
   spliceAfterBytes = 128 * 1024;
