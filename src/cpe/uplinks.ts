@@ -7,7 +7,7 @@
  *
  * The host may change under us (DHCP renews, links flap), so the manager reconciles on the platform's link
  * events (netlink, when it has them; 50 ms after a burst) and, as a backstop, polls `ip -j address show` and
- * the main table every pollIntervalMs: an address that appears, changes or disappears, or a link
+ * the main table every pollIntervalMs (every WATCHED_POLL_MS at least while the link events arrive): an address that appears, changes or disappears, or a link
  * going up or down, re-creates that uplink's endpoint/rule/route and emits 'change' (the daemon flushes its
  * concentrator capability cache). A gateway change only replaces the route.
  *
@@ -165,6 +165,8 @@ interface UplinkRuntime {
 const FAMILIES: readonly Family[] = [4, 6];
 /** Wait after a link event before reconciling, so that a burst of events is one reconcile. */
 const EVENT_SETTLE_MS = 50;
+/** The backstop poll while link events arrive (src/platform/linux/link-watch.ts reports link, address and route changes). */
+export const WATCHED_POLL_MS = 30_000;
 
 export class UplinkManager extends EventEmitter {
   readonly #kernel: KernelConfig;
@@ -366,8 +368,18 @@ export class UplinkManager extends EventEmitter {
       void this.#serialized(() => this.#reconcile(false)).finally(() => {
         if (generation === this.#generation) this.#schedule();
       });
-    }, this.#opts.pollIntervalMs);
+    }, this.#pollMs());
     this.#timer.unref();
+  }
+
+  /**
+   * The backstop poll's interval: pollIntervalMs while link events are unavailable (or their monitor failed
+   * once), at least WATCHED_POLL_MS while they arrive (each poll spawns `ip` up to three times: CPU a router
+   * need not spend when netlink already reports every change).
+   */
+  #pollMs(): number {
+    const watched = this.#watch !== undefined && this.#watchErrors === 0;
+    return watched ? Math.max(this.#opts.pollIntervalMs, WATCHED_POLL_MS) : this.#opts.pollIntervalMs;
   }
 
   #serialized<T>(f: () => Promise<T>): Promise<T> {
