@@ -354,8 +354,15 @@ export class UplinkManager extends EventEmitter {
       (err) => {
         // The poll still runs; say it once, then only at debug level.
         // An operational event, not a program error: the message, no stack trace.
-        if (this.#watchErrors++ === 0) this.#logger.warn({ error: err.message }, 'link events unavailable, uplink changes are seen at the next poll');
-        else this.#logger.debug({ error: err.message }, 'link event monitor ended');
+        if (this.#watchErrors++ === 0) {
+          this.#logger.warn({ error: err.message }, 'link events unavailable, uplink changes are seen at the next poll');
+          // The poll waited at the slow interval for events that no longer come: back to pollIntervalMs now.
+          if (this.#timer && !this.#stopped) {
+            clearTimeout(this.#timer);
+            this.#timer = undefined;
+            this.#schedule();
+          }
+        } else this.#logger.debug({ error: err.message }, 'link event monitor ended');
       },
     );
   }

@@ -6,7 +6,7 @@
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { UplinkManager, defaultGateway, observeLink, type EndpointLedger, type OwnedEndpoint, type UplinkChange, type UplinkManagerOptions } from '../../../src/cpe/uplinks.js';
+import { UplinkManager, WATCHED_POLL_MS, defaultGateway, observeLink, type EndpointLedger, type OwnedEndpoint, type UplinkChange, type UplinkManagerOptions } from '../../../src/cpe/uplinks.js';
 import { silentLogger } from '../../../src/log.js';
 import type { AddressEntry, KernelConfig, MptcpEndpoint, MptcpLimits, RouteEntry, RouteSpec, RuleSpec } from '../../../src/platform/types.js';
 
@@ -450,6 +450,31 @@ describe('UplinkManager', () => {
     fire!();
     await new Promise((r) => setTimeout(r, 80));
     assert.equal(reads() - before, 2, 'no reconcile after stop');
+  });
+
+  it('while link events arrive the backstop poll slows to WATCHED_POLL_MS; once their monitor failed, pollIntervalMs again', async () => {
+    const k = labHost();
+    let report: ((err: Error) => void) | undefined;
+    let polls = 0;
+    const api: KernelConfig = {
+      ...k.api,
+      routes: { ...k.api.routes, listAddresses: () => (polls++, k.api.routes.listAddresses()) },
+      watchLinks(_onChange, onError) {
+        report = onError;
+        return { close: () => {} };
+      },
+    };
+    const mgr = new UplinkManager({ kernel: api, logger: silentLogger() }, { ...opts, pollIntervalMs: 10 });
+    await mgr.start();
+    const reads = () => polls;
+    const before = reads();
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(reads(), before, `no poll within 100 ms while events arrive (WATCHED_POLL_MS ${WATCHED_POLL_MS})`);
+    report!(new Error('monitor ended'));
+    const after = reads();
+    await new Promise((r) => setTimeout(r, 100));
+    assert.ok(reads() - after >= 3, `polling every 10 ms again: ${reads() - after} polls in 100 ms`);
+    await mgr.stop();
   });
 
   it('refuses bad options', () => {
