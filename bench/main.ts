@@ -4,7 +4,7 @@
  *
  *   node dist/bench/main.js [--runs 3] [--seconds 3] [--quick] [--systems kernel,mpconvert,...]
  *                           [--only relay,setup,memory,aggregation,failover,udp] [--concurrency N]
- *                           [--connections N] [--failover-runs N] [--profile] [--heap] [--render] [--out DIR]
+ *                           [--connections N] [--failover-runs N] [--setup-ms MS] [--profile] [--heap] [--render] [--out DIR]
  *                           [--topologies 50+50,80+20,4x25] [--cc cubic,bbr] [--directions up,down]
  *                           [--workers 1,2]   (with setup: mpconvert's setup per concentrator worker count)
  *                           [--only manycpe [--cpes 50] [--server-link 500]]   (not in the default set: bench/lib/manycpe.ts)
@@ -68,7 +68,7 @@ function parseArgs(argv: string[]): Options {
   const o: Options = {
     runs: Number(get('runs') ?? (quick ? 1 : 3)),
     seconds: Number(get('seconds') ?? (quick ? 2 : 3)),
-    setupMs: quick ? 1_000 : 2_000,
+    setupMs: Number(get('setup-ms') ?? (quick ? 1_000 : 2_000)),
     concurrency: Number(get('concurrency') ?? 32),
     memoryConnections: Number(get('connections') ?? (quick ? 2_000 : 9_500)),
     socatMemoryConnections: quick ? 200 : 1_000,

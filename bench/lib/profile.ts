@@ -42,6 +42,22 @@ export function summariseProfile(p: CpuProfile, title: string, top = 20): string
     file.set(f, (file.get(f) ?? 0) + us);
   }
   const busy = total - idle || 1;
+  // Inclusive time of the project's own functions (src/): each sample counts once for every function on its stack.
+  const parent = new Map<number, number>();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const keyOf = (n: ProfileNode) => `${n.callFrame.functionName || '(anonymous)'} ${short(n.callFrame.url)}:${n.callFrame.lineNumber + 1}`;
+  const inclusive = new Map<string, number>();
+  for (const [id, us] of self) {
+    const seen = new Set<string>();
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      const n = byId.get(cur);
+      if (!n || !short(n.callFrame.url).startsWith('src/')) continue;
+      const k = keyOf(n);
+      if (seen.has(k)) continue;
+      seen.add(k);
+      inclusive.set(k, (inclusive.get(k) ?? 0) + us);
+    }
+  }
   const rows = (m: Map<string, number>) =>
     [...m]
       .sort((a, b) => b[1] - a[1])
@@ -58,6 +74,12 @@ export function summariseProfile(p: CpuProfile, title: string, top = 20): string
     '| self s | share | function |',
     '|---|---|---|',
     rows(fn),
+    '',
+    "### Inclusive time of mpconvert's own functions (src/)",
+    '',
+    '| inclusive s | share | function |',
+    '|---|---|---|',
+    rows(inclusive),
     '',
     '### Self time by file',
     '',

@@ -171,9 +171,13 @@ const TCP_SYN_RECV = 3;
 const HANDSHAKE_WAIT_MS = 5_000;
 
 /**
- * Resolves true once the MPTCP connection's initial subflow is past SYN_RECV (at once for a connection that
- * was accepted after its handshake, the usual case without 0-RTT), false when the socket closed or the wait
- * ran out. Polls each millisecond: it waits at most about one round trip.
+ * Resolves true once the MPTCP connection's handshake is complete (at once for a connection that was accepted
+ * after its handshake, the usual case without 0-RTT), false when the socket closed or the wait ran out. Polls
+ * each millisecond: it waits at most about one round trip.
+ *
+ * Complete means the CPE's key arrived: MPTCP v1 carries the client's key only in the handshake's last ACK, and
+ * the kernel sets MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED (msk->can_ack) when it does: one MPTCP_INFO read. Only
+ * while that flag is still clear is the initial subflow's state read (the costlier MPTCP_FULL_INFO).
  */
 export async function established(sockets: Sockets, socket: Socket, now: () => number): Promise<boolean> {
   const deadline = now() + HANDSHAKE_WAIT_MS;
@@ -181,6 +185,8 @@ export async function established(sockets: Sockets, socket: Socket, now: () => n
     if (socket.destroyed) return false;
     let state: number | undefined;
     try {
+      const info = sockets.mptcpInfo(socket);
+      if (info === null || info.remoteKeyReceived) return true; // TCP fallback: nothing to wait for
       state = sockets.subflows(socket)[0]?.tcp?.state;
     } catch {
       return !socket.destroyed; // no subflow information (TCP fallback): nothing to wait for

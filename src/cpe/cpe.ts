@@ -12,7 +12,7 @@ import { parseEndpoint } from '../control/address.js';
 import { loadCredentials, natUplinks, type CpeConfig, type Credentials } from './config.js';
 import { ConcentratorSelector } from './concentrators.js';
 import { ConcentratorProbe } from './probe.js';
-import { handleClient } from './session.js';
+import { handleClient, type SessionContext } from './session.js';
 import { Interception, type InterceptionOptions } from './interception.js';
 import { UplinkManager, type EndpointLedger } from './uplinks.js';
 import { WarmPool } from './warm-pool.js';
@@ -95,6 +95,13 @@ function checkDistributionNames(cfg: CpeConfig): void {
 /** How often a concentrator held off as unreachable is probed. */
 const PROBE_INTERVAL_MS = 500;
 
+/** A LAN connection still being converted knows the set that tracks it (one shared close listener, no closure). */
+const kPending = Symbol('mpconvert.pending');
+type PendingSocket = Socket & { [kPending]?: Set<Socket> | undefined };
+function leavePending(this: PendingSocket): void {
+  this[kPending]?.delete(this);
+}
+
 export class Cpe {
   #config: CpeConfig;
   readonly #deps: CpeDeps;
@@ -104,6 +111,8 @@ export class Cpe {
   /** Inbound bindings: the reverse connections kept open to the concentrators. */
   readonly #bindings: ReverseBindings;
   readonly #serverMptcp: ServerMptcpCache;
+  /** What every connection's conversion needs from the daemon (src/cpe/session.ts). */
+  readonly #session: SessionContext;
   readonly #listeners: Server[] = [];
   readonly #relays = new Set<RelayHandle>();
   /** The relayed connections by id, for the operator (admin API, dashboard). */
@@ -168,6 +177,28 @@ export class Cpe {
       },
     });
     this.#serverMptcp = new ServerMptcpCache(config.serverMptcp);
+    this.#session = {
+      sockets: deps.sockets,
+      logger: deps.logger,
+      metrics: deps.metrics,
+      selector: this.#selector,
+      splice: deps.splice,
+      config: () => this.#config,
+      credentials: (t) => this.#credentialsFor(t),
+      warm: this.#warm,
+      serverMptcp: this.#serverMptcp,
+      pin: (flow, family) => (this.#config.distribution.classes.length > 0 ? this.#pinning.choose(this.#config, flow, family, this.#uplinks?.snapshot() ?? []) : undefined),
+      track: (relay, info) => {
+        this.#pending.delete(info.client);
+        this.#relays.add(relay);
+        const id = this.#nextId++;
+        this.#connections.set(id, { id, ...info, relay, startedAt: Date.now() });
+        relay.on('close', () => {
+          this.#relays.delete(relay);
+          this.#connections.delete(id);
+        });
+      },
+    };
   }
 
   get selector(): ConcentratorSelector {
@@ -322,29 +353,10 @@ export class Cpe {
       return;
     }
     this.#pending.add(client);
-    client.on('close', () => this.#pending.delete(client));
-    handleClient(client, {
-      sockets: this.#deps.sockets,
-      logger: this.#deps.logger,
-      metrics: this.#deps.metrics,
-      selector: this.#selector,
-      splice: this.#deps.splice,
-      config: () => this.#config,
-      credentials: (t) => this.#credentialsFor(t),
-      warm: this.#warm,
-      serverMptcp: this.#serverMptcp,
-      pin: (flow, family) => (this.#config.distribution.classes.length > 0 ? this.#pinning.choose(this.#config, flow, family, this.#uplinks?.snapshot() ?? []) : undefined),
-      track: (relay, info) => {
-        this.#pending.delete(client);
-        this.#relays.add(relay);
-        const id = this.#nextId++;
-        this.#connections.set(id, { id, ...info, relay, startedAt: Date.now() });
-        relay.on('close', () => {
-          this.#relays.delete(relay);
-          this.#connections.delete(id);
-        });
-      },
-    }).catch((err: unknown) => {
+    (client as PendingSocket)[kPending] = this.#pending;
+    client.on('close', leavePending);
+    // One session context for every connection (built once): nothing per connection but the client.
+    handleClient(client, this.#session).catch((err: unknown) => {
       this.#deps.logger.error({ err }, 'unexpected error converting a connection');
       client.resetAndDestroy();
     });

@@ -91,7 +91,7 @@ export async function directStep(
   relay: (conv: ClientConversion, upstream: Socket, ctx: SessionContext, via: string) => void,
 ): Promise<'continue' | 'done'> {
   const cache = ctx.serverMptcp;
-  const { client, cfg, dst, tos, log, kept } = conv;
+  const { client, cfg, dst, tos, kept } = conv;
   if (!cache || cfg.serverMptcp.mode !== 'direct' || !cache.has(dst)) return 'continue';
   const family = isIP(dst.address) as 4 | 6;
   if (ctx.pin?.({ dscp: conv.dscp, dst }, family)) return 'continue';
@@ -116,7 +116,7 @@ export async function directStep(
     if (client.destroyed) return 'done';
     cache.drop(dst);
     ctx.metrics.serverMptcp.inc({ event: 'fallback' });
-    log.info({ err: (err as Error).message }, 'direct MPTCP dial to the server failed: dropped from the server MPTCP cache, through the concentrator');
+    conv.log.info({ err: (err as Error).message }, 'direct MPTCP dial to the server failed: dropped from the server MPTCP cache, through the concentrator');
     return 'continue';
   }
   client.off('close', onClientGone);
@@ -130,7 +130,7 @@ export async function directStep(
     sock.resetAndDestroy();
     cache.drop(dst);
     ctx.metrics.serverMptcp.inc({ event: 'fallback' });
-    log.info('the server answered the direct dial with plain TCP: dropped from the server MPTCP cache, through the concentrator');
+    conv.log.info('the server answered the direct dial with plain TCP: dropped from the server MPTCP cache, through the concentrator');
     return 'continue';
   }
   ctx.metrics.serverMptcp.inc({ event: 'direct' });

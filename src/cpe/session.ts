@@ -187,12 +187,12 @@ function awaitEcho(sock: Socket, verifier: EchoVerifier, timeoutMs: number, sock
 export interface ClientConversion {
   readonly client: Socket;
   readonly cfg: CpeConfig;
-  /** classify: the original destination, the LAN client, its DSCP (and as a TOS byte when preserved), a logger naming both. */
+  /** classify: the original destination, the LAN client, its DSCP (and as a TOS byte when preserved), a logger naming both (made when first used). */
   dst: { address: string; port: number };
   src: { address: string; port: number };
   dscp: number;
   tos: number;
-  log: Logger;
+  readonly log: Logger;
   /** first-data: what the client sent before the conversion, split into what rides in the SYN and the rest. */
   kept: Kept;
   inSyn: Buffer;
@@ -222,12 +222,26 @@ function classify(client: Socket, ctx: SessionContext): ClientConversion {
   const cfg = ctx.config();
   const dst = ctx.originalDestination?.(client) ?? { address: unmapAddress(client.localAddress ?? ''), port: client.localPort ?? 0 };
   const src = { address: unmapAddress(client.remoteAddress ?? ''), port: client.remotePort ?? 0 };
-  const log = ctx.logger.child({ client: `${src.address}:${src.port}`, destination: `${dst.address}:${dst.port}` });
+  // A child logger costs a serialisation of its bindings: made on the first line this connection logs, if any.
+  let log: Logger | undefined;
   // The interception ruleset put the client's DSCP in the SYN's mark (dscp << 8 | bit), inherited on accept.
   const dscp = cfg.preserveDscp || cfg.distribution.classes.length > 0 ? (ctx.sockets.getMark(client) >> 8) & 0x3f : 0;
   const tos = cfg.preserveDscp ? dscp << 2 : 0;
   const none = Buffer.alloc(0);
-  return { client, cfg, dst, src, dscp, tos, log, kept: { bytes: none, ended: false }, inSyn: none, afterEcho: none };
+  return {
+    client,
+    cfg,
+    dst,
+    src,
+    dscp,
+    tos,
+    get log() {
+      return (log ??= ctx.logger.child({ client: `${src.address}:${src.port}`, destination: `${dst.address}:${dst.port}` }));
+    },
+    kept: { bytes: none, ended: false },
+    inSyn: none,
+    afterEcho: none,
+  };
 }
 
 /** first-data: the client's first bytes (bounded wait), so they can ride in the SYN. */
@@ -241,10 +255,11 @@ async function firstDataStep(conv: ClientConversion): Promise<StepResult> {
 
 /** concentrators: each usable one in turn, until one converts or refuses this connection. */
 async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): Promise<StepResult> {
-  const { client, log } = conv;
+  const { client } = conv;
+  const log = () => conv.log;
   for (const target of ctx.selector.candidates()) {
     conv.pin = ctx.pin?.({ dscp: conv.dscp, dst: conv.dst }, parseEndpoint(target.address).family);
-    if (conv.pin) log.debug({ class: conv.pin.class, uplink: conv.pin.uplink }, 'flow class: pinned to one uplink');
+    if (conv.pin) log().debug({ class: conv.pin.class, uplink: conv.pin.uplink }, 'flow class: pinned to one uplink');
     // A warm connection has its subflows on every uplink already: a pinned flow dials its own.
     const warm = conv.pin ? undefined : ctx.warm?.take(target);
     let attempt = warm ? await tryWarm(target, warm, conv, ctx) : await tryConcentrator(target, conv, ctx);
@@ -256,7 +271,7 @@ async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): P
     }
     if (attempt.kind === 'refused') {
       ctx.metrics.refused.inc({ reason: 'concentrator-refused' });
-      log.debug({ why: attempt.why, concentrator: target.address }, 'the concentrator refused this connection: resetting the client');
+      log().debug({ why: attempt.why, concentrator: target.address }, 'the concentrator refused this connection: resetting the client');
       client.resetAndDestroy();
       return 'done';
     }
@@ -264,7 +279,7 @@ async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): P
       ctx.metrics.capability.inc({ result: 'ok' });
       if (attempt.serverMptcp && conv.cfg.serverMptcp.mode === 'direct' && ctx.serverMptcp?.learn(conv.dst)) {
         ctx.metrics.serverMptcp.inc({ event: 'learned' });
-        log.debug('the concentrator reached the server over MPTCP: later connections to it go direct');
+        log().debug('the concentrator reached the server over MPTCP: later connections to it go direct');
       }
       if (attempt.leftover.length > 0) client.write(attempt.leftover);
       if (conv.afterEcho.length > 0) attempt.socket.write(conv.afterEcho);
@@ -277,7 +292,7 @@ async function concentratorsStep(conv: ClientConversion, ctx: SessionContext): P
 
 /** fallback: no concentrator converted it: refuse, or plain TCP from the CPE itself, replaying every kept byte. */
 async function fallbackStep(conv: ClientConversion, ctx: SessionContext): Promise<void> {
-  const { client, cfg, dst, tos, log, kept } = conv;
+  const { client, cfg, dst, tos, kept } = conv;
   if (cfg.fallback === 'refuse') {
     ctx.metrics.fallback.inc({ to: 'refused' });
     client.resetAndDestroy();
@@ -296,7 +311,7 @@ async function fallbackStep(conv: ClientConversion, ctx: SessionContext): Promis
     });
   } catch (err) {
     ctx.metrics.fallback.inc({ to: 'direct-failed' });
-    log.debug({ err: (err as Error).message }, 'direct connection failed');
+    conv.log.debug({ err: (err as Error).message }, 'direct connection failed');
     client.resetAndDestroy();
     return;
   }
@@ -310,7 +325,7 @@ async function fallbackStep(conv: ClientConversion, ctx: SessionContext): Promis
 }
 
 async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversion, ctx: SessionContext): Promise<Attempt> {
-  const { client, cfg, dst, src, inSyn, tos, log } = conv;
+  const { client, cfg, dst, src, inSyn, tos } = conv;
   const ep = parseEndpoint(target.address);
   const creds = ctx.credentials?.(target);
   const ask = asksServerMptcp(cfg, target);
@@ -356,7 +371,7 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
     }
     ctx.selector.markUnreachable(target);
     ctx.metrics.capability.inc({ result: 'unreachable' });
-    log.warn({ concentrator: target.address, err: (err as Error).message }, 'concentrator unreachable, trying the next');
+    conv.log.warn({ concentrator: target.address, err: (err as Error).message }, 'concentrator unreachable, trying the next');
     return { kind: 'next' };
   }
   sock.on('error', () => {});
@@ -378,7 +393,7 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
     sock.resetAndDestroy();
     ctx.selector.markNotCapable(target);
     ctx.metrics.capability.inc({ result: 'tcp-fallback' });
-    log.warn({ concentrator: target.address }, 'MPTCP was not negotiated with the concentrator: cached as not capable');
+    conv.log.warn({ concentrator: target.address }, 'MPTCP was not negotiated with the concentrator: cached as not capable');
     return { kind: 'next' };
   }
   const r = await awaitEcho(sock, new EchoVerifier(target.format, signalling, ask ? serverMptcpAnswerAt(false) : undefined), cfg.echoTimeoutMs, ctx.sockets);
@@ -389,7 +404,7 @@ async function tryConcentrator(target: ConcentratorTarget, conv: ClientConversio
   if (r.status === 'refused') return { kind: 'refused', why: `Convert Error TLV ${r.errorCode}` };
   ctx.selector.markNotCapable(target);
   ctx.metrics.capability.inc({ result: r.status });
-  log.warn({ concentrator: target.address, result: r.status }, 'no valid echo from the concentrator: cached as not capable, falling back');
+  conv.log.warn({ concentrator: target.address, result: r.status }, 'no valid echo from the concentrator: cached as not capable, falling back');
   return { kind: 'next' };
 }
 
@@ -447,8 +462,9 @@ function zeroRttLanded(sockets: Sockets, sock: Socket): boolean {
 }
 
 export function startRelay(conv: ClientConversion, upstream: Socket, ctx: SessionContext, via: string): void {
-  const { client, kept, cfg, log } = conv;
+  const { client, kept, cfg, src, dst } = conv;
   const sentAlready = kept.bytes.length;
+  const logger = ctx.logger;
   const engine = cfg.relayEngine === 'splice' ? ctx.splice : undefined;
   const relay = createRelay(client, upstream, { idleTimeoutMs: cfg.idleTimeoutS * 1000, aEnded: kept.ended, sockets: ctx.sockets }, engine);
   ctx.metrics.active.inc();
@@ -459,6 +475,9 @@ export function startRelay(conv: ClientConversion, upstream: Socket, ctx: Sessio
     ctx.metrics.relayed.inc({ engine: relay.mode });
     ctx.metrics.bytes.inc({ direction: 'up' }, stats.aToB + sentAlready);
     ctx.metrics.bytes.inc({ direction: 'down' }, stats.bToA);
-    log.debug({ via, up: stats.aToB + sentAlready, down: stats.bToA, outcome: stats.outcome, durationMs: stats.durationMs, relay: relay.mode }, 'connection closed');
+    // The close handler lives as long as the connection: it keeps the addresses, not the conversion (nor its kept bytes).
+    if (logger.isLevelEnabled('debug')) {
+      logger.debug({ client: `${src.address}:${src.port}`, destination: `${dst.address}:${dst.port}`, via, up: stats.aToB + sentAlready, down: stats.bToA, outcome: stats.outcome, durationMs: stats.durationMs, relay: relay.mode }, 'connection closed');
+    }
   });
 }

@@ -304,7 +304,7 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
     if (this.#closed) return;
     if (this.#aEnded && this.#bEnded && this.#aFinished && this.#bFinished) {
       this.#finish('done', undefined);
-      lingerOff(this.#sockets, this.#a, this.#b);
+      // Both sockets had SO_LINGER cleared when the FIN towards them was queued (#onEnd): nothing to clear.
       this.#a.destroy();
       this.#b.destroy();
     }
