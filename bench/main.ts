@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { labImplementation, labUp, type Lab } from './lib/lab.js';
 import { memoryBytes } from './lib/proc.js';
-import { failover, roundTrips, goodput, idleMemory, holdIdle, requestResponse, startServers, type FailoverRun, type GoodputRun, type RrRun, type Direction } from './lib/measure.js';
+import { failover, roundTrips, goodput, idleMemory, idleFootprint, holdIdle, requestResponse, startServers, type FailoverRun, type GoodputRun, type RrRun, type Direction } from './lib/measure.js';
 import { aggregationSvg, directionTargets, failoverSvg, markdown, stat, type Results, type Stat, type Topology } from './lib/report.js';
 import { deploy, needsLabMptcpRouting, SYSTEMS, type Deployment, type SystemName } from './lib/systems.js';
 import { summariseProfile } from './lib/profile.js';
@@ -247,7 +247,7 @@ async function main(): Promise<void> {
         'Relay CPU: utime + stime of every relay process on the CPE and the concentrator (and their reaped children), per GB of goodput.',
         'Setup: a Node load generator, 32 concurrent workers, one 100-byte request and a 100-byte response per connection, the server closes.',
         'Round trips: counted on a packet capture of one exchange on the CPE uplinks (no netem on this kernel to time them): each answer from the concentrator side to a SYN or payload the CPE side sent, up to the first response payload.',
-        'Memory: concentrator process memory with N idle relayed connections open, minus the same process before; kernel socket buffers are not process memory. mpconvert (Node) is read again each second for up to 60 s, until V8 has collected the garbage of opening them (its memory reducer runs a full collection some 30 s after the allocations stop), and the lowest reading counts; the row below gives its reading 1 s after they were held, as every system is read.',
+        'Memory: concentrator process memory with N idle relayed connections open, minus the same process before; kernel socket buffers are not process memory. mpconvert (Node) is read again each second for up to 60 s, until V8 has collected the garbage of opening them (its memory reducer runs a full collection some 30 s after the allocations stop), and the lowest reading counts; the row below gives its reading 1 s after they were held, as every system is read. The memory figure runs on a fresh deployment of each system (a garbage-collected relay would reuse the heap the relay and setup tests grew); for mpconvert the baseline there, and the CPE idle after the relay and setup tests (read before that deployment stops), are the lowest reading of each over 40 s of idleness.',
         'Memory: 9,500 rather than 10,000 connections: a relay holds 2 descriptors per relayed connection, and the hard RLIMIT_NOFILE of this machine is 20,000 (not raisable inside its container). socat forks a process per connection: 1,000 connections, sum of PSS.',
         'Bench-wide namespace settings for every system: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 10000–65000, tcp_fastopen=3 on the concentrator.',
         'mpconvert runs with sessionLog off, log level warn and its admission limits lifted (defaults: 500 new connections/s and 4096 connections per CPE).',
@@ -285,6 +285,8 @@ async function main(): Promise<void> {
       log(`lab: 2 unshaped uplinks (${g.mptcpRouting ? 'lab MPTCP routing' : 'routing by the mpconvert CPE'})`);
       await withLab([0, 0], g.mptcpRouting, async (lab) => {
         for (const sys of g.systems) {
+          let cpeStart: number | null = null;
+          let cpeAfterLoad: number | null = null;
           try {
             await withDeployment(sys, lab, 2, async (d) => {
               r.deployments[sys] = d.note;
@@ -323,18 +325,27 @@ async function main(): Promise<void> {
                   log(`setup ${sys}: ERROR ${errText(e)}`);
                 }
               }
+              // The CPE's idle footprint after the relay and setup tests (a garbage-collected one once it settled).
               if (o.only.has('memory') && sys !== 'kernel') {
+                cpeStart = cpeStartBytes;
+                cpeAfterLoad = await idleFootprint(d);
+              }
+            });
+            // Memory per idle connection on fresh processes: a garbage-collected relay would otherwise reuse the
+            // heap the earlier tests grew, and a later collection of their garbage would hide the connections' cost.
+            if (o.only.has('memory') && sys !== 'kernel') {
+              await withDeployment(sys, lab, 2, async (d) => {
                 try {
                   const n = sys === 'socat' ? o.socatMemoryConnections : o.memoryConnections;
                   const m = await idleMemory(d, n);
-                  r.memory[sys] = { ...m, bytesPerConnection: stat([m.settledBytesPerConnection]), justOpenedBytesPerConnection: stat([m.bytesPerConnection]), cpeStartBytes };
-                  log(`memory ${sys}: ${m.connections} held (${m.errors} errors), ${(m.baselineBytes / 1048576).toFixed(1)} -> ${(m.loadedBytes / 1048576).toFixed(1)} MiB, ${m.bytesPerConnection.toFixed(0)} B/connection (${m.measure})${m.settleSeconds ? `; ${m.settledBytesPerConnection.toFixed(0)} B/connection after ${m.settleSeconds} s idle` : ''}`);
+                  r.memory[sys] = { ...m, bytesPerConnection: stat([m.settledBytesPerConnection]), justOpenedBytesPerConnection: stat([m.bytesPerConnection]), cpeStartBytes: cpeStart, cpeIdleBytes: cpeAfterLoad };
+                  log(`memory ${sys}: ${m.connections} held (${m.errors} errors), ${(m.baselineBytes / 1048576).toFixed(1)} -> ${(m.loadedBytes / 1048576).toFixed(1)} MiB, ${m.bytesPerConnection.toFixed(0)} B/connection (${m.measure})${m.settleSeconds ? `; ${m.settledBytesPerConnection.toFixed(0)} B/connection after ${m.settleSeconds} s idle` : ''}; CPE idle after the load ${cpeAfterLoad === null ? '-' : (cpeAfterLoad / 1048576).toFixed(1)} MiB`);
                 } catch (e) {
                   r.memory[sys] = { connections: 0, errors: 0, baselineBytes: 0, loadedBytes: 0, bytesPerConnection: null, measure: '', error: errText(e) };
                   log(`memory ${sys}: ERROR ${errText(e)}`);
                 }
-              }
-            });
+              });
+            }
           } catch (e) {
             const error = errText(e);
             log(`${sys}: deployment failed: ${error}`);
