@@ -13,7 +13,8 @@
  * - Crash: the daemons give relayed sockets SO_LINGER 0 (`RESET_ON_CLOSE`), so that if the process dies the
  *   kernel resets both legs instead of closing them with FIN; a graceful end clears it first (with linger 0
  *   close() would discard what the kernel still has to send).
- * - One idle lifetime for the pair: no byte in either direction for `idleTimeoutMs` aborts both.
+ * - One idle lifetime for the pair: no byte in either direction for `idleTimeoutMs` aborts both (checked by one
+ *   sweep over every relay, at most a quarter of the shortest limit late, at most 1 s).
  * - Both legs always end together, and `close` is emitted exactly once with the byte counts.
  * - No Nagle on either leg (TCP_NODELAY, on by default): the relay writes what it has read, so holding a small
  *   segment back until the previous one is acknowledged only adds a delayed-ACK wait per exchange.
@@ -107,6 +108,10 @@ export interface RelaySink {
   relayHandedOver(moved: HandOver): void;
 }
 
+/** Bounds of the idle sweep's period (see Relay.#watchIdle). */
+const SWEEP_MIN_MS = 10;
+const SWEEP_MAX_MS = 1_000;
+
 /** The relay a socket belongs to (set while it relays; undefined after). */
 const kRelay = Symbol('mpconvert.relay');
 type Relayed = Socket & { [kRelay]?: Relay | undefined };
@@ -135,7 +140,6 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
   #aToB = 0;
   #bToA = 0;
   #lastActivity: number;
-  #timer: NodeJS.Timeout | undefined;
   #closeTimer: NodeJS.Timeout | undefined;
   #closed = false;
   #wired = false;
@@ -160,7 +164,7 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
     this.#wire(a, b);
     this.#wire(b, a);
     this.#wired = true;
-    this.#arm(this.#idleTimeoutMs);
+    Relay.#watchIdle(this);
     // A FIN that arrived before the pair was made ('end' already emitted, e.g. while the caller read the
     // signalling or waited for the echo) must still be propagated.
     if (options.aEnded || a.readableEnded) this.#onEnd(a);
@@ -310,24 +314,48 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
     }
   }
 
-  #arm(ms: number): void {
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.#onTimer(), Math.max(1, ms));
-    this.#timer.unref();
+  /*
+   * One timer for every open relay's idle lifetime, not a Timeout per relay (an idle pair lives for hours and a
+   * busy box holds tens of thousands): every `#sweepMs` each relay compares its last activity with its limit.
+   * The period is a quarter of the shortest limit among the relays watched (at least 10 ms, at most 1 s), so
+   * an idle pair is aborted at most that much after its limit.
+   */
+  static readonly #idle = new Set<Relay>();
+  static #sweepTimer: NodeJS.Timeout | undefined;
+  static #sweepMs = SWEEP_MAX_MS;
+
+  static #watchIdle(r: Relay): void {
+    Relay.#idle.add(r);
+    const period = Math.min(SWEEP_MAX_MS, Math.max(SWEEP_MIN_MS, Math.floor(Math.min(r.#idleTimeoutMs, r.#halfCloseTimeoutMs) / 4)));
+    if (Relay.#sweepTimer && period >= Relay.#sweepMs) return;
+    if (Relay.#sweepTimer) clearInterval(Relay.#sweepTimer);
+    Relay.#sweepMs = period;
+    Relay.#sweepTimer = setInterval(Relay.#sweep, period);
+    Relay.#sweepTimer.unref();
   }
 
-  #onTimer(): void {
-    if (this.#closed) return;
-    const halfOpen = this.#aEnded || this.#bEnded;
-    const limit = halfOpen ? this.#halfCloseTimeoutMs : this.#idleTimeoutMs;
-    const idleFor = this.#now() - this.#lastActivity;
-    if (idleFor >= limit) {
-      this.#finish('idle-timeout', undefined);
-      this.#a.resetAndDestroy();
-      this.#b.resetAndDestroy();
+  static #unwatchIdle(r: Relay): void {
+    if (!Relay.#idle.delete(r) || Relay.#idle.size > 0 || !Relay.#sweepTimer) return;
+    clearInterval(Relay.#sweepTimer);
+    Relay.#sweepTimer = undefined;
+    Relay.#sweepMs = SWEEP_MAX_MS;
+  }
+
+  static #sweep(this: void): void {
+    // Deleting the current entry while iterating a Set is safe; an expired relay removes itself.
+    for (const r of Relay.#idle) r.#checkIdle();
+  }
+
+  #checkIdle(): void {
+    if (this.#closed) {
+      Relay.#unwatchIdle(this);
       return;
     }
-    this.#arm(limit - idleFor);
+    const limit = this.#aEnded || this.#bEnded ? this.#halfCloseTimeoutMs : this.#idleTimeoutMs;
+    if (this.#now() - this.#lastActivity < limit) return;
+    this.#finish('idle-timeout', undefined);
+    this.#a.resetAndDestroy();
+    this.#b.resetAndDestroy();
   }
 
   #abort(from: Socket, err: Error | undefined): void {
@@ -361,9 +389,8 @@ export class Relay extends EventEmitter<{ close: [RelayStats]; handover: [HandOv
   }
 
   #stopTimers(): void {
-    if (this.#timer) clearTimeout(this.#timer);
+    Relay.#unwatchIdle(this);
     if (this.#closeTimer) clearTimeout(this.#closeTimer);
-    this.#timer = undefined;
     this.#closeTimer = undefined;
   }
 

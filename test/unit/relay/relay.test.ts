@@ -300,13 +300,25 @@ describe(`relay (${name})`, () => {
   });
 }
 
-test('memory: stream relays share their five listeners (no closures per connection); an ended pair leaves none behind', async () => {
+test('memory: stream relays share their five listeners and one idle timer (nothing per connection); an ended pair leaves none behind', async () => {
   engine = undefined;
   const legs: net.Socket[] = [];
   const grab = async (a: net.Socket, b: net.Socket) => void legs.push(a, b);
   const p1 = await pair(10_000, grab);
-  const p2 = await pair(10_000, grab);
+  // The second relay arms no timer of its own: the idle sweep the first one started covers it.
+  let armed = 0;
+  const { setTimeout: st, setInterval: si } = globalThis;
+  globalThis.setTimeout = ((...a: Parameters<typeof st>) => (armed++, st(...a))) as typeof st;
+  globalThis.setInterval = ((...a: Parameters<typeof si>) => (armed++, si(...a))) as typeof si;
+  let p2: Awaited<ReturnType<typeof pair>>;
   try {
+    p2 = await pair(10_000, grab);
+  } finally {
+    globalThis.setTimeout = st;
+    globalThis.setInterval = si;
+  }
+  try {
+    assert.equal(armed, 0, 'timers armed for the second relay');
     const [a1, b1, a2, b2] = legs as [net.Socket, net.Socket, net.Socket, net.Socket];
     for (const ev of ['data', 'end', 'error', 'close', 'drain']) {
       // The relay's listener is the last one on each event (Node's own come first).
@@ -314,12 +326,12 @@ test('memory: stream relays share their five listeners (no closures per connecti
       assert.equal(ours(a1), ours(a2), `${ev}: one function for every relay`);
       assert.equal(ours(b1), ours(b2), `${ev}: one function for every relay`);
     }
-    const before = b1.listenerCount('data');
+    const dataListeners = b1.listenerCount('data');
     p1.client.end('x');
     p1.s.end('y');
     const [stats] = await p1.closed;
     assert.equal(stats.outcome, 'done');
-    assert.equal(b1.listenerCount('data'), before - 1, 'the relay took its data listener away');
+    assert.equal(b1.listenerCount('data'), dataListeners - 1, 'the relay took its data listener away');
     assert.equal(a1.listenerCount('drain'), 0);
   } finally {
     await p1.cleanup();
