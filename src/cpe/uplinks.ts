@@ -405,19 +405,31 @@ export class UplinkManager extends EventEmitter {
     let entries: AddressEntry[];
     const mainRoutes: { 4: RouteEntry[] | null; 6: RouteEntry[] | null } = { 4: null, 6: null };
     try {
-      entries = await k.routes.listAddresses();
-      for (const f of FAMILIES) {
-        if (!this.#uplinks.some((u) => (f === 4 ? u.cfg.gateway4 : u.cfg.gateway6) === undefined)) continue;
+      // Read at once, not one after the other: on a busy router each `ip` takes its time to start, and a
+      // restored uplink waits for this reconcile.
+      const needs = (f: Family) => this.#uplinks.some((u) => (f === 4 ? u.cfg.gateway4 : u.cfg.gateway6) === undefined);
+      const [list, main4, main6] = await Promise.all([
+        k.routes.listAddresses(),
+        needs(4) ? k.routes.listRoutes('main', 4) : null,
         // A host without IPv6 must not stop the IPv4 uplinks: an unreadable IPv6 table counts as empty.
-        mainRoutes[f] = f === 4 ? await k.routes.listRoutes('main', 4) : await k.routes.listRoutes('main', 6).catch(() => []);
-      }
+        needs(6) ? k.routes.listRoutes('main', 6).catch(() => []) : null,
+      ]);
+      entries = list;
+      mainRoutes[4] = main4;
+      mainRoutes[6] = main6;
     } catch (err) {
       this.#logger.error({ err }, 'cannot read the interfaces');
       return [toError(err)];
     }
     if (this.#stopped && !initial) return [];
     errors.push(...(await this.#retryLeftovers()));
-    let endpoints: MptcpEndpoint[] | null = null;
+    let endpoints: Promise<MptcpEndpoint[] | null> | undefined;
+    const listEndpoints = () =>
+      (endpoints ??= k.mptcp.endpoints().catch((err: unknown) => {
+        errors.push(toError(err));
+        return null;
+      }));
+    let ledgerChanged = false;
     const changes: UplinkChange[] = [];
     for (const u of this.#uplinks) {
       const seen = observeLink(entries, u.cfg.interface);
@@ -431,7 +443,9 @@ export class UplinkManager extends EventEmitter {
         u.observed = seen;
         u.changedAt = this.#now();
       }
-      for (const f of FAMILIES) {
+      // Both families at once (their routes, rules and endpoints are independent): a restored uplink is back
+      // in the time of one family's commands.
+      await Promise.all(FAMILIES.map(async (f) => {
         const address = seen.up ? (f === 4 ? seen.address4 : seen.address6) : null;
         const configured = f === 4 ? u.cfg.gateway4 : u.cfg.gateway6;
         const routes = mainRoutes[f];
@@ -439,24 +453,22 @@ export class UplinkManager extends EventEmitter {
         const a = u.applied[f];
         if (a && a.address === address && a.complete) {
           if (a.routeVia !== via) errors.push(...(await this.#reroute(u, f, a, via)));
-          continue;
+          return;
         }
         if (a) {
           errors.push(...(await this.#removeOrKeep(u, f, a)));
           u.applied[f] = null;
         }
-        if (address === null) continue;
-        endpoints ??= await k.mptcp.endpoints().catch((err: unknown) => {
-          errors.push(toError(err));
-          return null;
-        });
-        if (endpoints === null) continue;
-        const { applied, errors: errs } = await this.#install(u, f, address, via, endpoints);
+        if (address === null) return;
+        const list = await listEndpoints();
+        if (list === null) return;
+        const { applied, errors: errs } = await this.#install(u, f, address, via, list);
         u.applied[f] = applied;
-        if (applied.endpointOwned) await this.#saveLedger();
+        if (applied.endpointOwned) ledgerChanged = true;
         errors.push(...errs);
-      }
+      }));
     }
+    if (ledgerChanged) await this.#saveLedger();
     for (const change of changes) {
       if (initial) continue;
       this.#logger.info(change, 'uplink changed');
@@ -479,9 +491,15 @@ export class UplinkManager extends EventEmitter {
         await k.routes.addRoute(route);
         applied.route = route;
         applied.routeVia = via;
-        // A rule identical to ours can only be a leftover of a crashed run: replace it rather than duplicate.
-        await k.routes.deleteRule(rule);
-        await k.routes.addRule(rule);
+        // A rule identical to ours can only be a leftover (a crashed run, or a removal that failed): replace it
+        // rather than duplicate. Tried only when the add fails, so a restored uplink waits for one command.
+        try {
+          await k.routes.addRule(rule);
+        } catch (err) {
+          if (!/File exists|EEXIST/.test(toError(err).message)) throw err;
+          await k.routes.deleteRule(rule);
+          await k.routes.addRule(rule);
+        }
         applied.rule = rule;
       } catch (err) {
         errors.push(wrap('install the policy routing', err));

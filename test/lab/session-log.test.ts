@@ -175,7 +175,16 @@ describe('logging for address sharing: port blocks and the session log (lab)', {
     const td = new Proc(lab.hosts.servers[0]!.spawn('tcpdump', ['-i', 'any', '--immediate-mode', '-U', '-n', '-s', '0', '-w', pcap, 'tcp dst port 8080']));
     await td.until(() => (td.stderr.includes('listening') ? true : undefined), 10_000, 'tcpdump listening');
     const r = await transfers(5, 'priv');
-    await poll('the last segments captured', () => (readTcpSegments(pcap).filter((x) => x.flags.fin).length >= 5 ? true : undefined));
+    // Complete once every captured connection's last segment towards the server is in: its FIN, or its RST
+    // when the server had already closed and the concentrator's end met a reset (both are the end of it).
+    const ended = () => {
+      const segs = readTcpSegments(pcap);
+      const opened = new Set(segs.filter((x) => x.flags.syn).map((x) => x.sport));
+      const done = new Set(segs.filter((x) => x.flags.fin || x.flags.rst).map((x) => x.sport));
+      return opened.size >= 5 && [...opened].every((p) => done.has(p)) ? { opened: opened.size, resets: segs.filter((x) => x.flags.rst).length } : undefined;
+    };
+    const end = await poll('the last segments captured', ended);
+    process.stdout.write(`# privacy capture: ${end.opened} connections, ${end.resets} ended by a reset towards the server\n`);
     await td.stop('SIGINT');
     const upstream = readTcpSegments(pcap);
     assert.ok(upstream.filter((x) => x.flags.syn).length >= 5, 'the capture holds the connections');
