@@ -2,19 +2,13 @@
  * `npm run bench`: mpconvert against kernel MPTCP (the ceiling), shadowsocks-libev and socat, in one run, on the
  * same lab topologies. Writes bench/results/latest.{json,md}, aggregation.svg, failover.svg and prints the table.
  *
- *   node dist/bench/main.js [--runs 3] [--seconds 3] [--quick] [--systems kernel,mpconvert,...]
- *                           [--only relay,setup,memory,aggregation,failover,udp] [--concurrency N]
- *                           [--connections N] [--failover-runs N] [--setup-ms MS] [--profile] [--heap] [--render] [--out DIR]
- *                           [--topologies 50+50,80+20,4x25] [--cc cubic,bbr] [--directions up,down]
- *                           [--workers 1,2]   (with setup: mpconvert's setup per concentrator worker count)
- *                           [--only manycpe [--cpes 50] [--server-link 500]]   (not in the default set: bench/lib/manycpe.ts)
- * Experiments: MPC_BENCH_CONCENTRATOR_YAML (lines appended to the mpconvert concentrator's configuration) and
- * MPC_BENCH_CPE_ARGS (extra `mpconvert cpe` flags, space-separated).
+ * Flags: `--help` (USAGE below); an unknown flag or a malformed value is refused with the usage (exit status 2).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { parseArgs as utilParseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { labImplementation, labUp, type Lab } from './lib/lab.js';
 import { memoryBytes } from './lib/proc.js';
@@ -51,6 +45,9 @@ interface Options {
   profile: boolean;
   /** `--heap`: the concentrator's JavaScript heap per idle connection, by constructor (bench/lib/heap.ts). */
   heap: boolean;
+  /** `--render`: rewrite latest.md and the charts from latest.json; `--help`: print the usage. */
+  render: boolean;
+  help: boolean;
   out: string;
   /** With the setup figure: mpconvert's setup once per concentrator worker count (bench/lib/workers.ts). */
   workers: number[] | undefined;
@@ -59,12 +56,52 @@ interface Options {
   serverLinkMbps: number;
 }
 
+/** The flags `npm run bench` takes (every value a string; node:util parseArgs refuses anything else). */
+const FLAGS = {
+  help: { type: 'boolean' },
+  quick: { type: 'boolean' },
+  profile: { type: 'boolean' },
+  heap: { type: 'boolean' },
+  render: { type: 'boolean' },
+  runs: { type: 'string' },
+  seconds: { type: 'string' },
+  'setup-ms': { type: 'string' },
+  concurrency: { type: 'string' },
+  connections: { type: 'string' },
+  'failover-runs': { type: 'string' },
+  systems: { type: 'string' },
+  only: { type: 'string' },
+  topologies: { type: 'string' },
+  directions: { type: 'string' },
+  cc: { type: 'string' },
+  out: { type: 'string' },
+  workers: { type: 'string' },
+  cpes: { type: 'string' },
+  'server-link': { type: 'string' },
+} as const;
+
+/** The usage text: the block at the top of this file. */
+export const USAGE = `usage: node dist/bench/main.js [--runs 3] [--seconds 3] [--quick] [--systems kernel,mpconvert,shadowsocks,socat]
+         [--only relay,setup,memory,aggregation,failover,udp] [--concurrency N] [--connections N]
+         [--failover-runs N] [--setup-ms MS] [--profile] [--heap] [--render] [--out DIR]
+         [--topologies 50+50,80+20,4x25,50@10+50@40,80@5+20@60] [--cc reno,bbr] [--directions up,down]
+         [--workers 1,2]   (with setup: mpconvert's setup per concentrator worker count)
+         [--only manycpe [--cpes 50] [--server-link 500]]
+Experiments: MPC_BENCH_CONCENTRATOR_YAML (lines appended to the mpconvert concentrator's configuration) and
+MPC_BENCH_CPE_ARGS (extra \`mpconvert cpe\` flags, space-separated). Method and results: docs/performance.md.`;
+
+/** A command line the bench cannot run: printed without a stack, exit status 2. */
+class UsageError extends Error {}
+
 function parseArgs(argv: string[]): Options {
-  const get = (name: string) => {
-    const i = argv.indexOf(`--${name}`);
-    return i >= 0 ? argv[i + 1] : undefined;
-  };
-  const quick = argv.includes('--quick');
+  let values: ReturnType<typeof utilParseArgs<{ args: string[]; options: typeof FLAGS; strict: true }>>['values'];
+  try {
+    ({ values } = utilParseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false }));
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message}\n${USAGE}`);
+  }
+  const get = (name: Exclude<keyof typeof FLAGS, 'help' | 'quick' | 'profile' | 'heap' | 'render'>) => values[name];
+  const quick = values.quick === true;
   const o: Options = {
     runs: Number(get('runs') ?? (quick ? 1 : 3)),
     seconds: Number(get('seconds') ?? (quick ? 2 : 3)),
@@ -86,23 +123,29 @@ function parseArgs(argv: string[]): Options {
     ].filter((t) => get('topologies')?.split(',').includes(t.name) ?? true),
     directions: (get('directions')?.split(',') ?? ['up', 'down']) as Direction[],
     ccs: get('cc')?.split(',') ?? defaultCongestionControls(),
-    profile: argv.includes('--profile'),
-    heap: argv.includes('--heap'),
+    profile: values.profile === true,
+    heap: values.heap === true,
+    render: values.render === true,
+    help: values.help === true,
     out: get('out') ?? fileURLToPath(new URL('../../bench/results/', import.meta.url)),
     workers: get('workers')?.split(',').map(Number),
     cpes: Number(get('cpes') ?? 50),
     serverLinkMbps: Number(get('server-link') ?? 500),
   };
-  for (const n of o.workers ?? []) if (!Number.isInteger(n) || n < 1) throw new Error(`--workers: ${n} is not a worker count`);
-  for (const d of o.directions) if (d !== 'up' && d !== 'down') throw new Error(`--directions: ${d} is not up or down`);
-  for (const s of o.systems) if (!SYSTEMS.includes(s) && !(o.only.size === 1 && o.only.has('manycpe'))) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`);
-  if (!Number.isInteger(o.cpes) || o.cpes < 1 || o.cpes > 99) throw new Error(`--cpes: ${o.cpes} is not 1..99`);
-  if (!(o.serverLinkMbps > 0)) throw new Error(`--server-link: ${o.serverLinkMbps} is not a rate in Mbit/s`);
+  for (const [flag, v] of [['runs', o.runs], ['setup-ms', o.setupMs], ['concurrency', o.concurrency], ['connections', o.memoryConnections], ['failover-runs', o.failoverRuns]] as const) {
+    if (!Number.isInteger(v) || v < 1) throw new UsageError(`--${flag}: ${get(flag)} is not a positive whole number`);
+  }
+  if (!(o.seconds > 0)) throw new UsageError(`--seconds: ${get('seconds')} is not a duration in seconds`);
+  for (const n of o.workers ?? []) if (!Number.isInteger(n) || n < 1) throw new UsageError(`--workers: ${n} is not a worker count`);
+  for (const d of o.directions) if (d !== 'up' && d !== 'down') throw new UsageError(`--directions: ${d} is not up or down`);
+  for (const s of o.systems) if (!SYSTEMS.includes(s) && !(o.only.size === 1 && o.only.has('manycpe'))) throw new UsageError(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`);
+  if (!Number.isInteger(o.cpes) || o.cpes < 1 || o.cpes > 99) throw new UsageError(`--cpes: ${o.cpes} is not 1..99`);
+  if (!(o.serverLinkMbps > 0)) throw new UsageError(`--server-link: ${o.serverLinkMbps} is not a rate in Mbit/s`);
   const known: readonly string[] = [...FIGURES, ...EXTRA_FIGURES];
-  for (const f of o.only) if (!known.includes(f)) throw new Error(`unknown figure ${f}; known: ${known.join(', ')}`);
+  for (const f of o.only) if (!known.includes(f)) throw new UsageError(`unknown figure ${f}; known: ${known.join(', ')}`);
   const usable = congestionControls();
-  for (const cc of o.ccs) if (!usable.includes(cc)) throw new Error(`congestion control ${cc} cannot be set in a namespace here; usable: ${usable.join(', ')} (net.ipv4.tcp_allowed_congestion_control)`);
-  if (o.ccs.length === 0) throw new Error('--cc: at least one congestion control');
+  for (const cc of o.ccs) if (!usable.includes(cc)) throw new UsageError(`congestion control ${cc} cannot be set in a namespace here; usable: ${usable.join(', ')} (net.ipv4.tcp_allowed_congestion_control)`);
+  if (o.ccs.length === 0) throw new UsageError('--cc: at least one congestion control');
   return o;
 }
 
@@ -213,6 +256,10 @@ async function repeat<T>(n: number, fn: (i: number) => Promise<T>): Promise<T[]>
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
+  if (o.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
   mkdirSync(o.out, { recursive: true });
   const r: Results = {
     meta: {
@@ -271,7 +318,7 @@ async function main(): Promise<void> {
     await heapRun(o);
     return;
   }
-  if (process.argv.includes('--render')) {
+  if (o.render) {
     // Rewrites latest.md and the charts from latest.json (after a change to the report format).
     const saved = JSON.parse(readFileSync(join(o.out, 'latest.json'), 'utf8')) as Results;
     saved.targets = targets(saved);
@@ -713,6 +760,11 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 main().catch((e: unknown) => {
+  if (e instanceof UsageError) {
+    process.stderr.write(`${e.message}\n`);
+    process.exitCode = 2;
+    return;
+  }
   log(`failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
   process.exitCode = 1;
 });
