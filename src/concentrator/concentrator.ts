@@ -239,6 +239,7 @@ export class Concentrator {
       cacheTtlMs: config.server.fallbackCacheTtlS * 1000,
       cacheSize: config.server.fallbackCacheSize,
       slowFallbackMs: config.server.slowFallbackMs,
+      tcpServersTtlMs: config.server.tcpServersTtlS * 1000,
       now: this.#now,
     });
     this.#conversion = new ExplicitTcpConversion({
@@ -866,6 +867,8 @@ export class Concentrator {
       connections: this.#limits.total,
       udp: this.#udp.status(),
       fallbackCache: this.fallbackCache,
+      // Servers dialled with TCP because they answered without MP_CAPABLE (server.tcpServersTtlS; a count: up to fallbackCacheSize).
+      tcpServersLearned: this.#dialer.tcpServers.length,
       sourceAddress: this.#sourceAddress.name,
       ...(this.#sourceAddress instanceof PortBlockSourceAddress ? { portBlocks: this.#sourceAddress.allocator.summary() } : {}),
       returnPath: this.#returnPath?.installed ?? false,
@@ -904,6 +907,7 @@ export class Concentrator {
     this.#limits.reconfigure(next.limits);
     this.#pending.reconfigure(next.signalling);
     this.#dialer.setMptcp(next.server.mptcp);
+    this.#dialer.setTcpServersTtl(next.server.tcpServersTtlS * 1000);
     this.#proxyProtocol = compileProxyProtocolTargets(next.server.proxyProtocol);
     this.#bindings.reconfigure();
     // Connections already open release their address into the strategy they took it from.

@@ -105,6 +105,13 @@ export const concentratorConfigSchema = z.strictObject({
       /** A connection that fell back after at least this long is taken as an MPTCP SYN that was dropped. */
       slowFallbackMs: z.number().int().min(100).default(900),
       /**
+       * Servers (address and port) that answered an MPTCP SYN with plain TCP are dialled with TCP for this long,
+       * then MPTCP is tried again. 0 (the default) dials every server with MPTCP, as draft-nam section 5.6.1
+       * asks (MP_CAPABLE never stripped); a positive value trades the discovery of servers that start to speak
+       * MPTCP for a TCP server leg, which the kernel reads faster than one in MPTCP fallback (docs/performance.md).
+       */
+      tcpServersTtlS: z.number().int().min(0).max(30 * 86_400).default(0),
+      /**
        * Destinations whose server connection starts with a PROXY protocol v2 header naming the original client
        * (draft-nam-mptcp-deployment-considerations section 4.3, HOST_ID): prefix, and ports (absent = all).
        * Only servers configured to expect it may be listed (HAProxy `accept-proxy`, nginx `proxy_protocol`).
@@ -118,7 +125,7 @@ export const concentratorConfigSchema = z.strictObject({
         )
         .default([]),
     })
-    .default({ mptcp: true, reportMptcp: false, connectTimeoutMs: 10_000, fallbackCacheTtlS: 86_400, fallbackCacheSize: 100_000, slowFallbackMs: 900, proxyProtocol: [] }),
+    .default({ mptcp: true, reportMptcp: false, connectTimeoutMs: 10_000, fallbackCacheTtlS: 86_400, fallbackCacheSize: 100_000, slowFallbackMs: 900, tcpServersTtlS: 0, proxyProtocol: [] }),
   sourcePool: z
     .strictObject({
       addresses: z.array(ip).default([]),

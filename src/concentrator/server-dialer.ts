@@ -3,6 +3,12 @@
  * MP_CAPABLE is never stripped; the kernel falls back to TCP by itself for servers that do not. Servers whose
  * MPTCP SYNs were dropped (the connection came up only after the kernel retried without MP_CAPABLE, or not
  * at all) go into a cache, and later connections to them use plain TCP at once (draft-nam-mptcp-deployment-considerations section 5.6.1).
+ *
+ * Optionally (`tcpServersTtlMs` > 0; off by default, since the draft asks that MP_CAPABLE is never stripped) a
+ * server that answered MPTCP with plain TCP (address and port) is dialled with TCP for a while: the section's
+ * "mechanism to disable relaying MP_CAPABLE to some remote hosts". On this kernel a server leg in MPTCP
+ * fallback reads at about half the rate of a TCP socket once the CPE side pushes back (docs/performance.md,
+ * "The download relay and the server leg in MPTCP fallback").
  */
 import type { Socket } from 'node:net';
 import type { Sockets } from '../platform/types.js';
@@ -12,7 +18,7 @@ import type { DialSpec } from '../platform/types.js';
 import { MpconvertError } from '../errors.js';
 import type { PortBlockRefusal, PortLease } from './port-blocks.js';
 
-export type ServerTransport = 'mptcp' | 'tcp-fallback' | 'tcp-cached' | 'tcp';
+export type ServerTransport = 'mptcp' | 'tcp-fallback' | 'tcp-cached' | 'tcp-learned' | 'tcp';
 
 export interface ServerDialResult {
   socket: Socket;
@@ -27,6 +33,8 @@ export interface ServerDialerOptions {
   cacheTtlMs: number;
   cacheSize: number;
   slowFallbackMs: number;
+  /** Servers (address and port) that answered without MP_CAPABLE are dialled with TCP this long; 0 = never. */
+  tcpServersTtlMs?: number;
   now?: () => number;
 }
 
@@ -102,15 +110,31 @@ export class ServerDialer {
   readonly #o: ServerDialerOptions;
   readonly #now: () => number;
   readonly brokenMptcp: ExpiringSet;
+  /** Servers that answered MPTCP with TCP, keyed `address port` (absent while `tcpServersTtlMs` is 0). */
+  #tcpServers: ExpiringSet | undefined;
+  #tcpServersTtlMs = 0;
 
   constructor(options: ServerDialerOptions) {
     this.#o = options;
     this.#now = options.now ?? Date.now;
     this.brokenMptcp = new ExpiringSet(options.cacheTtlMs, options.cacheSize, this.#now);
+    this.setTcpServersTtl(options.tcpServersTtlMs ?? 0);
   }
 
   setMptcp(enabled: boolean): void {
     this.#o.mptcp = enabled;
+  }
+
+  /** A new lifetime for learned TCP servers (a reload); 0 forgets them and stops learning. */
+  setTcpServersTtl(ttlMs: number): void {
+    if (ttlMs === this.#tcpServersTtlMs) return;
+    this.#tcpServersTtlMs = ttlMs;
+    this.#tcpServers = ttlMs > 0 ? new ExpiringSet(ttlMs, this.#o.cacheSize, this.#now) : undefined;
+  }
+
+  /** Servers currently dialled with TCP because they answered without MP_CAPABLE (`address port`). */
+  get tcpServers(): string[] {
+    return this.#tcpServers?.keys() ?? [];
   }
 
   /**
@@ -151,6 +175,9 @@ export class ServerDialer {
     if (this.brokenMptcp.has(req.host)) {
       return { socket: await this.#dial({ ...base, protocol: 'tcp' }, req.ports), transport: 'tcp-cached' };
     }
+    const learned = this.#tcpServers;
+    const key = learned ? `${req.host} ${req.port}` : '';
+    if (learned?.has(key)) return { socket: await this.#dial({ ...base, protocol: 'tcp' }, req.ports), transport: 'tcp-learned' };
     const started = this.#now();
     let socket: Socket;
     try {
@@ -167,6 +194,7 @@ export class ServerDialer {
     }
     if (this.#o.sockets.isMptcp(socket)) return { socket, transport: 'mptcp' };
     if (this.#now() - started >= this.#o.slowFallbackMs) this.#remember(req.host, 'MPTCP SYN was not answered; the kernel fell back to TCP');
+    else learned?.add(key);
     return { socket, transport: 'tcp-fallback' };
   }
 

@@ -67,7 +67,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   });
   const serverLeg = new Counter({
     name: 'mpconvert_server_leg_total',
-    help: 'Connections towards servers, by transport actually used (mptcp, tcp-fallback, tcp-cached, tcp)',
+    help: 'Connections towards servers, by transport actually used (mptcp, tcp-fallback, tcp-cached, tcp-learned, tcp)',
     labelNames: ['transport'] as const,
     registers: [registry],
   });

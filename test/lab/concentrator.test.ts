@@ -46,6 +46,14 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
   /** The signalling goes first thing after the handshake unless a test asks for it in the SYN (fastOpen; the
    * CPE's default, zeroRtt on): both ways are served on the same port. */
   const client = (args: Record<string, unknown>) => runTool<ClientOut>(lab.hosts.cpe, 'mpc-client', { host: CONC, port: 5000, fastOpen: 'off', ...args });
+  /** Rewrites the configuration (the base plus `extra`) and waits until the concentrator reloaded it. */
+  const reload = async (extra: string) => {
+    const count = () => conc.stderr.split('configuration reloaded').length;
+    const before = count();
+    writeFileSync(configFile, baseConfig(extra));
+    conc.child.kill('SIGHUP');
+    await conc.waitLine(() => count() > before);
+  };
 
   before(async () => {
     lab = await Lab.up({ uplinks: [{ rate: 0 }, { rate: 0 }], servers: 2, mptcpRouting: true });
@@ -266,6 +274,37 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
     assert.equal(ok.head, ie(SRV2, 8080));
   });
 
+  labTest('server.tcpServersTtlS: a server that answered MPTCP with TCP gets a TCP SYN next time; an MPTCP server keeps MPTCP', async () => {
+    // Counted by the server's kernel: SYNs to port 8080, and those that carry MP_CAPABLE.
+    const srv = lab.hosts.servers[0]!;
+    await srv.exec('nft', ['-f', '-'], {
+      input: 'table inet mpconvert_test_syns {\n chain input {\n  type filter hook input priority 0;\n' +
+        '  tcp dport 8080 tcp flags syn tcp option mptcp exists counter name mptcp_syns\n  tcp dport 8080 tcp flags syn counter name syns\n }\n' +
+        ' counter mptcp_syns {}\n counter syns {}\n}\n',
+    });
+    const packets = async (name: string) => Number(/packets (\d+)/.exec((await srv.exec('nft', ['list', 'counter', 'inet', 'mpconvert_test_syns', name])).stdout)?.[1]);
+    try {
+      await reload('  tcpServersTtlS: 60\n');
+      const learnedBefore = await metric('mpconvert_server_leg_total', 'transport="tcp-learned"');
+      for (let i = 0; i < 3; i++) assert.equal((await client({ signallingHex: ie(SRV1, 8080), send: 10 })).error, undefined);
+      assert.deepEqual([await packets('syns'), await packets('mptcp_syns')], [3, 1], 'one MPTCP SYN, then TCP SYNs');
+      assert.equal((await metric('mpconvert_server_leg_total', 'transport="tcp-learned"')) - learnedBefore, 2);
+      const status = JSON.parse((await lab.hosts.concentrator.exec('curl', ['-s', 'http://127.0.0.1:9090/status'])).stdout) as { tcpServersLearned: number };
+      assert.equal(status.tcpServersLearned, 1);
+      const before = srv2.json<ServerOut>().length;
+      await client({ signallingHex: ie(SRV2, 8080), send: 10 });
+      await client({ signallingHex: ie(SRV2, 8080), send: 10 });
+      await srv2.waitLine(() => srv2.json<ServerOut>().length >= before + 2);
+      assert.deepEqual(srv2.json<ServerOut>().slice(before).map((o) => o.mptcp), [true, true], 'the MPTCP server is not learned');
+      await reload('');
+      assert.equal((await client({ signallingHex: ie(SRV1, 8080), send: 10 })).error, undefined);
+      assert.equal(await packets('mptcp_syns'), 2, 'with the default (0) the server gets MP_CAPABLE again');
+    } finally {
+      await reload('');
+      await srv.exec('nft', ['delete', 'table', 'inet', 'mpconvert_test_syns'], { allowFailure: true });
+    }
+  });
+
   labTest('a server whose MPTCP SYNs are dropped is cached; the next connection uses TCP at once', async () => {
     await lab.hosts.servers[0]!.exec('nft', ['-f', '-'], {
       input: 'table inet mpconvert_test_drop {\n chain input {\n  type filter hook input priority 0;\n  tcp flags syn tcp option mptcp exists drop\n }\n}\n',
@@ -295,13 +334,6 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
     await sink.waitLine((l) => l.includes('ready'));
     const A = '198.18.1.2'; // two CPEs: the concentrator sees a CPE by the source of its MPTCP connection
     const B = '198.18.2.2';
-    const reload = async (extra: string) => {
-      const count = () => conc.stderr.split('configuration reloaded').length;
-      const before = count();
-      writeFileSync(configFile, baseConfig(extra));
-      conc.child.kill('SIGHUP');
-      await conc.waitLine(() => count() > before);
-    };
     /** Runs the connections (one held open while the others run) and returns the external address each got. */
     const externals = async (conns: Array<{ from: string; bytes: number }>, hold: { from: string; bytes: number }) => {
       const before = sink.json<ServerOut>().length;

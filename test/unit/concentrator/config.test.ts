@@ -12,6 +12,7 @@ test('flags alone give a valid config with defaults', async () => {
   assert.deepEqual(c.listen, ['198.18.200.1:5000', '[2001:db8:200::1]:5000']);
   assert.equal(c.server.mptcp, true);
   assert.equal(c.server.fallbackCacheTtlS, 86_400);
+  assert.equal(c.server.tcpServersTtlS, 0, 'every server leg starts with MPTCP by default');
   assert.equal(c.sourcePool.mode, 'shared');
   assert.equal(c.sessionLog, true);
 });
