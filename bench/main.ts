@@ -744,6 +744,8 @@ async function heapRun(o: Options): Promise<void> {
       }, { heapSnapshotDir: dir });
     });
   } finally {
+    // MPC_BENCH_KEEP_HEAP=1 keeps the two snapshots next to heap.md (for a retainer analysis in DevTools).
+    if (process.env['MPC_BENCH_KEEP_HEAP']) for (const f of snapshots()) writeFileSync(join(o.out, f), readFileSync(join(dir, f)));
     rmSync(dir, { recursive: true, force: true });
   }
 }
