@@ -107,7 +107,7 @@ function parseArgs(argv: string[]): Options {
     seconds: Number(get('seconds') ?? (quick ? 2 : 3)),
     setupMs: Number(get('setup-ms') ?? (quick ? 1_000 : 2_000)),
     concurrency: Number(get('concurrency') ?? 32),
-    memoryConnections: Number(get('connections') ?? (quick ? 2_000 : 9_500)),
+    memoryConnections: Number(get('connections') ?? (quick ? 2_000 : 8_500)),
     socatMemoryConnections: quick ? 200 : 1_000,
     failoverSeconds: 12,
     failoverRuns: Number(get('failover-runs') ?? (quick ? 1 : 2)),
@@ -295,7 +295,7 @@ async function main(): Promise<void> {
         'Setup: a Node load generator, 32 concurrent workers, one 100-byte request and a 100-byte response per connection, the server closes.',
         'Round trips: counted on a packet capture of one exchange on the CPE uplinks (no netem on this kernel to time them): each answer from the concentrator side to a SYN or payload the CPE side sent, up to the first response payload.',
         'Memory: concentrator process memory with N idle relayed connections open, minus the same process before; kernel socket buffers are not process memory. mpconvert (Node) is read again each second for up to 60 s, until V8 has collected the garbage of opening them (its memory reducer runs a full collection some 30 s after the allocations stop), and the lowest reading counts; the row below gives its reading 1 s after they were held, as every system is read. The memory figure runs on a fresh deployment of each system (a garbage-collected relay would reuse the heap the relay and setup tests grew); for mpconvert the baseline there, and the CPE idle after the relay and setup tests (read before that deployment stops), are the lowest reading of each over 40 s of idleness.',
-        'Memory: 9,500 rather than 10,000 connections: a relay holds 2 descriptors per relayed connection, and the hard RLIMIT_NOFILE of this machine is 20,000 (not raisable inside its container). socat forks a process per connection: 1,000 connections, sum of PSS.',
+        'Memory: 8,500 rather than 10,000 connections: a relay holds 2 descriptors per relayed connection, the hard RLIMIT_NOFILE of this machine is 20,000 (not raisable inside its container), and the mpconvert concentrator protects itself at 90% of its limit (each new connection then sheds the oldest one still in signalling: shed-fd-limit), which 9,500 reached. socat forks a process per connection: 1,000 connections, sum of PSS.',
         'Bench-wide namespace settings for every system: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 10000–65000, tcp_fastopen=3 on the concentrator.',
         'mpconvert runs with sessionLog off, log level warn and its admission limits lifted (defaults: 500 new connections/s and 4096 connections per CPE).',
         'UDP: on two 50 Mbit/s uplinks under the first congestion control, iperf3 -u at 150 Mbit/s (1,200-byte datagrams) from the LAN client to the server, its received rate as goodput; at the same time a 20 pps probe to a UDP echo server on the server, its round-trip times (p50, p95) as the latency of a small flow under that load.',
@@ -386,7 +386,7 @@ async function main(): Promise<void> {
                   const n = sys === 'socat' ? o.socatMemoryConnections : o.memoryConnections;
                   const m = await idleMemory(d, n);
                   r.memory[sys] = { ...m, bytesPerConnection: stat([m.settledBytesPerConnection]), justOpenedBytesPerConnection: stat([m.bytesPerConnection]), cpeStartBytes: cpeStart, cpeIdleBytes: cpeAfterLoad };
-                  log(`memory ${sys}: ${m.connections} held (${m.errors} errors), ${(m.baselineBytes / 1048576).toFixed(1)} -> ${(m.loadedBytes / 1048576).toFixed(1)} MiB, ${m.bytesPerConnection.toFixed(0)} B/connection (${m.measure})${m.settleSeconds ? `; ${m.settledBytesPerConnection.toFixed(0)} B/connection after ${m.settleSeconds} s idle` : ''}; CPE idle after the load ${cpeAfterLoad === null ? '-' : (cpeAfterLoad / 1048576).toFixed(1)} MiB`);
+                  log(`memory ${sys}: ${m.connections} held (${m.errors} errors${m.errors ? ` ${JSON.stringify(m.errorKinds ?? {})}` : ''}), ${(m.baselineBytes / 1048576).toFixed(1)} -> ${(m.loadedBytes / 1048576).toFixed(1)} MiB, ${m.bytesPerConnection.toFixed(0)} B/connection (${m.measure})${m.settleSeconds ? `; ${m.settledBytesPerConnection.toFixed(0)} B/connection after ${m.settleSeconds} s idle` : ''}; CPE idle after the load ${cpeAfterLoad === null ? '-' : (cpeAfterLoad / 1048576).toFixed(1)} MiB`);
                 } catch (e) {
                   r.memory[sys] = { connections: 0, errors: 0, baselineBytes: 0, loadedBytes: 0, bytesPerConnection: null, measure: '', error: errText(e) };
                   log(`memory ${sys}: ERROR ${errText(e)}`);

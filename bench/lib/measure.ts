@@ -224,6 +224,8 @@ export async function requestResponse(d: Deployment, durationMs: number, concurr
 export interface MemoryRun {
   connections: number;
   errors: number;
+  /** The connections that could not be held, by error code (absent in older results). */
+  errorKinds?: Record<string, number>;
   baselineBytes: number;
   loadedBytes: number;
   bytesPerConnection: number;
@@ -262,7 +264,7 @@ export async function idleMemory(d: Deployment, count: number): Promise<MemoryRu
       if (b.bytes < base.bytes) base = b;
     }
   }
-  const { held, errors, loaded, settled, settleSeconds } = await holdIdle(d, count, async (n, errors) => {
+  const { held, errors, errorKinds, loaded, settled, settleSeconds } = await holdIdle(d, count, async (n, errors, errorKinds) => {
     const loaded = memoryBytes(root);
     let settled = loaded.bytes;
     const t0 = Date.now();
@@ -274,13 +276,14 @@ export async function idleMemory(d: Deployment, count: number): Promise<MemoryRu
         if (settled - base.bytes < 0.8 * (loaded.bytes - base.bytes)) break;
       }
     }
-    return { held: n, errors, loaded, settled, settleSeconds: d.garbageCollected ? Math.round((Date.now() - t0) / 1000) : 0 };
+    return { held: n, errors, errorKinds, loaded, settled, settleSeconds: d.garbageCollected ? Math.round((Date.now() - t0) / 1000) : 0 };
   });
   return {
     settledBytesPerConnection: held > 0 ? (settled - base.bytes) / held : NaN,
     settleSeconds,
     connections: held,
     errors,
+    errorKinds,
     baselineBytes: base.bytes,
     loadedBytes: loaded.bytes,
     bytesPerConnection: held > 0 ? (loaded.bytes - base.bytes) / held : NaN,
@@ -307,14 +310,14 @@ export async function idleFootprint(d: Deployment): Promise<number | null> {
 }
 
 /** Holds `count` idle relayed connections from the LAN client (rr-client idle mode) while `fn` measures. */
-export async function holdIdle<T>(d: Deployment, count: number, fn: (held: number, errors: number) => Promise<T>): Promise<T> {
+export async function holdIdle<T>(d: Deployment, count: number, fn: (held: number, errors: number, errorKinds: Record<string, number>) => Promise<T>): Promise<T> {
   const t = d.target(RR_PORT);
   const [c, a] = cmdline(d.client, process.execPath, [ `${TOOLS}rr-client.js`, JSON.stringify({ mode: 'idle', host: t.address, port: t.port, count, concurrency: 100, timeoutMs: 20_000 })]);
   const holder = spawnIn(d.client.host, 'rr-client idle', c, a);
   try {
-    const held = await holder.waitJson<{ held: number; errors: number }>((v) => 'held' in v, 120_000);
+    const held = await holder.waitJson<{ held: number; errors: number; errorKinds?: Record<string, number> }>((v) => 'held' in v, 120_000);
     await new Promise((r) => setTimeout(r, 1_000)); // let the relay settle (buffers freed, timers armed)
-    return await fn(held.held, held.errors);
+    return await fn(held.held, held.errors, held.errorKinds ?? {});
   } finally {
     await holder.halt();
   }

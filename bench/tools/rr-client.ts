@@ -126,18 +126,22 @@ async function runIdle(): Promise<void> {
   const held: net.Socket[] = [];
   let next = 0;
   let errors = 0;
+  // What failed, by error code (the bench prints it next to the count).
+  const errorKinds: Record<string, number> = {};
   const worker = async () => {
     while (next < count) {
       next++;
       try {
         await exchange('I', held);
-      } catch {
+      } catch (err) {
         errors++;
+        const kind = (err as { code?: string }).code ?? (err as Error).message;
+        errorKinds[kind] = (errorKinds[kind] ?? 0) + 1;
       }
     }
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
-  process.stdout.write(JSON.stringify({ held: held.length, errors }) + '\n');
+  process.stdout.write(JSON.stringify({ held: held.length, errors, errorKinds }) + '\n');
   let closed = 0;
   for (const s of held) s.on('close', () => closed++);
   process.on('SIGTERM', () => {

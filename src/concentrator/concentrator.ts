@@ -200,7 +200,6 @@ export class Concentrator {
   #nextId = 1;
   /** Bytes of closed connections per CPE identity (bounded, oldest first out). */
   readonly #closedTotals = new Map<string, { up: number; down: number }>();
-  #figuresTimer: NodeJS.Timeout | undefined;
   #lastReload: ReloadReport | undefined;
   #stopping = false;
   #sweeper: NodeJS.Timeout | undefined;
@@ -472,8 +471,8 @@ export class Concentrator {
       this.#sampleDescriptors();
     }, 10_000);
     this.#sweeper.unref();
-    this.#figuresTimer = setInterval(() => this.#updateFigures(), 1_000);
-    this.#figuresTimer.unref();
+    // The active-CPE and per-CPE gauges are computed when /metrics is scraped, not on a timer.
+    this.#deps.metrics.onScrape.figures = () => this.#updateFigures();
     this.#udp.start();
     this.#deps.logger.info({ listen: this.#config.listen, allow: this.#config.allow }, 'concentrator started');
   }
@@ -753,7 +752,7 @@ export class Concentrator {
     return [...by.values()].sort((a, b) => b.bytesUp + b.bytesDown - (a.bytesUp + a.bytesDown) || b.connections - a.connections);
   }
 
-  /** Once a second: the active-CPE gauge, and the per-CPE gauges when metrics.perCpe is on. */
+  /** At each scrape of /metrics: the active-CPE and port-block gauges, and the per-CPE gauges when metrics.perCpe is on. */
   #updateFigures(): void {
     const m = this.#deps.metrics;
     const figures = this.cpeFigures();
@@ -941,7 +940,7 @@ export class Concentrator {
   async #stop(drainMs: number): Promise<void> {
     this.#stopping = true;
     if (this.#sweeper) clearInterval(this.#sweeper);
-    if (this.#figuresTimer) clearInterval(this.#figuresTimer);
+    this.#deps.metrics.onScrape.figures = undefined;
     // close() stops accepting at once; its callback would wait for every connection, which the drain handles.
     for (const s of this.#listeners.values()) s.close();
     this.#listeners.clear();

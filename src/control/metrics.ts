@@ -7,6 +7,9 @@ import { release } from 'node:os';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** The version in package.json (the one `mpconvert --version` prints). */
+/** Gauges computed at scrape time are computed once for a scrape that reads several of them. */
+const SCRAPE_DEDUP_MS = 100;
+
 export const VERSION: string = (() => {
   try {
     return (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: string }).version ?? 'unknown';
@@ -124,9 +127,19 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   const uplinkQuotaLimit = new Gauge({ name: 'mpconvert_uplink_quota_limit_bytes', help: 'CPE: the uplink\'s quota per period (past it the uplink is only a backup)', labelNames: ['uplink'] as const, registers: cpeOnly });
   // Concentrator, per CPE identity (only with metrics.perCpe).
   const flowClass = new Counter({ name: 'mpconvert_flow_class_connections_total', help: 'CPE: converted connections in a flow class, by class and the uplink they were pinned to (none: no usable uplink, aggregated)', labelNames: ['class', 'uplink'] as const, registers: cpeOnly });
-  const activeCpes = new Gauge({ name: 'mpconvert_active_cpes', help: 'Concentrator: CPEs (identities) with at least one connection open now', registers: concOnly });
-  const cpeConnections = new Gauge({ name: 'mpconvert_cpe_connections', help: 'Concentrator: connections open now, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
-  const cpeSubflows = new Gauge({ name: 'mpconvert_cpe_subflows', help: 'Concentrator: subflows of the open connections, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe });
+  // Computed when scraped (the Prometheus convention), not on a timer: an idle concentrator with many connections
+  // does no per-connection work between scrapes. The role sets `onScrape.figures`; one computation per scrape.
+  const onScrape: { figures?: (() => void) | undefined } = {};
+  let figuresAt = -Infinity;
+  const figures = () => {
+    const now = performance.now();
+    if (now - figuresAt < SCRAPE_DEDUP_MS) return;
+    figuresAt = now;
+    onScrape.figures?.();
+  };
+  const activeCpes = new Gauge({ name: 'mpconvert_active_cpes', help: 'Concentrator: CPEs (identities) with at least one connection open now', registers: concOnly, collect: figures });
+  const cpeConnections = new Gauge({ name: 'mpconvert_cpe_connections', help: 'Concentrator: connections open now, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe, collect: figures });
+  const cpeSubflows = new Gauge({ name: 'mpconvert_cpe_subflows', help: 'Concentrator: subflows of the open connections, per CPE (metrics.perCpe)', labelNames: ['cpe'] as const, registers: perCpe, collect: figures });
   const cpeBytes = new Counter({ name: 'mpconvert_cpe_bytes_total', help: 'Concentrator: bytes relayed (counted at close), per CPE and direction (up = towards the server) (metrics.perCpe)', labelNames: ['cpe', 'direction'] as const, registers: perCpe });
   // Concentrator, RADIUS (src/concentrator/radius.ts; only with `radius` configured).
   const radiusRequests = new Counter({
@@ -150,7 +163,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   const radiusCached = new Gauge({ name: 'mpconvert_radius_cache_entries', help: 'Concentrator: CPE identities with a cached RADIUS answer', registers: concOnly });
   const radiusSessions = new Gauge({ name: 'mpconvert_radius_accounting_sessions', help: 'Concentrator: RADIUS accounting sessions open (CPEs between Start and Stop)', registers: concOnly });
   // Concentrator, port blocks (portBlocks; 0 without them).
-  const portBlocks = new Gauge({ name: 'mpconvert_port_blocks', help: 'Concentrator: port blocks held by CPEs now (portBlocks)', registers: concOnly });
+  const portBlocks = new Gauge({ name: 'mpconvert_port_blocks', help: 'Concentrator: port blocks held by CPEs now (portBlocks)', registers: concOnly, collect: figures });
   // Inbound bindings (src/concentrator/bindings.ts, src/cpe/bindings.ts).
   const bindingReverse = new Counter({
     name: 'mpconvert_binding_reverse_total',
@@ -209,7 +222,7 @@ export function createMetrics(role: 'cpe' | 'concentrator', opts: MetricsOptions
   return {
     registry, connections, relayed, refused, active, bytes, serverLeg, setup, capability, fallback,
     uplinkUp, uplinkBackup, uplinkBytes, uplinkSubflowBytes, uplinkSubflows, uplinkRtt, uplinkRetransmits, uplinkShare, uplinkQuotaUsed, uplinkQuotaLimit, flowClass,
-    activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm, serverMptcp, portBlocks, onPath,
+    onScrape, activeCpes, cpeConnections, cpeSubflows, cpeBytes, perCpe: perCpe.length > 0, adminRequests, warm, serverMptcp, portBlocks, onPath,
     radiusRequests, radiusAuthorizations, radiusAccounting, radiusCached, radiusSessions,
     bindingReverse, bindingInbound, bindingsOpen,
     udpChannels, udpMappings, udpDatagrams, udpBytes, udpDropped, udpChannelAborts,

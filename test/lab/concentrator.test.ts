@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { Lab } from '../../src/lab/index.js';
 import { encodeMpConvert, encodeConvertMessage, SignallingDecoder, ProtocolError } from '../../src/protocol/index.js';
 import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
-import { CLI, Proc, TOOL, runTool, start, type ClientOut, type ServerOut } from '../support/lab-procs.js';
+import { CLI, Proc, TOOL, runTool, start, type ClientOut, type ServerOut, reloadConfig } from '../support/lab-procs.js';
 
 /** Lab tests run real transfers: a generous per-test limit, so a regression fails one test, not the run. */
 const labTest = (name: string, fn: () => Promise<void>) => test(name, { timeout: 150_000 }, fn);
@@ -47,13 +47,7 @@ describe('concentrator (lab)', { skip: missing ?? false, concurrency: false }, (
    * CPE's default, zeroRtt on): both ways are served on the same port. */
   const client = (args: Record<string, unknown>) => runTool<ClientOut>(lab.hosts.cpe, 'mpc-client', { host: CONC, port: 5000, fastOpen: 'off', ...args });
   /** Rewrites the configuration (the base plus `extra`) and waits until the concentrator reloaded it. */
-  const reload = async (extra: string) => {
-    const count = () => conc.stderr.split('configuration reloaded').length;
-    const before = count();
-    writeFileSync(configFile, baseConfig(extra));
-    conc.child.kill('SIGHUP');
-    await conc.waitLine(() => count() > before);
-  };
+  const reload = (extra: string) => reloadConfig(conc, configFile, baseConfig(extra));
 
   before(async () => {
     lab = await Lab.up({ uplinks: [{ rate: 0 }, { rate: 0 }], servers: 2, mptcpRouting: true });

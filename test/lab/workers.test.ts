@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { Lab } from '../../src/lab/index.js';
 import { encodeMpConvert } from '../../src/protocol/index.js';
 import { labCapabilityMissing, IN_CI } from '../support/capabilities.js';
-import { CLI, Proc, TOOL, start, type ServerOut } from '../support/lab-procs.js';
+import { CLI, Proc, TOOL, start, type ServerOut, reloadConfig } from '../support/lab-procs.js';
 import { deterministicSha256 } from '../support/tools/stream-util.js';
 import { signallingFor } from '../../src/cpe/session.js';
 import { randomBytes } from 'node:crypto';
@@ -82,13 +82,7 @@ describe('concentrator workers (lab)', { skip: missing ?? false, concurrency: fa
   };
   const nstat = async (counter: string): Promise<number> =>
     Number(new RegExp(`${counter}\\s+(\\d+)`).exec((await lab.hosts.concentrator.exec('nstat', ['-az', counter])).stdout)?.[1] ?? 0);
-  const reload = async (extra: string) => {
-    const count = () => conc.stderr.split('configuration reloaded').length;
-    const before = count();
-    writeFileSync(configFile, config(extra));
-    conc.child.kill('SIGHUP');
-    await conc.waitLine(() => count() > before);
-  };
+  const reload = (extra: string) => reloadConfig(conc, configFile, config(extra));
   const hold = (args: Record<string, unknown>) => start(lab.hosts.cpe, [TOOL('hold-client'), JSON.stringify({ host: CONC, port: 5000, ...args })]);
   const holdLine = async (p: Proc, pick: (o: HoldOut) => boolean): Promise<HoldOut> => {
     await p.waitLine(() => p.json<HoldOut>().some(pick), 60_000);

@@ -3,6 +3,7 @@
  * (polling the output, never sleeping), collect its JSON lines, stop it.
  */
 import type { ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { LabHost } from '../../src/lab/index.js';
 import { LabProcess } from '../../src/lab/process.js';
@@ -51,4 +52,16 @@ export interface ServerOut {
   receivedSha256?: string;
   sentSha256?: string;
   mptcp?: boolean;
+}
+
+/**
+ * Writes a daemon's new configuration, sends it SIGHUP and waits until it says it reloaded it (one more
+ * "configuration reloaded" line than before).
+ */
+export async function reloadConfig(daemon: Proc, file: string, text: string): Promise<void> {
+  const count = () => daemon.stderr.split('configuration reloaded').length;
+  const before = count();
+  writeFileSync(file, text);
+  daemon.child.kill('SIGHUP');
+  await daemon.waitLine(() => count() > before);
 }

@@ -102,3 +102,25 @@ test("concentrator with workers: the primary's and a worker's registries aggrega
   assert.match(text, /^mpconvert_worker_restarts_total\{role="concentrator"\} 1$/m);
   promtoolCheck(text);
 });
+
+test('the concentrator figures are computed when scraped, once per scrape, and not without a scrape', async () => {
+  const m = createMetrics('concentrator', { perCpe: true });
+  let computed = 0;
+  let connections = 3;
+  m.onScrape.figures = () => {
+    computed++;
+    m.activeCpes.set(1);
+    m.portBlocks.set(0);
+    m.cpeConnections.reset();
+    m.cpeConnections.set({ cpe: '198.18.0.1' }, connections);
+  };
+  assert.equal(computed, 0, 'nothing computed before a scrape');
+  const text = await m.registry.metrics();
+  assert.equal(computed, 1, 'one computation for the four gauges of one scrape');
+  assert.match(text, /^mpconvert_active_cpes\{role="concentrator"\} 1$/m);
+  assert.match(text, /^mpconvert_cpe_connections\{cpe="198\.18\.0\.1",role="concentrator"\} 3$/m);
+  connections = 5;
+  await new Promise((r) => setTimeout(r, 150));
+  assert.match(await m.registry.metrics(), /^mpconvert_cpe_connections\{cpe="198\.18\.0\.1",role="concentrator"\} 5$/m, 'the next scrape reads the current figures');
+  assert.equal(computed, 2);
+});
